@@ -1,0 +1,141 @@
+"""Latency of an artifact and, in the same run, its float baselines (PyTorch, ORT, TVM default)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .artifact import sha256_file
+from .errors import TvmcompError
+
+BASELINES = ("torch_fp32", "ort_fp32", "tvm_default")
+
+
+def time_us(fn, min_repeat_s: float = 0.02, repeats: int = 15, warmup: int = 5) -> float:
+    """Median µs per call of ``fn()``: each repeat runs ≥ ``min_repeat_s``, median of repeats."""
+    for _ in range(warmup):
+        fn()
+    number, t = 1, 0.0
+    while True:  # calibrate calls per repeat
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        t = time.perf_counter() - t0
+        if t >= min_repeat_s or number >= 1 << 20:
+            break
+        number = max(number * 2, int(number * min_repeat_s / max(t, 1e-9) * 1.2))
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        samples.append((time.perf_counter() - t0) / number * 1e6)
+    return statistics.median(samples)
+
+
+def source_onnx(manifest: dict, override: str | None = None) -> str:
+    """The float ONNX model the artifact was built from (checked against its sha256)."""
+    path = Path(override or manifest["model"]["source"])
+    if not path.is_file():
+        raise TvmcompError(
+            f"float source model {path} not found; pass --onnx PATH to benchmark the baselines"
+        )
+    if sha256_file(path) != manifest["model"]["source_sha256"]:
+        raise TvmcompError(f"{path} is not the model this artifact was built from (sha256 differs)")
+    return str(path)
+
+
+def _torch_model(manifest: dict):
+    """The PyTorch model named in the ONNX metadata (written by ``tvmcomp export``), if any."""
+    ckpt = manifest["model"].get("metadata", {}).get("tvmcomp.checkpoint")
+    if not ckpt or not Path(ckpt).is_file():
+        return None
+    from .model import load_checkpoint
+
+    return load_checkpoint(ckpt)[0]
+
+
+def _tvm_default(onnx_path: str, batch: int, target):
+    """TVM's plain ``tvm.compile`` (legalize + lower, no fusion, no schedules) as a baseline."""
+    import tvm
+    from tvm import relax
+
+    from .frontend.onnx_import import import_onnx, load_onnx
+
+    model, info = load_onnx(onnx_path)
+    ex = tvm.compile(import_onnx(model, info, batch), target=target)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return vm["main"]
+
+
+def bench_artifact(art_dir: str | Path, batches=(1, 64), baselines=BASELINES,
+                   onnx_override: str | None = None, progress: bool = True) -> dict:
+    """``{"unit": "us", "results": {"<batch>": {"<name>": median_us}}, ...}`` from one run."""
+    import tvm
+
+    from . import runtime
+    from .verify import ort_session
+
+    model = runtime.load(art_dir)
+    man = model.manifest
+    onnx_path = source_onnx(man, onnx_override) if baselines else None
+    sess = ort_session(onnx_path) if "ort_fp32" in baselines else None
+    torch_model = _torch_model(man) if "torch_fp32" in baselines else None
+    notes = []
+    if "torch_fp32" in baselines and torch_model is None:
+        notes.append("torch_fp32: no PyTorch checkpoint recorded in the ONNX metadata; skipped")
+    results: dict[str, dict[str, float]] = {}
+    rng = np.random.default_rng(0)
+    steps = [(b, n) for b in batches for n in ("artifact", *baselines)]
+    bar = tqdm(steps, desc="bench", disable=not progress, leave=False)
+    for b, name in bar:
+        bar.set_postfix(batch=b, run=name)
+        x = rng.standard_normal((b, *model.input_shape[1:])).astype(model.input_dtype)
+        row = results.setdefault(str(b), {})
+        if name == "artifact":
+            if b in model.batches:
+                xt = tvm.runtime.tensor(x, model.device)
+                f = model.entry(b)
+                row[name] = time_us(lambda: f(xt))
+            else:
+                notes.append(f"artifact batch {b}: not compiled; timed via {model.batches} chunks")
+                row[name] = time_us(lambda: model(x))
+        elif name == "ort_fp32":
+            feed = {sess.get_inputs()[0].name: x}
+            row[name] = time_us(lambda: sess.run(None, feed))
+        elif name == "torch_fp32" and torch_model is not None:
+            import torch
+
+            xt = torch.from_numpy(x)
+            with torch.inference_mode():
+                row[name] = time_us(lambda: torch_model(xt))
+        elif name == "tvm_default":
+            from .targets import parse_profile
+
+            prof = man["profile"]
+            target = parse_profile({k: prof[k] for k in ("description", "family", "target",
+                                                         "cores")}, prof["name"]).tvm_target()
+            f = _tvm_default(onnx_path, b, target)
+            xt = tvm.runtime.tensor(x)
+            row[name] = time_us(lambda: f(xt))
+    return {"unit": "us", "results": results, "artifact": str(art_dir),
+            "profile": man["profile"]["name"], "notes": notes}
+
+
+def format_table(res: dict) -> str:
+    """A Markdown table: one row per batch, one column per run, plus speed-up vs ORT."""
+    names = []
+    for row in res["results"].values():
+        names += [n for n in row if n not in names]
+    head = "| batch | " + " | ".join(f"{n} (µs)" for n in names) + " | ORT / artifact |"
+    lines = [head, "|" + "---|" * (len(names) + 2)]
+    for b, row in res["results"].items():
+        cells = [f"{row[n]:.1f}" if n in row else "–" for n in names]
+        ratio = (f"{row['ort_fp32'] / row['artifact']:.2f}×"
+                 if "ort_fp32" in row and "artifact" in row else "–")
+        lines.append(f"| {b} | " + " | ".join(cells) + f" | {ratio} |")
+    return "\n".join(lines)

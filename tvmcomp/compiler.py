@@ -1,0 +1,215 @@
+"""``build``: ONNX → Relax → our pipeline → tuned schedules → verified artifact."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .artifact import SCHEMA_VERSION, write_artifact
+from .data import Dataset
+from .errors import TvmcompError
+from .frontend.onnx_import import entry_name, import_batches, load_onnx
+from .pipeline import compile_fused, fuse, make_pipeline, pass_names
+from .targets import Profile
+from .tune import open_database, task_status, tune_module
+from .verify import verify
+
+DEFAULT_BATCHES = (1, 64)
+DEFAULT_TUNE_BUDGET_S = 300.0
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build: batch sizes compiled into the artifact, tuning budget, evaluation set."""
+
+    batches: tuple[int, ...] = DEFAULT_BATCHES
+    tune_budget_s: float = DEFAULT_TUNE_BUDGET_S
+    eval_set: Dataset | None = None
+    debug_dump: str | None = None
+    progress: bool = True
+
+
+def _say(msg: str, on: bool = True) -> None:
+    if on:
+        print(msg, flush=True)
+
+
+def constant_bytes(mod) -> tuple[int, int]:
+    """(bytes, count) of the distinct tensor constants (weights) in a Relax module."""
+    import tvm
+    from tvm import relax
+
+    seen: dict[str, int] = {}
+
+    def visit(e):
+        if isinstance(e, tvm.ir.Constant) and hasattr(e.value, "numpy"):
+            arr = e.value.numpy()
+            seen[hashlib.sha256(arr.tobytes() + str(arr.dtype).encode()).hexdigest()] = arr.nbytes
+
+    for _, func in mod.functions.items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return sum(seen.values()), len(seen)
+
+
+def export_function(profile: Profile):
+    """``ex -> (path -> None)`` writing the shared library for the profile's family."""
+
+    def export(ex):
+        def write(path: str) -> None:
+            if profile.cross_compiler:
+                from tvm.support import cc
+
+                ex.export_library(path, fcompile=cc.cross_compiler(profile.cross_compiler))
+            else:
+                ex.export_library(path)
+
+        return write
+
+    return export
+
+
+def _output_shape(fused, batch: int) -> list:
+    func = fused[entry_name(batch)]
+    ty = func.ret_ty if hasattr(func, "ret_ty") else func.ret_struct_info
+    shape = [int(d) for d in ty.shape]
+    return ["N", *shape[1:]]
+
+
+def ensure_tuned(fused, profile: Profile, budget_s: float, progress: bool = True) -> dict:
+    """Tune the tasks with no record in the profile's database within ``budget_s``."""
+    target = profile.tvm_target()
+    db_dir = profile.tuning_dir
+    status = task_status(fused, target, open_database(db_dir, create=False))
+    missing = [t.name for t in status if t.best_us is None]
+    info = {"database": str(db_dir), "tasks": len(status), "budget_s": budget_s,
+            "used_s": 0.0, "trials": 0, "stopped_by": "not needed"}
+    _say(f"tuning database {db_dir}: {len(status) - len(missing)}/{len(status)} tasks have "
+         f"records", progress)
+    if missing and budget_s > 0:
+        if not profile.runs_here():
+            info["stopped_by"] = f"cannot measure {profile.name} here"
+            _say(f"WARNING: {len(missing)} tasks untuned and {profile.name} cannot run on this "
+                 f"machine (lacks {', '.join(profile.missing_cpu_flags())}); tune it on the "
+                 f"target (tvmcomp tune --rpc-tracker) — untuned kernels are slow", progress)
+        else:
+            _say(f"tuning {len(missing)} untuned tasks, budget {budget_s:.0f} s "
+                 "(--tune-budget; 0 = none)", progress)
+            rep = tune_module(fused, target, db_dir, budget_s=budget_s, only_missing=True,
+                              family=profile.family, progress=progress)
+            info.update(used_s=round(rep.used_s, 1), trials=rep.trials, stopped_by=rep.stopped_by)
+            _say(f"tuning used {rep.used_s:.0f} s of the {budget_s:.0f} s budget, "
+                 f"{rep.trials} trials ({rep.stopped_by})", progress)
+            status = rep.tasks
+    elif missing:
+        info["stopped_by"] = "budget 0"
+    untuned = [t.name for t in status if t.best_us is None]
+    if untuned:
+        _say(f"WARNING: {len(untuned)}/{len(status)} kernels have no tuned schedule and run "
+             f"naive loops (slow): {', '.join(untuned)}", progress)
+    info["tuned"] = len(status) - len(untuned)
+    info["untuned"] = untuned
+    info["tuned_kernel_us"] = {t.name: round(t.best_us, 3) for t in status if t.best_us}
+    return info
+
+
+def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
+          opts: BuildOptions = BuildOptions()) -> tuple[Path, dict]:
+    """Compile an ONNX CNN for ``profile`` into a verified artifact directory at ``out_dir``."""
+    from tvm.runtime import Executable  # noqa: F401  (import check: TVM runtime present)
+
+    t0 = time.monotonic()
+    model, info = load_onnx(onnx_path)
+    for b in opts.batches:
+        info.check_batch(b)
+    batches = sorted(set(opts.batches))
+    target = profile.tvm_target()
+    _say(f"build {Path(onnx_path).name} → {out_dir} | profile {profile.name} | batches "
+         f"{batches} | target {profile.target}", opts.progress)
+    mod = import_batches(model, info, batches)
+    fused = fuse(mod, target, debug_dump=opts.debug_dump)
+    tuning = ensure_tuned(fused, profile, opts.tune_budget_s, opts.progress)
+    db = open_database(profile.tuning_dir, create=False)
+    ex = compile_fused(fused, target, db, opts.debug_dump)
+    weight_bytes, n_weights = constant_bytes(fused)
+
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "tvmcomp_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "build_host": f"{platform.node()} {platform.machine()} {platform.processor()}".strip(),
+        "model": {"name": info.name, "source": info.path, "source_sha256": info.sha256,
+                  "opset": info.opset, "op_types": list(info.op_types),
+                  "metadata": info.metadata},
+        "inputs": [{"name": info.input_name, "shape": ["N", *info.input_shape[1:]],
+                    "dtype": info.input_dtype}],
+        "outputs": [{"name": info.output_name, "shape": _output_shape(fused, batches[0]),
+                     "dtype": "float32"}],
+        "batches": batches,
+        "entry_points": {str(b): entry_name(b) for b in batches},
+        "profile": profile.to_dict(),
+        "target": profile.target,
+        "tvm_version": _tvm_version(),
+        "passes": pass_names(make_pipeline(target, db)),
+        "weight_bytes": weight_bytes,
+        "weight_tensors": n_weights,
+        "tuning": tuning,
+    }
+
+    def check(lib_path: Path) -> dict:
+        if not profile.runs_here():
+            reason = f"{profile.name} cannot run on this machine"
+            _say(f"WARNING: verification skipped: {reason}", opts.progress)
+            return {"verification": {"passed": None, "skipped": reason}}
+        model_run = _load_for_check(lib_path, manifest, profile)
+        res = verify(model_run, info.path, info.input_shape, info.input_dtype, opts.eval_set,
+                     fixed_batch=None if info.dynamic_batch else info.input_shape[0])
+        msg = f"verified vs {res.reference} on {res.inputs}: max |err| {res.max_abs_err:.2e}"
+        if res.accuracy is not None:
+            msg += f", accuracy {res.accuracy:.4%} (reference {res.reference_accuracy:.4%})"
+        _say(msg, opts.progress)
+        return {"verification": res.to_dict()}
+
+    out = write_artifact(out_dir, export_function(profile)(ex), manifest, check)
+    manifest = __import__("json").loads((out / "manifest.json").read_text())
+    _say(f"wrote {out} (model.so {manifest['library']['bytes']:,} B, weights "
+         f"{weight_bytes:,} B) in {time.monotonic() - t0:.0f} s", opts.progress)
+    return out, manifest
+
+
+def _tvm_version() -> str:
+    import tvm
+
+    return tvm.__version__
+
+
+def _load_for_check(lib_path: Path, manifest: dict, profile: Profile):
+    import tvm
+    from tvm import relax
+
+    from .runtime import CompiledModel
+
+    dev = tvm.cuda(0) if profile.family == "cuda" else tvm.cpu(0)
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), dev)
+    return CompiledModel(lib_path.parent, manifest, vm, dev)
+
+
+def as_batches(text: str) -> tuple[int, ...]:
+    """Parse ``"1,64"`` → ``(1, 64)``; raises :class:`TvmcompError` on bad input."""
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise TvmcompError(f"batch sizes must be integers like 1,64; got {text!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise TvmcompError(f"batch sizes must be >= 1; got {text!r}")
+    return vals
+
+
+__all__ = ["BuildOptions", "build", "as_batches", "constant_bytes", "ensure_tuned", "np"]

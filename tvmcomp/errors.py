@@ -1,0 +1,21 @@
+"""User-facing errors: the CLI prints them as one line and exits non-zero."""
+
+
+class TvmcompError(Exception):
+    """An error caused by the user's input or environment, reported without a traceback."""
+
+
+class ModelError(TvmcompError):
+    """The model file is missing, corrupt or uses something we cannot compile."""
+
+
+class ArtifactError(TvmcompError):
+    """An artifact directory is missing, incomplete or has been tampered with."""
+
+
+class InputError(TvmcompError):
+    """An input tensor has the wrong shape or dtype for the artifact."""
+
+
+class VerificationError(TvmcompError):
+    """The compiled model disagrees with its float reference."""

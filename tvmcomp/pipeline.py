@@ -1,0 +1,135 @@
+"""The compilation pipeline: one explicit, ordered, printable list of Relax passes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm
+from tvm import relax
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A named group of passes; ``tunable`` marks the point where tuning tasks are extracted."""
+
+    name: str
+    passes: tuple
+    tunable_after: bool = False
+
+
+def _name(p) -> str:
+    info = getattr(p, "info", None)
+    return info.name if info is not None else type(p).__name__
+
+
+def make_pipeline(target, database=None) -> list[Phase]:
+    """The pipeline for ``target``; ``database`` (MetaSchedule) applies tuned schedules.
+
+    The IR after phase 3 is what ``tune`` extracts its tasks from, so build and tune see
+    structurally identical PrimFuncs and tuning records are found at build.
+    """
+    with target:  # MetaScheduleApplyDatabase reads the current target when constructed
+        return _phases(database)
+
+
+def _phases(database) -> list[Phase]:
+    return [
+        # 1. Canonicalise the imported graph: batch-norm/dropout to inference arithmetic,
+        #    trivial bindings removed, constants folded while ops are still high level.
+        Phase("canonicalize", (
+            relax.transform.DecomposeOpsForInference(),
+            relax.transform.CanonicalizeBindings(),
+            relax.transform.FoldConstant(),
+        )),
+        # 2. Library dispatch (sampling / sort-scan ops to their CPU kernels).
+        Phase("dispatch", (
+            relax.backend.DispatchSampling(),
+            relax.backend.DispatchSortScan(),
+        )),
+        # 3. Lower ops to TIR and fuse them into kernels (conv+bias+relu, matmul+bias, ...).
+        Phase("legalize_fuse", (
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+        ), tunable_after=True),
+        # 4. Schedule: replace each fused kernel with its best tuned schedule.
+        Phase("schedule", (
+            (relax.transform.MetaScheduleApplyDatabase(enable_warning=False),)
+            if database is not None else ()
+        )),
+        # 5. Lower the dataflow graph to VM code and plan memory statically.
+        Phase("lower", (
+            relax.transform.RewriteDataflowReshape(),
+            relax.transform.ToNonDataflow(),
+            relax.transform.RemovePurityChecking(),
+            relax.transform.CallTIRRewrite(),
+            relax.transform.StaticPlanBlockMemory(),
+            relax.transform.LowerAllocTensor(),
+            relax.transform.KillAfterLastUse(),
+            relax.transform.LowerRuntimeBuiltin(),
+            relax.transform.ComputePrimValue(),
+            relax.transform.VMShapeLower(),
+            relax.transform.AttachGlobalSymbol(),
+        )),
+    ]
+
+
+def describe(phases: list[Phase]) -> list[str]:
+    """``["1. canonicalize: DecomposeOpsForInference, ...", ...]`` for printing and manifests."""
+    return [
+        f"{i}. {ph.name}: {', '.join(_name(p) for p in ph.passes) or '(none)'}"
+        for i, ph in enumerate(phases, 1)
+    ]
+
+
+def pass_names(phases: list[Phase]) -> list[str]:
+    return [f"{ph.name}/{_name(p)}" for ph in phases for p in ph.passes]
+
+
+def run_phases(mod, phases: list[Phase], target, database=None,
+               debug_dump: str | os.PathLike | None = None, first_index: int = 1):
+    """Run ``phases`` in order under ``target`` (and ``database``); dump IR per phase if asked."""
+    dump = Path(debug_dump) if debug_dump else None
+    if dump:
+        dump.mkdir(parents=True, exist_ok=True)
+        if first_index == 1:
+            (dump / "00_input.py").write_text(mod.script())
+    with target, tvm.transform.PassContext(opt_level=3):
+        with database if database is not None else _Null():
+            for i, ph in enumerate(phases, first_index):
+                mod = tvm.transform.Sequential(list(ph.passes), name=ph.name)(mod)
+                if dump:
+                    (dump / f"{i:02d}_{ph.name}.py").write_text(mod.script())
+    return mod
+
+
+def split_at_tunable(phases: list[Phase]) -> tuple[list[Phase], list[Phase]]:
+    """(phases up to and including the tunable point, the rest)."""
+    k = next(i for i, ph in enumerate(phases) if ph.tunable_after) + 1
+    return phases[:k], phases[k:]
+
+
+def fuse(mod, target, debug_dump=None):
+    """The module as tuning sees it: the phases up to the tunable point."""
+    front, _ = split_at_tunable(make_pipeline(target))
+    return run_phases(mod, front, target, debug_dump=debug_dump)
+
+
+def compile_fused(fused, target, database=None, debug_dump=None):
+    """Run the phases after the tunable point on ``fused`` and build a VM executable."""
+    front, back = split_at_tunable(make_pipeline(target, database))
+    lowered = run_phases(fused, back, target, database, debug_dump, first_index=len(front) + 1)
+    with tvm.transform.PassContext(opt_level=3):
+        return tvm.compile(lowered, target=target, relax_pipeline=None)
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

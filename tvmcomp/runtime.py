@@ -1,0 +1,107 @@
+"""Load an artifact and run it, checking integrity and inputs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import check_library, read_manifest
+from .errors import ArtifactError, InputError
+from .targets import parse_profile
+
+
+class CompiledModel:
+    """A loaded artifact: call it with a NumPy batch of any size."""
+
+    def __init__(self, art_dir: Path, manifest: dict, vm, device):
+        self.path = art_dir
+        self.manifest = manifest
+        self._vm = vm
+        self.device = device
+        inp = manifest["inputs"][0]
+        self.input_name = inp["name"]
+        self.input_shape = tuple(inp["shape"])  # batch dim symbolic
+        self.input_dtype = inp["dtype"]
+        self.batches = sorted(int(b) for b in manifest["entry_points"])
+        self._entries = {int(b): vm[name] for b, name in manifest["entry_points"].items()}
+
+    def entry(self, batch: int):
+        """The raw VM function for a compiled batch size (for benchmarking)."""
+        if batch not in self._entries:
+            raise InputError(f"no compiled entry for batch {batch}; compiled: {self.batches}")
+        return self._entries[batch]
+
+    def check_input(self, x) -> np.ndarray:
+        if not isinstance(x, np.ndarray):
+            raise InputError(f"input must be a numpy array, got {type(x).__name__}")
+        if x.dtype != np.dtype(self.input_dtype):
+            raise InputError(
+                f"input {self.input_name!r} must be {self.input_dtype}, got {x.dtype}"
+            )
+        expect = self.input_shape[1:]
+        if x.ndim != len(self.input_shape) or tuple(x.shape[1:]) != tuple(expect):
+            raise InputError(
+                f"input {self.input_name!r} must have shape [N, {', '.join(map(str, expect))}], "
+                f"got {list(x.shape)}"
+            )
+        if x.shape[0] == 0:
+            raise InputError(f"input {self.input_name!r} has an empty batch")
+        return np.ascontiguousarray(x)
+
+    def _run(self, batch: int, x: np.ndarray) -> np.ndarray:
+        import tvm
+
+        out = self._entries[batch](tvm.runtime.tensor(x, self.device))
+        return out.numpy()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Run on a batch of any size, split over the compiled batch sizes (padding the tail)."""
+        x = self.check_input(x)
+        outs, i, n = [], 0, x.shape[0]
+        while i < n:
+            left = n - i
+            fit = [b for b in self.batches if b <= left]
+            if fit:
+                b = max(fit)
+                outs.append(self._run(b, x[i: i + b]))
+            else:
+                b = min(self.batches)
+                pad = np.zeros((b, *x.shape[1:]), dtype=x.dtype)
+                pad[:left] = x[i:]
+                outs.append(self._run(b, pad)[:left])
+            i += b
+        return np.concatenate(outs, axis=0)
+
+
+def load(art_dir: str | os.PathLike) -> CompiledModel:
+    """Load an artifact directory: verify ``model.so``'s hash and that this machine can run it."""
+    import tvm
+    from tvm import relax
+
+    art_dir = Path(art_dir)
+    manifest = read_manifest(art_dir)
+    lib_path = check_library(art_dir, manifest)
+    prof = manifest["profile"]
+    profile = parse_profile(
+        {k: prof[k] for k in ("description", "family", "target", "cores", "requires_cpu_flags")
+         if k in prof}, prof.get("name", "?"), source=str(art_dir / "manifest.json"))
+    missing = profile.missing_cpu_flags()
+    if missing:
+        raise ArtifactError(
+            f"{art_dir}: built for profile {profile.name!r} ({profile.description}); this machine "
+            f"lacks {', '.join(missing)}. Rebuild with a profile it supports (tvmcomp targets)."
+        )
+    if profile.family == "cuda":
+        device = tvm.cuda(0)
+        if not device.exist:
+            raise ArtifactError(f"{art_dir}: built for CUDA but no CUDA GPU is present")
+    else:
+        device = tvm.cpu(0)
+    try:
+        lib = tvm.runtime.load_module(str(lib_path))
+        vm = relax.VirtualMachine(lib, device)
+    except Exception as e:  # noqa: BLE001 - the loader raises bare TVM errors
+        raise ArtifactError(f"{lib_path}: cannot load ({str(e).strip().splitlines()[-1]})") from None
+    return CompiledModel(art_dir, manifest, vm, device)

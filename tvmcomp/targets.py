@@ -1,0 +1,160 @@
+"""Target profiles: ``targets/<name>.toml`` → a frozen, validated :class:`Profile`."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from .errors import TvmcompError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TARGETS_DIR = REPO_ROOT / "targets"
+TUNING_DIR = REPO_ROOT / "tuning_logs"
+FAMILIES = ("x86", "arm", "cuda")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A compilation target: TVM target dict, family, cores and where its tuning logs live."""
+
+    name: str
+    description: str
+    family: str
+    target: dict
+    cores: int
+    host: dict | None = None
+    cross_compiler: str | None = None
+    requires_cpu_flags: tuple[str, ...] = ()
+    source: str = ""
+    tuning_db: str = field(default="")
+
+    def tvm_target(self):
+        """The ``tvm.target.Target`` (with host, where the profile names one)."""
+        import tvm
+
+        if self.host is not None:
+            return tvm.target.Target(self.target, host=self.host)
+        return tvm.target.Target(self.target)
+
+    @property
+    def tuning_dir(self) -> Path:
+        """The MetaSchedule database folder of this profile."""
+        return Path(self.tuning_db) if self.tuning_db else TUNING_DIR / self.name
+
+    def missing_cpu_flags(self) -> list[str]:
+        """CPU flags this profile needs that the machine we run on lacks (empty = can run)."""
+        if self.family == "cuda":
+            return []
+        arch = platform.machine().lower()
+        triple = str(self.target.get("mtriple", "x86_64"))
+        if not triple.startswith(arch.replace("arm64", "aarch64")):
+            return [f"arch:{triple.split('-')[0]}"]
+        flags = _cpu_flags()
+        return [f for f in self.requires_cpu_flags if f not in flags]
+
+    def runs_here(self) -> bool:
+        return not self.missing_cpu_flags()
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "description": self.description, "family": self.family,
+            "target": self.target, "host": self.host, "cores": self.cores,
+            "cross_compiler": self.cross_compiler,
+            "requires_cpu_flags": list(self.requires_cpu_flags),
+        }
+
+
+_KEYS = {
+    "description": str, "family": str, "target": dict, "cores": int, "host": dict,
+    "cross_compiler": str, "requires_cpu_flags": list, "tuning_db": str,
+}
+_REQUIRED = ("description", "family", "target", "cores")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def parse_profile(data: dict, name: str, source: str = "<dict>") -> Profile:
+    """Validate a profile mapping; unknown keys and wrong types raise :class:`TvmcompError`."""
+    unknown = sorted(set(data) - set(_KEYS))
+    if unknown:
+        raise TvmcompError(
+            f"{source}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(_KEYS))}"
+        )
+    for key in _REQUIRED:
+        if key not in data:
+            raise TvmcompError(f"{source}: missing required key {key!r}")
+    for key, value in data.items():
+        if not isinstance(value, _KEYS[key]) or (key == "cores" and isinstance(value, bool)):
+            raise TvmcompError(
+                f"{source}: key {key!r} must be {_KEYS[key].__name__}, got {type(value).__name__}"
+            )
+    if data["family"] not in FAMILIES:
+        raise TvmcompError(
+            f"{source}: family {data['family']!r} is not one of {', '.join(FAMILIES)}"
+        )
+    if "kind" not in data["target"]:
+        raise TvmcompError(f"{source}: [target] needs a 'kind' (e.g. \"llvm\" or \"cuda\")")
+    if data["cores"] < 1:
+        raise TvmcompError(f"{source}: cores must be >= 1")
+    tdb = data.get("tuning_db", "")
+    if tdb and not os.path.isabs(tdb):
+        tdb = str(REPO_ROOT / tdb)
+    return Profile(
+        name=name, description=data["description"], family=data["family"],
+        target=dict(data["target"]), cores=data["cores"], host=data.get("host"),
+        cross_compiler=data.get("cross_compiler"),
+        requires_cpu_flags=tuple(data.get("requires_cpu_flags", ())), source=source,
+        tuning_db=tdb,
+    )
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in TARGETS_DIR.glob("*.toml"))
+
+
+def load_profile(name_or_path: str) -> Profile:
+    """Load ``targets/<name>.toml`` or a path to a ``.toml`` file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" and path.is_file():
+        name = path.stem
+    else:
+        path = TARGETS_DIR / f"{name_or_path}.toml"
+        name = name_or_path
+        if not path.is_file():
+            raise TvmcompError(
+                f"unknown profile {name_or_path!r}; available: {', '.join(available_profiles())}"
+            )
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise TvmcompError(f"{path}: invalid TOML: {e}") from None
+    return parse_profile(data, name, str(path))
+
+
+def host_profile() -> Profile:
+    """The fastest x86 profile this machine can run (AVX-512 if present, else AVX2)."""
+    for name in ("x86_avx512", "x86_avx2"):
+        prof = load_profile(name)
+        if prof.runs_here():
+            return prof
+    raise TvmcompError(
+        f"no shipped x86 profile runs on this {platform.machine()} machine "
+        "(need at least AVX2 + FMA)"
+    )

@@ -1,0 +1,199 @@
+"""Time-budgeted, resumable MetaSchedule tuning of a fused Relax module."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..errors import TvmcompError
+from .intrin import load_tensor_intrinsics
+
+log = logging.getLogger(__name__)
+
+
+def ms_build(mod, target, _params):
+    """MetaSchedule builder function for our workers.
+
+    TVM's default builder imports ``tvm.s_tir.tensor_intrin`` in every worker, which takes
+    ~75 s here (mostly CUDA intrinsics) and trips the builder timeout. We only import the
+    intrinsic sets the target can use.
+    """
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return tvm_build(mod, target=target)
+
+
+def _builder_init(family):
+    def init():
+        load_tensor_intrinsics(family)
+
+    return init
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    """One tuning task (a fused TIR function) and its best record in the database."""
+
+    name: str
+    weight: int
+    best_us: float | None  # None: no record in the database
+
+
+@dataclass
+class TuneReport:
+    """What a tuning run did."""
+
+    database: str
+    budget_s: float
+    used_s: float = 0.0
+    trials: int = 0
+    stopped_by: str = "done"
+    tasks: list[TaskStatus] = field(default_factory=list)
+
+    @property
+    def untuned(self) -> list[str]:
+        return [t.name for t in self.tasks if t.best_us is None]
+
+
+def open_database(work_dir: str | Path, create: bool = True):
+    """The JSON MetaSchedule database in ``work_dir`` (created if asked)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    work_dir = Path(work_dir)
+    if not work_dir.is_dir():
+        if not create:
+            return None
+        work_dir.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(work_dir=str(work_dir), module_equality="structural")
+
+
+def _best_us(db, task, target) -> float | None:
+    if db is None:
+        return None
+    mod = task.dispatched[0]
+    if not db.has_workload(mod):
+        return None
+    rec = db.query_tuning_record(mod, target, task.task_name)
+    if rec is None or not rec.run_secs:
+        return None
+    secs = [float(s) for s in rec.run_secs]
+    return 1e6 * sum(secs) / len(secs)
+
+
+def extract_tasks(mod, target):
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.relax_integration.extract_tasks(mod, target)
+
+
+def task_status(mod, target, db) -> list[TaskStatus]:
+    """The tuning tasks of ``mod`` (after fusion) and their best tuned latency in ``db``."""
+    return [
+        TaskStatus(t.task_name, int(t.weight), _best_us(db, t, target))
+        for t in extract_tasks(mod, target)
+    ]
+
+
+class _Deadline(Exception):
+    pass
+
+
+def _make_callback(deadline: float, bar: tqdm, counter: list, fired: list):
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class _ProgressAndDeadline(PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
+                  runner_results):
+            counter[0] += len(runner_results)
+            bar.update(len(runner_results))
+            if time.monotonic() > deadline:
+                fired[0] = True
+                raise _Deadline("tuning budget used up")
+
+    return _ProgressAndDeadline()
+
+
+def tune_module(mod, target, work_dir: str | Path, *, budget_s: float,
+                max_trials_per_task: int = 64, only_missing: bool = True,
+                trials_per_iter: int = 32, runner=None, seed: int = 0,
+                family: str | None = None, progress: bool = True) -> TuneReport:
+    """Tune the TIR tasks of a fused Relax module into the database at ``work_dir``.
+
+    Parameters
+    ----------
+    mod : IRModule
+        The module after the pipeline's fusion phase (tasks are keyed on these PrimFuncs).
+    target : tvm.target.Target
+        The target to tune for; the profile's own database folder must be given.
+    work_dir : path
+        MetaSchedule work dir; records are appended, so tuning resumes where it stopped.
+    budget_s : float
+        Wall-clock budget; tuning stops at the first measurement batch that ends past it.
+    max_trials_per_task : int
+        Trial cap per task.
+    only_missing : bool
+        Tune only tasks with no record yet (what ``build`` does); otherwise all tasks.
+    runner : meta_schedule Runner, optional
+        Defaults to a ``LocalRunner``; pass an ``RPCRunner`` to measure on a remote board.
+    """
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
+
+    load_tensor_intrinsics(family)
+    work_dir = Path(work_dir)
+    db = open_database(work_dir)
+    report = TuneReport(database=str(work_dir), budget_s=budget_s)
+    all_tasks = extract_tasks(mod, target)
+    if not all_tasks:
+        raise TvmcompError("the module has no TIR tasks to tune (was it fused?)")
+    chosen = [t for t in all_tasks if not only_missing or _best_us(db, t, target) is None]
+    if chosen and budget_s > 0:
+        contexts, weights = extracted_tasks_to_tune_contexts(
+            chosen, work_dir=str(work_dir), num_threads="physical", seed=seed,
+            strategy=ms.search_strategy.EvolutionarySearch(
+                population_size=256, init_measured_ratio=0.2, genetic_num_iters=3),
+        )
+        builder = ms.builder.LocalBuilder(
+            f_build=ms_build, timeout_sec=60.0, initializer=_builder_init(family))
+        runner = runner or ms.runner.LocalRunner(
+            timeout_sec=30.0,
+            evaluator_config=ms.runner.EvaluatorConfig(number=10, repeat=3, min_repeat_ms=20),
+        )
+        total = max_trials_per_task * len(contexts)
+        counter, fired = [0], [False]
+        bar = tqdm(total=total, desc=f"tune {len(contexts)} tasks", unit="trial",
+                   disable=not progress)
+        deadline = time.monotonic() + budget_s
+        callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
+        callbacks.append(_make_callback(deadline, bar, counter, fired))
+        start = time.monotonic()
+        # Quieten MetaSchedule's per-task INFO logs; our progress bar is the summary.
+        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+        try:
+            ms.tune.tune_tasks(
+                tasks=contexts, task_weights=weights, work_dir=str(work_dir),
+                max_trials_global=total, max_trials_per_task=max_trials_per_task,
+                num_trials_per_iter=trials_per_iter, builder=builder, runner=runner,
+                database=db, cost_model=ms.cost_model.XGBModel(num_tuning_cores=2),
+                measure_callbacks=callbacks,
+            )
+        except Exception:  # noqa: BLE001 - the deadline comes back wrapped by the FFI
+            if not fired[0]:
+                raise
+            report.stopped_by = "budget"
+        finally:
+            bar.close()
+        report.used_s = time.monotonic() - start
+        report.trials = counter[0]
+    elif chosen:
+        report.stopped_by = "no budget"
+    report.tasks = task_status(mod, target, db)
+    return report

@@ -1,0 +1,90 @@
+"""Check a compiled model against its float reference (ONNX Runtime) on real inputs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .data import Dataset, normalize
+from .errors import VerificationError
+
+MNIST_SHAPE = (1, 28, 28)
+ACCURACY_TOLERANCE = 0.0005  # 0.05 percentage points
+RANDOM_INPUTS = 64
+
+
+@dataclass
+class VerifyResult:
+    reference: str
+    inputs: str
+    n: int
+    max_abs_err: float
+    tolerance: float
+    accuracy: float | None = None
+    reference_accuracy: float | None = None
+    passed: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def ort_session(onnx_path: str):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+
+
+def ort_run(sess, x: np.ndarray, fixed_batch: int | None = None, chunk: int = 500) -> np.ndarray:
+    """Run an ORT session over ``x`` in chunks (of the model's fixed batch, if it has one)."""
+    name = sess.get_inputs()[0].name
+    step = fixed_batch or chunk
+    outs = []
+    for i in range(0, len(x), step):
+        xb = x[i: i + step]
+        if fixed_batch and len(xb) < fixed_batch:
+            pad = np.zeros((fixed_batch, *x.shape[1:]), x.dtype)
+            pad[: len(xb)] = xb
+            outs.append(sess.run(None, {name: pad})[0][: len(xb)])
+        else:
+            outs.append(sess.run(None, {name: xb})[0])
+    return np.concatenate(outs)
+
+
+def eval_inputs(input_shape: tuple, dtype: str, eval_set: Dataset | None):
+    """Real MNIST images when the model takes 1×28×28, else seeded random inputs."""
+    if eval_set is not None and tuple(input_shape[1:]) == MNIST_SHAPE and dtype == "float32":
+        return normalize(eval_set.images), eval_set.labels, eval_set.source
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((RANDOM_INPUTS, *input_shape[1:])).astype(dtype)
+    return x, None, f"{RANDOM_INPUTS} seeded random-normal inputs (input is not MNIST-shaped)"
+
+
+def verify(run_fn, onnx_path: str, input_shape: tuple, dtype: str, eval_set: Dataset | None,
+           fixed_batch: int | None = None, raise_on_fail: bool = True) -> VerifyResult:
+    """Compare ``run_fn(x)`` with ONNX Runtime; accuracy too when labels are known."""
+    x, labels, source = eval_inputs(input_shape, dtype, eval_set)
+    ref = ort_run(ort_session(onnx_path), x, fixed_batch)
+    got = run_fn(x)
+    if got.shape != ref.shape:
+        raise VerificationError(f"output shape {got.shape} differs from ONNX Runtime's {ref.shape}")
+    err = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64))))
+    tol = 1e-3 * max(1.0, float(np.max(np.abs(ref))))
+    res = VerifyResult("onnxruntime fp32", source, len(x), err, tol)
+    ok = bool(np.isfinite(err) and err <= tol)
+    if labels is not None:
+        res.accuracy = float(np.mean(got.argmax(1) == labels))
+        res.reference_accuracy = float(np.mean(ref.argmax(1) == labels))
+        ok = ok and abs(res.accuracy - res.reference_accuracy) <= ACCURACY_TOLERANCE
+    res.passed = ok
+    if not ok and raise_on_fail:
+        acc = ""
+        if labels is not None:
+            acc = f", accuracy {res.accuracy:.4%} vs reference {res.reference_accuracy:.4%}"
+        raise VerificationError(
+            f"compiled model disagrees with ONNX Runtime: max |err| {err:.3g} "
+            f"(tolerance {tol:.3g}){acc}; artifact not written"
+        )
+    return res
