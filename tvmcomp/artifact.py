@@ -25,12 +25,12 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def write_artifact(out_dir: str | os.PathLike, export_library, manifest: dict,
-                   check=None) -> Path:
+                   check=None, extra_files: dict[str, bytes] | None = None) -> Path:
     """Write the artifact into a temp dir beside ``out_dir`` and rename it into place.
 
     ``export_library(path)`` writes the shared library; ``check(path)``, if given, may test it
     (raising to abort) and returns a dict merged into the manifest. The library's sha256 and
-    size go into ``manifest["library"]``. An existing ``out_dir`` is replaced only once the new
+    size go into ``manifest["library"]``; ``extra_files`` (name → bytes) are written beside. An existing ``out_dir`` is replaced only once the new
     one is complete, so a failure never leaves a half-written artifact.
     """
     out = Path(out_dir).resolve()
@@ -44,6 +44,8 @@ def write_artifact(out_dir: str | os.PathLike, export_library, manifest: dict,
         manifest = dict(manifest)
         manifest["library"] = {"file": LIBRARY, "sha256": sha256_file(lib),
                                "bytes": lib.stat().st_size}
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
         if check is not None:
             manifest.update(check(lib))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")

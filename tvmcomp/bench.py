@@ -13,6 +13,7 @@ from .artifact import sha256_file
 from .errors import TvmcompError
 
 BASELINES = ("torch_fp32", "ort_fp32", "tvm_default")
+INT8_BASELINES = ("ort_int8_qdq", "torch_int8")
 
 
 def time_us(fn, min_repeat_s: float = 0.02, repeats: int = 15, warmup: int = 5) -> float:
@@ -59,6 +60,19 @@ def _torch_model(manifest: dict):
     return load_checkpoint(ckpt)[0]
 
 
+def _torch_int8(torch_model):
+    """PyTorch eager int8 of the checkpoint, calibrated on 256 shipped training images."""
+    import torch
+
+    from .data import load_train_5k, normalize
+    from .model.lenet import LeNet5, torch_int8_lenet
+
+    if not isinstance(torch_model, LeNet5):
+        return None
+    calib = torch.from_numpy(normalize(load_train_5k().images[:256]))
+    return torch_int8_lenet(torch_model, calib)
+
+
 def _tvm_default(onnx_path: str, batch: int, target):
     """TVM's plain ``tvm.compile`` (legalize + lower, no fusion, no schedules) as a baseline."""
     import tvm
@@ -82,12 +96,23 @@ def bench_artifact(art_dir: str | Path, batches=(1, 64), baselines=BASELINES,
 
     model = runtime.load(art_dir)
     man = model.manifest
+    if baselines and man.get("precision") == "int8":
+        baselines = (*baselines, *[b for b in INT8_BASELINES if b not in baselines])
     onnx_path = source_onnx(man, onnx_override) if baselines else None
     sess = ort_session(onnx_path) if "ort_fp32" in baselines else None
-    torch_model = _torch_model(man) if "torch_fp32" in baselines else None
     notes = []
-    if "torch_fp32" in baselines and torch_model is None:
-        notes.append("torch_fp32: no PyTorch checkpoint recorded in the ONNX metadata; skipped")
+    qdq_sess = None
+    if "ort_int8_qdq" in baselines:
+        ref = Path(art_dir) / man.get("reference_model", "")
+        if man.get("reference_model") and ref.is_file():
+            qdq_sess = ort_session(str(ref))  # fully optimised: what ORT users deploy
+        else:
+            notes.append("ort_int8_qdq: the artifact has no QDQ reference model; skipped")
+    torch_model = _torch_model(man) if {"torch_fp32", "torch_int8"} & set(baselines) else None
+    if torch_model is None and {"torch_fp32", "torch_int8"} & set(baselines):
+        notes.append("torch: no PyTorch checkpoint recorded in the ONNX metadata; skipped")
+    torch_q = _torch_int8(torch_model) if torch_model is not None and "torch_int8" in baselines \
+        else None
     results: dict[str, dict[str, float]] = {}
     rng = np.random.default_rng(0)
     steps = [(b, n) for b in batches for n in ("artifact", *baselines)]
@@ -107,12 +132,18 @@ def bench_artifact(art_dir: str | Path, batches=(1, 64), baselines=BASELINES,
         elif name == "ort_fp32":
             feed = {sess.get_inputs()[0].name: x}
             row[name] = time_us(lambda: sess.run(None, feed))
-        elif name == "torch_fp32" and torch_model is not None:
+        elif name == "ort_int8_qdq" and qdq_sess is not None:
+            feed = {qdq_sess.get_inputs()[0].name: x}
+            row[name] = time_us(lambda: qdq_sess.run(None, feed))
+        elif name in ("torch_fp32", "torch_int8") and torch_model is not None:
             import torch
 
+            net = torch_model if name == "torch_fp32" else torch_q
+            if net is None:
+                continue
             xt = torch.from_numpy(x)
             with torch.inference_mode():
-                row[name] = time_us(lambda: torch_model(xt))
+                row[name] = time_us(lambda: net(xt))
         elif name == "tvm_default":
             from .targets import parse_profile
 

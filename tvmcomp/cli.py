@@ -114,9 +114,49 @@ def cmd_build(args) -> int:
         return 0
     _, ev = _eval_set(args)
     opts = BuildOptions(batches=args.batch, tune_budget_s=args.tune_budget, eval_set=ev,
-                        debug_dump=args.debug_dump)
+                        debug_dump=args.debug_dump, quant=_quant_config(args),
+                        calib_images=_calib_data(args.calib_data),
+                        max_accuracy_drop=args.max_accuracy_drop / 100.0)
     build(args.model, profile, args.out, opts)
     return 0
+
+
+def _quant_config(args):
+    """The QuantConfig from --quantize and its flags (or --quant-config FILE)."""
+    from .quant import QuantConfig
+    from .quant.config import calibration_from_str
+
+    if args.quantize is None:
+        for flag in ("calib", "per_channel", "symmetric", "skip", "quant_config", "calib_data"):
+            if getattr(args, flag) not in (None, False, []):
+                raise TvmcompError(f"--{flag.replace('_', '-')} needs --quantize int8")
+        return None
+    if args.quant_config:
+        try:
+            text = Path(args.quant_config).read_text()
+        except OSError as e:
+            raise TvmcompError(f"cannot read --quant-config: {e}") from None
+        return QuantConfig.from_json(text)
+    from .quant import PerChannel, PerTensor
+
+    return QuantConfig(
+        calibration=calibration_from_str(args.calib or "minmax"),
+        activations="asymmetric" if args.symmetric is False else "symmetric",
+        weights=PerTensor() if args.per_channel is False else PerChannel(),
+        num_calib=args.calib_images, skip=tuple(args.skip or ()),
+    )
+
+
+def _calib_data(path: str | None):
+    if path is None:
+        return None
+    import numpy as np
+
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise TvmcompError(f"--calib-data {path}: not a readable .npy array ({e})") from None
+    return x
 
 
 def cmd_tune(args) -> int:
@@ -198,7 +238,7 @@ def cmd_run(args) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from .compiler import DEFAULT_TUNE_BUDGET_S
+    from .defaults import DEFAULT_TUNE_BUDGET_S
 
     ap = argparse.ArgumentParser(
         prog="tvmcomp", description="Deployment compiler for compressed CNNs on Apache TVM.",
@@ -232,6 +272,30 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug-dump", metavar="DIR", help="write the IR after each pipeline phase")
     p.add_argument("--print-pipeline", action="store_true", help="print the passes and exit")
     _add_mnist(p)
+    q = p.add_argument_group("int8 quantization")
+    q.add_argument("--quantize", choices=["int8"], default=None,
+                   help="calibrate on real images and compile int8 kernels")
+    q.add_argument("--calib", default=None, metavar="METHOD",
+                   help="minmax (default), percentile[:P] (default 99.99), entropy[:BINS] (KL)")
+    q.add_argument("--calib-images", type=_positive_int, default=256,
+                   help="calibration images drawn from the training set (default 256)")
+    q.add_argument("--calib-data", default=None, metavar="NPY",
+                   help="calibration inputs, float32 [N, ...] (default: MNIST training images)")
+    g = q.add_mutually_exclusive_group()
+    g.add_argument("--per-channel", dest="per_channel", action="store_true", default=None,
+                   help="per-output-channel weight scales (default)")
+    g.add_argument("--per-tensor", dest="per_channel", action="store_false")
+    g = q.add_mutually_exclusive_group()
+    g.add_argument("--symmetric", dest="symmetric", action="store_true", default=None,
+                   help="zero-point-free activations (default)")
+    g.add_argument("--asymmetric", dest="symmetric", action="store_false",
+                   help="activations with a zero point")
+    q.add_argument("--skip", action="append", metavar="LAYER",
+                   help="ONNX node name kept in float (repeatable), e.g. /fc3/Gemm")
+    q.add_argument("--quant-config", default=None, metavar="JSON",
+                   help="a saved quant_config.json instead of the flags above")
+    q.add_argument("--max-accuracy-drop", type=float, default=0.5, metavar="PT",
+                   help="refuse an int8 artifact more than PT points below float (default 0.5)")
     p.set_defaults(fn=cmd_build)
 
     p = sub.add_parser("tune", help="tune kernels into tuning_logs/<profile>")

@@ -14,15 +14,17 @@ import numpy as np
 from . import __version__
 from .artifact import SCHEMA_VERSION, write_artifact
 from .data import Dataset
-from .errors import TvmcompError
+from .defaults import DEFAULT_BATCHES, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_TUNE_BUDGET_S
+from .errors import ArtifactError, TvmcompError
 from .frontend.onnx_import import entry_name, import_batches, load_onnx
 from .pipeline import compile_fused, fuse, make_pipeline, pass_names
+from .quant import QuantConfig
 from .targets import Profile
 from .tune import open_database, task_status, tune_module
 from .verify import verify
 
-DEFAULT_BATCHES = (1, 64)
-DEFAULT_TUNE_BUDGET_S = 300.0
+QDQ_REFERENCE = "reference.qdq.onnx"
+QUANT_CONFIG = "quant_config.json"
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class BuildOptions:
     eval_set: Dataset | None = None
     debug_dump: str | None = None
     progress: bool = True
+    quant: QuantConfig | None = None
+    calib_images: np.ndarray | None = None  # float32 [N, *input]; default: MNIST training set
+    max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP
 
 
 def _say(msg: str, on: bool = True) -> None:
@@ -126,9 +131,29 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     from tvm.runtime import Executable  # noqa: F401  (import check: TVM runtime present)
 
     t0 = time.monotonic()
+    out_path = Path(out_dir)
+    if out_path.exists() and not (out_path / "manifest.json").is_file():
+        raise ArtifactError(f"{out_path} exists and is not a tvmcomp artifact; refusing to "
+                           "replace it")
     model, info = load_onnx(onnx_path)
     for b in opts.batches:
         info.check_batch(b)
+    qm = None
+    if opts.quant is not None:
+        if is_qdq(model):
+            raise TvmcompError(f"{onnx_path} is already quantized (QDQ); build it without "
+                               "--quantize to compile its int8 kernels")
+        from .quant import quantize_onnx
+
+        images = _calibration_images(info, opts.calib_images)
+        q = opts.quant
+        _say(f"quantize int8: {q.calibration.method} calibration on "
+             f"{min(len(images), q.num_calib)} images, {q.activations} activations, "
+             f"{q.weights.granularity} weights" + (f", float: {', '.join(q.skip)}" if q.skip
+                                                   else ""), opts.progress)
+        qm = quantize_onnx(model, images, opts.quant)
+        model = qm.model
+    int8 = is_qdq(model)
     batches = sorted(set(opts.batches))
     target = profile.tvm_target()
     _say(f"build {Path(onnx_path).name} → {out_dir} | profile {profile.name} | batches "
@@ -161,7 +186,19 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         "weight_bytes": weight_bytes,
         "weight_tensors": n_weights,
         "tuning": tuning,
+        "precision": "int8" if int8 else "fp32",
+        "quantization": (qm.summary() if qm is not None
+                         else {"source": "QDQ model given as input"} if int8 else None),
     }
+    extra = {}
+    if int8:
+        import onnx
+
+        extra[QDQ_REFERENCE] = onnx._serialize(model) if hasattr(onnx, "_serialize") \
+            else model.SerializeToString()
+        manifest["reference_model"] = QDQ_REFERENCE
+    if qm is not None:
+        extra[QUANT_CONFIG] = (opts.quant.to_json() + "\n").encode()
 
     def check(lib_path: Path) -> dict:
         if not profile.runs_here():
@@ -169,19 +206,47 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
             _say(f"WARNING: verification skipped: {reason}", opts.progress)
             return {"verification": {"passed": None, "skipped": reason}}
         model_run = _load_for_check(lib_path, manifest, profile)
+        kw = {}
+        if int8:
+            from .quant import run_qdq_reference
+
+            kw = dict(reference_fn=lambda x: run_qdq_reference(model, x),
+                      reference_name="onnxruntime QDQ (as written)", rel_tol=1e-2,
+                      max_accuracy_drop=opts.max_accuracy_drop if qm is not None else None)
         res = verify(model_run, info.path, info.input_shape, info.input_dtype, opts.eval_set,
-                     fixed_batch=None if info.dynamic_batch else info.input_shape[0])
+                     fixed_batch=None if info.dynamic_batch else info.input_shape[0], **kw)
         msg = f"verified vs {res.reference} on {res.inputs}: max |err| {res.max_abs_err:.2e}"
         if res.accuracy is not None:
             msg += f", accuracy {res.accuracy:.4%} (reference {res.reference_accuracy:.4%})"
+        if res.float_accuracy is not None:
+            msg += f", float {res.float_accuracy:.4%}"
         _say(msg, opts.progress)
         return {"verification": res.to_dict()}
 
-    out = write_artifact(out_dir, export_function(profile)(ex), manifest, check)
+    out = write_artifact(out_dir, export_function(profile)(ex), manifest, check, extra)
     manifest = __import__("json").loads((out / "manifest.json").read_text())
     _say(f"wrote {out} (model.so {manifest['library']['bytes']:,} B, weights "
          f"{weight_bytes:,} B) in {time.monotonic() - t0:.0f} s", opts.progress)
     return out, manifest
+
+
+def is_qdq(model) -> bool:
+    """Whether an ONNX model carries QuantizeLinear/DequantizeLinear nodes (int8 QDQ form)."""
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+
+
+def _calibration_images(info, images) -> np.ndarray:
+    if images is not None:
+        return images
+    if tuple(info.input_shape[1:]) == (1, 28, 28) and info.input_dtype == "float32":
+        from .data import load_train_5k, normalize
+
+        return normalize(load_train_5k().images)
+    raise TvmcompError(
+        f"{info.path}: input {list(info.input_shape)} is not MNIST-shaped; give calibration "
+        "images with --calib-data FILE.npy (float32, shape [N, "
+        f"{', '.join(map(str, info.input_shape[1:]))}])"
+    )
 
 
 def _tvm_version() -> str:

@@ -16,6 +16,27 @@ from .model import LeNet5, TrainConfig, evaluate_torch, load_checkpoint, save_ch
 from .targets import Profile
 
 
+def prepare_lenet5(out: Path, train_set, epochs: int = 20):
+    """Train (seeded) or reuse ``out/lenet5.pt``, export ``out/lenet5.onnx``; returns both."""
+    ckpt = out / "lenet5.pt"
+    cfg = TrainConfig(epochs=epochs)
+    reuse = False
+    if ckpt.is_file():
+        model, meta = load_checkpoint(ckpt)
+        reuse = (meta.get("train_config") == cfg.__dict__
+                 and meta.get("train_set") == train_set.source)
+    if not reuse:
+        print(f"== train LeNet-5: {cfg}")
+        model = train(LeNet5(), train_set, cfg)
+        save_checkpoint(model, ckpt, {"train_config": cfg.__dict__, "train_set": train_set.source})
+    else:
+        print(f"== train: reusing {ckpt} (same config and training set)")
+    onnx_path = export_onnx(model, out / "lenet5.onnx",
+                            metadata={"tvmcomp.checkpoint": str(ckpt.resolve())})
+    print(f"== export → {onnx_path}")
+    return model, ckpt, onnx_path
+
+
 def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = None,
                  epochs: int = 20, tune_budget_s: float = 300.0, batches=(1, 64)) -> dict:
     """Run everything end to end and print (and save) a results table."""
@@ -28,24 +49,9 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
     print(f"   training set: {train_set.source}")
     print(f"   evaluation set: {ev.source}")
 
-    ckpt = out / "lenet5.pt"
-    cfg = TrainConfig(epochs=epochs)
-    reuse = False
-    if ckpt.is_file():
-        model, meta = load_checkpoint(ckpt)
-        reuse = meta.get("train_config") == cfg.__dict__ and meta.get("train_set") == train_set.source
-    if not reuse:
-        print(f"== train LeNet-5: {cfg}")
-        model = train(LeNet5(), train_set, cfg)
-        save_checkpoint(model, ckpt, {"train_config": cfg.__dict__, "train_set": train_set.source})
-    else:
-        print(f"== train: reusing {ckpt} (same config and training set)")
+    model, ckpt, onnx_path = prepare_lenet5(out, train_set, epochs)
     torch_acc = evaluate_torch(model, ev)
     print(f"   PyTorch accuracy {torch_acc:.4%} on {ev.source}")
-
-    onnx_path = export_onnx(model, out / "lenet5.onnx",
-                            metadata={"tvmcomp.checkpoint": str(ckpt.resolve())})
-    print(f"== export → {onnx_path}")
     print("== build")
     art, manifest = build(onnx_path, profile, out / "artifact",
                           BuildOptions(batches=tuple(batches), tune_budget_s=tune_budget_s,

@@ -9,6 +9,8 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
+from .passes import QuantizeInt8
+
 
 @dataclass(frozen=True)
 class Phase:
@@ -36,9 +38,13 @@ def make_pipeline(target, database=None) -> list[Phase]:
 
 def _phases(database) -> list[Phase]:
     return [
-        # 1. Canonicalise the imported graph: batch-norm/dropout to inference arithmetic,
-        #    trivial bindings removed, constants folded while ops are still high level.
+        # 1. Canonicalise the imported graph. QuantizeInt8 first (before FoldConstant would
+        #    fold dequantized weights back to float): QDQ patterns become int8 conv2d/matmul
+        #    with integer requantization; float graphs pass through unchanged. Then
+        #    batch-norm/dropout to inference arithmetic, trivial bindings removed, constants
+        #    folded while ops are still high level.
         Phase("canonicalize", (
+            QuantizeInt8(),
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
             relax.transform.FoldConstant(),

@@ -23,6 +23,8 @@ class VerifyResult:
     tolerance: float
     accuracy: float | None = None
     reference_accuracy: float | None = None
+    float_accuracy: float | None = None
+    max_accuracy_drop: float | None = None
     passed: bool = False
 
     def to_dict(self) -> dict:
@@ -63,28 +65,45 @@ def eval_inputs(input_shape: tuple, dtype: str, eval_set: Dataset | None):
 
 
 def verify(run_fn, onnx_path: str, input_shape: tuple, dtype: str, eval_set: Dataset | None,
-           fixed_batch: int | None = None, raise_on_fail: bool = True) -> VerifyResult:
-    """Compare ``run_fn(x)`` with ONNX Runtime; accuracy too when labels are known."""
+           fixed_batch: int | None = None, raise_on_fail: bool = True, *,
+           reference_fn=None, reference_name: str = "onnxruntime fp32",
+           rel_tol: float = 1e-3, max_accuracy_drop: float | None = None) -> VerifyResult:
+    """Compare ``run_fn(x)`` with its reference; accuracy too when labels are known.
+
+    The reference is ONNX Runtime on ``onnx_path`` unless ``reference_fn`` is given (for int8
+    builds: ORT running the QDQ model as written). Outputs must agree to ``rel_tol`` of the
+    reference's largest magnitude, and accuracy to 0.05 pt. With ``max_accuracy_drop`` the
+    float model (ORT on ``onnx_path``) is also run and the accuracy may fall at most that much
+    (a fraction) below it.
+    """
     x, labels, source = eval_inputs(input_shape, dtype, eval_set)
-    ref = ort_run(ort_session(onnx_path), x, fixed_batch)
+    float_ref = None
+    if reference_fn is None or max_accuracy_drop is not None:
+        float_ref = ort_run(ort_session(onnx_path), x, fixed_batch)
+    ref = reference_fn(x) if reference_fn is not None else float_ref
     got = run_fn(x)
     if got.shape != ref.shape:
-        raise VerificationError(f"output shape {got.shape} differs from ONNX Runtime's {ref.shape}")
+        raise VerificationError(f"output shape {got.shape} differs from the reference's {ref.shape}")
     err = float(np.max(np.abs(got.astype(np.float64) - ref.astype(np.float64))))
-    tol = 1e-3 * max(1.0, float(np.max(np.abs(ref))))
-    res = VerifyResult("onnxruntime fp32", source, len(x), err, tol)
+    tol = rel_tol * max(1.0, float(np.max(np.abs(ref))))
+    res = VerifyResult(reference_name, source, len(x), err, tol)
     ok = bool(np.isfinite(err) and err <= tol)
+    why = f"max |err| {err:.3g} (tolerance {tol:.3g})"
     if labels is not None:
         res.accuracy = float(np.mean(got.argmax(1) == labels))
         res.reference_accuracy = float(np.mean(ref.argmax(1) == labels))
         ok = ok and abs(res.accuracy - res.reference_accuracy) <= ACCURACY_TOLERANCE
+        why += f", accuracy {res.accuracy:.4%} vs reference {res.reference_accuracy:.4%}"
+        if max_accuracy_drop is not None:
+            res.float_accuracy = float(np.mean(float_ref.argmax(1) == labels))
+            res.max_accuracy_drop = max_accuracy_drop
+            drop = res.float_accuracy - res.accuracy
+            ok = ok and drop <= max_accuracy_drop
+            why += (f", {drop * 100:+.2f} pt below float {res.float_accuracy:.4%} "
+                    f"(allowed {max_accuracy_drop * 100:.2f} pt)")
     res.passed = ok
     if not ok and raise_on_fail:
-        acc = ""
-        if labels is not None:
-            acc = f", accuracy {res.accuracy:.4%} vs reference {res.reference_accuracy:.4%}"
         raise VerificationError(
-            f"compiled model disagrees with ONNX Runtime: max |err| {err:.3g} "
-            f"(tolerance {tol:.3g}){acc}; artifact not written"
+            f"compiled model disagrees with {reference_name}: {why}; artifact not written"
         )
     return res

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,8 +66,11 @@ def _open(path: Path):
 
 
 def _read_idx(path: Path, expect_magic: int) -> np.ndarray:
-    with _open(path) as f:
-        data = f.read()
+    try:
+        with _open(path) as f:
+            data = f.read()
+    except (EOFError, OSError, zlib.error) as e:  # truncated or corrupt gzip stream
+        raise TvmcompError(f"{path}: corrupt or truncated IDX file ({e})") from None
     if len(data) < 8:
         raise TvmcompError(f"{path}: truncated IDX file ({len(data)} bytes)")
     magic = int.from_bytes(data[:4], "big")

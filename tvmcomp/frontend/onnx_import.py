@@ -138,11 +138,32 @@ def entry_name(batch: int) -> str:
 def import_batches(model, info: ModelInfo, batches: list[int]):
     """One IRModule with a function ``main_b<N>`` per batch size (weights shared in the .so)."""
     import tvm
+    from tvm import relax
 
     if not batches:
         raise ModelError("no batch sizes given")
     merged = tvm.IRModule()
     for b in sorted(set(batches)):
-        func = import_onnx(model, info, b)["main"]
+        mod = import_onnx(model, info, b)
+        # The frontend may also emit helper PrimFuncs (e.g. for Clip) that "main" calls: keep
+        # them, renamed per batch so that the batch sizes' functions do not collide.
+        rename = {gv: tvm.ir.GlobalVar(f"{gv.name_hint}_b{b}")
+                  for gv in mod.get_global_vars() if gv.name_hint != "main"}
+        for gv, new_gv in rename.items():
+            relax.expr._update_type(new_gv, gv.ty)
+            merged[new_gv] = mod[gv]
+        func = _rename_globals(mod["main"], rename) if rename else mod["main"]
         merged[entry_name(b)] = func.with_attr("global_symbol", entry_name(b))
     return merged
+
+
+def _rename_globals(func, mapping: dict):
+    """``func`` with its references to the GlobalVars in ``mapping`` replaced."""
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class RenameGlobals(relax.PyExprMutator):
+        def visit_global_var_(self, op):
+            return mapping.get(op, op)
+
+    return RenameGlobals().visit_expr(func)

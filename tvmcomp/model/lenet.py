@@ -75,3 +75,38 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict]:
         raise ModelError(f"{path}: weights do not fit {arch}: {str(e).splitlines()[0]}") from None
     model.eval()
     return model, dict(ckpt.get("meta", {}))
+
+
+def torch_int8_lenet(model: LeNet5, calib: torch.Tensor, backend: str = "x86") -> nn.Module:
+    """PyTorch's own eager int8 LeNet-5 (``torch.ao.quantization`` prepare/convert).
+
+    A peer baseline for our int8 kernels: conv+ReLU and linear+ReLU fused, ``backend``'s default
+    qconfig (per-channel weights, histogram observers), calibrated on ``calib``.
+    """
+    import copy
+
+    from torch.ao import quantization as tq
+
+    class _QLeNet5(nn.Module):
+        def __init__(self, m: LeNet5):
+            super().__init__()
+            self.quant, self.dequant = tq.QuantStub(), tq.DeQuantStub()
+            self.conv1, self.conv2, self.pool = m.conv1, m.conv2, m.pool
+            self.fc1, self.fc2, self.fc3 = m.fc1, m.fc2, m.fc3
+            self.r1, self.r2, self.r3, self.r4 = (nn.ReLU() for _ in range(4))
+
+        def forward(self, x):
+            x = self.pool(self.r1(self.conv1(self.quant(x))))
+            x = self.pool(self.r2(self.conv2(x)))
+            x = torch.flatten(x, 1)
+            x = self.r4(self.fc2(self.r3(self.fc1(x))))
+            return self.dequant(self.fc3(x))
+
+    q = _QLeNet5(copy.deepcopy(model)).eval()
+    torch.backends.quantized.engine = backend
+    q.qconfig = tq.get_default_qconfig(backend)
+    q = tq.fuse_modules(q, [["conv1", "r1"], ["conv2", "r2"], ["fc1", "r3"], ["fc2", "r4"]])
+    tq.prepare(q, inplace=True)
+    with torch.no_grad():
+        q(calib)
+    return tq.convert(q)

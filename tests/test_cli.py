@@ -1,0 +1,230 @@
+"""The command line: help, targets, error reporting (exit 2, one line, no traceback), eval, bench.
+
+Each subprocess imports TVM (several seconds on 2 cores), so only behaviours that need a real
+process (exit status, stderr, the console script) run in one; the rest call ``main()``.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tvmcomp import cli
+from tvmcomp.targets import load_profile
+
+REPO = Path(__file__).resolve().parents[1]
+SUBCOMMANDS = ["train", "export", "build", "tune", "eval", "bench", "targets", "run"]
+
+
+def _one_error_line(proc, cmd):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"tvmcomp {cmd}: error: ")
+    return lines[0]
+
+
+def test_top_level_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in SUBCOMMANDS:
+        assert f"  {cmd} " in out
+
+
+@pytest.mark.parametrize("cmd", SUBCOMMANDS)
+def test_subcommand_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([cmd, "--help"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: tvmcomp {cmd}")
+
+
+def test_no_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([])
+    assert e.value.code == 2
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["build", "m.onnx", "--batch", "0"], "batch sizes must be >= 1"),
+    (["build", "m.onnx", "--tune-budget", "-1"], "a budget cannot be negative"),
+    (["train", "--out", "x.pt", "--epochs", "0"], "expected an integer >= 1"),
+    (["build", "m.onnx"], "required: --out"),
+])
+def test_bad_arguments(argv, expect, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    assert expect in capsys.readouterr().err
+
+
+def test_export_in_process(lenet, tmp_path, capsys):
+    import onnx
+
+    dyn, static = tmp_path / "dyn.onnx", tmp_path / "static.onnx"
+    assert cli.main(["export", str(lenet.checkpoint), "--out", str(dyn)]) == 0
+    assert cli.main(["export", str(lenet.checkpoint), "--out", str(static),
+                     "--static-batch", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "dynamic batch" in out and "batch 3" in out
+    d = onnx.load(str(dyn)).graph.input[0].type.tensor_type.shape.dim[0]
+    s = onnx.load(str(static)).graph.input[0].type.tensor_type.shape.dim[0]
+    assert d.dim_param == "N" and s.dim_value == 3
+    meta = {p.key: p.value for p in onnx.load(str(dyn)).metadata_props}
+    assert meta["tvmcomp.checkpoint"] == str(lenet.checkpoint.resolve())
+
+
+def test_export_missing_checkpoint(tmp_path, capsys):
+    assert cli.main(["export", str(tmp_path / "no.pt"), "--out", str(tmp_path / "x.onnx")]) == 2
+    assert capsys.readouterr().err.startswith("tvmcomp export: error: checkpoint not found")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_print_pipeline(capsys):
+    assert cli.main(["build", "unused.onnx", "--profile", "x86_avx2", "--print-pipeline"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "1. canonicalize", "2. dispatch", "3. legalize_fuse", "4. schedule", "5. lower"]
+    assert "MetaScheduleApplyDatabase" in lines[3]
+
+
+def test_targets_console_script():
+    exe = Path(sys.executable).with_name("tvmcomp")
+    if not exe.is_file():
+        pytest.skip(f"console script not installed beside {sys.executable}")
+    proc = subprocess.run([str(exe), "targets"], capture_output=True, text=True, cwd=REPO,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:]}
+    assert {"x86_avx2", "x86_avx512"} <= set(rows)
+    for name, row in rows.items():
+        assert row[1] == load_profile(name).family
+        assert row[2] == ("yes" if load_profile(name).runs_here() else "no")
+
+
+def test_build_unknown_profile(tmp_path, lenet, run_tvmcomp):
+    out = tmp_path / "art"
+    proc = run_tvmcomp("build", str(lenet.onnx), "--profile", "x86_avx3", "--out", str(out),
+                   "--tune-budget", "0")
+    line = _one_error_line(proc, "build")
+    assert "unknown profile 'x86_avx3'; available: x86_avx2, x86_avx512" in line
+    assert not out.exists()
+
+
+def test_build_corrupt_onnx(tmp_path, lenet, run_tvmcomp):
+    raw = lenet.onnx.read_bytes()
+    bad = tmp_path / "half.onnx"
+    bad.write_bytes(raw[: len(raw) // 2])
+    out = tmp_path / "art"
+    proc = run_tvmcomp("build", str(bad), "--profile", "x86_avx2", "--out", str(out),
+                   "--tune-budget", "0", "--batch", "1")
+    line = _one_error_line(proc, "build")
+    assert "half.onnx: corrupt or truncated ONNX file" in line
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["half.onnx"]
+
+
+def test_build_small_model(tmp_path, x86_host, run_tvmcomp, gemm_onnx):
+    """A whole CLI build, with a profile file whose tuning database is a temp folder."""
+    src = (REPO / "targets" / "x86_avx2.toml").read_text()
+    prof = tmp_path / "x86_test.toml"
+    prof.write_text(f'tuning_db = "{tmp_path / "db"}"\n' + src)
+    onnx_path, _, _ = gemm_onnx(tmp_path / "g.onnx")
+    out = tmp_path / "art"
+    proc = run_tvmcomp("build", str(onnx_path), "--profile", str(prof), "--out", str(out),
+                   "--tune-budget", "0", "--batch", "1,2")
+    assert proc.returncode == 0, proc.stderr
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["profile"]["name"] == "x86_test" and man["batches"] == [1, 2]
+    assert man["verification"]["passed"] is True
+    assert man["tuning"]["stopped_by"] == "budget 0"
+    assert f"wrote {out}" in proc.stdout
+    assert not (tmp_path / "db").exists()
+
+
+def test_eval_json(lenet_artifact, eval_set, run_tvmcomp):
+    proc = run_tvmcomp("eval", str(lenet_artifact.path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert {"accuracy", "n", "eval_set", "artifact"} <= set(res)
+    assert res["n"] == len(eval_set)
+    assert res["eval_set"] == eval_set.source
+    assert res["artifact"] == str(lenet_artifact.path)
+    # the same images as the build's verification, so the same accuracy
+    assert res["accuracy"] == pytest.approx(lenet_artifact.manifest["verification"]["accuracy"])
+
+
+def test_eval_text_in_process(lenet_artifact, eval_set, capsys):
+    assert cli.main(["eval", str(lenet_artifact.path)]) == 0
+    out = capsys.readouterr().out
+    acc = lenet_artifact.manifest["verification"]["accuracy"]
+    assert f"accuracy {acc:.4%}" in out and f"/{len(eval_set)}) on {eval_set.source}" in out
+
+
+def test_eval_rejects_non_mnist_artifact(tmp_path, capsys, x86_host, gemm_onnx, profile_with_db):
+    from tvmcomp.compiler import BuildOptions, build
+
+    onnx_path, _, _ = gemm_onnx(tmp_path / "g.onnx")
+    out, _ = build(onnx_path, profile_with_db(tmp_path / "db"), tmp_path / "art",
+                   BuildOptions(batches=(1,), tune_budget_s=0, progress=False))
+    assert cli.main(["eval", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tvmcomp eval: error: ") and "is not MNIST-shaped" in err
+
+
+def test_eval_tampered_artifact(lenet_artifact, tmp_path, run_tvmcomp):
+    art = Path(shutil.copytree(lenet_artifact.path, tmp_path / "art"))
+    lib = art / "model.so"
+    data = bytearray(lib.read_bytes())
+    data[100] ^= 0xFF
+    lib.write_bytes(bytes(data))
+    proc = run_tvmcomp("eval", str(art), "--json")
+    line = _one_error_line(proc, "eval")
+    assert "sha256" in line
+    assert proc.stdout == ""
+
+
+def test_eval_missing_artifact(tmp_path, capsys):
+    assert cli.main(["eval", str(tmp_path / "nope")]) == 2
+    assert "artifact directory not found" in capsys.readouterr().err
+
+
+def test_bench_json(lenet_artifact, run_tvmcomp):
+    proc = run_tvmcomp("bench", str(lenet_artifact.path), "--json", "--batch", "1")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["unit"] == "us"
+    assert list(res["results"]) == ["1"]
+    row = res["results"]["1"]
+    assert set(row) == {"artifact", "torch_fp32", "ort_fp32", "tvm_default"}
+    for name, us in row.items():
+        assert isinstance(us, float) and us > 0, name
+    assert res["profile"] == "x86_avx2" and res["notes"] == []
+
+
+def test_bench_without_source_model(lenet_artifact, tmp_path, capsys):
+    """The float source model moved: baselines cannot run, the artifact alone can."""
+    art = Path(shutil.copytree(lenet_artifact.path, tmp_path / "art"))
+    man = json.loads((art / "manifest.json").read_text())
+    man["model"]["source"] = str(tmp_path / "moved.onnx")
+    (art / "manifest.json").write_text(json.dumps(man))
+    assert cli.main(["bench", str(art), "--json", "--batch", "1"]) == 2
+    assert "--onnx" in capsys.readouterr().err
+    assert cli.main(["bench", str(art), "--json", "--batch", "3", "--no-baselines"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res["results"]["3"]) == {"artifact"} and res["results"]["3"]["artifact"] > 0
+    assert any("batch 3: not compiled" in n for n in res["notes"])
+
+
+def test_bench_rejects_other_source_model(lenet_artifact, tmp_path, capsys):
+    other = tmp_path / "other.onnx"
+    other.write_bytes(b"different")
+    assert cli.main(["bench", str(lenet_artifact.path), "--onnx", str(other), "--batch",
+                     "1"]) == 2
+    assert "sha256 differs" in capsys.readouterr().err

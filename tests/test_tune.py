@@ -1,0 +1,78 @@
+"""MetaSchedule tuning on a one-kernel model, into a temp database (never tuning_logs/)."""
+
+import numpy as np
+import pytest
+
+from tvmcomp import runtime
+from tvmcomp.compiler import BuildOptions, build
+from tvmcomp.errors import TvmcompError
+from tvmcomp.frontend.onnx_import import import_batches, load_onnx
+from tvmcomp.pipeline import fuse, make_pipeline, run_phases
+from tvmcomp.tune import open_database, task_status, tune_module
+
+
+def _scheduled(fused, target, db) -> dict:
+    """{PrimFunc name: is it scheduled} after the pipeline's schedule phase."""
+    phases = [ph for ph in make_pipeline(target, db) if ph.name == "schedule"]
+    mod = run_phases(fused, phases, target, db)
+    return {gv.name_hint: bool(f.attrs and f.attrs.get("tirx.is_scheduled", False))
+            for gv, f in mod.functions.items() if gv.name_hint.startswith("fused_")}
+
+
+def test_tune_then_build_applies_record(tmp_path, x86_host, gemm_onnx, profile_with_db):
+    onnx_path, w, b = gemm_onnx(tmp_path / "gemm.onnx")
+    target = x86_host.tvm_target()
+    model, info = load_onnx(onnx_path)
+    fused = fuse(import_batches(model, info, [1]), target)
+    work = tmp_path / "db"
+    assert [t.best_us for t in task_status(fused, target, open_database(work, create=False))] \
+        == [None]
+
+    rep = tune_module(fused, target, work, budget_s=20, max_trials_per_task=4,
+                      trials_per_iter=4, family=x86_host.family, progress=False)
+    assert rep.database == str(work)
+    assert 1 <= rep.trials <= 4
+    assert len(rep.tasks) == 1 and rep.untuned == []
+    assert (work / "database_tuning_record.json").stat().st_size > 0
+
+    status = task_status(fused, target, open_database(work, create=False))
+    assert len(status) == 1 and status[0].name == rep.tasks[0].name
+    assert status[0].best_us is not None and status[0].best_us > 0
+
+    # the pipeline's schedule phase swaps in the tuned kernel only with the database
+    db = open_database(work, create=False)
+    assert set(_scheduled(fused, target, db).values()) == {True}
+    assert set(_scheduled(fused, target, None).values()) == {False}
+
+    # a second call with only_missing tunes nothing
+    again = tune_module(fused, target, work, budget_s=20, max_trials_per_task=4,
+                        trials_per_iter=4, family=x86_host.family, progress=False)
+    assert again.trials == 0 and again.stopped_by == "done"
+
+    out, man = build(onnx_path, profile_with_db(work), tmp_path / "art",
+                     BuildOptions(batches=(1,), tune_budget_s=0, progress=False))
+    t = man["tuning"]
+    assert t["database"] == str(work)
+    assert t["tasks"] == 1 and t["tuned"] == 1 and t["untuned"] == []
+    assert t["stopped_by"] == "not needed"
+    assert t["tuned_kernel_us"] == {status[0].name: round(status[0].best_us, 3)}
+    x = np.random.default_rng(0).standard_normal((3, 32)).astype(np.float32)
+    np.testing.assert_allclose(runtime.load(out)(x), x @ w + b, rtol=1e-5, atol=1e-5)
+
+
+def test_budget_zero_tunes_nothing(tmp_path, x86_host, gemm_onnx):
+    onnx_path, _, _ = gemm_onnx(tmp_path / "gemm.onnx")
+    target = x86_host.tvm_target()
+    model, info = load_onnx(onnx_path)
+    fused = fuse(import_batches(model, info, [1, 2]), target)
+    rep = tune_module(fused, target, tmp_path / "db", budget_s=0, progress=False)
+    assert rep.stopped_by == "no budget" and rep.trials == 0
+    assert len(rep.tasks) == 2 and len(rep.untuned) == 2
+
+
+def test_unfused_module_has_no_tasks(tmp_path, x86_host, gemm_onnx):
+    onnx_path, _, _ = gemm_onnx(tmp_path / "gemm.onnx")
+    model, info = load_onnx(onnx_path)
+    with pytest.raises(TvmcompError, match="no TIR tasks"):
+        tune_module(import_batches(model, info, [1]), x86_host.tvm_target(), tmp_path / "db",
+                    budget_s=0, progress=False)

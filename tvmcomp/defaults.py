@@ -1,0 +1,5 @@
+"""Defaults shared by the CLI and the API (no heavy imports here: the CLI's --help uses them)."""
+
+DEFAULT_BATCHES = (1, 64)
+DEFAULT_TUNE_BUDGET_S = 300.0
+DEFAULT_MAX_ACCURACY_DROP = 0.005  # int8 vs float, as a fraction (0.5 pt)
