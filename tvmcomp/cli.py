@@ -128,7 +128,7 @@ def _quant_config(args):
 
     if args.quantize is None:
         for flag in ("calib", "per_channel", "symmetric", "skip", "quant_config", "calib_data"):
-            if getattr(args, flag) not in (None, False, []):
+            if getattr(args, flag) is not None:
                 raise TvmcompError(f"--{flag.replace('_', '-')} needs --quantize int8")
         return None
     if args.quant_config:
