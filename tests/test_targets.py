@@ -6,6 +6,7 @@ import pytest
 
 from tvmcomp.errors import TvmcompError
 from tvmcomp.targets import (
+    profile_from_dict,
     TUNING_DIR,
     available_profiles,
     host_profile,
@@ -30,10 +31,8 @@ def test_profile_round_trip(name):
     assert prof.name == name and prof.source.endswith(f"{name}.toml")
     d = prof.to_dict()
     assert d["name"] == name
-    # to_dict() carries the name and unset optional keys (None); the rest parses back
-    data = {k: v for k, v in d.items() if k != "name" and v is not None}
-    again = parse_profile(data, name)
-    assert again.to_dict() == d
+    again = profile_from_dict(d)  # what artifact manifests store
+    assert again.to_dict() == d and again.name == name
     assert again.tvm_target().kind.name == prof.target["kind"]
     assert prof.tuning_dir == TUNING_DIR / name
 

@@ -145,12 +145,9 @@ def bench_artifact(art_dir: str | Path, batches=(1, 64), baselines=BASELINES,
             with torch.inference_mode():
                 row[name] = time_us(lambda: net(xt))
         elif name == "tvm_default":
-            from .targets import parse_profile
+            from .targets import profile_from_dict
 
-            prof = man["profile"]
-            target = parse_profile({k: prof[k] for k in ("description", "family", "target",
-                                                         "cores")}, prof["name"]).tvm_target()
-            f = _tvm_default(onnx_path, b, target)
+            f = _tvm_default(onnx_path, b, profile_from_dict(man["profile"]).tvm_target())
             xt = tvm.runtime.tensor(x)
             row[name] = time_us(lambda: f(xt))
     return {"unit": "us", "results": results, "artifact": str(art_dir),

@@ -9,7 +9,7 @@ import numpy as np
 
 from .artifact import check_library, read_manifest
 from .errors import ArtifactError, InputError
-from .targets import parse_profile
+from .targets import profile_from_dict
 
 
 class CompiledModel:
@@ -83,10 +83,7 @@ def load(art_dir: str | os.PathLike) -> CompiledModel:
     art_dir = Path(art_dir)
     manifest = read_manifest(art_dir)
     lib_path = check_library(art_dir, manifest)
-    prof = manifest["profile"]
-    profile = parse_profile(
-        {k: prof[k] for k in ("description", "family", "target", "cores", "requires_cpu_flags")
-         if k in prof}, prof.get("name", "?"), source=str(art_dir / "manifest.json"))
+    profile = profile_from_dict(manifest["profile"], source=str(art_dir / "manifest.json"))
     missing = profile.missing_cpu_flags()
     if missing:
         raise ArtifactError(

@@ -124,6 +124,12 @@ def parse_profile(data: dict, name: str, source: str = "<dict>") -> Profile:
     )
 
 
+def profile_from_dict(d: dict, source: str = "<manifest>") -> Profile:
+    """Inverse of :meth:`Profile.to_dict` (as stored in artifact manifests)."""
+    body = {k: v for k, v in d.items() if k != "name" and v is not None}
+    return parse_profile(body, d.get("name", "?"), source)
+
+
 def available_profiles() -> list[str]:
     return sorted(p.stem for p in TARGETS_DIR.glob("*.toml"))
 
