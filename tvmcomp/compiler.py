@@ -39,6 +39,9 @@ class BuildOptions:
     quant: QuantConfig | None = None
     calib_images: np.ndarray | None = None  # float32 [N, *input]; default: MNIST training set
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP
+    sparse: bool = False               # SparseDense + the measured-latency gate
+    sparse_threshold: float = 0.7      # weight sparsity at which a layer is a candidate
+    sparse_min_speedup: float = 1.0    # keep sparse only where dense_us / sparse_us >= this
 
 
 def _say(msg: str, on: bool = True) -> None:
@@ -162,6 +165,9 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     fused = fuse(mod, target, debug_dump=opts.debug_dump)
     tuning = ensure_tuned(fused, profile, opts.tune_budget_s, opts.progress)
     db = open_database(profile.tuning_dir, create=False)
+    sparse_info, sparse_kw = None, None
+    if opts.sparse:
+        fused, sparse_info, sparse_kw = _sparsify(mod, fused, target, db, opts)
     ex = compile_fused(fused, target, db, opts.debug_dump)
     weight_bytes, n_weights = constant_bytes(fused)
 
@@ -182,13 +188,14 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         "profile": profile.to_dict(),
         "target": profile.target,
         "tvm_version": _tvm_version(),
-        "passes": pass_names(make_pipeline(target, db)),
+        "passes": pass_names(make_pipeline(target, db, sparse=sparse_kw)),
         "weight_bytes": weight_bytes,
         "weight_tensors": n_weights,
         "tuning": tuning,
         "precision": "int8" if int8 else "fp32",
         "quantization": (qm.summary() if qm is not None
                          else {"source": "QDQ model given as input"} if int8 else None),
+        "sparse": sparse_info,
     }
     extra = {}
     if int8:
@@ -225,9 +232,37 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
 
     out = write_artifact(out_dir, export_function(profile)(ex), manifest, check, extra)
     manifest = __import__("json").loads((out / "manifest.json").read_text())
+    if sparse_info is not None:
+        kept = [d for d in sparse_info["gate"] if d["keep_sparse"]]
+        _say(f"sparse: {len(kept)}/{len(sparse_info['gate'])} candidate layers kept sparse; "
+             f"constants {sparse_info['size']['bytes']['total']:,} B (dense "
+             f"{sparse_info['dense_size']['bytes']['total']:,} B)", opts.progress)
     _say(f"wrote {out} (model.so {manifest['library']['bytes']:,} B, weights "
          f"{weight_bytes:,} B) in {time.monotonic() - t0:.0f} s", opts.progress)
     return out, manifest
+
+
+def _sparsify(mod, fused_dense, target, db, opts: BuildOptions):
+    """Gate each sparse candidate layer on measured latency; re-fuse with SparseDense."""
+    from .kernels.sparse_gate import gate
+    from .passes import QuantizeInt8, SparseDense
+    from .passes.sparse_dense import find_layers, size_report
+
+    base = QuantizeInt8()(mod)  # what SparseDense sees in the pipeline
+    decisions = gate(base, target, db, threshold=opts.sparse_threshold,
+                     min_speedup=opts.sparse_min_speedup, progress=opts.progress)
+    keep = {d.key: d.keep_sparse for d in decisions}
+    sparse = {"threshold": opts.sparse_threshold, "keep": keep}
+    info = {
+        "threshold": opts.sparse_threshold, "min_speedup": opts.sparse_min_speedup,
+        "layers": [L.to_dict() for L in find_layers(base)],   # conv sparsity reported too
+        "gate": [d.to_dict() for d in decisions],
+        "size": size_report(SparseDense(**sparse)(base)),
+        "dense_size": size_report(base),
+    }
+    if not any(keep.values()):
+        return fused_dense, info, None
+    return fuse(mod, target, debug_dump=opts.debug_dump, sparse=sparse), info, sparse
 
 
 def is_qdq(model) -> bool:

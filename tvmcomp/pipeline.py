@@ -9,7 +9,7 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
-from .passes import QuantizeInt8
+from .passes import QuantizeInt8, SparseDense
 
 
 @dataclass(frozen=True)
@@ -26,25 +26,32 @@ def _name(p) -> str:
     return info.name if info is not None else type(p).__name__
 
 
-def make_pipeline(target, database=None) -> list[Phase]:
+def make_pipeline(target, database=None, sparse: dict | None = None) -> list[Phase]:
     """The pipeline for ``target``; ``database`` (MetaSchedule) applies tuned schedules.
+
+    ``sparse`` (``SparseDense`` keyword arguments: threshold, keep, values) turns on the
+    sparse-conversion pass; None leaves dense layers dense.
 
     The IR after phase 3 is what ``tune`` extracts its tasks from, so build and tune see
     structurally identical PrimFuncs and tuning records are found at build.
     """
     with target:  # MetaScheduleApplyDatabase reads the current target when constructed
-        return _phases(database)
+        return _phases(database, sparse)
 
 
-def _phases(database) -> list[Phase]:
+def _phases(database, sparse: dict | None = None) -> list[Phase]:
     return [
         # 1. Canonicalise the imported graph. QuantizeInt8 first (before FoldConstant would
         #    fold dequantized weights back to float): QDQ patterns become int8 conv2d/matmul
-        #    with integer requantization; float graphs pass through unchanged. Then
+        #    with integer requantization; float graphs pass through unchanged. SparseDense
+        #    (with --sparse) next, also before FoldConstant/LegalizeOps: sparse constant
+        #    matmuls (float, or QuantizeInt8's int8 ones) become CSR call_tir kernels. Then
         #    batch-norm/dropout to inference arithmetic, trivial bindings removed, constants
         #    folded while ops are still high level.
         Phase("canonicalize", (
             QuantizeInt8(),
+            SparseDense(**sparse) if sparse is not None
+            else tvm.transform.Sequential([], name="SparseDense(off)"),
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
             relax.transform.FoldConstant(),
@@ -119,9 +126,9 @@ def split_at_tunable(phases: list[Phase]) -> tuple[list[Phase], list[Phase]]:
     return phases[:k], phases[k:]
 
 
-def fuse(mod, target, debug_dump=None):
+def fuse(mod, target, debug_dump=None, sparse: dict | None = None):
     """The module as tuning sees it: the phases up to the tunable point."""
-    front, _ = split_at_tunable(make_pipeline(target))
+    front, _ = split_at_tunable(make_pipeline(target, sparse=sparse))
     return run_phases(mod, front, target, debug_dump=debug_dump)
 
 

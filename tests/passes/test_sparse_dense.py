@@ -1,0 +1,228 @@
+"""SparseDense + the CSR kernels: rewritten IR structure, numerics vs NumPy, the latency gate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+from tvm import relax  # noqa: E402
+
+from tvmcomp.kernels.csr import (  # noqa: E402
+    ROW_PAD,
+    csr_dense_kernel,
+    csr_from_dense,
+    csr_int8_from_dense,
+)
+from tvmcomp.kernels.sparse_gate import gate, layer_module  # noqa: E402
+from tvmcomp.passes.sparse_dense import SparseDense, find_layers  # noqa: E402
+
+TARGET = {"kind": "llvm", "mcpu": "core-avx2", "num-cores": 1}
+
+
+def _weight(out_f, in_f, sparsity, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((out_f, in_f)).astype(np.float32)
+    w[rng.random(w.shape) < sparsity] = 0
+    return w, rng.standard_normal(out_f).astype(np.float32)
+
+
+def _run(mod, x):
+    from tvmcomp.pipeline import compile_fused, fuse
+
+    target = tvm.target.Target(TARGET)
+    ex = compile_fused(fuse(mod, target), target)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def _ops(mod) -> list[str]:
+    names = []
+
+    def visit(e):
+        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op):
+            names.append(str(e.op.name))
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return names
+
+
+def test_csr_format_round_trips():
+    w, _ = _weight(7, 13, 0.6)
+    c = csr_from_dense(w)
+    np.testing.assert_array_equal(c.to_dense(), w)
+    assert c.nnz == np.count_nonzero(w) and c.stored % 1 == 0
+    assert np.all(np.diff(c.indptr) % ROW_PAD == 0)   # rows padded
+    assert c.nbytes()["total"] == c.data.nbytes + c.indices.nbytes + c.indptr.nbytes
+    q = csr_int8_from_dense(w)
+    assert q.data.dtype == np.int8 and np.abs(q.to_dense() - w).max() <= q.scale.max() / 2 + 1e-6
+    with pytest.raises(ValueError, match="2-D"):
+        csr_from_dense(np.zeros(3))
+    with pytest.raises(ValueError, match="batch must be a positive integer"):
+        csr_dense_kernel(0, 4, 4, False)
+
+
+def test_rewrite_structure_and_fusion():
+    w, b = _weight(24, 40, 0.9)
+    mod = layer_module(w, b, relu=True, batch=1)
+    assert "relax.matmul" in _ops(mod)
+    out = SparseDense(threshold=0.8)(mod)
+    assert _ops(out) == ["relax.call_tir"]           # matmul, add and relu all absorbed
+    kernels = [gv.name_hint for gv, f in out.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert kernels == ["csr_dense_b1_40x24_relu"]
+
+
+@pytest.mark.parametrize("batch, relu, bias, sparsity", [
+    (1, True, True, 0.9), (64, True, True, 0.9), (5, False, True, 0.5), (3, True, False, 0.95),
+])
+def test_numerics_vs_numpy(batch, relu, bias, sparsity):
+    w, b = _weight(30, 50, sparsity, seed=batch)
+    mod = layer_module(w, b if bias else None, relu, batch)
+    out = SparseDense(threshold=0.0)(mod)
+    assert "relax.matmul" not in _ops(out)
+    x = np.random.default_rng(1).standard_normal((batch, 50)).astype(np.float32)
+    ref = x @ w.T + (b if bias else 0)
+    ref = np.maximum(ref, 0) if relu else ref
+    np.testing.assert_allclose(_run(out, x), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_all_zero_layer_is_correct():
+    w = np.zeros((8, 16), np.float32)
+    b = np.arange(8, dtype=np.float32) - 4
+    for batch in (1, 17):
+        out = SparseDense(threshold=0.5)(layer_module(w, b, True, batch))
+        assert "relax.call_tir" in _ops(out)
+        x = np.ones((batch, 16), np.float32)
+        np.testing.assert_array_equal(_run(out, x), np.broadcast_to(np.maximum(b, 0), (batch, 8)))
+
+
+def test_below_threshold_or_vetoed_is_unchanged():
+    w, b = _weight(8, 16, 0.5)
+    mod = layer_module(w, b, True, 1)
+    assert SparseDense(threshold=0.9)(mod).same_as(mod)
+    assert SparseDense(threshold=0.1, keep={"main/matmul0": False})(mod).same_as(mod)
+    assert not SparseDense(threshold=0.1, keep={"main/matmul7": False})(mod).same_as(mod)
+    with pytest.raises(ValueError, match="sparse threshold must be in"):
+        SparseDense(threshold=1.5)
+    with pytest.raises(ValueError, match="values must be one of"):
+        SparseDense(values="int4")
+
+
+def test_int8_values():
+    w, b = _weight(20, 64, 0.8)
+    mod = layer_module(w, b, False, 4)
+    out = SparseDense(threshold=0.5, values="int8")(mod)
+    x = np.random.default_rng(2).standard_normal((4, 64)).astype(np.float32)
+    wq = csr_int8_from_dense(w).to_dense()
+    np.testing.assert_allclose(_run(out, x), x @ wq.T + b, rtol=1e-5, atol=1e-4)
+    assert np.abs(_run(out, x) - (x @ w.T + b)).max() < 0.1
+
+
+def test_lenet_layers_and_conv_report(tmp_path):
+    import torch
+
+    from tvmcomp.frontend import export_onnx
+    from tvmcomp.frontend.onnx_import import import_batches, load_onnx
+    from tvmcomp.model import LeNet5
+
+    torch.manual_seed(0)
+    m = LeNet5().eval()
+    with torch.no_grad():
+        for layer in (m.conv2, m.fc1):
+            layer.weight[torch.rand_like(layer.weight) < 0.9] = 0
+    model, info = load_onnx(export_onnx(m, tmp_path / "l.onnx"))
+    mod = import_batches(model, info, [1, 4])
+    layers = {L.key: L for L in find_layers(mod)}
+    assert layers["main_b1/conv1"].kind == "conv" and layers["main_b1/conv1"].sparsity > 0.85
+    assert layers["main_b4/matmul2"].candidate and layers["main_b4/matmul2"].batch == 4
+    out = SparseDense(threshold=0.8)(mod)
+    names = sorted(gv.name_hint for gv, f in out.functions.items()
+                   if isinstance(f, tvm.tirx.PrimFunc))
+    assert names == ["csr_dense_b1_400x120_relu", "csr_dense_b4_400x120_relu"]
+    from tvmcomp.pipeline import compile_fused, fuse
+
+    target = tvm.target.Target(TARGET)
+    vm = relax.VirtualMachine(compile_fused(fuse(out, target), target), tvm.cpu())
+    x = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    ref = m(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(vm["main_b4"](tvm.runtime.tensor(x)).numpy(), ref, atol=1e-4)
+    np.testing.assert_allclose(vm["main_b1"](tvm.runtime.tensor(x[:1])).numpy(), ref[:1],
+                               atol=1e-4)
+
+
+def test_gate_records_both_timings():
+    w, b = _weight(32, 64, 0.95)
+    mod = layer_module(w, b, True, 1)
+    target = tvm.target.Target(TARGET)
+    dec = gate(mod, target, None, threshold=0.9, min_speedup=1.0, progress=False)
+    assert len(dec) == 1 and dec[0].key == "main/matmul0"
+    d = dec[0].to_dict()
+    assert d["dense_us"] > 0 and d["sparse_us"] > 0 and d["dense_tuned"] is False
+    assert d["keep_sparse"] == (d["dense_us"] >= d["sparse_us"])
+    never = gate(mod, target, None, threshold=0.9, min_speedup=1e9, progress=False)
+    assert not never[0].keep_sparse
+    low = gate(mod, target, None, threshold=0.99, progress=False)
+    assert not low[0].keep_sparse and "sparsity" in low[0].reason
+
+
+def test_size_report_counts_every_array():
+    from tvmcomp.passes.sparse_dense import size_report
+
+    w, b = _weight(40, 100, 0.9)
+    mod = layer_module(w, b, True, 1)
+    dense = size_report(mod)
+    assert dense["bytes"]["total"] == w.nbytes + b.nbytes and not dense["sparse_layers"]
+    rep = size_report(SparseDense(threshold=0.5)(mod))
+    c = csr_from_dense(w)
+    by = rep["bytes"]
+    assert by["values"] == c.data.nbytes and by["col_indices"] == c.indices.nbytes
+    assert by["row_pointers"] == 41 * 4 and by["bias"] == b.nbytes
+    assert by["row_scales"] == 40 * 4 and by["dense_remainder"] == 0
+    assert by["total"] == sum(v for k, v in by.items() if k != "total")
+    assert by["total"] < dense["bytes"]["total"] / 2
+    (layer,) = rep["sparse_layers"].values()
+    assert layer["stored_entries"] == c.stored and layer["value_dtype"] == "float32"
+
+
+@pytest.mark.parametrize("batch, x_dtype", [(1, "int8"), (19, "uint8")])
+def test_integer_matmul_is_exact(batch, x_dtype):
+    rng = np.random.default_rng(batch)
+    w = rng.integers(-127, 128, (12, 40)).astype(np.int8)
+    w[rng.random(w.shape) < 0.85] = 0
+    mod = layer_module(w, None, False, batch, x_dtype)
+    out = SparseDense(threshold=0.5)(mod)
+    assert _ops(out) == ["relax.call_tir"]
+    lo, hi = (0, 256) if x_dtype == "uint8" else (-128, 128)
+    x = rng.integers(lo, hi, (batch, 40)).astype(x_dtype)
+    got = _run(out, x)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, x.astype(np.int64) @ w.T.astype(np.int64))
+
+
+def test_after_quantize_int8():
+    """QuantizeInt8's int8 Gemm core becomes the integer CSR kernel; result bit-exact."""
+    from test_quantize_int8 import qdq_layer
+
+    from tvmcomp.passes import QuantizeInt8
+
+    rng = np.random.default_rng(0)
+    w_q = rng.integers(-127, 128, (16, 48)).astype(np.int8)
+    w_q[rng.random(w_q.shape) < 0.9] = 0
+    w_scale = np.full(16, 0.02, np.float32)
+    b_q = rng.integers(-500, 500, 16).astype(np.int32)
+    mod = qdq_layer("matmul", (2, 48), w_q, w_scale, b_q, 0.05, 0, 0.1, 0, True)
+    q = QuantizeInt8()(mod)
+    s = SparseDense(threshold=0.5)(q)
+    assert "relax.matmul" in _ops(q) and "relax.matmul" not in _ops(s)
+    assert any(gv.name_hint == "csr_int_b2_48x16_int8" for gv in s.get_global_vars())
+    x = rng.integers(-128, 128, (2, 48)).astype(np.int8)
+    np.testing.assert_array_equal(_run(s, x), _run(q, x))
+
+
+def test_gate_integer_layer():
+    rng = np.random.default_rng(3)
+    w = rng.integers(-127, 128, (16, 64)).astype(np.int8)
+    w[rng.random(w.shape) < 0.9] = 0
+    dec = gate(layer_module(w, None, False, 1, "int8"), tvm.target.Target(TARGET), None,
+               threshold=0.5, progress=False)
+    assert len(dec) == 1 and dec[0].dense_us > 0 and dec[0].sparse_us > 0

@@ -1,0 +1,22 @@
+"""Torch-side compression: magnitude / sensitivity pruning, sparse regularization, fine-tuning."""
+
+from .api import HANDLERS, compress, prune_model
+from .config import (
+    FineTune,
+    GroupLasso,
+    L1,
+    MagnitudePruneConfig,
+    SensitivityConfig,
+    from_dict,
+    from_json,
+    to_dict,
+    to_json,
+)
+from .errors import CompressConfigError, CompressError
+from .masks import magnitude_masks, poly_sparsity, sparsity_report
+
+__all__ = [
+    "HANDLERS", "CompressConfigError", "CompressError", "FineTune", "GroupLasso", "L1",
+    "MagnitudePruneConfig", "SensitivityConfig", "compress", "from_dict", "from_json",
+    "magnitude_masks", "poly_sparsity", "prune_model", "sparsity_report", "to_dict", "to_json",
+]

@@ -1,0 +1,197 @@
+"""The measured-latency gate for SparseDense: keep a sparse kernel only where it is faster."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .csr import csr_from_dense, csr_int8_from_dense
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Timings (median µs per call of the layer alone, same run) and the decision for a layer."""
+
+    key: str                 # "<function>/matmul<k>", what SparseDense(keep=...) takes
+    batch: int
+    shape: tuple[int, int]   # [out, in]
+    sparsity: float
+    dense_us: float
+    sparse_us: float
+    dense_tuned: bool        # the dense kernel had a tuned schedule in the database
+    keep_sparse: bool
+    reason: str
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_us / self.sparse_us if self.sparse_us > 0 else float("inf")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(shape=list(self.shape), sparsity=round(self.sparsity, 6),
+                 dense_us=round(self.dense_us, 3), sparse_us=round(self.sparse_us, 3),
+                 speedup=round(self.speedup, 3))
+        return d
+
+
+def layer_module(w: np.ndarray, bias: np.ndarray | None, relu: bool, batch: int,
+                 x_dtype: str = "float32"):
+    """A one-layer Relax module shaped like the ONNX import of Gemm (+Relu): the dense form.
+
+    With an int8/uint8 ``x_dtype`` it is QuantizeInt8's integer core instead:
+    ``matmul(x, W_i8ᵀ, out_dtype="int32")`` (``bias`` and ``relu`` must be None/False).
+    """
+    from tvm import relax
+
+    R = relax.op
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((batch, w.shape[1]), x_dtype))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            if x_dtype != "float32":
+                if bias is not None or relu:
+                    raise ValueError("the integer layer has no bias or relu")
+                y = bb.emit(R.matmul(x, relax.const(np.ascontiguousarray(w.T), "int8"),
+                                     out_dtype="int32"))
+            else:
+                y = bb.emit(R.matmul(x, bb.emit(R.permute_dims(relax.const(w), [1, 0]))))
+            if bias is not None:
+                y = bb.emit(R.add(y, relax.const(bias)))
+            if relu:
+                y = bb.emit(R.nn.relu(y))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _build(mod, target, database):
+    from ..pipeline import compile_fused, fuse
+
+    fused = fuse(mod, target)
+    return fused, compile_fused(fused, target, database)
+
+
+def time_vm_us(exes: list, x: np.ndarray, repeat: int = 21,
+               min_repeat_s: float = 0.01) -> list[float]:
+    """Median µs per call of each executable's ``main(x)``, measured interleaved.
+
+    Repeats alternate between the executables (so a load change on a shared machine hits
+    all of them alike); each repeat runs enough calls to last ``min_repeat_s``. Includes the
+    ~1 µs VM call overhead.
+    """
+    import tvm
+    from tvm import relax
+
+    dev = tvm.cpu()
+    arg = tvm.runtime.tensor(x, dev)
+    timers = []
+    for ex in exes:
+        vm = relax.VirtualMachine(ex, dev)
+        vm["main"](arg)
+        once = vm.time_evaluator("main", dev, number=1, repeat=3)(arg)
+        n = max(1, min(10000, int(min_repeat_s / max(float(np.min(once.results)), 1e-7))))
+        timers.append(vm.time_evaluator("main", dev, number=n, repeat=1))
+    samples = [[] for _ in exes]
+    for _ in range(repeat):
+        for i, t in enumerate(timers):
+            samples[i].append(t(arg).mean)
+    return [float(np.median(s) * 1e6) for s in samples]
+
+
+def measure_layer(w: np.ndarray, bias: np.ndarray | None, relu: bool, batch: int, target,
+                  database=None, values: str = "float32", check: bool = True,
+                  x_dtype: str = "float32") -> tuple[float, float, bool]:
+    """(dense µs, sparse µs, dense tuned?) for one layer, built both ways in this process.
+
+    The dense form goes through our pipeline with ``database`` (MetaSchedule; a record for
+    the fused matmul(+bias)(+relu) task is what the full model uses too); the sparse form is
+    the same module after :class:`~tvmcomp.passes.sparse_dense.SparseDense`. With ``check``
+    the two outputs must agree (else ``ValueError``).
+    """
+    from ..passes.sparse_dense import SparseDense
+
+    dense_mod = layer_module(w, bias, relu, batch, x_dtype)
+    fused, dense_ex = _build(dense_mod, target, database)
+    tuned = False
+    if database is not None:
+        from ..tune import task_status
+
+        tuned = all(t.best_us is not None for t in task_status(fused, target, database))
+    sparse_mod = SparseDense(threshold=0.0, values=values)(dense_mod)
+    _, sparse_ex = _build(sparse_mod, target, None)
+    rng = np.random.default_rng(0)
+    if x_dtype == "float32":
+        x = rng.standard_normal((batch, w.shape[1])).astype(np.float32)
+    else:
+        x = rng.integers(0 if x_dtype == "uint8" else -128, 128, (batch, w.shape[1]),
+                         dtype=np.int64).astype(x_dtype)
+    if check:
+        _check(dense_ex, sparse_ex, x, w, values if x_dtype == "float32" else "exact")
+    dense_us, sparse_us = time_vm_us([dense_ex, sparse_ex], x)
+    return dense_us, sparse_us, tuned
+
+
+def _check(dense_ex, sparse_ex, x, w, values) -> None:
+    import tvm
+    from tvm import relax
+
+    outs = []
+    for ex in (dense_ex, sparse_ex):
+        vm = relax.VirtualMachine(ex, tvm.cpu())
+        outs.append(vm["main"](tvm.runtime.tensor(x)).numpy())
+    if values == "exact":
+        if not np.array_equal(outs[0], outs[1]):
+            raise ValueError("integer sparse kernel disagrees with the dense one")
+        return
+    if values == "int8":  # compare against the dequantized weight actually stored
+        w = csr_int8_from_dense(w).to_dense()
+    else:
+        w = csr_from_dense(w).to_dense()
+    tol = 1e-4 * max(1.0, float(np.abs(x).sum(1).max() * np.abs(w).max()))
+    if values == "float32" and np.abs(outs[0] - outs[1]).max() > tol:
+        raise ValueError(f"sparse kernel disagrees with the dense one (max |diff| "
+                         f"{np.abs(outs[0] - outs[1]).max():.3g})")
+
+
+def gate(mod, target, database=None, threshold: float = 0.7, min_speedup: float = 1.0,
+         values: str = "float32", progress: bool = True) -> list[GateDecision]:
+    """Time dense vs sparse for each SparseDense candidate of ``mod`` (per function/batch).
+
+    Layers below ``threshold`` are not timed (recorded as kept dense). A layer keeps its
+    sparse form when ``dense_us / sparse_us >= min_speedup``. Pass
+    ``{d.key: d.keep_sparse for d in decisions}`` to ``SparseDense(keep=...)``.
+    """
+    from tvm import relax
+
+    from ..passes.sparse_dense import _matches
+
+    out, cache = [], {}
+    for gv, func in mod.functions.items():
+        if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
+            continue
+        matches, _, _ = _matches(func)
+        for m in matches:
+            key = f"{gv.name_hint}/{m.name}"
+            sp = 1.0 - np.count_nonzero(m.w) / m.w.size
+            shape = (int(m.w.shape[0]), int(m.w.shape[1]))
+            if sp < threshold:
+                out.append(GateDecision(key, m.batch, shape, sp, float("nan"), float("nan"),
+                                        False, False, f"sparsity {sp:.3f} < {threshold}"))
+                continue
+            h = (hashlib.sha256(m.w.tobytes()).hexdigest(), m.batch, m.relu, m.bias is None,
+                 m.x_dtype)
+            if h not in cache:
+                cache[h] = measure_layer(m.w, m.bias, m.relu, m.batch, target, database, values,
+                                         x_dtype=m.x_dtype)
+            d_us, s_us, tuned = cache[h]
+            keep = d_us / s_us >= min_speedup
+            why = (f"sparse {s_us:.2f} µs vs dense {d_us:.2f} µs"
+                   f"{'' if tuned else ' (dense untuned)'}: "
+                   + ("sparse kept" if keep else f"below the {min_speedup:g}x gate, dense kept"))
+            out.append(GateDecision(key, m.batch, shape, sp, d_us, s_us, tuned, keep, why))
+            if progress:
+                print(f"sparse gate {key} (batch {m.batch}, {shape[1]}→{shape[0]}, sparsity "
+                      f"{sp:.3f}): {why}", flush=True)
+    return out

@@ -1,0 +1,388 @@
+"""SparseDense: dense layers with sparse constant weights → our CSR TIR kernels (``call_tir``)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from ..kernels.csr import (
+    CSRMatrix,
+    csr_dense_kernel,
+    csr_from_dense,
+    csr_int8_from_dense,
+    csr_int_kernel,
+)
+
+R = relax.op
+# what ONNX Conv/Gemm/MatMul import to: the k-th of these is layer "conv<k>"/"matmul<k>",
+# numbered like QuantizeInt8's anchors
+INDEXED_OPS = ("relax.nn.conv1d", "relax.nn.conv2d", "relax.nn.conv3d", "relax.matmul")
+VALUE_DTYPES = ("float32", "int8")
+
+
+@dataclass(frozen=True)
+class LayerSparsity:
+    """One conv/matmul layer with a constant weight, as :func:`find_layers` sees it."""
+
+    function: str
+    name: str            # "matmul<k>" / "conv<k>"
+    kind: str            # "matmul" | "conv"
+    weight_shape: tuple[int, ...]
+    batch: int | None    # static batch of the input (matmul only)
+    sparsity: float      # fraction of exact zeros in the weight
+    candidate: bool      # a float matmul SparseDense can rewrite
+
+    @property
+    def key(self) -> str:
+        return f"{self.function}/{self.name}"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["weight_shape"] = list(self.weight_shape)
+        d["sparsity"] = round(self.sparsity, 6)
+        return d
+
+
+@tvm.transform.module_pass(opt_level=0, name="SparseDense")
+class SparseDense:
+    """Rewrite ``[relu](add(matmul(x, W), b))`` with a sparse constant ``W`` into a CSR kernel.
+
+    Expects Relax as ``relax.frontend.onnx.from_onnx`` emits Gemm/MatMul, before
+    ``FoldConstant`` and ``LegalizeOps`` (after ``QuantizeInt8``, which leaves float layers
+    as they were)::
+
+        wt = R.permute_dims(W, [1, 0])   # W: constant [out, in]  (or matmul(x, Wt) directly)
+        y  = R.matmul(x, wt)             # x: float32 [B, in], B static
+        y  = R.add(y, b)                 # optional, b: constant [out]   (fused if y has no
+        y  = R.nn.relu(y)                # optional                       other users)
+
+    and emits, for each layer whose weight has ``sparsity >= threshold`` and that ``keep``
+    allows (keyed ``"<function>/matmul<k>"``; missing keys mean yes)::
+
+        y = R.call_tir(csr_dense_b{B}_{in}x{out}[_relu], (x, data, indices, indptr, b, scale),
+                       out_ty=R.Tensor((B, out), "float32"))
+
+    with the weight in padded CSR (:mod:`tvmcomp.kernels.csr`): the row kernel at batch 1,
+    the batch-vectorised kernel otherwise. ``values="int8"`` stores the values as int8 with
+    a per-row scale (weight-only quantization, 4× smaller values). Layers are numbered
+    ``k`` over the function's conv/matmul calls in order (fc1 of LeNet-5 is ``matmul2``).
+    After ``QuantizeInt8``, an integer ``R.matmul(x_q, W_i8, out_dtype="int32")`` (x int8 or
+    uint8, constant int8 ``W`` as ``[in, out]``) with a sparse ``W`` becomes
+    ``R.call_tir(csr_int_b{B}_..., (x_q, data_i8, indices, indptr), out_ty=int32)``: exact,
+    and the bias add / requantization that follow are left as they were.
+    A module with no such layer is returned unchanged.
+    """
+
+    def __init__(self, threshold: float = 0.7, keep: dict[str, bool] | None = None,
+                 values: str = "float32") -> None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
+                or not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"sparse threshold must be in [0, 1], got {threshold!r}")
+        if values not in VALUE_DTYPES:
+            raise ValueError(f"values must be one of {', '.join(VALUE_DTYPES)}, got {values!r}")
+        self.threshold = float(threshold)
+        self.keep = dict(keep or {})
+        self.values = values
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        return _Rewriter(mod, self.threshold, self.keep, self.values).run()
+
+
+# ---- analysis --------------------------------------------------------------------------------
+
+
+def _op(e) -> str | None:
+    if isinstance(e, tvm.ir.Call) and isinstance(e.op, tvm.ir.Op):
+        return str(e.op.name)
+    return None
+
+
+def _const(e) -> np.ndarray | None:
+    return e.value.numpy() if isinstance(e, tvm.ir.Constant) else None
+
+
+def _static_shape(e) -> tuple[int, ...] | None:
+    shape = getattr(e.ty, "shape", None)
+    try:
+        return tuple(int(s) for s in shape) if shape is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass
+class _Match:
+    top: relax.Var       # the var whose binding becomes the call_tir
+    x: relax.Expr
+    w: np.ndarray        # [out, in]
+    bias: np.ndarray | None
+    relu: bool
+    batch: int
+    name: str
+    x_dtype: str = "float32"   # int8/uint8: the integer kernel (QuantizeInt8's int8 matmul)
+
+
+class _Bindings:
+    """Value and use-count look-ups over one function."""
+
+    def __init__(self, func: relax.Function) -> None:
+        self.value: dict = {}
+        self.uses: dict = {}
+        self.order: list = []
+
+        def visit(e):
+            if isinstance(e, relax.Var):
+                self.uses[e] = self.uses.get(e, 0) + 1
+
+        for block in func.body.blocks:
+            for b in block.bindings:
+                if isinstance(b, relax.VarBinding):
+                    self.value[b.var] = b.value
+                    self.order.append(b.var)
+                    relax.analysis.post_order_visit(b.value, visit)
+        relax.analysis.post_order_visit(func.body.body, visit)
+
+    def single_user(self, var, op: str):
+        """The var bound to ``op(var, ...)`` if that is ``var``'s only use, else None."""
+        if self.uses.get(var, 0) != 1:
+            return None
+        for v in self.order:
+            val = self.value[v]
+            if _op(val) == op and len(val.args) >= 1 and val.args[0].same_as(var):
+                return v
+        return None
+
+
+def _weight_of(b: _Bindings, arg) -> np.ndarray | None:
+    """``[out, in]`` weight of a matmul's second argument (constant or transposed constant)."""
+    w = _const(arg)
+    if w is not None:
+        return w.T if w.ndim == 2 else None
+    if isinstance(arg, relax.Var) and _op(b.value.get(arg)) == "relax.permute_dims":
+        val = b.value[arg]
+        w = _const(val.args[0])
+        axes = val.attrs.axes
+        if w is not None and w.ndim == 2 and (axes is None or [int(a) for a in axes] == [1, 0]):
+            return w
+    return None
+
+
+def _matches(func: relax.Function) -> tuple[list[_Match], list[LayerSparsity], _Bindings]:
+    b = _Bindings(func)
+    fname = ""
+    matches, layers = [], []
+    k = 0
+    for var in b.order:
+        val = b.value[var]
+        op = _op(val)
+        if op not in INDEXED_OPS:
+            continue
+        idx, k = k, k + 1
+        if op != "relax.matmul":
+            w = _const(val.args[1])
+            if w is not None:
+                layers.append(LayerSparsity(fname, f"conv{idx}", "conv", w.shape, None,
+                                            float(np.mean(w == 0)) if w.size else 1.0, False))
+            continue
+        w = _weight_of(b, val.args[1])
+        if w is None:
+            continue
+        xs = _static_shape(val.args[0])
+        xd, od = str(val.args[0].ty.dtype), str(val.attrs.out_dtype)
+        shape_ok = xs is not None and len(xs) == 2 and xs[1] == w.shape[1] and xs[0] >= 1
+        is_float = xd == "float32" and str(w.dtype) == "float32" and od in (
+            "", "void", "None", "float32")
+        is_int = xd in ("int8", "uint8") and str(w.dtype) == "int8" and od == "int32"
+        ok = shape_ok and (is_float or is_int)
+        sp = float(np.mean(w == 0)) if w.size else 1.0
+        layers.append(LayerSparsity(fname, f"matmul{idx}", "matmul", w.shape,
+                                    xs[0] if xs else None, sp, ok))
+        if not ok:
+            continue
+        if is_int:  # bias and requantization stay as QuantizeInt8 emitted them
+            matches.append(_Match(var, val.args[0], w, None, False, xs[0], f"matmul{idx}", xd))
+            continue
+        top, bias, relu = var, None, False
+        add = b.single_user(top, "relax.add")
+        if add is not None:
+            bv = _const(b.value[add].args[1])
+            if bv is not None and bv.dtype == np.float32 and bv.size == w.shape[0] \
+                    and bv.shape[-1] == w.shape[0]:
+                top, bias = add, bv.reshape(-1)
+        relu_v = b.single_user(top, "relax.nn.relu")
+        if relu_v is not None:
+            top, relu = relu_v, True
+        matches.append(_Match(top, val.args[0], w, bias, relu, xs[0], f"matmul{idx}"))
+    return matches, layers, b
+
+
+def find_layers(mod: tvm.IRModule) -> list[LayerSparsity]:
+    """Every conv/matmul layer with a constant weight in ``mod``'s Relax functions."""
+    out = []
+    for gv, func in mod.functions.items():
+        if isinstance(func, relax.Function) and not (func.attrs and "Primitive" in func.attrs):
+            _, layers, _ = _matches(func)
+            out += [LayerSparsity(**{**asdict(L), "function": gv.name_hint}) for L in layers]
+    return out
+
+
+# ---- rewriting -------------------------------------------------------------------------------
+
+
+@mutator
+class _Rewriter(PyExprMutator):
+    def __init__(self, mod, threshold: float, keep: dict, values: str) -> None:
+        super().__init__(mod)
+        self.mod_ = mod
+        self.threshold, self.keep, self.values = threshold, keep, values
+        self.plan: dict = {}
+        self.kernels: dict = {}
+        self.consts: dict = {}
+
+    def run(self) -> tvm.IRModule:
+        changed = False
+        for gv, func in self.mod_.functions.items():
+            if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
+                continue
+            matches, _, _ = _matches(func)
+            self.plan = {
+                m.top: m for m in matches
+                if 1.0 - np.count_nonzero(m.w) / m.w.size >= self.threshold
+                and self.keep.get(f"{gv.name_hint}/{m.name}", True)
+            }
+            if not self.plan:
+                continue
+            new = relax.analysis.remove_all_unused(self.visit_expr(func))
+            self.builder_.update_func(gv, new)
+            changed = True
+        return self.builder_.get() if changed else self.mod_
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        m = self.plan.get(binding.var)
+        if m is None:
+            super().visit_var_binding_(binding)
+            return
+        out_f, in_f = m.w.shape
+        if m.x_dtype != "float32":
+            self._emit_int(binding, m)
+            return
+        key = (m.batch, in_f, out_f, m.relu, self.values)
+        if key not in self.kernels:
+            kern = csr_dense_kernel(m.batch, in_f, out_f, m.relu, self.values)
+            name = f"csr_dense_b{m.batch}_{in_f}x{out_f}{'_relu' if m.relu else ''}" + (
+                "_i8" if self.values == "int8" else "")
+            self.kernels[key] = self.builder_.add_func(kern.with_attr("global_symbol", name),
+                                                        name)
+        csr, bias, scale = self._consts(m)
+        call = relax.call_tir(self.kernels[key],
+                              [self.visit_expr(m.x), csr[0], csr[1], csr[2], bias, scale],
+                              relax.TensorType((m.batch, out_f), "float32"))
+        bb = self.builder_
+        if isinstance(binding.var, relax.DataflowVar) or not bb.current_block_is_dataflow():
+            new = bb.emit(call, f"{m.name}_csr")
+        else:
+            new = bb.emit_output(call, f"{m.name}_csr")
+        self.set_var_remap(binding.var, new)
+
+    def _emit_int(self, binding, m: _Match) -> None:
+        out_f, in_f = m.w.shape
+        key = (m.batch, in_f, out_f, m.x_dtype)
+        if key not in self.kernels:
+            name = f"csr_int_b{m.batch}_{in_f}x{out_f}_{m.x_dtype}"
+            kern = csr_int_kernel(m.batch, in_f, out_f, m.x_dtype)
+            self.kernels[key] = self.builder_.add_func(kern.with_attr("global_symbol", name),
+                                                        name)
+        h = "i" + hashlib.sha256(m.w.tobytes()).hexdigest()
+        if h not in self.consts:
+            c = csr_from_dense(m.w)
+            self.consts[h] = (relax.const(c.data), relax.const(c.indices), relax.const(c.indptr))
+        call = relax.call_tir(self.kernels[key], [self.visit_expr(m.x), *self.consts[h]],
+                              relax.TensorType((m.batch, out_f), "int32"))
+        bb = self.builder_
+        if isinstance(binding.var, relax.DataflowVar) or not bb.current_block_is_dataflow():
+            new = bb.emit(call, f"{m.name}_csr_i32")
+        else:
+            new = bb.emit_output(call, f"{m.name}_csr_i32")
+        self.set_var_remap(binding.var, new)
+
+    def _consts(self, m: _Match):
+        """Relax constants for ``m``'s CSR arrays, shared between functions with equal weights."""
+        h = hashlib.sha256(m.w.tobytes()).hexdigest()
+        if h not in self.consts:
+            c: CSRMatrix = (csr_int8_from_dense(m.w) if self.values == "int8"
+                            else csr_from_dense(m.w))
+            scale = c.scale if c.scale is not None else np.ones(m.w.shape[0], np.float32)
+            self.consts[h] = ((relax.const(c.data), relax.const(c.indices),
+                               relax.const(c.indptr)), relax.const(scale))
+        arrays, scale = self.consts[h]
+        bias = m.bias if m.bias is not None else np.zeros(m.w.shape[0], np.float32)
+        bias = np.ascontiguousarray(bias, np.float32)
+        hb = "b" + hashlib.sha256(bias.tobytes()).hexdigest()
+        if hb not in self.consts:
+            self.consts[hb] = relax.const(bias)
+        return arrays, self.consts[hb], scale
+
+
+# ---- size accounting -------------------------------------------------------------------------
+
+_CSR_ARGS = ("values", "col_indices", "row_pointers", "bias", "row_scales")
+
+
+def size_report(mod: tvm.IRModule) -> dict:
+    """Bytes of the constants ``mod`` carries, split into the CSR layers' arrays and the rest.
+
+    Distinct constants are counted once (weights shared between batch entry points are stored
+    once). ``sparse_layers`` maps each CSR kernel call (``"<function>/<var>"``) to its arrays'
+    bytes and stored entries; ``dense_remainder`` is every other constant (dense weights,
+    biases of dense layers, ...). Compare ``total`` with the same report of the dense module.
+    """
+    import hashlib as _h
+
+    seen: dict[str, tuple[str, int]] = {}
+    layers: dict[str, dict] = {}
+
+    def key(c) -> str:
+        a = c.value.numpy()
+        return _h.sha256(a.tobytes() + str(a.dtype).encode() + str(a.shape).encode()).hexdigest()
+
+    for gv, func in mod.functions.items():
+        if not isinstance(func, relax.Function):
+            continue
+        csr_calls = []
+
+        def visit(e, calls=csr_calls):
+            if isinstance(e, tvm.ir.Call) and _op(e) == "relax.call_tir":
+                callee = e.args[0]
+                if isinstance(callee, tvm.ir.GlobalVar) and callee.name_hint.startswith("csr_"):
+                    calls.append(e)
+
+        relax.analysis.post_order_visit(func, visit)
+        for i, call in enumerate(csr_calls):
+            args = list(call.args[1].fields)
+            entry = {"kernel": call.args[0].name_hint}
+            for role, a in zip(_CSR_ARGS, args[1:]):
+                if isinstance(a, tvm.ir.Constant):
+                    k = key(a)
+                    nbytes = int(a.value.numpy().nbytes)
+                    entry[role] = nbytes
+                    seen.setdefault(k, (role, nbytes))
+            vals = args[1].value.numpy() if isinstance(args[1], tvm.ir.Constant) else None
+            if vals is not None:
+                entry["stored_entries"] = int(vals.size)
+                entry["value_dtype"] = str(vals.dtype)
+            layers[f"{gv.name_hint}/csr{i}"] = entry
+
+        def visit_const(e):
+            if isinstance(e, tvm.ir.Constant) and hasattr(e.value, "numpy"):
+                seen.setdefault(key(e), ("dense_remainder", int(e.value.numpy().nbytes)))
+
+        relax.analysis.post_order_visit(func, visit_const)
+    totals = {r: 0 for r in (*_CSR_ARGS, "dense_remainder")}
+    for role, nbytes in seen.values():
+        totals[role] += nbytes
+    totals["total"] = sum(totals.values())
+    return {"sparse_layers": layers, "bytes": totals}
