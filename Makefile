@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test clean
+.PHONY: setup setup-arm run test clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +14,19 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# aarch64 cross toolchain + qemu-user-static (apt; root or sudo) and the aarch64 TVM runtime
+# (from the aarch64 PyPI wheels, into build/aarch64/). The ARM / C++ deploy tests skip
+# themselves when it is missing, so a failure here only warns.
+ARM_READY := build/aarch64/.ready
+$(ARM_READY): scripts/setup_arm.sh | $(STAMP)
+	@scripts/setup_arm.sh && touch $@ || echo "warning: scripts/setup_arm.sh failed; ARM tests will be skipped" >&2
+
+setup-arm: $(ARM_READY)
+
 run: $(STAMP)
 	$(VENV)/bin/tvmcomp run
 
-test: $(STAMP)
+test: $(STAMP) $(ARM_READY)
 	$(PY) -m pytest -q
 
 clean:

@@ -113,7 +113,7 @@ def test_build_unknown_profile(tmp_path, lenet, run_tvmcomp):
     proc = run_tvmcomp("build", str(lenet.onnx), "--profile", "x86_avx3", "--out", str(out),
                    "--tune-budget", "0")
     line = _one_error_line(proc, "build")
-    assert "unknown profile 'x86_avx3'; available: x86_avx2, x86_avx512" in line
+    assert "unknown profile 'x86_avx3'; available: " in line and "x86_avx2, x86_avx512" in line
     assert not out.exists()
 
 

@@ -19,6 +19,7 @@ commands:
   eval      accuracy of an artifact on MNIST
   bench     latency of an artifact and its float baselines, same run
   targets   list the target profiles
+  rpc       TVM RPC tracker / server (bench --rpc-tracker times on a remote board)
   run       the main job: train → export → build (host profile) → eval → bench
 """
 
@@ -275,8 +276,17 @@ def cmd_eval(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import BASELINES, bench_artifact, format_table
 
-    res = bench_artifact(args.artifact, args.batch, () if args.no_baselines else BASELINES,
-                         onnx_override=args.onnx, progress=not args.json)
+    if args.rpc_tracker or args.rpc_key:
+        from .artifact import read_manifest
+        from .rpc import bench_rpc
+
+        if not args.rpc_tracker:
+            raise TvmcompError("--rpc-key needs --rpc-tracker HOST:PORT")
+        key = args.rpc_key or read_manifest(args.artifact)["profile"]["name"]
+        res = bench_rpc(args.artifact, args.rpc_tracker, key, args.batch)
+    else:
+        res = bench_artifact(args.artifact, args.batch, () if args.no_baselines else BASELINES,
+                             onnx_override=args.onnx, progress=not args.json)
     if args.json:
         print(json.dumps(res))
     else:
@@ -306,6 +316,7 @@ def cmd_run(args) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from . import rpc
     from .defaults import DEFAULT_TUNE_BUDGET_S
 
     ap = argparse.ArgumentParser(
@@ -415,7 +426,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--onnx", default=None, help="the float source model, if it moved")
     p.add_argument("--no-baselines", action="store_true", help="time the artifact only")
+    rpc.add_bench_args(p)
     p.set_defaults(fn=cmd_bench)
+
+    rpc.add_parsers(sub)
 
     p = sub.add_parser("targets", help="list target profiles")
     p.set_defaults(fn=cmd_targets)

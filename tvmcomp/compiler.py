@@ -14,6 +14,7 @@ import numpy as np
 from . import __version__
 from .artifact import SCHEMA_VERSION, write_artifact
 from .data import Dataset
+from .deploy.toolchain import check_cross_compiler
 from .defaults import DEFAULT_BATCHES, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_TUNE_BUDGET_S
 from .errors import ArtifactError, TvmcompError
 from .frontend.onnx_import import entry_name, import_batches, load_onnx
@@ -138,6 +139,7 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     if out_path.exists() and not (out_path / "manifest.json").is_file():
         raise ArtifactError(f"{out_path} exists and is not a tvmcomp artifact; refusing to "
                            "replace it")
+    check_cross_compiler(profile)  # one line naming the Debian package, before any work
     model, info = load_onnx(onnx_path)
     for b in opts.batches:
         info.check_batch(b)

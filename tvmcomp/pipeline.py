@@ -10,6 +10,7 @@ import tvm
 from tvm import relax
 
 from .passes import QuantizeInt8, SparseDense
+from .passes.gpu_default_schedule import GpuDefaultSchedule
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,10 @@ def make_pipeline(target, database=None, sparse: dict | None = None) -> list[Pha
     structurally identical PrimFuncs and tuning records are found at build.
     """
     with target:  # MetaScheduleApplyDatabase reads the current target when constructed
-        return _phases(database, sparse)
+        return _phases(database, sparse, gpu="gpu" in list(target.keys))
 
 
-def _phases(database, sparse: dict | None = None) -> list[Phase]:
+def _phases(database, sparse: dict | None = None, gpu: bool = False) -> list[Phase]:
     return [
         # 1. Canonicalise the imported graph. QuantizeInt8 first (before FoldConstant would
         #    fold dequantized weights back to float): QDQ patterns become int8 conv2d/matmul
@@ -69,11 +70,12 @@ def _phases(database, sparse: dict | None = None) -> list[Phase]:
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
         ), tunable_after=True),
-        # 4. Schedule: replace each fused kernel with its best tuned schedule.
+        # 4. Schedule: replace each fused kernel with its best tuned schedule; on GPU targets
+        #    DLight rules then schedule (thread-bind) every kernel left without one.
         Phase("schedule", (
             (relax.transform.MetaScheduleApplyDatabase(enable_warning=False),)
             if database is not None else ()
-        )),
+        ) + ((GpuDefaultSchedule(),) if gpu else ())),
         # 5. Lower the dataflow graph to VM code and plan memory statically.
         Phase("lower", (
             relax.transform.RewriteDataflowReshape(),

@@ -34,6 +34,7 @@ class Profile:
     requires_cpu_flags: tuple[str, ...] = ()
     source: str = ""
     tuning_db: str = field(default="")
+    board: dict | None = None  # how the board is reached (tvmcomp.deploy.boards overrides)
 
     def tvm_target(self):
         """The ``tvm.target.Target`` (with host, where the profile names one)."""
@@ -51,7 +52,7 @@ class Profile:
     def missing_cpu_flags(self) -> list[str]:
         """CPU flags this profile needs that the machine we run on lacks (empty = can run)."""
         if self.family == "cuda":
-            return []
+            return [] if _cuda_gpu_present() else ["gpu:cuda"]
         arch = platform.machine().lower()
         triple = str(self.target.get("mtriple", "x86_64"))
         if not triple.startswith(arch.replace("arm64", "aarch64")):
@@ -67,13 +68,13 @@ class Profile:
             "name": self.name, "description": self.description, "family": self.family,
             "target": self.target, "host": self.host, "cores": self.cores,
             "cross_compiler": self.cross_compiler,
-            "requires_cpu_flags": list(self.requires_cpu_flags),
+            "requires_cpu_flags": list(self.requires_cpu_flags), "board": self.board,
         }
 
 
 _KEYS = {
     "description": str, "family": str, "target": dict, "cores": int, "host": dict,
-    "cross_compiler": str, "requires_cpu_flags": list, "tuning_db": str,
+    "cross_compiler": str, "requires_cpu_flags": list, "tuning_db": str, "board": dict,
 }
 _REQUIRED = ("description", "family", "target", "cores")
 
@@ -82,11 +83,17 @@ def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
+                if line.startswith(("flags", "Features")):  # x86 / aarch64
                     return set(line.split(":", 1)[1].split())
     except OSError:
         pass
     return set()
+
+
+def _cuda_gpu_present() -> bool:
+    import tvm
+
+    return bool(tvm.cuda(0).exist)
 
 
 def parse_profile(data: dict, name: str, source: str = "<dict>") -> Profile:
@@ -120,7 +127,7 @@ def parse_profile(data: dict, name: str, source: str = "<dict>") -> Profile:
         target=dict(data["target"]), cores=data["cores"], host=data.get("host"),
         cross_compiler=data.get("cross_compiler"),
         requires_cpu_flags=tuple(data.get("requires_cpu_flags", ())), source=source,
-        tuning_db=tdb,
+        tuning_db=tdb, board=data.get("board"),
     )
 
 

@@ -1,0 +1,66 @@
+"""The C++ deploy example (examples/cpp_deploy) built natively: outputs, accuracy and errors."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+
+def _run(app, *args):
+    return subprocess.run([str(app), *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def test_native_app_matches_python_runtime(x86_app, lenet_artifact, mnist_idx):
+    from tvmcomp import runtime
+    from tvmcomp.data import normalize
+    from tvmcomp.deploy import run_app
+
+    res = run_app(lenet_artifact.path, mnist_idx.images, mnist_idx.labels, repeat=20, app=x86_app)
+    ref = runtime.load(lenet_artifact.path)(normalize(mnist_idx.raw))
+    assert np.abs(res.logits - ref).max() <= 1e-5
+    assert res.accuracy == pytest.approx(float(np.mean(ref.argmax(1) == mnist_idx.y)))
+    assert res.accuracy > 0.8  # a trained LeNet on real digits
+    assert 0 < res.latency_us < 1e5
+    assert "predictions" not in res.stdout  # --quiet
+
+
+def test_prints_predictions_accuracy_latency(x86_app, lenet_artifact, mnist_idx):
+    # 13 images: one call at batch 8, then five at batch 1 (largest compiled size that fits)
+    r = _run(x86_app, lenet_artifact.path, mnist_idx.images, mnist_idx.labels, "--limit", 13)
+    assert r.returncode == 0, r.stderr
+    assert "predictions: " in r.stdout and "accuracy: " in r.stdout
+    assert "latency_us: median" in r.stdout and "images: 13" in r.stdout
+
+
+def _one_line_error(r, *needles):
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tvmcomp_deploy: error: "), r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_refuses_artifact_for_other_arch(x86_app, mnist_idx, arm_artifact):
+    r = _run(x86_app, arm_artifact.path, mnist_idx.images)
+    _one_line_error(r, "arm_cortex_a72", "aarch64", "x86_64")
+
+
+def test_refuses_tampered_library(x86_app, lenet_artifact, mnist_idx, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(lenet_artifact.path, art)
+    with open(art / "model.so", "ab") as f:
+        f.write(b"\0")
+    _one_line_error(_run(x86_app, art, mnist_idx.images), "sha256")
+
+
+def test_input_errors(x86_app, lenet_artifact, mnist_idx, tmp_path):
+    gz = tmp_path / "images.gz"
+    gz.write_bytes(gzip.compress(mnist_idx.images.read_bytes()))
+    _one_line_error(_run(x86_app, lenet_artifact.path, gz), "gunzip")
+    _one_line_error(_run(x86_app, tmp_path, mnist_idx.images), "manifest.json")
+    _one_line_error(_run(x86_app, lenet_artifact.path, mnist_idx.labels), "magic 2051")
+    _one_line_error(_run(x86_app, lenet_artifact.path), "usage")

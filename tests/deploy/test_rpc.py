@@ -1,0 +1,158 @@
+"""TVM RPC on loopback: real tracker and server processes, benchmarking and RPC errors."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tvmcomp.errors import TvmcompError
+
+pytestmark = pytest.mark.rpc
+HOST = "127.0.0.1"  # loopback only
+KEY = "x86_avx2"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _start(*args: str, expect: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "tvmcomp.rpc", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()  # printed once listening
+    if expect not in line:
+        proc.kill()
+        raise RuntimeError(f"{args[0]} did not start: {line!r} {proc.stderr.read()[-500:]}")
+    return proc
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)  # our handler stops TVM's worker process too
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def tracker():
+    port = _free_port()
+    proc = _start("tracker", "--host", HOST, "--port", str(port), expect="RPC tracker listening")
+    yield f"{HOST}:{port}"
+    _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def server(tracker):
+    from tvmcomp.rpc import parse_addr, server_keys, tracker_summary
+
+    proc = _start("server", "--tracker", tracker, "--key", KEY, "--host", HOST, "--port",
+                  str(_free_port()), expect="RPC server")
+    deadline = time.monotonic() + 30
+    while KEY not in server_keys(tracker_summary(*parse_addr(tracker))):
+        if time.monotonic() > deadline:
+            _stop(proc)
+            raise RuntimeError("the RPC server never registered at the tracker")
+        time.sleep(0.2)
+    yield KEY
+    _stop(proc)
+
+
+def test_bench_over_rpc_matches_local(lenet_artifact, tracker, server, mnist_idx):
+    from tvmcomp import runtime
+    from tvmcomp.bench import format_table
+    from tvmcomp.data import normalize
+    from tvmcomp.rpc import bench_rpc
+
+    x = normalize(mnist_idx.raw[:16])
+    res = bench_rpc(lenet_artifact.path, tracker, server, batches=(1, 8), repeat=5, inputs=x)
+    assert set(res["results"]) == {"1", "8"}
+    assert all(0 < r["artifact"] < 1e6 for r in res["results"].values())
+    assert res["rpc"] == {"tracker": tracker, "key": KEY}
+    local = runtime.load(lenet_artifact.path)(x)
+    assert np.abs(res["outputs"] - local).max() <= 1e-5
+    assert "| 1 |" in format_table(res)
+
+
+def test_rpc_list(tracker, server):
+    r = subprocess.run([sys.executable, "-m", "tvmcomp.rpc", "list", "--tracker", tracker],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and f"{KEY}\t1" in r.stdout
+
+
+def test_unreachable_tracker():
+    from tvmcomp.rpc import request_session
+
+    with pytest.raises(TvmcompError) as e:
+        request_session(f"{HOST}:{_free_port()}", KEY)
+    msg = str(e.value)
+    assert "cannot reach the RPC tracker" in msg and "tvmcomp rpc tracker" in msg
+    assert "\n" not in msg
+
+
+def test_unknown_key(tracker, server):
+    from tvmcomp.rpc import request_session
+
+    with pytest.raises(TvmcompError) as e:
+        request_session(tracker, "no_such_board")
+    msg = str(e.value)
+    assert "no RPC server with key 'no_such_board'" in msg and f"{KEY} (1)" in msg
+    assert "\n" not in msg
+
+
+def test_bad_address():
+    from tvmcomp.rpc import parse_addr
+
+    for bad in ("localhost", "127.0.0.1:", ":9190", "127.0.0.1:99999", "h:p"):
+        with pytest.raises(TvmcompError, match="HOST:PORT"):
+            parse_addr(bad)
+
+
+def test_artifact_for_other_target_over_rpc(arm_artifact, tracker, server):
+    """An aarch64 model.so sent to the x86 server: one clear line, not a remote traceback."""
+    from tvmcomp.errors import ArtifactError
+    from tvmcomp.rpc import bench_rpc
+
+    with pytest.raises(ArtifactError) as e:
+        bench_rpc(arm_artifact.path, tracker, server, batches=(1,))
+    msg = str(e.value)
+    assert "cannot load" in msg and "arm_cortex_a72" in msg and "aarch64" in msg
+    assert "\n" not in msg
+
+
+def test_server_without_tracker_fails_fast():
+    r = subprocess.run([sys.executable, "-m", "tvmcomp.rpc", "server", "--tracker",
+                        f"{HOST}:{_free_port()}", "--key", KEY], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.startswith("tvmcomp rpc: error: cannot reach the RPC tracker")
+
+
+def _cli_has_rpc() -> bool:
+    from tvmcomp.cli import make_parser
+
+    return "--rpc-tracker" in make_parser().format_help() or any(
+        "rpc" in (a.choices or {}) for a in make_parser()._subparsers._group_actions)
+
+
+@pytest.mark.skipif(not _cli_has_rpc(), reason="tvmcomp/cli.py lacks the rpc patch")
+def test_cli_bench_rpc(lenet_artifact, tracker, server, run_tvmcomp):
+    r = run_tvmcomp("bench", str(lenet_artifact.path), "--batch", "1", "--json",
+                    "--rpc-tracker", tracker, "--rpc-key", KEY)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["results"]["1"]["artifact"] > 0 and res["rpc"]["key"] == KEY
+    r = run_tvmcomp("bench", str(lenet_artifact.path), "--batch", "1", "--rpc-tracker", tracker,
+                    "--rpc-key", "nope")
+    assert r.returncode == 2 and "no RPC server with key 'nope'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -1,0 +1,53 @@
+"""Host tools a target family needs (cross compilers, qemu, nvcc), each with its Debian package."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from ..errors import TvmcompError
+from ..targets import REPO_ROOT, Profile
+
+# tool → (Debian package that provides it, the project script that installs it)
+TOOLS = {
+    "aarch64-linux-gnu-gcc": ("gcc-aarch64-linux-gnu", "scripts/setup_arm.sh"),
+    "aarch64-linux-gnu-g++": ("g++-aarch64-linux-gnu", "scripts/setup_arm.sh"),
+    "qemu-aarch64-static": ("qemu-user-static", "scripts/setup_arm.sh"),
+    "g++": ("g++", "apt-get install g++"),
+    "make": ("make", "apt-get install make"),
+    "nvcc": ("nvidia-cuda-toolkit", "or the CUDA toolkit from developer.nvidia.com"),
+}
+
+# Where scripts/setup_arm.sh unpacks the aarch64 TVM runtime (from the aarch64 PyPI wheels).
+AARCH64_ROOT = REPO_ROOT / "build" / "aarch64"
+
+
+def find_tool(name: str) -> str:
+    """Absolute path of ``name`` on PATH; a one-line error naming its Debian package if absent."""
+    path = shutil.which(name)
+    if path:
+        return path
+    pkg, how = TOOLS.get(name, (None, None))
+    hint = f"install the Debian package {pkg} ({how})" if pkg else "install it"
+    raise TvmcompError(f"{name} not found on PATH; {hint}")
+
+
+def check_cross_compiler(profile: Profile) -> str | None:
+    """The profile's cross compiler, checked to exist before a build spends time compiling."""
+    if not profile.cross_compiler:
+        return None
+    return find_tool(profile.cross_compiler)
+
+
+def runtime_dir(arch: str) -> Path:
+    """Folder with ``lib/libtvm_runtime.so`` and ``include/`` for ``arch`` (aarch64 only)."""
+    if arch != "aarch64":
+        raise TvmcompError(f"no prebuilt TVM runtime for {arch}; only aarch64 is supported")
+    root = Path(os.environ.get("TVMCOMP_AARCH64_ROOT", AARCH64_ROOT))
+    for rel in ("lib/libtvm_runtime.so", "lib/libtvm_ffi.so", "include/tvm/ffi/extra/module.h"):
+        if not (root / rel).is_file():
+            raise TvmcompError(
+                f"aarch64 TVM runtime missing ({root / rel}); run scripts/setup_arm.sh"
+            )
+    return root
