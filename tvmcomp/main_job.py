@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -80,14 +81,18 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
 
 
 def _cpu_name() -> str:
+    """e.g. ``AMD EPYC (family 25 model 1, 2 CPUs)`` from /proc/cpuinfo."""
+    info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+        return platform.processor() or "unknown CPU"
+    name = info.get("model name", platform.processor() or "unknown CPU")
+    return f"{name} (family {info.get('cpu family', '?')} model {info.get('model', '?')}, " \
+           f"{os.cpu_count()} CPUs)"
 
 
 def _print_summary(s: dict, res: dict) -> None:
