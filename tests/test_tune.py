@@ -1,5 +1,8 @@
 """MetaSchedule tuning on a one-kernel model, into a temp database (never tuning_logs/)."""
 
+import json
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -8,7 +11,7 @@ from tvmcomp.compiler import BuildOptions, build
 from tvmcomp.errors import TvmcompError
 from tvmcomp.frontend.onnx_import import import_batches, load_onnx
 from tvmcomp.pipeline import fuse, make_pipeline, run_phases
-from tvmcomp.tune import open_database, task_status, tune_module
+from tvmcomp.tune import open_database, task_status, tune_module, validate
 
 
 def _scheduled(fused, target, db) -> dict:
@@ -19,7 +22,8 @@ def _scheduled(fused, target, db) -> dict:
             for gv, f in mod.functions.items() if gv.name_hint.startswith("fused_")}
 
 
-def test_tune_then_build_applies_record(tmp_path, x86_host, gemm_onnx, profile_with_db):
+def test_tune_then_build_applies_record(tmp_path, x86_host, gemm_onnx, profile_with_db,
+                                        monkeypatch):
     onnx_path, w, b = gemm_onnx(tmp_path / "gemm.onnx")
     target = x86_host.tvm_target()
     model, info = load_onnx(onnx_path)
@@ -58,6 +62,58 @@ def test_tune_then_build_applies_record(tmp_path, x86_host, gemm_onnx, profile_w
     assert t["tuned_kernel_us"] == {status[0].name: round(status[0].best_us, 3)}
     x = np.random.default_rng(0).standard_normal((3, 32)).astype(np.float32)
     np.testing.assert_allclose(runtime.load(out)(x), x @ w + b, rtol=1e-5, atol=1e-5)
+
+    # the tuned schedule was run against the unscheduled kernel before use, verdict cached
+    assert t["schedules_checked"] is True and t["schedules_rejected"] == []
+    verdicts = json.loads((work / "validated.json").read_text())
+    assert [v["ok"] for v in verdicts.values()] == [True]
+    assert [v["task"] for v in verdicts.values()] == [status[0].name]
+
+    # a record whose schedule computes wrong results is not used: the kernel runs untuned
+    (work / "validated.json").unlink()
+    monkeypatch.setattr(validate, "check_record", lambda rec, target: (False, "forced"))
+    out, man = build(onnx_path, profile_with_db(work), tmp_path / "art2",
+                     BuildOptions(batches=(1,), tune_budget_s=0, progress=False))
+    t = man["tuning"]
+    assert t["schedules_rejected"] == [status[0].name]
+    assert t["tuned"] == 0 and t["untuned"] == [status[0].name]
+    np.testing.assert_allclose(runtime.load(out)(x), x @ w + b, rtol=1e-5, atol=1e-5)
+
+
+def test_check_record_detects_wrong_output(tmp_path, x86_host, monkeypatch):
+    """check_record compares every buffer: a perturbed output of the scheduled run fails."""
+    import tvm
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def add_one(a: T.Buffer((T.int64(16),), "float32"), b: T.Buffer((T.int64(16),), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        for i in range(T.int64(16)):
+            with T.sblock("b"):
+                vi = T.axis.spatial(T.int64(16), i)
+                b[vi] = a[vi] + T.float32(1)
+
+    mod = tvm.IRModule({"main": add_one})
+    sch = tvm.s_tir.Schedule(mod)
+    (loop,) = sch.get_loops(sch.get_sblock("b"))
+    sch.split(loop, [None, 4])
+    rec = SimpleNamespace(workload=SimpleNamespace(mod=mod), trace=sch.trace)
+    target = x86_host.tvm_target()
+    assert validate.check_record(rec, target) == (True, "close")
+
+    calls = []
+    real_run = validate._run
+
+    def perturbed(lib, arrays, dev):
+        out = real_run(lib, arrays, dev)
+        calls.append(1)
+        if len(calls) == 2:  # the scheduled kernel's run
+            out[-1] = out[-1] + 1e-2
+        return out
+
+    monkeypatch.setattr(validate, "_run", perturbed)
+    ok, detail = validate.check_record(rec, target)
+    assert not ok and "max |err|" in detail
 
 
 def test_budget_zero_tunes_nothing(tmp_path, x86_host, gemm_onnx):

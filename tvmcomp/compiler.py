@@ -166,7 +166,7 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     mod = import_batches(model, info, batches)
     fused = fuse(mod, target, debug_dump=opts.debug_dump)
     tuning = ensure_tuned(fused, profile, opts.tune_budget_s, opts.progress)
-    db = open_database(profile.tuning_dir, create=False)
+    db = _checked_database(fused, profile, tuning, opts.progress)
     sparse_info, sparse_kw = None, None
     if opts.sparse:
         fused, sparse_info, sparse_kw = _sparsify(mod, fused, target, db, opts)
@@ -265,6 +265,36 @@ def _sparsify(mod, fused_dense, target, db, opts: BuildOptions):
     if not any(keep.values()):
         return fused_dense, info, None
     return fuse(mod, target, debug_dump=opts.debug_dump, sparse=sparse), info, sparse
+
+
+def _checked_database(fused, profile: Profile, tuning: dict, progress: bool):
+    """The profile's database, reduced to records whose schedules compute correct results.
+
+    Only possible where the profile runs: elsewhere the raw database is used and the manifest
+    says its schedules were not checked.
+    """
+    from .tune.tuner import extract_tasks
+    from .tune.validate import validated_database
+
+    raw = open_database(profile.tuning_dir, create=False)
+    if raw is None:
+        return None
+    if not profile.runs_here():
+        tuning["schedules_checked"] = False
+        return raw
+    target = profile.tvm_target()
+    db, rep = validated_database(raw, extract_tasks(fused, target), target, profile.tuning_dir)
+    tuning["schedules_checked"] = True
+    tuning["schedules_rejected"] = rep.rejected
+    _say(f"checked tuned schedules against unscheduled kernels: {rep.checked} run, "
+         f"{rep.cached} cached verdicts, {len(rep.rejected)} rejected"
+         + (f" ({', '.join(rep.rejected)})" if rep.rejected else ""), progress)
+    if rep.no_valid_record:
+        _say(f"WARNING: no correct tuned schedule for {', '.join(rep.no_valid_record)}; "
+             "they run untuned", progress)
+        tuning["untuned"] = sorted(set(tuning.get("untuned", [])) | set(rep.no_valid_record))
+        tuning["tuned"] = tuning["tasks"] - len(tuning["untuned"])
+    return db
 
 
 def is_qdq(model) -> bool:

@@ -1,0 +1,145 @@
+"""Check tuned schedules numerically before a build uses them.
+
+MetaSchedule measures speed, never correctness, and some schedules in this TVM wheel compute
+wrong results without any error (NOTES.md: tensorized int8 schedules, one batch-64 dense).
+Before a build applies a task's best record we run the scheduled kernel and the unscheduled
+one on the same random inputs and compare every buffer; a wrong record is skipped and the next
+best is tried. Verdicts are cached in ``validated.json`` beside the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+CACHE = "validated.json"
+TOP_K = 5
+
+
+@dataclass
+class ValidationReport:
+    """Which records were checked, rejected or taken from the cache."""
+
+    checked: int = 0
+    cached: int = 0
+    rejected: list[str] = field(default_factory=list)  # tasks with >= 1 wrong record
+    no_valid_record: list[str] = field(default_factory=list)
+
+
+def record_key(rec) -> str:
+    from tvm_ffi import structural_hash
+
+    h = hashlib.sha256()
+    h.update(str(structural_hash(rec.workload.mod)).encode())
+    h.update(str(rec.trace).encode())
+    return h.hexdigest()[:32]
+
+
+def _random_args(func, rng: np.random.Generator) -> list[np.ndarray]:
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    args = []
+    for info in ArgInfo.from_prim_func(func):
+        shape = [int(d) for d in info.shape]
+        dt = str(info.dtype)
+        if dt.startswith("float"):
+            a = rng.standard_normal(shape).astype(dt)
+        elif dt == "bool":
+            a = rng.integers(0, 2, shape).astype(bool)
+        elif dt in ("int8", "uint8"):
+            info = np.iinfo(dt)
+            a = rng.integers(info.min, info.max + 1, shape).astype(dt)
+        elif dt == "int64":  # requantize multipliers / shifts: keep them free of overflow
+            a = rng.integers(0, 31, shape).astype(dt)
+        else:
+            a = rng.integers(-1000, 1000, shape).astype(dt)
+        args.append(a)
+    return args
+
+
+def _run(lib, arrays: list[np.ndarray], dev) -> list[np.ndarray]:
+    import tvm
+
+    tensors = [tvm.runtime.tensor(a.copy(), dev) for a in arrays]
+    lib["main"](*tensors)
+    return [t.numpy() for t in tensors]
+
+
+def check_record(rec, target, seed: int = 0) -> tuple[bool, str]:
+    """(ok, detail): the record's schedule vs the unscheduled kernel on random inputs."""
+    import tvm
+
+    mod = rec.workload.mod
+    sch = tvm.s_tir.Schedule(mod)
+    rec.trace.apply_to_schedule(sch, remove_postproc=False)
+    dev = tvm.cpu(0)
+    args = _random_args(mod["main"], np.random.default_rng(seed))
+    try:
+        ref = _run(tvm.compile(mod, target=target), args, dev)
+        got = _run(tvm.compile(sch.mod, target=target), args, dev)
+    except Exception as e:  # noqa: BLE001 - a schedule that does not build or run is wrong too
+        return False, f"failed to build/run: {str(e).strip().splitlines()[-1][:200]}"
+    for r, g in zip(ref, got):
+        if r.dtype.kind == "f":
+            scale = max(1.0, float(np.max(np.abs(r))) if r.size else 1.0)
+            err = float(np.max(np.abs(r.astype(np.float64) - g))) if r.size else 0.0
+            if not np.isfinite(err) or err > 1e-4 * scale:
+                return False, f"max |err| {err:.3g}"
+        elif not np.array_equal(r, g):
+            return False, f"{int(np.sum(r != g))} of {r.size} integers differ"
+    return True, "exact" if all(r.dtype.kind != "f" for r in ref) else "close"
+
+
+def validated_database(db, tasks, target, cache_dir: Path | None):
+    """A MemoryDatabase holding, per task, its best record that passes :func:`check_record`."""
+    from tvm.s_tir import meta_schedule as ms
+
+    cache_path = Path(cache_dir) / CACHE if cache_dir else None
+    cache = {}
+    if cache_path and cache_path.is_file():
+        try:
+            cache = json.loads(cache_path.read_text())
+        except (json.JSONDecodeError, OSError):
+            cache = {}
+    mem = ms.database.MemoryDatabase()
+    report = ValidationReport()
+    dirty = False
+    for task in tasks:
+        mod = task.dispatched[0]
+        if db is None or not db.has_workload(mod):
+            continue
+        records = db.get_top_k(db.commit_workload(mod), TOP_K)
+        chosen = None
+        for rec in records:
+            key = record_key(rec)
+            if key in cache:
+                report.cached += 1
+                ok = cache[key]["ok"]
+            else:
+                ok, detail = check_record(rec, target)
+                cache[key] = {"ok": ok, "detail": detail, "task": task.task_name}
+                report.checked += 1
+                dirty = True
+            if ok:
+                chosen = rec
+                break
+            if task.task_name not in report.rejected:
+                report.rejected.append(task.task_name)
+        if chosen is None:
+            report.no_valid_record.append(task.task_name)
+            continue
+        wl = mem.commit_workload(mod)
+        mem.commit_tuning_record(ms.database.TuningRecord(
+            chosen.trace, wl, chosen.run_secs, chosen.target, chosen.args_info))
+    if dirty and cache_path is not None:
+        try:
+            cache_path.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
+        except OSError as e:
+            log.warning("could not write %s: %s", cache_path, e)
+    return mem, report
