@@ -109,6 +109,17 @@ def _time_models(exes: dict, batch: int, repeat: int = 21) -> dict:
     return {k: float(np.median(v)) for k, v in samples.items()}
 
 
+def _time_ort(onnx_path, batch: int) -> float:
+    """ONNX Runtime fp32 on the unpruned float model (its default CPU session), median µs."""
+    from tvmcomp.bench import time_us
+    from tvmcomp.verify import ort_session
+
+    sess = ort_session(str(onnx_path))
+    feed = {sess.get_inputs()[0].name: np.random.default_rng(0).standard_normal(
+        (batch, 1, 28, 28)).astype(np.float32)}
+    return time_us(lambda: sess.run(None, feed))
+
+
 def main() -> None:  # noqa: PLR0915 - a linear script
     args = _args()
     import tvm
@@ -198,6 +209,7 @@ def main() -> None:  # noqa: PLR0915 - a linear script
         so[name] = p.stat().st_size
     acc_tvm = {"dense": _accuracy(ex_dense, ev), "sparse": _accuracy(ex_sparse, ev)}
     lat = {b: _time_models({"dense": ex_dense, "sparse": ex_sparse}, b) for b in (1, 64)}
+    lat = {b: {**v, "ort_fp32": _time_ort(onnx_dense, b)} for b, v in lat.items()}
     sizes = {"dense": size_report(mod), "sparse": size_report(sparse_mod)}
     layers = [L.to_dict() for L in find_layers(mod) if L.function == "main_b1"]
 
@@ -257,9 +269,10 @@ def _markdown(r: dict, sens_table: str) -> str:
             f"| {d['speedup']:.2f}x | {'sparse' if d['keep_sparse'] else 'dense'} |")
     lat = r["model_latency_us"]
     lines += ["", "## Whole model (median µs, interleaved)", "",
-              "| batch | dense build | sparse build (gate applied) |", "|---|---|---|"]
+              "| batch | dense build | sparse build (gate applied) | ORT fp32 (float model) |",
+              "|---|---|---|---|"]
     for b, v in lat.items():
-        lines.append(f"| {b} | {v['dense']:.1f} | {v['sparse']:.1f} |")
+        lines.append(f"| {b} | {v['dense']:.1f} | {v['sparse']:.1f} | {v['ort_fp32']:.1f} |")
     cd, cs = r["constant_bytes"]["dense"], r["constant_bytes"]["sparse"]
     lines += ["", "## Size", "",
               "| | dense build | sparse build |", "|---|---|---|",
