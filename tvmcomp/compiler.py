@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .artifact import SCHEMA_VERSION, write_artifact
+from .artifact import SCHEMA_VERSION, read_manifest, write_artifact
 from .data import Dataset
 from .deploy.toolchain import check_cross_compiler
 from .defaults import DEFAULT_BATCHES, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_TUNE_BUDGET_S
@@ -132,8 +132,6 @@ def ensure_tuned(fused, profile: Profile, budget_s: float, progress: bool = True
 def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
           opts: BuildOptions = BuildOptions()) -> tuple[Path, dict]:
     """Compile an ONNX CNN for ``profile`` into a verified artifact directory at ``out_dir``."""
-    from tvm.runtime import Executable  # noqa: F401  (import check: TVM runtime present)
-
     t0 = time.monotonic()
     out_path = Path(out_dir)
     if out_path.exists() and not (out_path / "manifest.json").is_file():
@@ -201,10 +199,7 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     }
     extra = {}
     if int8:
-        import onnx
-
-        extra[QDQ_REFERENCE] = onnx._serialize(model) if hasattr(onnx, "_serialize") \
-            else model.SerializeToString()
+        extra[QDQ_REFERENCE] = model.SerializeToString()
         manifest["reference_model"] = QDQ_REFERENCE
     if qm is not None:
         extra[QUANT_CONFIG] = (opts.quant.to_json() + "\n").encode()
@@ -233,7 +228,7 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         return {"verification": res.to_dict()}
 
     out = write_artifact(out_dir, export_function(profile)(ex), manifest, check, extra)
-    manifest = __import__("json").loads((out / "manifest.json").read_text())
+    manifest = read_manifest(out)
     if sparse_info is not None:
         kept = [d for d in sparse_info["gate"] if d["keep_sparse"]]
         _say(f"sparse: {len(kept)}/{len(sparse_info['gate'])} candidate layers kept sparse; "
@@ -344,4 +339,4 @@ def as_batches(text: str) -> tuple[int, ...]:
     return vals
 
 
-__all__ = ["BuildOptions", "build", "as_batches", "constant_bytes", "ensure_tuned", "np"]
+__all__ = ["BuildOptions", "build", "as_batches", "constant_bytes", "ensure_tuned"]
