@@ -3,11 +3,11 @@
 
 Trains (seeded, or reuses) LeNet-5, prunes it with global magnitude pruning on a
 polynomial-decay schedule with fine-tuning (masks enforced), runs a sensitivity sweep (PNG),
-then, in the same process: times each sparse candidate layer (fc1, fc2, ... at batch 1 and 64)
-as our CSR kernel vs the tuned dense kernel (the latency gate), builds the pruned model dense
-and sparse (gate decisions applied), checks both on the 10k MNIST test set, times both whole
-models, and accounts for sizes (CSR values / column indices / row pointers / dense remainder,
-.so bytes). The dense kernels use a COPY of ``tuning_logs/<profile>/`` (never written) plus,
+then, in the same process: times each sparse candidate layer (fc1, fc2, ... at batch 1 and
+64) as our sparse (SELL) kernel vs the tuned dense kernel (the latency gate), builds the
+pruned model dense and sparse (gate decisions applied), checks both on the 10k MNIST test set,
+times both whole models, and accounts for sizes (values / column indices / slice pointers /
+row order / dense remainder, .so bytes). The dense kernels use a COPY of ``tuning_logs/<profile>/`` (never written) plus,
 with ``--tune-budget``, a few MetaSchedule trials into a temp folder for missing tasks.
 Writes a dated Markdown report (and JSON) to ``scripts/results/``. Usage::
 
@@ -257,16 +257,22 @@ def _markdown(r: dict, sens_table: str) -> str:
         f"{s['weights']:,} weights; {s['overall_sparsity_with_biases']:.4f} counting biases). "
         "Per layer: " + ", ".join(f"{k} {v['sparsity']:.3f}" for k, v in s["layers"].items())
         + ".", "",
-        "## Latency gate: each layer alone, same run (median µs, incl. ~1 µs VM call)", "",
-        "| layer | batch | sparsity | dense µs (tuned?) | sparse µs | speedup | kept |",
-        "|---|---|---|---|---|---|---|",
+        "## Latency gate: each layer alone, same run (median µs, interleaved)", "",
+        "Kernel = the compiled TIR kernel alone, called with the layer's real arguments (what "
+        "the gate decides on); model = the one-layer Relax model through the VM, which adds "
+        "the same ~1 µs call overhead to both.", "",
+        "| layer | batch | sparsity | dense kernel (tuned?) | sparse kernel | kernel speedup "
+        "| dense model | sparse model | model speedup | kept |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d in r["gate"]:
         name = d["key"].split("/")[1]
         lines.append(
             f"| {TORCH_NAMES.get(name, name)} ({name}) | {d['batch']} | {d['sparsity']:.3f} | "
-            f"{d['dense_us']:.2f} ({'yes' if d['dense_tuned'] else 'NO'}) | {d['sparse_us']:.2f} "
-            f"| {d['speedup']:.2f}x | {'sparse' if d['keep_sparse'] else 'dense'} |")
+            f"{d['dense_kernel_us']:.2f} ({'yes' if d['dense_tuned'] else 'NO'}) | "
+            f"{d['sparse_kernel_us']:.2f} | **{d['speedup']:.2f}x** | {d['dense_us']:.2f} | "
+            f"{d['sparse_us']:.2f} | {d['model_speedup']:.2f}x | "
+            f"{'sparse' if d['keep_sparse'] else 'dense'} |")
     lat = r["model_latency_us"]
     lines += ["", "## Whole model (median µs, interleaved)", "",
               "| batch | dense build | sparse build (gate applied) | ORT fp32 (float model) |",
@@ -278,11 +284,13 @@ def _markdown(r: dict, sens_table: str) -> str:
               "| | dense build | sparse build |", "|---|---|---|",
               f"| model.so bytes | {r['so_bytes']['dense']:,} | {r['so_bytes']['sparse']:,} |",
               f"| constants total | {cd['total']:,} | {cs['total']:,} |"]
-    for k in ("values", "col_indices", "row_pointers", "bias", "row_scales", "dense_remainder"):
+    for k in ("values", "col_indices", "slice_pointers", "row_order", "bias", "row_scales",
+              "dense_remainder"):
         lines.append(f"| … {k} | {cd.get(k, 0):,} | {cs.get(k, 0):,} |")
-    lines += ["", "Both builds hold the weights of both batch entry points once (shared "
-              "constants). `row_scales` are 1.0 for float values (kept for one kernel "
-              "signature).", "", "## Sensitivity (float model, each layer pruned alone, "
+    lines += ["", "Sparse layers are stored as sliced ELLPACK (slices of 8 rows sorted by "
+              "length, padded to the slice's longest row; `tvmcomp/kernels/sell.py`). Both "
+              "builds hold the weights of both batch entry points once (shared constants). "
+              "`row_scales` are 1.0 for float values (kept for one kernel signature).", "", "## Sensitivity (float model, each layer pruned alone, "
               "first 1000 eval images; budget 0.5 pt)", "", "```", sens_table, "```", "",
               f"![sensitivity]({r['sensitivity']['plot']})", "",
               f"Dense tasks without a tuning record: {r['dense_tasks_without_record'] or 'none'}"

@@ -372,11 +372,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-pipeline", action="store_true", help="print the passes and exit")
     s = p.add_argument_group("sparse kernels")
     s.add_argument("--sparse", action="store_true",
-                   help="CSR kernels for sparse dense layers, kept only where measured faster")
+                   help="sparse (sliced-ELLPACK) kernels for sparse dense layers, kept only "
+                        "where measured faster")
     s.add_argument("--sparse-threshold", type=_sparsity, default=0.7,
                    help="weight sparsity from which a layer is tried sparse (default 0.7)")
     s.add_argument("--sparse-min-speedup", type=float, default=1.0,
-                   help="keep sparse where dense_us / sparse_us >= this (default 1.0)")
+                   help="keep sparse where the dense kernel takes this many times the sparse "
+                        "kernel's time (default 1.0)")
     _add_mnist(p)
     q = p.add_argument_group("int8 quantization")
     q.add_argument("--quantize", choices=["int8"], default=None,

@@ -42,7 +42,7 @@ class BuildOptions:
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP
     sparse: bool = False               # SparseDense + the measured-latency gate
     sparse_threshold: float = 0.7      # weight sparsity at which a layer is a candidate
-    sparse_min_speedup: float = 1.0    # keep sparse only where dense_us / sparse_us >= this
+    sparse_min_speedup: float = 1.0    # keep sparse only where dense / sparse kernel µs >= this
 
 
 def _say(msg: str, on: bool = True) -> None:

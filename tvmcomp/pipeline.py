@@ -46,7 +46,8 @@ def _phases(database, sparse: dict | None = None, gpu: bool = False) -> list[Pha
         #    fold dequantized weights back to float): QDQ patterns become int8 conv2d/matmul
         #    with integer requantization; float graphs pass through unchanged. SparseDense
         #    (with --sparse) next, also before FoldConstant/LegalizeOps: sparse constant
-        #    matmuls (float, or QuantizeInt8's int8 ones) become CSR call_tir kernels. Then
+        #    matmuls (float, or QuantizeInt8's int8 ones) become sparse (SELL) call_tir
+        #    kernels. Then
         #    batch-norm/dropout to inference arithmetic, trivial bindings removed, constants
         #    folded while ops are still high level.
         Phase("canonicalize", (

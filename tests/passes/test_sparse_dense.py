@@ -1,4 +1,4 @@
-"""SparseDense + the CSR kernels: rewritten IR structure, numerics vs NumPy, the latency gate."""
+"""SparseDense + the sparse (SELL) kernels: rewritten IR structure, numerics vs NumPy, the latency gate."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import pytest
 tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
-from tvmcomp.kernels.csr import (  # noqa: E402
-    ROW_PAD,
-    csr_dense_kernel,
-    csr_from_dense,
-    csr_int8_from_dense,
+from tvmcomp.kernels.sell import (  # noqa: E402
+    SLICE,
+    WIDTH_PAD,
+    sell_dense_kernel,
+    sell_from_dense,
+    sell_int8_from_dense,
+    sell_int_kernel,
 )
 from tvmcomp.kernels.sparse_gate import gate, layer_module  # noqa: E402
 from tvmcomp.passes.sparse_dense import SparseDense, find_layers  # noqa: E402
@@ -47,19 +49,31 @@ def _ops(mod) -> list[str]:
     return names
 
 
-def test_csr_format_round_trips():
-    w, _ = _weight(7, 13, 0.6)
-    c = csr_from_dense(w)
+def test_sliced_format_round_trips():
+    w, _ = _weight(19, 13, 0.6)
+    w[3] = 0                                           # an empty row
+    w[5] = 1.0                                         # a full row
+    c = sell_from_dense(w)
     np.testing.assert_array_equal(c.to_dense(), w)
-    assert c.nnz == np.count_nonzero(w) and c.stored % 1 == 0
-    assert np.all(np.diff(c.indptr) % ROW_PAD == 0)   # rows padded
-    assert c.nbytes()["total"] == c.data.nbytes + c.indices.nbytes + c.indptr.nbytes
-    q = csr_int8_from_dense(w)
+    assert c.nnz == np.count_nonzero(w) and c.slices == 3
+    widths = np.diff(c.slice_ptr) // SLICE
+    assert np.all(np.diff(c.slice_ptr) % (SLICE * WIDTH_PAD) == 0)   # slices padded
+    assert np.all(np.diff(widths) <= 0)                # rows sorted longest first
+    assert c.row_order[0] == 5 and sorted(c.row_order[:19]) == list(range(19))
+    assert np.all(c.row_order[19:] == -1)              # the missing rows of the last slice
+    assert c.stored == int(c.slice_ptr[-1]) < w.size
+    assert c.nbytes()["total"] == (c.data.nbytes + c.indices.nbytes + c.slice_ptr.nbytes
+                                   + c.row_order.nbytes)
+    q = sell_int8_from_dense(w)
     assert q.data.dtype == np.int8 and np.abs(q.to_dense() - w).max() <= q.scale.max() / 2 + 1e-6
     with pytest.raises(ValueError, match="2-D"):
-        csr_from_dense(np.zeros(3))
+        sell_from_dense(np.zeros(3))
+    with pytest.raises(ValueError, match="rows and columns"):
+        sell_from_dense(np.zeros((0, 3)))
     with pytest.raises(ValueError, match="batch must be a positive integer"):
-        csr_dense_kernel(0, 4, 4, False)
+        sell_dense_kernel(0, 4, 4, False)
+    with pytest.raises(ValueError, match="x_dtype"):
+        sell_int_kernel(1, 4, 4, "float32")
 
 
 def test_rewrite_structure_and_fusion():
@@ -69,7 +83,7 @@ def test_rewrite_structure_and_fusion():
     out = SparseDense(threshold=0.8)(mod)
     assert _ops(out) == ["relax.call_tir"]           # matmul, add and relu all absorbed
     kernels = [gv.name_hint for gv, f in out.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
-    assert kernels == ["csr_dense_b1_40x24_relu"]
+    assert kernels == ["sell_dense_b1_40x24_relu"]
 
 
 @pytest.mark.parametrize("batch, relu, bias, sparsity", [
@@ -108,12 +122,13 @@ def test_below_threshold_or_vetoed_is_unchanged():
         SparseDense(values="int4")
 
 
-def test_int8_values():
+@pytest.mark.parametrize("batch", [1, 4])
+def test_int8_values(batch):
     w, b = _weight(20, 64, 0.8)
-    mod = layer_module(w, b, False, 4)
+    mod = layer_module(w, b, False, batch)
     out = SparseDense(threshold=0.5, values="int8")(mod)
-    x = np.random.default_rng(2).standard_normal((4, 64)).astype(np.float32)
-    wq = csr_int8_from_dense(w).to_dense()
+    x = np.random.default_rng(2).standard_normal((batch, 64)).astype(np.float32)
+    wq = sell_int8_from_dense(w).to_dense()
     np.testing.assert_allclose(_run(out, x), x @ wq.T + b, rtol=1e-5, atol=1e-4)
     assert np.abs(_run(out, x) - (x @ w.T + b)).max() < 0.1
 
@@ -138,7 +153,7 @@ def test_lenet_layers_and_conv_report(tmp_path):
     out = SparseDense(threshold=0.8)(mod)
     names = sorted(gv.name_hint for gv, f in out.functions.items()
                    if isinstance(f, tvm.tirx.PrimFunc))
-    assert names == ["csr_dense_b1_400x120_relu", "csr_dense_b4_400x120_relu"]
+    assert names == ["sell_dense_b1_400x120_relu", "sell_dense_b4_400x120_relu"]
     from tvmcomp.pipeline import compile_fused, fuse
 
     target = tvm.target.Target(TARGET)
@@ -158,7 +173,9 @@ def test_gate_records_both_timings():
     assert len(dec) == 1 and dec[0].key == "main/matmul0"
     d = dec[0].to_dict()
     assert d["dense_us"] > 0 and d["sparse_us"] > 0 and d["dense_tuned"] is False
-    assert d["keep_sparse"] == (d["dense_us"] >= d["sparse_us"])
+    assert d["dense_kernel_us"] > 0 and d["sparse_kernel_us"] > 0
+    assert d["keep_sparse"] == (d["dense_kernel_us"] >= d["sparse_kernel_us"])
+    assert d["speedup"] == round(dec[0].dense_kernel_us / dec[0].sparse_kernel_us, 3)
     never = gate(mod, target, None, threshold=0.9, min_speedup=1e9, progress=False)
     assert not never[0].keep_sparse
     low = gate(mod, target, None, threshold=0.99, progress=False)
@@ -173,10 +190,11 @@ def test_size_report_counts_every_array():
     dense = size_report(mod)
     assert dense["bytes"]["total"] == w.nbytes + b.nbytes and not dense["sparse_layers"]
     rep = size_report(SparseDense(threshold=0.5)(mod))
-    c = csr_from_dense(w)
+    c = sell_from_dense(w)
     by = rep["bytes"]
     assert by["values"] == c.data.nbytes and by["col_indices"] == c.indices.nbytes
-    assert by["row_pointers"] == 41 * 4 and by["bias"] == b.nbytes
+    assert by["slice_pointers"] == 6 * 4 and by["row_order"] == 40 * 4
+    assert by["bias"] == b.nbytes
     assert by["row_scales"] == 40 * 4 and by["dense_remainder"] == 0
     assert by["total"] == sum(v for k, v in by.items() if k != "total")
     assert by["total"] < dense["bytes"]["total"] / 2
@@ -200,7 +218,7 @@ def test_integer_matmul_is_exact(batch, x_dtype):
 
 
 def test_after_quantize_int8():
-    """QuantizeInt8's int8 Gemm core becomes the integer CSR kernel; result bit-exact."""
+    """QuantizeInt8's int8 Gemm core becomes the integer sparse kernel; result bit-exact."""
     from test_quantize_int8 import qdq_layer
 
     from tvmcomp.passes import QuantizeInt8
@@ -214,7 +232,7 @@ def test_after_quantize_int8():
     q = QuantizeInt8()(mod)
     s = SparseDense(threshold=0.5)(q)
     assert "relax.matmul" in _ops(q) and "relax.matmul" not in _ops(s)
-    assert any(gv.name_hint == "csr_int_b2_48x16_int8" for gv in s.get_global_vars())
+    assert any(gv.name_hint == "sell_int_b2_48x16_int8" for gv in s.get_global_vars())
     x = rng.integers(-128, 128, (2, 48)).astype(np.int8)
     np.testing.assert_array_equal(_run(s, x), _run(q, x))
 

@@ -1,1 +1,1 @@
-"""Hand-written TIR kernels that our Relax passes emit (sparse CSR dense layers)."""
+"""Hand-written TIR kernels that our Relax passes emit (sparse dense layers, SELL format)."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import dataclasses
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .csr import csr_from_dense, csr_int8_from_dense
+from .sell import sell_from_dense, sell_int8_from_dense
 
 
 @dataclass(frozen=True)
@@ -18,21 +19,32 @@ class GateDecision:
     batch: int
     shape: tuple[int, int]   # [out, in]
     sparsity: float
-    dense_us: float
+    dense_us: float          # the one-layer model through the Relax VM (call overhead included)
     sparse_us: float
     dense_tuned: bool        # the dense kernel had a tuned schedule in the database
     keep_sparse: bool
     reason: str
+    dense_kernel_us: float = float("nan")   # the compiled TIR kernel alone, same arguments
+    sparse_kernel_us: float = float("nan")
 
     @property
     def speedup(self) -> float:
+        """Kernel against kernel where both were timed, else the one-layer models."""
+        if self.sparse_kernel_us > 0 and self.dense_kernel_us > 0:
+            return self.dense_kernel_us / self.sparse_kernel_us
+        return self.dense_us / self.sparse_us if self.sparse_us > 0 else float("inf")
+
+    @property
+    def model_speedup(self) -> float:
         return self.dense_us / self.sparse_us if self.sparse_us > 0 else float("inf")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(shape=list(self.shape), sparsity=round(self.sparsity, 6),
                  dense_us=round(self.dense_us, 3), sparse_us=round(self.sparse_us, 3),
-                 speedup=round(self.speedup, 3))
+                 dense_kernel_us=round(self.dense_kernel_us, 3),
+                 sparse_kernel_us=round(self.sparse_kernel_us, 3),
+                 speedup=round(self.speedup, 3), model_speedup=round(self.model_speedup, 3))
         return d
 
 
@@ -100,10 +112,73 @@ def time_vm_us(exes: list, x: np.ndarray, repeat: int = 21,
     return [float(np.median(s) * 1e6) for s in samples]
 
 
+def _kernel_call(fused, ex, x: np.ndarray):
+    """``(library function, its arguments)`` of the single ``call_tir`` in ``fused``'s main.
+
+    The arguments are the ones the VM passes: ``x``, the constants, a fresh output tensor.
+    ``None`` when main does not consist of exactly one kernel call.
+    """
+    import tvm
+    from tvm import relax
+
+    calls = []
+
+    def visit(e):
+        if isinstance(e, tvm.ir.Call) and getattr(e.op, "name", "") == "relax.call_tir":
+            calls.append(e)
+
+    relax.analysis.post_order_visit(fused["main"].body, visit)
+    if len(calls) != 1:
+        return None
+    call, dev = calls[0], tvm.cpu()
+    args = []
+    for a in call.args[1].fields:
+        if isinstance(a, tvm.ir.Constant):
+            args.append(tvm.runtime.tensor(a.value.numpy(), dev))
+        elif isinstance(a, relax.Var):
+            args.append(tvm.runtime.tensor(x, dev))
+        else:
+            return None
+    out = call.ty_args[0]
+    args.append(tvm.runtime.empty([int(v) for v in out.shape.values], out.dtype, dev))
+    name = call.args[0].name_hint
+    libs = [m for m in ex.mod.imports if m.implements_function(name)]
+    return (libs[0], name, args) if libs else None
+
+
+def time_kernels_us(calls: list, repeat: int = 21, min_repeat_s: float = 0.01) -> list[float]:
+    """Median µs per call of each compiled kernel alone (:func:`_kernel_call`), interleaved."""
+    import tvm
+
+    dev = tvm.cpu()
+    timers = []
+    for lib, name, args in calls:
+        lib.get_function(name)(*args)
+        once = lib.time_evaluator(name, dev, number=1, repeat=3)(*args)
+        n = max(1, min(20000, int(min_repeat_s / max(float(np.min(once.results)), 1e-7))))
+        timers.append((lib.time_evaluator(name, dev, number=n, repeat=1), args))
+    samples = [[] for _ in calls]
+    for _ in range(repeat):
+        for i, (t, args) in enumerate(timers):
+            samples[i].append(t(*args).mean)
+    return [float(np.median(s) * 1e6) for s in samples]
+
+
+@dataclass(frozen=True)
+class LayerTiming:
+    """Median µs of one layer built dense and sparse, same process, interleaved."""
+
+    dense_us: float            # one-layer Relax model through the VM (call overhead included)
+    sparse_us: float
+    dense_kernel_us: float     # the TIR kernel alone (NaN if the model is not one kernel)
+    sparse_kernel_us: float
+    dense_tuned: bool
+
+
 def measure_layer(w: np.ndarray, bias: np.ndarray | None, relu: bool, batch: int, target,
                   database=None, values: str = "float32", check: bool = True,
-                  x_dtype: str = "float32") -> tuple[float, float, bool]:
-    """(dense µs, sparse µs, dense tuned?) for one layer, built both ways in this process.
+                  x_dtype: str = "float32") -> LayerTiming:
+    """Time one layer built both ways in this process: the model and its kernel alone.
 
     The dense form goes through our pipeline with ``database`` (MetaSchedule; a record for
     the fused matmul(+bias)(+relu) task is what the full model uses too); the sparse form is
@@ -120,7 +195,7 @@ def measure_layer(w: np.ndarray, bias: np.ndarray | None, relu: bool, batch: int
 
         tuned = all(t.best_us is not None for t in task_status(fused, target, database))
     sparse_mod = SparseDense(threshold=0.0, values=values)(dense_mod)
-    _, sparse_ex = _build(sparse_mod, target, None)
+    sparse_fused, sparse_ex = _build(sparse_mod, target, None)
     rng = np.random.default_rng(0)
     if x_dtype == "float32":
         x = rng.standard_normal((batch, w.shape[1])).astype(np.float32)
@@ -130,7 +205,9 @@ def measure_layer(w: np.ndarray, bias: np.ndarray | None, relu: bool, batch: int
     if check:
         _check(dense_ex, sparse_ex, x, w, values if x_dtype == "float32" else "exact")
     dense_us, sparse_us = time_vm_us([dense_ex, sparse_ex], x)
-    return dense_us, sparse_us, tuned
+    calls = [_kernel_call(fused, dense_ex, x), _kernel_call(sparse_fused, sparse_ex, x)]
+    kernel_us = time_kernels_us(calls) if all(calls) else [float("nan")] * 2
+    return LayerTiming(dense_us, sparse_us, kernel_us[0], kernel_us[1], tuned)
 
 
 def _check(dense_ex, sparse_ex, x, w, values) -> None:
@@ -146,9 +223,9 @@ def _check(dense_ex, sparse_ex, x, w, values) -> None:
             raise ValueError("integer sparse kernel disagrees with the dense one")
         return
     if values == "int8":  # compare against the dequantized weight actually stored
-        w = csr_int8_from_dense(w).to_dense()
+        w = sell_int8_from_dense(w).to_dense()
     else:
-        w = csr_from_dense(w).to_dense()
+        w = sell_from_dense(w).to_dense()
     tol = 1e-4 * max(1.0, float(np.abs(x).sum(1).max() * np.abs(w).max()))
     if values == "float32" and np.abs(outs[0] - outs[1]).max() > tol:
         raise ValueError(f"sparse kernel disagrees with the dense one (max |diff| "
@@ -160,7 +237,9 @@ def gate(mod, target, database=None, threshold: float = 0.7, min_speedup: float 
     """Time dense vs sparse for each SparseDense candidate of ``mod`` (per function/batch).
 
     Layers below ``threshold`` are not timed (recorded as kept dense). A layer keeps its
-    sparse form when ``dense_us / sparse_us >= min_speedup``. Pass
+    sparse form when its speedup (sparse kernel against the dense kernel, both alone with the
+    layer's real arguments; the one-layer models where a kernel cannot be isolated) is at
+    least ``min_speedup``. The VM call around either kernel costs the same. Pass
     ``{d.key: d.keep_sparse for d in decisions}`` to ``SparseDense(keep=...)``.
     """
     from tvm import relax
@@ -185,12 +264,18 @@ def gate(mod, target, database=None, threshold: float = 0.7, min_speedup: float 
             if h not in cache:
                 cache[h] = measure_layer(m.w, m.bias, m.relu, m.batch, target, database, values,
                                          x_dtype=m.x_dtype)
-            d_us, s_us, tuned = cache[h]
-            keep = d_us / s_us >= min_speedup
-            why = (f"sparse {s_us:.2f} µs vs dense {d_us:.2f} µs"
-                   f"{'' if tuned else ' (dense untuned)'}: "
+            t = cache[h]
+            d = GateDecision(key, m.batch, shape, sp, t.dense_us, t.sparse_us, t.dense_tuned,
+                             False, "", t.dense_kernel_us, t.sparse_kernel_us)
+            keep = d.speedup >= min_speedup
+            if d.sparse_kernel_us > 0:
+                what = (f"kernel {t.sparse_kernel_us:.2f} µs vs dense {t.dense_kernel_us:.2f} µs"
+                        f" (one-layer model {t.sparse_us:.2f} vs {t.dense_us:.2f} µs)")
+            else:
+                what = f"sparse {t.sparse_us:.2f} µs vs dense {t.dense_us:.2f} µs"
+            why = (f"{what}{'' if t.dense_tuned else ' (dense untuned)'}: "
                    + ("sparse kept" if keep else f"below the {min_speedup:g}x gate, dense kept"))
-            out.append(GateDecision(key, m.batch, shape, sp, d_us, s_us, tuned, keep, why))
+            out.append(dataclasses.replace(d, keep_sparse=keep, reason=why))
             if progress:
                 print(f"sparse gate {key} (batch {m.batch}, {shape[1]}→{shape[0]}, sparsity "
                       f"{sp:.3f}): {why}", flush=True)

@@ -1,4 +1,4 @@
-"""SparseDense: dense layers with sparse constant weights → our CSR TIR kernels (``call_tir``)."""
+"""SparseDense: dense layers with sparse constant weights → our sparse TIR kernels (``call_tir``)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ..kernels.csr import (
-    CSRMatrix,
-    csr_dense_kernel,
-    csr_from_dense,
-    csr_int8_from_dense,
-    csr_int_kernel,
+from ..kernels.sell import (
+    SlicedMatrix,
+    sell_dense_kernel,
+    sell_from_dense,
+    sell_int8_from_dense,
+    sell_int_kernel,
 )
 
 R = relax.op
@@ -50,7 +50,7 @@ class LayerSparsity:
 
 @tvm.transform.module_pass(opt_level=0, name="SparseDense")
 class SparseDense:
-    """Rewrite ``[relu](add(matmul(x, W), b))`` with a sparse constant ``W`` into a CSR kernel.
+    """Rewrite ``[relu](add(matmul(x, W), b))`` with a sparse constant ``W`` into a sparse kernel.
 
     Expects Relax as ``relax.frontend.onnx.from_onnx`` emits Gemm/MatMul, before
     ``FoldConstant`` and ``LegalizeOps`` (after ``QuantizeInt8``, which leaves float layers
@@ -64,16 +64,19 @@ class SparseDense:
     and emits, for each layer whose weight has ``sparsity >= threshold`` and that ``keep``
     allows (keyed ``"<function>/matmul<k>"``; missing keys mean yes)::
 
-        y = R.call_tir(csr_dense_b{B}_{in}x{out}[_relu], (x, data, indices, indptr, b, scale),
+        y = R.call_tir(sell_dense_b{B}_{in}x{out}[_relu],
+                       (x, data, indices, slice_ptr, row_order, b, scale),
                        out_ty=R.Tensor((B, out), "float32"))
 
-    with the weight in padded CSR (:mod:`tvmcomp.kernels.csr`): the row kernel at batch 1,
-    the batch-vectorised kernel otherwise. ``values="int8"`` stores the values as int8 with
+    with the weight in sliced ELLPACK, rows sorted by length (:mod:`tvmcomp.kernels.sell`):
+    the slice kernel at batch 1, the batch-vectorised kernel otherwise; both batch entry
+    points of a module share the same arrays. ``values="int8"`` stores the values as int8 with
     a per-row scale (weight-only quantization, 4× smaller values). Layers are numbered
     ``k`` over the function's conv/matmul calls in order (fc1 of LeNet-5 is ``matmul2``).
     After ``QuantizeInt8``, an integer ``R.matmul(x_q, W_i8, out_dtype="int32")`` (x int8 or
     uint8, constant int8 ``W`` as ``[in, out]``) with a sparse ``W`` becomes
-    ``R.call_tir(csr_int_b{B}_..., (x_q, data_i8, indices, indptr), out_ty=int32)``: exact,
+    ``R.call_tir(sell_int_b{B}_..., (x_q, data_i8, indices, slice_ptr, row_order),
+    out_ty=int32)``: exact,
     and the bias add / requantization that follow are left as they were.
     A module with no such layer is returned unchanged.
     """
@@ -272,52 +275,54 @@ class _Rewriter(PyExprMutator):
             return
         key = (m.batch, in_f, out_f, m.relu, self.values)
         if key not in self.kernels:
-            kern = csr_dense_kernel(m.batch, in_f, out_f, m.relu, self.values)
-            name = f"csr_dense_b{m.batch}_{in_f}x{out_f}{'_relu' if m.relu else ''}" + (
+            kern = sell_dense_kernel(m.batch, in_f, out_f, m.relu, self.values)
+            name = f"sell_dense_b{m.batch}_{in_f}x{out_f}{'_relu' if m.relu else ''}" + (
                 "_i8" if self.values == "int8" else "")
             self.kernels[key] = self.builder_.add_func(kern.with_attr("global_symbol", name),
                                                         name)
-        csr, bias, scale = self._consts(m)
+        arrays, bias, scale = self._consts(m)
         call = relax.call_tir(self.kernels[key],
-                              [self.visit_expr(m.x), csr[0], csr[1], csr[2], bias, scale],
+                              [self.visit_expr(m.x), *arrays, bias, scale],
                               relax.TensorType((m.batch, out_f), "float32"))
         bb = self.builder_
         if isinstance(binding.var, relax.DataflowVar) or not bb.current_block_is_dataflow():
-            new = bb.emit(call, f"{m.name}_csr")
+            new = bb.emit(call, f"{m.name}_sparse")
         else:
-            new = bb.emit_output(call, f"{m.name}_csr")
+            new = bb.emit_output(call, f"{m.name}_sparse")
         self.set_var_remap(binding.var, new)
 
     def _emit_int(self, binding, m: _Match) -> None:
         out_f, in_f = m.w.shape
         key = (m.batch, in_f, out_f, m.x_dtype)
         if key not in self.kernels:
-            name = f"csr_int_b{m.batch}_{in_f}x{out_f}_{m.x_dtype}"
-            kern = csr_int_kernel(m.batch, in_f, out_f, m.x_dtype)
+            name = f"sell_int_b{m.batch}_{in_f}x{out_f}_{m.x_dtype}"
+            kern = sell_int_kernel(m.batch, in_f, out_f, m.x_dtype)
             self.kernels[key] = self.builder_.add_func(kern.with_attr("global_symbol", name),
                                                         name)
         h = "i" + hashlib.sha256(m.w.tobytes()).hexdigest()
         if h not in self.consts:
-            c = csr_from_dense(m.w)
-            self.consts[h] = (relax.const(c.data), relax.const(c.indices), relax.const(c.indptr))
+            c = sell_from_dense(m.w)
+            self.consts[h] = (relax.const(c.data), relax.const(c.indices),
+                              relax.const(c.slice_ptr), relax.const(c.row_order))
         call = relax.call_tir(self.kernels[key], [self.visit_expr(m.x), *self.consts[h]],
                               relax.TensorType((m.batch, out_f), "int32"))
         bb = self.builder_
         if isinstance(binding.var, relax.DataflowVar) or not bb.current_block_is_dataflow():
-            new = bb.emit(call, f"{m.name}_csr_i32")
+            new = bb.emit(call, f"{m.name}_sparse_i32")
         else:
-            new = bb.emit_output(call, f"{m.name}_csr_i32")
+            new = bb.emit_output(call, f"{m.name}_sparse_i32")
         self.set_var_remap(binding.var, new)
 
     def _consts(self, m: _Match):
-        """Relax constants for ``m``'s CSR arrays, shared between functions with equal weights."""
+        """Relax constants for ``m``'s sparse arrays, shared between functions with equal weights."""
         h = hashlib.sha256(m.w.tobytes()).hexdigest()
         if h not in self.consts:
-            c: CSRMatrix = (csr_int8_from_dense(m.w) if self.values == "int8"
-                            else csr_from_dense(m.w))
+            c: SlicedMatrix = (sell_int8_from_dense(m.w) if self.values == "int8"
+                               else sell_from_dense(m.w))
             scale = c.scale if c.scale is not None else np.ones(m.w.shape[0], np.float32)
             self.consts[h] = ((relax.const(c.data), relax.const(c.indices),
-                               relax.const(c.indptr)), relax.const(scale))
+                               relax.const(c.slice_ptr), relax.const(c.row_order)),
+                              relax.const(scale))
         arrays, scale = self.consts[h]
         bias = m.bias if m.bias is not None else np.zeros(m.w.shape[0], np.float32)
         bias = np.ascontiguousarray(bias, np.float32)
@@ -329,14 +334,14 @@ class _Rewriter(PyExprMutator):
 
 # ---- size accounting -------------------------------------------------------------------------
 
-_CSR_ARGS = ("values", "col_indices", "row_pointers", "bias", "row_scales")
+_SPARSE_ARGS = ("values", "col_indices", "slice_pointers", "row_order", "bias", "row_scales")
 
 
 def size_report(mod: tvm.IRModule) -> dict:
-    """Bytes of the constants ``mod`` carries, split into the CSR layers' arrays and the rest.
+    """Bytes of the constants ``mod`` carries, split into the sparse layers' arrays and the rest.
 
     Distinct constants are counted once (weights shared between batch entry points are stored
-    once). ``sparse_layers`` maps each CSR kernel call (``"<function>/<var>"``) to its arrays'
+    once). ``sparse_layers`` maps each sparse kernel call (``"<function>/<var>"``) to its arrays'
     bytes and stored entries; ``dense_remainder`` is every other constant (dense weights,
     biases of dense layers, ...). Compare ``total`` with the same report of the dense module.
     """
@@ -352,19 +357,19 @@ def size_report(mod: tvm.IRModule) -> dict:
     for gv, func in mod.functions.items():
         if not isinstance(func, relax.Function):
             continue
-        csr_calls = []
+        sparse_calls = []
 
-        def visit(e, calls=csr_calls):
+        def visit(e, calls=sparse_calls):
             if isinstance(e, tvm.ir.Call) and _op(e) == "relax.call_tir":
                 callee = e.args[0]
-                if isinstance(callee, tvm.ir.GlobalVar) and callee.name_hint.startswith("csr_"):
+                if isinstance(callee, tvm.ir.GlobalVar) and callee.name_hint.startswith("sell_"):
                     calls.append(e)
 
         relax.analysis.post_order_visit(func, visit)
-        for i, call in enumerate(csr_calls):
+        for i, call in enumerate(sparse_calls):
             args = list(call.args[1].fields)
             entry = {"kernel": call.args[0].name_hint}
-            for role, a in zip(_CSR_ARGS, args[1:]):
+            for role, a in zip(_SPARSE_ARGS, args[1:]):
                 if isinstance(a, tvm.ir.Constant):
                     k = key(a)
                     nbytes = int(a.value.numpy().nbytes)
@@ -374,14 +379,14 @@ def size_report(mod: tvm.IRModule) -> dict:
             if vals is not None:
                 entry["stored_entries"] = int(vals.size)
                 entry["value_dtype"] = str(vals.dtype)
-            layers[f"{gv.name_hint}/csr{i}"] = entry
+            layers[f"{gv.name_hint}/sparse{i}"] = entry
 
         def visit_const(e):
             if isinstance(e, tvm.ir.Constant) and hasattr(e.value, "numpy"):
                 seen.setdefault(key(e), ("dense_remainder", int(e.value.numpy().nbytes)))
 
         relax.analysis.post_order_visit(func, visit_const)
-    totals = {r: 0 for r in (*_CSR_ARGS, "dense_remainder")}
+    totals = {r: 0 for r in (*_SPARSE_ARGS, "dense_remainder")}
     for role, nbytes in seen.values():
         totals[role] += nbytes
     totals["total"] = sum(totals.values())
