@@ -175,7 +175,7 @@ def _slice_kernel(K: int, N: int, relu: bool, values: str):  # noqa: N803
                       bias: T.Buffer((T.int64(N),), "float32"),
                       scale: T.Buffer((T.int64(N),), "float32"),
                       y: T.Buffer((T.int64(1), T.int64(N)), "float32")):
-        T.func_attr({"tir.noalias": True})
+        T.func_attr({"tirx.noalias": True})
         nnz = T.int64()
         data = T.match_buffer(data_h, (nnz,), values)
         idx = T.match_buffer(idx_h, (nnz,), "int32")
@@ -222,7 +222,7 @@ def _batched_kernel(B: int, K: int, N: int, relu: bool, values: str):  # noqa: N
                       bias: T.Buffer((T.int64(N),), "float32"),
                       scale: T.Buffer((T.int64(N),), "float32"),
                       y: T.Buffer((T.int64(B), T.int64(N)), "float32")):
-        T.func_attr({"tir.noalias": True})
+        T.func_attr({"tirx.noalias": True})
         nnz = T.int64()
         data = T.match_buffer(data_h, (nnz,), values)
         idx = T.match_buffer(idx_h, (nnz,), "int32")
@@ -291,7 +291,7 @@ def sell_int_kernel(batch: int, in_features: int, out_features: int, x_dtype: st
                         idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
                         row_order: T.Buffer((T.int64(NS * C),), "int32"),
                         y: T.Buffer((T.int64(1), T.int64(N)), "int32")):
-            T.func_attr({"tir.noalias": True})
+            T.func_attr({"tirx.noalias": True})
             nnz = T.int64()
             data = T.match_buffer(data_h, (nnz,), "int8")
             idx = T.match_buffer(idx_h, (nnz,), "int32")
@@ -324,7 +324,7 @@ def sell_int_kernel(batch: int, in_features: int, out_features: int, x_dtype: st
                     idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
                     row_order: T.Buffer((T.int64(NS * C),), "int32"),
                     y: T.Buffer((T.int64(B), T.int64(N)), "int32")):
-        T.func_attr({"tir.noalias": True})
+        T.func_attr({"tirx.noalias": True})
         nnz = T.int64()
         data = T.match_buffer(data_h, (nnz,), "int8")
         idx = T.match_buffer(idx_h, (nnz,), "int32")
