@@ -5,6 +5,11 @@
 ``bench_rpc`` uploads ``model.so`` to a server found through the tracker by key and times each
 batch entry point there with the VM's ``time_evaluator``. Both bind to 127.0.0.1 unless told
 otherwise: pass ``--host 0.0.0.0`` on a real board that the host reaches over the network.
+
+``tvmcomp rpc server --board PROFILE`` runs the C++ board server (examples/rpc_board, see
+:mod:`tvmcomp.deploy.rpc_board`) on that profile's board instead: for ``arm_cortex_a72`` /
+``arm_cortex_a53`` the aarch64 build under ``qemu-aarch64-static``, so a session runs the model
+on the emulated board; the key defaults to the profile name.
 """
 
 from __future__ import annotations
@@ -99,12 +104,14 @@ def _last_line(e: Exception) -> str:
 
 
 def bench_rpc(art_dir: str | Path, tracker: str, key: str, batches=(1,), repeat: int = 10,
-              min_repeat_ms: int = 50, inputs: np.ndarray | None = None) -> dict:
+              min_repeat_ms: int = 50, inputs: np.ndarray | None = None,
+              output_batch: int | None = None) -> dict:
     """Time an artifact's entry points on the remote board registered as ``key``.
 
     Returns the same shape as :func:`tvmcomp.bench.bench_artifact` (``{"unit": "us",
     "results": {"<batch>": {"artifact": median_us}}, ...}``); with ``inputs`` (a batch of
-    input arrays) the remote outputs on them come back under ``"outputs"``.
+    input arrays) the remote outputs on them come back under ``"outputs"``, computed with the
+    ``output_batch`` entry point (default: the smallest compiled batch).
     """
     import tvm
     from tvm import relax
@@ -113,6 +120,9 @@ def bench_rpc(art_dir: str | Path, tracker: str, key: str, batches=(1,), repeat:
     man = read_manifest(art_dir)
     lib = check_library(art_dir, man)
     entries = {int(b): name for b, name in man["entry_points"].items()}
+    if output_batch is not None and int(output_batch) not in entries:
+        raise TvmcompError(f"{art_dir}: no entry point for batch {output_batch}; compiled: "
+                           f"{sorted(entries)}")
     for b in batches:
         if b not in entries:
             raise TvmcompError(f"{art_dir}: no entry point for batch {b}; compiled: "
@@ -148,7 +158,7 @@ def bench_rpc(art_dir: str | Path, tracker: str, key: str, batches=(1,), repeat:
            "profile": prof.get("name"), "rpc": {"tracker": tracker, "key": key},
            "notes": [f"timed on RPC server {key!r} via tracker {tracker}; no baselines"]}
     if inputs is not None:
-        b = min(entries)
+        b = int(output_batch) if output_batch is not None else min(entries)
         outs = []
         for i in range(0, len(inputs), b):
             chunk = np.zeros((b, *shape), dtype=dtype)
@@ -185,6 +195,56 @@ def serve_server(tracker: str, key: str, host: str = DEFAULT_HOST, port: int = S
 
     return _serve_with_msg(
         start, lambda s: f"RPC server {key!r} on {host}:{s.port}, registered at {tracker}")
+
+
+def serve_board(board_profile: str, tracker: str, key: str | None = None,
+                host: str = DEFAULT_HOST, port: int = SERVER_PORT, port_end: int | None = None,
+                threads: int = 1) -> int:
+    """Run the C++ board server for ``board_profile``'s board in the foreground.
+
+    An emulated board (ARM profiles) runs the cross-compiled server under qemu; a native one
+    the x86-64 build. It prints one line once registered at ``tracker`` and serves until
+    Ctrl-C / SIGTERM (forwarded to it); it also ends when this process dies.
+    """
+    import subprocess
+
+    from .deploy.boards import board_for
+    from .deploy.rpc_board import server_command, server_env
+    from .targets import load_profile
+
+    board = board_for(load_profile(board_profile))
+    thost, tport = parse_addr(tracker)
+    tracker_summary(thost, tport)  # fail fast with one line when the tracker is down
+    cmd = server_command(board, tracker, key, host, port, port_end)
+    proc = subprocess.Popen(cmd, env=server_env(threads), preexec_fn=_die_with_parent)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        rc = proc.wait()
+        return 2 if rc else 0  # the server printed its own one-line error
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if proc.poll() is None:
+            proc.terminate()  # the server stops its session worker too
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _die_with_parent() -> None:
+    """In a child process: get SIGTERM when the parent dies (Linux ``PR_SET_PDEATHSIG``)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _serve_with_msg(start, msg) -> int:
@@ -233,15 +293,22 @@ def add_parsers(sub) -> None:
     t.add_argument("--port", type=_port, default=TRACKER_PORT)
     t.add_argument("--verbose", action="store_true")
     t.set_defaults(fn=lambda a: serve_tracker(a.host, a.port, silent=not a.verbose))
-    s = rsub.add_parser("server", help="run TVM's RPC server, registered at a tracker by key")
+    s = rsub.add_parser("server", help="run an RPC server registered at a tracker by key: TVM's "
+                        "Python server, or with --board the C++ server on that profile's board")
     s.add_argument("--tracker", type=_addr, required=True, metavar="HOST:PORT")
-    s.add_argument("--key", required=True, help="device key, e.g. the profile name")
+    s.add_argument("--key", default=None,
+                   help="device key, e.g. the profile name (required without --board; default "
+                        "with --board: the profile name)")
+    s.add_argument("--board", default=None, metavar="PROFILE",
+                   help="run the C++ board server on this profile's board, e.g. arm_cortex_a72 "
+                        "(the emulated aarch64 board under qemu-aarch64-static)")
     s.add_argument("--host", default=DEFAULT_HOST, help=f"bind address (default {DEFAULT_HOST})")
     s.add_argument("--port", type=_port, default=SERVER_PORT)
+    s.add_argument("--threads", type=_threads, default=1,
+                   help="TVM_NUM_THREADS for the --board server (default 1)")
     s.add_argument("--load-library", default=None, help="extra library the server preloads")
     s.add_argument("--verbose", action="store_true")
-    s.set_defaults(fn=lambda a: serve_server(a.tracker, a.key, a.host, a.port,
-                                             silent=not a.verbose, load_library=a.load_library))
+    s.set_defaults(fn=_cmd_server)
     q = rsub.add_parser("list", help="servers registered at a tracker")
     q.add_argument("--tracker", type=_addr, default=f"{DEFAULT_HOST}:{TRACKER_PORT}",
                    metavar="HOST:PORT")
@@ -254,6 +321,24 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                    help="time the artifact on a remote board found through this RPC tracker")
     p.add_argument("--rpc-key", default=None, metavar="KEY",
                    help="the remote board's RPC key (default: the artifact's profile name)")
+
+
+def _threads(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive thread count, got {text!r}")
+    return int(text)
+
+
+def _cmd_server(args) -> int:
+    if args.board:
+        if args.load_library:
+            raise TvmcompError("--load-library is not supported with --board")
+        return serve_board(args.board, args.tracker, args.key, args.host, args.port,
+                           threads=args.threads)
+    if not args.key:
+        raise TvmcompError("rpc server needs --key KEY (or --board PROFILE)")
+    return serve_server(args.tracker, args.key, args.host, args.port, silent=not args.verbose,
+                        load_library=args.load_library)
 
 
 def _cmd_list(args) -> int:
