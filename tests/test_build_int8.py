@@ -31,6 +31,7 @@ def test_manifest_records_scheme_and_layers(int8_artifact):
     out, man, cfg = int8_artifact
     assert man["precision"] == "int8"
     q = man["quantization"]
+    assert q["accumulate"] == "float32"   # x86 without VNNI: exact float32 accumulation
     assert q["config"]["calibration"] == {"method": "percentile", "percentile": 99.99,
                                           "bins": 2048}
     assert q["config"]["activations"] == "asymmetric"
@@ -98,7 +99,7 @@ def test_qdq_input_compiles_to_int8_without_quantize_flag(tmp_path, int8_artifac
                      BuildOptions(batches=(1,), tune_budget_s=0, eval_set=eval_set,
                                   progress=False))
     assert man["precision"] == "int8"
-    assert man["quantization"] == {"source": "QDQ model given as input"}
+    assert man["quantization"] == {"source": "QDQ model given as input", "accumulate": "float32"}
     assert man["verification"]["passed"] is True
 
 

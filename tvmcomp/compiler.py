@@ -18,7 +18,7 @@ from .deploy.toolchain import check_cross_compiler
 from .defaults import DEFAULT_BATCHES, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_TUNE_BUDGET_S
 from .errors import ArtifactError, TvmcompError
 from .frontend.onnx_import import entry_name, import_batches, load_onnx
-from .pipeline import compile_fused, fuse, make_pipeline, pass_names
+from .pipeline import compile_fused, fuse, int8_accumulate, make_pipeline, pass_names
 from .quant import QuantConfig
 from .targets import Profile
 from .tune import open_database, task_status, tune_module
@@ -193,8 +193,9 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         "weight_tensors": n_weights,
         "tuning": tuning,
         "precision": "int8" if int8 else "fp32",
-        "quantization": (qm.summary() if qm is not None
-                         else {"source": "QDQ model given as input"} if int8 else None),
+        "quantization": ({**(qm.summary() if qm is not None
+                             else {"source": "QDQ model given as input"}),
+                          "accumulate": int8_accumulate(target)} if int8 else None),
         "sparse": sparse_info,
     }
     extra = {}
@@ -245,7 +246,7 @@ def _sparsify(mod, fused_dense, target, db, opts: BuildOptions):
     from .passes import QuantizeInt8, SparseDense
     from .passes.sparse_dense import find_layers, size_report
 
-    base = QuantizeInt8()(mod)  # what SparseDense sees in the pipeline
+    base = QuantizeInt8(int8_accumulate(target))(mod)  # what SparseDense sees
     decisions = gate(base, target, db, threshold=opts.sparse_threshold,
                      min_speedup=opts.sparse_min_speedup, progress=opts.progress)
     keep = {d.key: d.keep_sparse for d in decisions}

@@ -27,6 +27,32 @@ def _name(p) -> str:
     return info.name if info is not None else type(p).__name__
 
 
+# x86 CPUs with an int8 dot-product instruction (VNNI): int32 accumulation pays there
+_VNNI_CPUS = ("cascadelake", "cooperlake", "icelake", "tigerlake", "rocketlake", "alderlake",
+              "raptorlake", "meteorlake", "sapphirerapids", "emeraldrapids", "graniterapids",
+              "znver4", "znver5", "arrowlake", "lunarlake", "sierraforest", "grandridge")
+
+
+def int8_accumulate(target) -> str:
+    """How QuantizeInt8 accumulates int8 conv2d/matmul for ``target`` (see its docstring).
+
+    ``"float32"`` (exact, checked per layer) on x86 CPUs without VNNI, where LLVM lowers the
+    int8×int8→int32 multiply-add to widening int32 multiplies at a fraction of the FMA rate;
+    ``"int32"`` elsewhere (VNNI x86, ARM, CUDA).
+    """
+    if target.kind.name != "llvm":
+        return "int32"
+    attrs = dict(target.attrs)
+    triple = str(attrs.get("mtriple", "x86_64"))
+    if not triple.startswith(("x86_64", "i686", "amd64")):
+        return "int32"
+    cpu = str(attrs.get("mcpu", ""))
+    mattr = " ".join(str(a) for a in attrs.get("mattr", ()))
+    if cpu.startswith(_VNNI_CPUS) or "vnni" in mattr:
+        return "int32"
+    return "float32"
+
+
 def make_pipeline(target, database=None, sparse: dict | None = None) -> list[Phase]:
     """The pipeline for ``target``; ``database`` (MetaSchedule) applies tuned schedules.
 
@@ -37,10 +63,12 @@ def make_pipeline(target, database=None, sparse: dict | None = None) -> list[Pha
     structurally identical PrimFuncs and tuning records are found at build.
     """
     with target:  # MetaScheduleApplyDatabase reads the current target when constructed
-        return _phases(database, sparse, gpu="gpu" in list(target.keys))
+        return _phases(database, sparse, gpu="gpu" in list(target.keys),
+                       accumulate=int8_accumulate(target))
 
 
-def _phases(database, sparse: dict | None = None, gpu: bool = False) -> list[Phase]:
+def _phases(database, sparse: dict | None = None, gpu: bool = False,
+            accumulate: str = "int32") -> list[Phase]:
     return [
         # 1. Canonicalise the imported graph. QuantizeInt8 first (before FoldConstant would
         #    fold dequantized weights back to float): QDQ patterns become int8 conv2d/matmul
@@ -51,7 +79,7 @@ def _phases(database, sparse: dict | None = None, gpu: bool = False) -> list[Pha
         #    batch-norm/dropout to inference arithmetic, trivial bindings removed, constants
         #    folded while ops are still high level.
         Phase("canonicalize", (
-            QuantizeInt8(),
+            QuantizeInt8(accumulate),
             SparseDense(**sparse) if sparse is not None
             else tvm.transform.Sequential([], name="SparseDense(off)"),
             relax.transform.DecomposeOpsForInference(),

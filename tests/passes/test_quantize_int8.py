@@ -96,14 +96,15 @@ CASES = [  # kind, per-channel weights, input zero point, input dtype, relu, out
 ]
 
 
+@pytest.mark.parametrize("acc", ["int32", "float32"])
 @pytest.mark.parametrize("kind,per_channel,zx,x_dtype,relu,zy", CASES)
-def test_requantize_matches_numpy_exactly(kind, per_channel, zx, x_dtype, relu, zy):
+def test_requantize_matches_numpy_exactly(kind, per_channel, zx, x_dtype, relu, zy, acc):
     rng = np.random.default_rng(abs(zx) + len(kind))
     x, w_q, ws, b_q = _layer(rng, kind, per_channel, zx, x_dtype)
     sx, sy = np.float32(0.05), np.float32(2.5 if kind == "conv2d" else 0.9)
     mod = qdq_layer(kind, x.shape, w_q, ws, b_q, sx, zx, sy, zy, relu, padding=1,
                     x_dtype=x_dtype)
-    qmod = QuantizeInt8()(mod)
+    qmod = QuantizeInt8(acc)(mod)
     got = build_run(qmod, x)
 
     if kind == "conv2d":
@@ -190,3 +191,33 @@ def test_chain_int8_between_ops_and_pool_on_int8():
     xv = rng.integers(-128, 128, (2, 3, 6, 6)).astype(np.int8)
     got, ref = build_run(qmod, xv), build_run(mod, xv)
     assert np.abs(got - ref).max() <= 1.5 + 1e-6  # at most 1 LSB (scale 1.5) apart
+
+
+def test_float32_accumulation_only_where_exact():
+    """accumulate="float32": conv2d(int8, int8) → float32 → int32 while
+    max_oc(sum|W|) * max|x| < 2**24, int32 accumulation beyond; results equal bit for bit."""
+    from tvmcomp.passes.quantize_int8 import float32_exact
+
+    rng = np.random.default_rng(3)
+    x, w_q, ws, b_q = _layer(rng, "conv2d", True, 0)
+    mod = qdq_layer("conv2d", x.shape, w_q, ws, b_q, 0.05, 0, 2.5, 0, relu=True, padding=1)
+    ops = ops_in(QuantizeInt8("float32")(mod))
+    conv = [o for o in ops if o[0] == "relax.nn.conv2d"]
+    assert conv == [("relax.nn.conv2d", ["int8", "int8"], "float32")]
+    assert ("relax.astype", ["float32"], "int32") in ops
+    np.testing.assert_array_equal(build_run(QuantizeInt8("float32")(mod), x),
+                                  build_run(QuantizeInt8("int32")(mod), x))
+    # the bound: 1033 input channels of +-127 weights over int8 inputs reach 2**24
+    assert float32_exact(np.full((2, 1032, 1, 1), 127, np.int8), "int8")
+    assert not float32_exact(np.full((2, 1033, 1, 1), -127, np.int8), "int8")
+    assert not float32_exact(np.full((2, 600, 1, 1), 127, np.int8), "uint8")
+    # a layer past the bound keeps int32 accumulation
+    big = np.full((4, 1100, 1, 1), 127, np.int8)
+    xb = rng.integers(-128, 128, (1, 1100, 2, 2)).astype(np.int8)
+    mod = qdq_layer("conv2d", xb.shape, big, np.full(4, 1e-4, np.float32),
+                    np.zeros(4, np.int32), 0.05, 0, 2.5, 0, relu=False)
+    ops = ops_in(QuantizeInt8("float32")(mod))
+    assert [o for o in ops if o[0] == "relax.nn.conv2d"] == [
+        ("relax.nn.conv2d", ["int8", "int8"], "int32")]
+    with pytest.raises(ValueError, match="accumulate"):
+        QuantizeInt8("int16")

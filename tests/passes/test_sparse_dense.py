@@ -211,12 +211,15 @@ def test_size_report_counts_every_array():
     assert layer["stored_entries"] == c.stored and layer["value_dtype"] == "float32"
 
 
-@pytest.mark.parametrize("batch, x_dtype", [(1, "int8"), (19, "uint8")])
-def test_integer_matmul_is_exact(batch, x_dtype):
+@pytest.mark.parametrize("batch, x_dtype, acc", [(1, "int8", "int32"), (19, "uint8", "int32"),
+                                                (1, "int8", "float32"), (5, "uint8", "float32")])
+def test_integer_matmul_is_exact(batch, x_dtype, acc):
     rng = np.random.default_rng(batch)
     w = rng.integers(-127, 128, (12, 40)).astype(np.int8)
     w[rng.random(w.shape) < 0.85] = 0
-    mod = layer_module(w, None, False, batch, x_dtype)
+    mod = layer_module(w, None, False, batch, x_dtype, acc)
+    if acc == "float32":  # QuantizeInt8's exact float32 accumulation: matmul → astype
+        assert _ops(mod) == ["relax.matmul", "relax.astype"]
     out = SparseDense(threshold=0.5)(mod)
     assert _ops(out) == ["relax.call_tir"]
     lo, hi = (0, 256) if x_dtype == "uint8" else (-128, 128)

@@ -49,12 +49,15 @@ class GateDecision:
 
 
 def layer_module(w: np.ndarray, bias: np.ndarray | None, relu: bool, batch: int,
-                 x_dtype: str = "float32"):
+                 x_dtype: str = "float32", accumulate: str = "int32"):
     """A one-layer Relax module shaped like the ONNX import of Gemm (+Relu): the dense form.
 
     With an int8/uint8 ``x_dtype`` it is QuantizeInt8's integer core instead:
-    ``matmul(x, W_i8ᵀ, out_dtype="int32")`` (``bias`` and ``relu`` must be None/False).
+    ``matmul(x, W_i8ᵀ, out_dtype="int32")`` (``bias`` and ``relu`` must be None/False), or
+    with ``accumulate="float32"`` its exact float32-accumulated form where that is exact.
     """
+    from ..passes.quantize_int8 import float32_exact
+
     from tvm import relax
 
     R = relax.op
@@ -65,8 +68,12 @@ def layer_module(w: np.ndarray, bias: np.ndarray | None, relu: bool, batch: int,
             if x_dtype != "float32":
                 if bias is not None or relu:
                     raise ValueError("the integer layer has no bias or relu")
-                y = bb.emit(R.matmul(x, relax.const(np.ascontiguousarray(w.T), "int8"),
-                                     out_dtype="int32"))
+                wt = np.ascontiguousarray(w.T).astype(np.int8)
+                in_float = accumulate == "float32" and float32_exact(wt, x_dtype, 1)
+                y = bb.emit(R.matmul(x, relax.const(wt, "int8"),
+                                     out_dtype="float32" if in_float else "int32"))
+                if in_float:
+                    y = bb.emit(R.astype(y, "int32"))
             else:
                 y = bb.emit(R.matmul(x, bb.emit(R.permute_dims(relax.const(w), [1, 0]))))
             if bias is not None:
@@ -187,7 +194,9 @@ def measure_layer(w: np.ndarray, bias: np.ndarray | None, relu: bool, batch: int
     """
     from ..passes.sparse_dense import SparseDense
 
-    dense_mod = layer_module(w, bias, relu, batch, x_dtype)
+    from ..pipeline import int8_accumulate
+
+    dense_mod = layer_module(w, bias, relu, batch, x_dtype, int8_accumulate(target))
     fused, dense_ex = _build(dense_mod, target, database)
     tuned = False
     if database is not None:

@@ -13,6 +13,8 @@ from ._qdq_match import Chain, Matcher, QParams, op_name
 
 R = relax.op
 CORE_OPS = ("relax.nn.conv2d", "relax.matmul")
+ACCUMULATE = ("int32", "float32")
+FLOAT32_EXACT = 2 ** 24  # every integer of magnitude <= 2**24 is a float32
 ANCHOR_NAMES = {"relax.nn.conv2d": "conv", "relax.matmul": "matmul"}
 # what ONNX Conv/Gemm/MatMul import to: anchor k is the k-th of these (the report maps by it)
 INDEXED_OPS = ("relax.nn.conv1d", "relax.nn.conv2d", "relax.nn.conv3d", "relax.matmul")
@@ -39,7 +41,16 @@ class QuantizeInt8:
         v   = (int64(acc) * m0 + 2**(shift-1) - (acc < 0)) >> shift   # round half away
         y_q = int8(clip(v + zy, max(qmin, zy) if relu else qmin, qmax))
 
-    A float-output chain emits ``float32(acc) * (sx * sw)`` (then ReLU). Max-pool, reshape,
+    A float-output chain emits ``float32(acc) * (sx * sw)`` (then ReLU).
+
+    ``accumulate="float32"`` computes a conv2d's / matmul's integer sum in float32 instead
+    (``R.nn.conv2d(x_q, W_i8, out_dtype="float32")`` or ``R.matmul(...)``, then
+    ``astype int32``) wherever that is provably exact: every product and partial sum is an
+    integer no larger than ``max_out(sum|W[out]|) * max|x_q|``, and when that bound is below
+    2**24 float32 represents each of them exactly, so the result equals the int32 one bit for
+    bit. On CPUs without int8 dot-product instructions (x86 without VNNI) the FMA units run
+    this faster than the widening int32 multiply-adds LLVM emits; inputs and weights stay
+    int8 in memory. Layers where the bound does not hold keep int32 accumulation. Max-pool, reshape,
     flatten, transpose and (un)squeeze between ``dequantize`` and ``quantize`` run on the
     int8 tensor (followed by an integer requantize when the two scales differ), and
     ``quantize(relu(dequantize(x)))`` becomes ``maximum(x, zx)``. Consecutive quantized ops
@@ -52,15 +63,34 @@ class QuantizeInt8:
     k-th to the k-th ONNX Conv/Gemm/MatMul node).
     """
 
+    def __init__(self, accumulate: str = "int32") -> None:
+        if accumulate not in ACCUMULATE:
+            raise ValueError(f"accumulate must be one of {', '.join(ACCUMULATE)}, "
+                             f"got {accumulate!r}")
+        self.accumulate = accumulate
+
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return _Rewriter(mod).run()
+        return _Rewriter(mod, self.accumulate).run()
+
+
+def float32_exact(w: np.ndarray, x_dtype: str, axis: int = 0) -> bool:
+    """Whether int8 ``w`` over ``x_dtype`` inputs accumulates exactly in float32.
+
+    ``axis`` is the output axis of ``w`` (0 for conv OIHW, 1 for a matmul's ``[in, out]``).
+    """
+    lo, hi = INT_RANGES[x_dtype]
+    xmax = max(abs(lo), abs(hi))
+    w64 = np.moveaxis(np.abs(w.astype(np.int64)), axis, 0)
+    per_out = w64.reshape(w64.shape[0], -1).sum(1)
+    return int(per_out.max(initial=0)) * xmax < FLOAT32_EXACT
 
 
 @mutator
 class _Rewriter(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule) -> None:
+    def __init__(self, mod: tvm.IRModule, accumulate: str = "int32") -> None:
         super().__init__(mod)
         self.mod_ = mod
+        self.accumulate = accumulate
         self.anchors: dict = {}
 
     def run(self) -> tvm.IRModule:
@@ -172,14 +202,20 @@ class _Rewriter(PyExprMutator):
                 x = bb.emit(R.nn.pad(x, [0, 0, 0, 0, pad[0], pad[2], pad[1], pad[3]],
                                      pad_value=float(zx)))
                 pad = [0, 0, 0, 0]
+            in_float = self.accumulate == "float32" and float32_exact(ch.w, ch.x.dtype)
             acc = bb.emit(R.nn.conv2d(
                 x, relax.const(ch.w, "int8"), strides=[int(s) for s in at.strides],
                 padding=pad, dilation=[int(d) for d in at.dilation], groups=int(at.groups),
-                data_layout="NCHW", kernel_layout="OIHW", out_layout="NCHW", out_dtype="int32"))
+                data_layout="NCHW", kernel_layout="OIHW", out_layout="NCHW",
+                out_dtype="float32" if in_float else "int32"))
             cshape = (1, ch.w.shape[0], 1, 1)
         else:
-            acc = bb.emit(R.matmul(x, relax.const(ch.w, "int8"), out_dtype="int32"))
+            in_float = self.accumulate == "float32" and float32_exact(ch.w, ch.x.dtype, 1)
+            acc = bb.emit(R.matmul(x, relax.const(ch.w, "int8"),
+                                   out_dtype="float32" if in_float else "int32"))
             cshape = (ch.w.shape[1],)
+        if in_float:
+            acc = bb.emit(R.astype(acc, "int32"))
         if np.any(bias):
             acc = bb.emit(R.add(acc, relax.const(bias.reshape(cshape), "int32")))
         k = self.core_index.get(core_var, "")

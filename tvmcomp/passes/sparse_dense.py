@@ -74,7 +74,8 @@ class SparseDense:
     a per-row scale (weight-only quantization, 4× smaller values). Layers are numbered
     ``k`` over the function's conv/matmul calls in order (fc1 of LeNet-5 is ``matmul2``).
     After ``QuantizeInt8``, an integer ``R.matmul(x_q, W_i8, out_dtype="int32")`` (x int8 or
-    uint8, constant int8 ``W`` as ``[in, out]``) with a sparse ``W`` becomes
+    uint8, constant int8 ``W`` as ``[in, out]``; or its exact float32-accumulated form
+    ``astype(R.matmul(x_q, W_i8, out_dtype="float32"), "int32")``) with a sparse ``W`` becomes
     ``R.call_tir(sell_int_b{B}_..., (x_q, data_i8, indices, slice_ptr, row_order),
     out_ty=int32)``: exact,
     and the bias add / requantization that follow are left as they were.
@@ -199,7 +200,13 @@ def _matches(func: relax.Function) -> tuple[list[_Match], list[LayerSparsity], _
         shape_ok = xs is not None and len(xs) == 2 and xs[1] == w.shape[1] and xs[0] >= 1
         is_float = xd == "float32" and str(w.dtype) == "float32" and od in (
             "", "void", "None", "float32")
-        is_int = xd in ("int8", "uint8") and str(w.dtype) == "int8" and od == "int32"
+        int_in = xd in ("int8", "uint8") and str(w.dtype) == "int8"
+        cast = None  # QuantizeInt8's exact float32 accumulation: matmul(f32) → astype(int32)
+        if int_in and od == "float32":
+            cast = b.single_user(var, "relax.astype")
+            if cast is not None and str(b.value[cast].attrs.dtype) != "int32":
+                cast = None
+        is_int = int_in and (od == "int32" or cast is not None)
         ok = shape_ok and (is_float or is_int)
         sp = float(np.mean(w == 0)) if w.size else 1.0
         layers.append(LayerSparsity(fname, f"matmul{idx}", "matmul", w.shape,
@@ -207,7 +214,8 @@ def _matches(func: relax.Function) -> tuple[list[_Match], list[LayerSparsity], _
         if not ok:
             continue
         if is_int:  # bias and requantization stay as QuantizeInt8 emitted them
-            matches.append(_Match(var, val.args[0], w, None, False, xs[0], f"matmul{idx}", xd))
+            top = var if cast is None else cast
+            matches.append(_Match(top, val.args[0], w, None, False, xs[0], f"matmul{idx}", xd))
             continue
         top, bias, relu = var, None, False
         add = b.single_user(top, "relax.add")
