@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -49,23 +48,8 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _start(*args: str, expect: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "tvmcomp.rpc", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()  # printed once listening / registered
-    if expect not in line:
-        proc.kill()
-        raise SystemExit(f"rpc {args[0]} did not start: {line!r} {proc.stderr.read()[-500:]}")
-    return proc
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _model(path: str | None) -> Path:
@@ -137,7 +121,7 @@ def main() -> None:
     from tvmcomp.deploy.compare import compare
     from tvmcomp.deploy.toolchain import find_tool
     from tvmcomp.main_job import _cpu_name
-    from tvmcomp.rpc import bench_rpc, parse_addr, server_keys, tracker_summary
+    from tvmcomp.rpc import bench_rpc, launch, parse_addr, server_keys, stop, tracker_summary
     from tvmcomp.targets import host_profile
 
     for tool in ("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-g++", "qemu-aarch64-static"):
@@ -162,10 +146,10 @@ def main() -> None:
     tport = _port()
     tracker = f"{HOST}:{tport}"
     t0 = time.monotonic()
-    tproc = _start("tracker", "--host", HOST, "--port", str(tport), expect="RPC tracker")
+    tproc = launch("tracker", "--host", HOST, "--port", str(tport), expect="RPC tracker")
     sproc = None
     try:
-        sproc = _start("server", "--board", ARM, "--key", KEY, "--tracker", tracker, "--host",
+        sproc = launch("server", "--board", ARM, "--key", KEY, "--tracker", tracker, "--host",
                        HOST, "--port", str(_port()), expect=f"RPC server '{KEY}'")
         deadline = time.monotonic() + 30
         while KEY not in server_keys(tracker_summary(*parse_addr(tracker))):
@@ -196,8 +180,8 @@ def main() -> None:
             print(json.dumps(rows[q]), flush=True)
     finally:
         if sproc is not None:
-            _stop(sproc)
-        _stop(tproc)
+            stop(sproc)
+        stop(tproc)
     rpc_total = time.monotonic() - t0
 
     if not args.no_app:  # the same images through the C++ deploy app on the emulated board

@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +21,7 @@ import numpy as np
 
 from tvmcomp import runtime
 from tvmcomp.main_job import _cpu_name
-from tvmcomp.rpc import bench_rpc, parse_addr, server_keys, tracker_summary
+from tvmcomp.rpc import bench_rpc, launch, parse_addr, server_keys, stop, tracker_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST, KEY = "127.0.0.1", "x86_loopback"
@@ -36,19 +33,8 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _start(*args: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "tvmcomp.rpc", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    proc.stdout.readline()  # printed once listening
-    return proc
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 def local_time_evaluator(model, batch: int, repeat: int = 10, min_repeat_ms: int = 50) -> float:
@@ -71,8 +57,8 @@ def main() -> None:
     model = runtime.load(args.artifact)
     tracker_port = _port()
     tracker = f"{HOST}:{tracker_port}"
-    tproc = _start("tracker", "--host", HOST, "--port", str(tracker_port))
-    sproc = _start("server", "--tracker", tracker, "--key", KEY, "--host", HOST, "--port",
+    tproc = launch("tracker", "--host", HOST, "--port", str(tracker_port))
+    sproc = launch("server", "--tracker", tracker, "--key", KEY, "--host", HOST, "--port",
                    str(_port()))
     try:
         deadline = time.monotonic() + 30
@@ -86,8 +72,8 @@ def main() -> None:
         remote = bench_rpc(args.artifact, tracker, KEY, batches, inputs=x)
         max_diff = float(np.max(np.abs(remote["outputs"] - model(x))))
     finally:
-        _stop(sproc)
-        _stop(tproc)
+        stop(sproc)
+        stop(tproc)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     lines = [
         f"# RPC on loopback: local vs via tracker ({model.manifest['profile']['name']})", "",

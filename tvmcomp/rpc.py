@@ -169,6 +169,50 @@ def bench_rpc(art_dir: str | Path, tracker: str, key: str, batches=(1,), repeat:
     return out
 
 
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port that is free on ``host`` right now (for a local tracker or server)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def launch(*args: str, expect: str = "", timeout_s: float = 120.0):
+    """Start ``python -m tvmcomp.rpc ARGS`` (a tracker or server) in the background.
+
+    Returns the ``subprocess.Popen`` once the process printed its first line (it does when
+    listening / registered) and that line contains ``expect``; otherwise kills it and raises
+    :class:`TvmcompError` with its output. Stop it with :func:`stop`.
+    """
+    import subprocess
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-m", "tvmcomp.rpc", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first: list[str] = []
+    reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    line = first[0] if first else ""
+    if not line or expect not in line:
+        proc.kill()
+        err = proc.communicate()[1] if not reader.is_alive() else ""
+        raise TvmcompError(f"rpc {args[0] if args else ''} did not start: {line.strip()!r} "
+                           f"{(err or '').strip()[-500:]}")
+    return proc
+
+
+def stop(proc, timeout_s: float = 20.0) -> None:
+    """SIGTERM a process from :func:`launch` (it stops its own workers), then kill if stuck."""
+    import subprocess
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def serve_tracker(host: str = DEFAULT_HOST, port: int = TRACKER_PORT, port_end: int | None = None,
                   silent: bool = True) -> int:
     """Run TVM's RPC tracker in the foreground."""

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,59 +11,41 @@ import numpy as np
 import pytest
 
 from tvmcomp.errors import TvmcompError
+from tvmcomp.rpc import free_port, launch, stop
 
 pytestmark = pytest.mark.rpc
 HOST = "127.0.0.1"  # loopback only
 KEY = "x86_avx2"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
-def _start(*args: str, expect: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "tvmcomp.rpc", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()  # printed once listening
-    if expect not in line:
-        proc.kill()
-        raise RuntimeError(f"{args[0]} did not start: {line!r} {proc.stderr.read()[-500:]}")
-    return proc
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)  # our handler stops TVM's worker process too
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture(scope="module")
 def tracker():
-    port = _free_port()
-    proc = _start("tracker", "--host", HOST, "--port", str(port), expect="RPC tracker listening")
+    port = free_port()
+    proc = launch("tracker", "--host", HOST, "--port", str(port), expect="RPC tracker listening")
     yield f"{HOST}:{port}"
-    _stop(proc)
+    stop(proc)
 
 
 @pytest.fixture(scope="module")
 def server(tracker):
     from tvmcomp.rpc import parse_addr, server_keys, tracker_summary
 
-    proc = _start("server", "--tracker", tracker, "--key", KEY, "--host", HOST, "--port",
-                  str(_free_port()), expect="RPC server")
+    proc = launch("server", "--tracker", tracker, "--key", KEY, "--host", HOST, "--port",
+                  str(free_port()), expect="RPC server")
     deadline = time.monotonic() + 30
     while KEY not in server_keys(tracker_summary(*parse_addr(tracker))):
         if time.monotonic() > deadline:
-            _stop(proc)
+            stop(proc)
             raise RuntimeError("the RPC server never registered at the tracker")
         time.sleep(0.2)
     yield KEY
-    _stop(proc)
+    stop(proc)
 
 
 def test_bench_over_rpc_matches_local(lenet_artifact, tracker, server, mnist_idx):
@@ -94,7 +74,7 @@ def test_unreachable_tracker():
     from tvmcomp.rpc import request_session
 
     with pytest.raises(TvmcompError) as e:
-        request_session(f"{HOST}:{_free_port()}", KEY)
+        request_session(f"{HOST}:{free_port()}", KEY)
     msg = str(e.value)
     assert "cannot reach the RPC tracker" in msg and "tvmcomp rpc tracker" in msg
     assert "\n" not in msg
@@ -132,7 +112,7 @@ def test_artifact_for_other_target_over_rpc(arm_artifact, tracker, server):
 
 def test_server_without_tracker_fails_fast():
     r = subprocess.run([sys.executable, "-m", "tvmcomp.rpc", "server", "--tracker",
-                        f"{HOST}:{_free_port()}", "--key", KEY], capture_output=True, text=True,
+                        f"{HOST}:{free_port()}", "--key", KEY], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2
     assert r.stderr.startswith("tvmcomp rpc: error: cannot reach the RPC tracker")

@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ import numpy as np
 import pytest
 
 from tvmcomp.errors import TvmcompError
+from tvmcomp.rpc import free_port, launch, stop
 
 pytestmark = pytest.mark.rpc
 HOST = "127.0.0.1"
@@ -27,29 +26,10 @@ ARM_KEY = "arm_cortex_a72"
 N_RPC = 16  # real MNIST images sent over RPC per check
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
-def _start(*args: str, expect: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "tvmcomp.rpc", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()  # printed once listening / registered
-    if expect not in line:
-        proc.kill()
-        raise RuntimeError(f"{args[0]} did not start: {line!r} {proc.stderr.read()[-500:]}")
-    return proc
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)  # forwarded to the board server, which stops its worker
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _wait_registered(tracker: str, key: str, proc: subprocess.Popen) -> None:
@@ -58,27 +38,27 @@ def _wait_registered(tracker: str, key: str, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + 30
     while key not in server_keys(tracker_summary(*parse_addr(tracker))):
         if time.monotonic() > deadline:
-            _stop(proc)
+            stop(proc)
             raise RuntimeError(f"the board server {key!r} never registered at the tracker")
         time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
 def tracker():
-    port = _free_port()
-    proc = _start("tracker", "--host", HOST, "--port", str(port), expect="RPC tracker listening")
+    port = free_port()
+    proc = launch("tracker", "--host", HOST, "--port", str(port), expect="RPC tracker listening")
     yield f"{HOST}:{port}"
-    _stop(proc)
+    stop(proc)
 
 
 @pytest.fixture(scope="module")
 def arm_board(arm_toolchain, tracker):
     """The emulated Cortex-A72 board's C++ RPC server, registered at the tracker."""
-    proc = _start("server", "--board", ARM_KEY, "--tracker", tracker, "--host", HOST, "--port",
-                  str(_free_port()), expect=f"RPC server '{ARM_KEY}'")
+    proc = launch("server", "--board", ARM_KEY, "--tracker", tracker, "--host", HOST, "--port",
+                  str(free_port()), expect=f"RPC server '{ARM_KEY}'")
     _wait_registered(tracker, ARM_KEY, proc)
     yield ARM_KEY
-    _stop(proc)
+    stop(proc)
     assert proc.returncode == 0
 
 
@@ -167,8 +147,8 @@ def test_native_board_server(lenet_artifact, tracker, mnist_idx):
     if not shutil.which("g++"):
         pytest.skip("g++ not installed")
     key = "x86_board_test"
-    proc = _start("server", "--board", "x86_avx2", "--key", key, "--tracker", tracker,
-                  "--port", str(_free_port()), expect=f"RPC server '{key}'")
+    proc = launch("server", "--board", "x86_avx2", "--key", key, "--tracker", tracker,
+                  "--port", str(free_port()), expect=f"RPC server '{key}'")
     try:
         _wait_registered(tracker, key, proc)
         x = normalize(mnist_idx.raw[:N_RPC])
@@ -176,12 +156,12 @@ def test_native_board_server(lenet_artifact, tracker, mnist_idx):
         assert set(res["results"]) == {"1", "8"}
         assert np.abs(res["outputs"] - runtime.load(lenet_artifact.path)(x)).max() <= 1e-5
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def test_board_server_needs_tracker():
     r = subprocess.run([sys.executable, "-m", "tvmcomp.rpc", "server", "--board", ARM_KEY,
-                        "--tracker", f"{HOST}:{_free_port()}"], capture_output=True, text=True,
+                        "--tracker", f"{HOST}:{free_port()}"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2
     assert r.stderr.startswith("tvmcomp rpc: error: cannot reach the RPC tracker")
