@@ -4,7 +4,8 @@
 Trains (seeded, or reuses) LeNet-5, builds the fp32 artifact and int8 artifacts for each
 calibration method / scheme with the committed tuning logs, then times the fp32 artifact, the
 default int8 artifact, PyTorch fp32 and eager int8, ONNX Runtime fp32 and int8 QDQ and TVM's
-default build at batch 1 and 64 in the same process. Writes a dated Markdown report to
+default build at batch 1 and 64 in the same process, and the default int8 model built with
+int32 vs exact float32 accumulation (interleaved). Writes a dated Markdown report to
 ``scripts/results/``. Usage::
 
     .venv/bin/python scripts/bench_lenet5_int8.py [--profile x86_avx2] [--tune-budget 0]
@@ -66,6 +67,8 @@ def main() -> None:
     lat_int8 = bench_artifact(default_int8, (1, 64), ("ort_int8_qdq", "torch_int8"),
                               progress=False)["results"]
 
+    ab = _accumulate_ab(profile, default_int8 / "reference.qdq.onnx", onnx_path, ev)
+
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     lines = [
         f"# LeNet-5 int8 vs fp32 and peers ({profile.name})", "",
@@ -98,12 +101,60 @@ def main() -> None:
                      + " |")
     man8 = json.loads((default_int8 / "manifest.json").read_text())
     lines += ["", f"int8 kernels tuned: {man8['tuning']['tuned']}/{man8['tuning']['tasks']}"
-              f" (database {man8['tuning']['database']}).", "",
-              "Raw: ```" + json.dumps({"fp32": lat_fp32, "int8": lat_int8}) + "```", ""]
+              f" (database {man8['tuning']['database']}); accumulation "
+              f"{man8['quantization']['accumulate']}.", "",
+              "## int8 accumulation: int32 vs exact float32 (same run, interleaved)", "",
+              "The default int8 model built twice with the profile's tuned schedules, differing "
+              "only in how QuantizeInt8 accumulates conv2d/matmul, beside the fp32 build "
+              f"(median µs per call). Outputs of the two int8 builds on {ab['n']} test images "
+              f"identical: **{ab['identical']}**.", "",
+              "| batch | int8, int32 accumulation | int8, float32 accumulation | fp32 |",
+              "|---|---|---|---|"]
+    for b in ("1", "64"):
+        t = ab["us"][b]
+        lines.append(f"| {b} | {t['int32']:.1f} | {t['float32']:.1f} | {t['fp32']:.1f} |")
+    lines += ["", "Raw: ```" + json.dumps({"fp32": lat_fp32, "int8": lat_int8,
+                                           "accumulate_ab": ab}) + "```", ""]
     path = ROOT / "scripts" / "results" / f"{now[:10]}_lenet5_int8_{profile.name}.md"
     path.write_text("\n".join(lines))
     print("\n".join(lines))
     print(f"wrote {path}")
+
+
+def _accumulate_ab(profile, qdq_path: Path, onnx_path: Path, ev, repeat: int = 21) -> dict:
+    """Time the QDQ model built with int32 and with float32 accumulation, and the fp32 model."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    from tvmcomp.data import normalize
+    from tvmcomp.frontend.onnx_import import import_batches, load_onnx
+    from tvmcomp.pipeline import compile_fused, fuse
+    from tvmcomp.tune import open_database
+
+    target = profile.tvm_target()
+    db = open_database(profile.tuning_dir, create=False)
+    mods = {}
+    for name, path, acc in (("int32", qdq_path, "int32"), ("float32", qdq_path, "float32"),
+                            ("fp32", onnx_path, None)):
+        model, info = load_onnx(path)
+        mod = import_batches(model, info, [1, 64])
+        mods[name] = compile_fused(fuse(mod, target, int8_acc=acc), target, db)
+    dev = tvm.cpu()
+    vms = {k: relax.VirtualMachine(ex, dev) for k, ex in mods.items()}
+    x = tvm.runtime.tensor(normalize(ev.images[:64]), dev)
+    outs = {k: vms[k]["main_b64"](x).numpy() for k in ("int32", "float32")}
+    us = {}
+    for b in (1, 64):
+        xb = tvm.runtime.tensor(normalize(ev.images[:b]), dev)
+        timers = {k: vm.time_evaluator(f"main_b{b}", dev, number=max(10, 2000 // b), repeat=1)
+                  for k, vm in vms.items()}
+        samples = {k: [] for k in timers}
+        for _ in range(repeat):
+            for k, t in timers.items():
+                samples[k].append(t(xb).mean * 1e6)
+        us[str(b)] = {k: float(np.median(v)) for k, v in samples.items()}
+    return {"us": us, "n": 64, "identical": bool(np.array_equal(outs["int32"], outs["float32"]))}
 
 
 if __name__ == "__main__":

@@ -53,18 +53,20 @@ def int8_accumulate(target) -> str:
     return "float32"
 
 
-def make_pipeline(target, database=None, sparse: dict | None = None) -> list[Phase]:
+def make_pipeline(target, database=None, sparse: dict | None = None,
+                  int8_acc: str | None = None) -> list[Phase]:
     """The pipeline for ``target``; ``database`` (MetaSchedule) applies tuned schedules.
 
     ``sparse`` (``SparseDense`` keyword arguments: threshold, keep, values) turns on the
-    sparse-conversion pass; None leaves dense layers dense.
+    sparse-conversion pass; None leaves dense layers dense. ``int8_acc`` overrides
+    :func:`int8_accumulate`'s choice for ``target`` (``"int32"`` / ``"float32"``).
 
     The IR after phase 3 is what ``tune`` extracts its tasks from, so build and tune see
     structurally identical PrimFuncs and tuning records are found at build.
     """
     with target:  # MetaScheduleApplyDatabase reads the current target when constructed
         return _phases(database, sparse, gpu="gpu" in list(target.keys),
-                       accumulate=int8_accumulate(target))
+                       accumulate=int8_acc or int8_accumulate(target))
 
 
 def _phases(database, sparse: dict | None = None, gpu: bool = False,
@@ -157,9 +159,10 @@ def split_at_tunable(phases: list[Phase]) -> tuple[list[Phase], list[Phase]]:
     return phases[:k], phases[k:]
 
 
-def fuse(mod, target, debug_dump=None, sparse: dict | None = None):
+def fuse(mod, target, debug_dump=None, sparse: dict | None = None,
+         int8_acc: str | None = None):
     """The module as tuning sees it: the phases up to the tunable point."""
-    front, _ = split_at_tunable(make_pipeline(target, sparse=sparse))
+    front, _ = split_at_tunable(make_pipeline(target, sparse=sparse, int8_acc=int8_acc))
     return run_phases(mod, front, target, debug_dump=debug_dump)
 
 
