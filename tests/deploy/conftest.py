@@ -78,3 +78,15 @@ def arm_app(arm_toolchain):
     from tvmcomp.deploy import build_app
 
     return build_app("aarch64")
+
+
+@pytest.fixture(scope="module")
+def tracker():
+    """A real TVM RPC tracker (``tvmcomp rpc tracker``) on loopback, one per test module."""
+    from tvmcomp.rpc import free_port, launch, stop
+
+    port = free_port()
+    proc = launch("tracker", "--host", "127.0.0.1", "--port", str(port),
+                  expect="RPC tracker listening")
+    yield f"127.0.0.1:{port}"
+    stop(proc)

@@ -25,14 +25,6 @@ KEY = "x86_avx2"
 
 
 @pytest.fixture(scope="module")
-def tracker():
-    port = free_port()
-    proc = launch("tracker", "--host", HOST, "--port", str(port), expect="RPC tracker listening")
-    yield f"{HOST}:{port}"
-    stop(proc)
-
-
-@pytest.fixture(scope="module")
 def server(tracker):
     from tvmcomp.rpc import parse_addr, server_keys, tracker_summary
 

@@ -44,14 +44,6 @@ def _wait_registered(tracker: str, key: str, proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def tracker():
-    port = free_port()
-    proc = launch("tracker", "--host", HOST, "--port", str(port), expect="RPC tracker listening")
-    yield f"{HOST}:{port}"
-    stop(proc)
-
-
-@pytest.fixture(scope="module")
 def arm_board(arm_toolchain, tracker):
     """The emulated Cortex-A72 board's C++ RPC server, registered at the tracker."""
     proc = launch("server", "--board", ARM_KEY, "--tracker", tracker, "--host", HOST, "--port",

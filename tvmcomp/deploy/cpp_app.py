@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from ..artifact import read_manifest
 from ..errors import TvmcompError
 from ..targets import REPO_ROOT, parse_profile
 from .boards import board_for
-from .toolchain import find_tool, runtime_dir
+from .toolchain import make_example
 
 APP_DIR = REPO_ROOT / "examples" / "cpp_deploy"
 APP_NAME = "tvmcomp_deploy"
@@ -42,19 +41,8 @@ def app_path(arch: str, out_root: Path | None = None) -> Path:
 
 def build_app(arch: str = "x86_64", out_root: Path | None = None) -> Path:
     """``make -C examples/cpp_deploy ARCH=<arch>``; the binary path (up-to-date builds are free)."""
-    find_tool("make")
-    find_tool("aarch64-linux-gnu-g++" if arch == "aarch64" else "g++")
-    out = app_path(arch, out_root).parent
-    cmd = ["make", "-s", "-C", str(APP_DIR), f"ARCH={arch}", f"OUT={out}",
-           f"PYTHON={sys.executable}"]
-    if arch == "aarch64":  # clear error when scripts/setup_arm.sh has not run
-        cmd.append(f"AARCH64_ROOT={runtime_dir(arch)}")
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        last = (res.stderr.strip() or res.stdout.strip()).splitlines()
-        raise TvmcompError(f"building the C++ deploy app for {arch} failed: "
-                           f"{last[-1] if last else res.returncode}")
-    return out / APP_NAME
+    return make_example(APP_DIR, arch, app_path(arch, out_root).parent, APP_NAME,
+                        "the C++ deploy app")
 
 
 def manifest_board(art_dir: str | os.PathLike):

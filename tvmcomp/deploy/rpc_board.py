@@ -11,14 +11,12 @@ board. Build outputs go to ``build/rpc_board/<arch>/`` (binary + runtime librari
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from ..errors import TvmcompError
 from ..targets import REPO_ROOT
 from .boards import Board
-from .toolchain import find_tool, runtime_dir
+from .toolchain import make_example
 
 SERVER_DIR = REPO_ROOT / "examples" / "rpc_board"
 SERVER_NAME = "tvmcomp_rpc_board"
@@ -34,19 +32,8 @@ def build_server(arch: str = "aarch64", out_root: Path | None = None) -> Path:
     Every missing piece is one line: the cross compiler names its Debian package, a missing
     aarch64 runtime says to run scripts/setup_arm.sh.
     """
-    find_tool("make")
-    find_tool("aarch64-linux-gnu-g++" if arch == "aarch64" else "g++")
-    out = server_path(arch, out_root).parent
-    cmd = ["make", "-s", "-C", str(SERVER_DIR), f"ARCH={arch}", f"OUT={out}",
-           f"PYTHON={sys.executable}"]
-    if arch == "aarch64":
-        cmd.append(f"AARCH64_ROOT={runtime_dir(arch)}")
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        last = (res.stderr.strip() or res.stdout.strip()).splitlines()
-        raise TvmcompError(f"building the RPC board server for {arch} failed: "
-                           f"{last[-1] if last else res.returncode}")
-    return out / SERVER_NAME
+    return make_example(SERVER_DIR, arch, server_path(arch, out_root).parent, SERVER_NAME,
+                        "the RPC board server")
 
 
 def server_command(board: Board, tracker: str, key: str | None = None,

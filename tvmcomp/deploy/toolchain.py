@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from ..errors import TvmcompError
@@ -51,3 +53,24 @@ def runtime_dir(arch: str) -> Path:
                 f"aarch64 TVM runtime missing ({root / rel}); run scripts/setup_arm.sh"
             )
     return root
+
+
+def make_example(example_dir: Path, arch: str, out: Path, binary: str, what: str) -> Path:
+    """``make -C <example_dir> ARCH=<arch> OUT=<out>`` (examples/tvm_runtime.mk); ``out/binary``.
+
+    Up-to-date builds are free. Every missing piece is one line: the compiler names its
+    Debian package, a missing aarch64 runtime says to run scripts/setup_arm.sh, and a failed
+    build ``"building <what> for <arch> failed: <last line>"``.
+    """
+    find_tool("make")
+    find_tool("aarch64-linux-gnu-g++" if arch == "aarch64" else "g++")
+    cmd = ["make", "-s", "-C", str(example_dir), f"ARCH={arch}", f"OUT={out}",
+           f"PYTHON={sys.executable}"]
+    if arch == "aarch64":  # clear error when scripts/setup_arm.sh has not run
+        cmd.append(f"AARCH64_ROOT={runtime_dir(arch)}")
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        last = (res.stderr.strip() or res.stdout.strip()).splitlines()
+        raise TvmcompError(f"building {what} for {arch} failed: "
+                           f"{last[-1] if last else res.returncode}")
+    return out / binary
