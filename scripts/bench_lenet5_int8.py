@@ -127,6 +127,7 @@ def _accumulate_ab(profile, qdq_path: Path, onnx_path: Path, ev, repeat: int = 2
     import tvm
     from tvm import relax
 
+    from tvmcomp.bench import evaluator, interleaved_us
     from tvmcomp.data import normalize
     from tvmcomp.frontend.onnx_import import import_batches, load_onnx
     from tvmcomp.pipeline import compile_fused, fuse
@@ -147,13 +148,8 @@ def _accumulate_ab(profile, qdq_path: Path, onnx_path: Path, ev, repeat: int = 2
     us = {}
     for b in (1, 64):
         xb = tvm.runtime.tensor(normalize(ev.images[:b]), dev)
-        timers = {k: vm.time_evaluator(f"main_b{b}", dev, number=max(10, 2000 // b), repeat=1)
-                  for k, vm in vms.items()}
-        samples = {k: [] for k in timers}
-        for _ in range(repeat):
-            for k, t in timers.items():
-                samples[k].append(t(xb).mean * 1e6)
-        us[str(b)] = {k: float(np.median(v)) for k, v in samples.items()}
+        us[str(b)] = interleaved_us({k: evaluator(vm, f"main_b{b}", [xb])
+                                     for k, vm in vms.items()}, repeat)
     return {"us": us, "n": 64, "identical": bool(np.array_equal(outs["int32"], outs["float32"]))}
 
 

@@ -91,22 +91,12 @@ def _time_models(exes: dict, batch: int, repeat: int = 21) -> dict:
     """Interleaved median µs of each executable's ``main_b<batch>``."""
     import tvm
 
-    dev = tvm.cpu()
+    from tvmcomp.bench import evaluator, interleaved_us
+
     x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(
-        (batch, 1, 28, 28)).astype(np.float32), dev)
-    timers = {}
-    for name, ex in exes.items():
-        vm = _vm(ex)
-        f = f"main_b{batch}"
-        vm[f](x)
-        once = vm.time_evaluator(f, dev, number=1, repeat=3)(x)
-        n = max(1, min(10000, int(0.01 / max(float(np.min(once.results)), 1e-7))))
-        timers[name] = vm.time_evaluator(f, dev, number=n, repeat=1)
-    samples = {k: [] for k in timers}
-    for _ in range(repeat):
-        for k, t in timers.items():
-            samples[k].append(t(x).mean * 1e6)
-    return {k: float(np.median(v)) for k, v in samples.items()}
+        (batch, 1, 28, 28)).astype(np.float32), tvm.cpu())
+    return interleaved_us({name: evaluator(_vm(ex), f"main_b{batch}", [x])
+                           for name, ex in exes.items()}, repeat)
 
 
 def _time_ort(onnx_path, batch: int) -> float:

@@ -38,6 +38,36 @@ def time_us(fn, min_repeat_s: float = 0.02, repeats: int = 15, warmup: int = 5) 
     return statistics.median(samples)
 
 
+def evaluator(mod, name: str, args: list, min_repeat_s: float = 0.01, max_number: int = 10000):
+    """A zero-argument timer of ``mod[name](*args)`` (a VM or a compiled library).
+
+    Runs it once to warm up and size a TVM ``time_evaluator`` whose one repeat makes enough
+    calls to last ``min_repeat_s`` (at most ``max_number``); each call of the returned
+    function is one such repeat and returns its mean seconds per call.
+    """
+    import tvm
+
+    dev = tvm.cpu()
+    mod[name](*args)
+    once = mod.time_evaluator(name, dev, number=1, repeat=3)(*args)
+    n = max(1, min(max_number, int(min_repeat_s / max(float(np.min(once.results)), 1e-7))))
+    timer = mod.time_evaluator(name, dev, number=n, repeat=1)
+    return lambda: timer(*args).mean
+
+
+def interleaved_us(timers: dict, repeat: int = 21) -> dict[str, float]:
+    """Median µs per call of each :func:`evaluator` in ``timers``, repeats interleaved.
+
+    Repeats alternate between the timers, so a load change on a shared machine hits all of
+    them alike.
+    """
+    samples: dict = {k: [] for k in timers}
+    for _ in range(repeat):
+        for k, t in timers.items():
+            samples[k].append(t())
+    return {k: float(np.median(v) * 1e6) for k, v in samples.items()}
+
+
 def source_onnx(manifest: dict, override: str | None = None) -> str:
     """The float ONNX model the artifact was built from (checked against its sha256)."""
     path = Path(override or manifest["model"]["source"])

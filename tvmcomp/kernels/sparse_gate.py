@@ -103,20 +103,14 @@ def time_vm_us(exes: list, x: np.ndarray, repeat: int = 21,
     import tvm
     from tvm import relax
 
+    from ..bench import evaluator, interleaved_us
+
     dev = tvm.cpu()
     arg = tvm.runtime.tensor(x, dev)
-    timers = []
-    for ex in exes:
-        vm = relax.VirtualMachine(ex, dev)
-        vm["main"](arg)
-        once = vm.time_evaluator("main", dev, number=1, repeat=3)(arg)
-        n = max(1, min(10000, int(min_repeat_s / max(float(np.min(once.results)), 1e-7))))
-        timers.append(vm.time_evaluator("main", dev, number=n, repeat=1))
-    samples = [[] for _ in exes]
-    for _ in range(repeat):
-        for i, t in enumerate(timers):
-            samples[i].append(t(arg).mean)
-    return [float(np.median(s) * 1e6) for s in samples]
+    timers = {i: evaluator(relax.VirtualMachine(ex, dev), "main", [arg], min_repeat_s)
+              for i, ex in enumerate(exes)}
+    us = interleaved_us(timers, repeat)
+    return [us[i] for i in range(len(exes))]
 
 
 def _kernel_call(fused, ex, x: np.ndarray):
@@ -155,20 +149,12 @@ def _kernel_call(fused, ex, x: np.ndarray):
 
 def time_kernels_us(calls: list, repeat: int = 21, min_repeat_s: float = 0.01) -> list[float]:
     """Median µs per call of each compiled kernel alone (:func:`_kernel_call`), interleaved."""
-    import tvm
+    from ..bench import evaluator, interleaved_us
 
-    dev = tvm.cpu()
-    timers = []
-    for lib, name, args in calls:
-        lib.get_function(name)(*args)
-        once = lib.time_evaluator(name, dev, number=1, repeat=3)(*args)
-        n = max(1, min(20000, int(min_repeat_s / max(float(np.min(once.results)), 1e-7))))
-        timers.append((lib.time_evaluator(name, dev, number=n, repeat=1), args))
-    samples = [[] for _ in calls]
-    for _ in range(repeat):
-        for i, (t, args) in enumerate(timers):
-            samples[i].append(t(*args).mean)
-    return [float(np.median(s) * 1e6) for s in samples]
+    timers = {i: evaluator(lib, name, args, min_repeat_s, max_number=20000)
+              for i, (lib, name, args) in enumerate(calls)}
+    us = interleaved_us(timers, repeat)
+    return [us[i] for i in range(len(calls))]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..quant.errors import QuantError
 from ..quant.fixed_point import INT_RANGES, quantize_multiplier
+from ._emit import rebind
 from ._qdq_match import Chain, Matcher, QParams, op_name
 
 R = relax.op
@@ -184,12 +185,7 @@ class _Rewriter(PyExprMutator):
             expr, name = self._emit_compute(binding.var, *info)
         else:
             expr, name = self._emit_unary(*info)
-        bb = self.builder_
-        if isinstance(binding.var, relax.DataflowVar) or not bb.current_block_is_dataflow():
-            new = bb.emit(expr, name)
-        else:
-            new = bb.emit_output(expr, name)
-        self.set_var_remap(binding.var, new)
+        rebind(self, binding, expr, name)
 
     def _emit_compute(self, top, ch: Chain, out, bias, acc_scale, mult, core_var):
         bb = self.builder_

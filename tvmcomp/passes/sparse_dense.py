@@ -17,6 +17,7 @@ from ..kernels.sell import (
     sell_int8_from_dense,
     sell_int_kernel,
 )
+from ._emit import rebind
 
 R = relax.op
 # what ONNX Conv/Gemm/MatMul import to: the k-th of these is layer "conv<k>"/"matmul<k>",
@@ -292,12 +293,7 @@ class _Rewriter(PyExprMutator):
         call = relax.call_tir(self.kernels[key],
                               [self.visit_expr(m.x), *arrays, bias, scale],
                               relax.TensorType((m.batch, out_f), "float32"))
-        bb = self.builder_
-        if isinstance(binding.var, relax.DataflowVar) or not bb.current_block_is_dataflow():
-            new = bb.emit(call, f"{m.name}_sparse")
-        else:
-            new = bb.emit_output(call, f"{m.name}_sparse")
-        self.set_var_remap(binding.var, new)
+        rebind(self, binding, call, f"{m.name}_sparse")
 
     def _emit_int(self, binding, m: _Match) -> None:
         out_f, in_f = m.w.shape
@@ -314,12 +310,7 @@ class _Rewriter(PyExprMutator):
                               relax.const(c.slice_ptr), relax.const(c.row_order))
         call = relax.call_tir(self.kernels[key], [self.visit_expr(m.x), *self.consts[h]],
                               relax.TensorType((m.batch, out_f), "int32"))
-        bb = self.builder_
-        if isinstance(binding.var, relax.DataflowVar) or not bb.current_block_is_dataflow():
-            new = bb.emit(call, f"{m.name}_sparse_i32")
-        else:
-            new = bb.emit_output(call, f"{m.name}_sparse_i32")
-        self.set_var_remap(binding.var, new)
+        rebind(self, binding, call, f"{m.name}_sparse_i32")
 
     def _consts(self, m: _Match):
         """Relax constants for ``m``'s sparse arrays, shared between functions with equal weights."""
