@@ -131,10 +131,10 @@ def _accumulate_ab(profile, qdq_path: Path, onnx_path: Path, ev, repeat: int = 2
     from tvmcomp.data import normalize
     from tvmcomp.frontend.onnx_import import import_batches, load_onnx
     from tvmcomp.pipeline import compile_fused, fuse
-    from tvmcomp.tune import open_database
+    from tvmcomp.tune import RecordPaths, Records
 
     target = profile.tvm_target()
-    db = open_database(profile.tuning_dir, create=False)
+    db = Records(RecordPaths.for_profile(profile)).own
     mods = {}
     for name, path, acc in (("int32", qdq_path, "int32"), ("float32", qdq_path, "float32"),
                             ("fp32", onnx_path, None)):

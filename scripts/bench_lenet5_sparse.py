@@ -118,7 +118,7 @@ def main() -> None:  # noqa: PLR0915 - a linear script
     from tvmcomp.kernels.sparse_gate import gate
     from tvmcomp.passes.sparse_dense import SparseDense, find_layers, size_report
     from tvmcomp.pipeline import compile_fused, fuse
-    from tvmcomp.tune import open_database, task_status, tune_module
+    from tvmcomp.tune import RecordPaths, Records, task_status, tune_module
 
     t_start = time.monotonic()
     torch.set_num_threads(1)
@@ -162,25 +162,22 @@ def main() -> None:  # noqa: PLR0915 - a linear script
     sens.plot(base, curves, chosen, 0.005, png)
     onnx_pruned = export_onnx(pruned, out / "lenet5_pruned.onnx")
 
-    # 2. dense kernels: a copy of the committed database (+ optional temp tuning)
+    # 2. dense kernels: the committed database (read-only) + optional tuning into a temp cache
     tmp = Path(tempfile.mkdtemp(prefix="sparse_bench_db_"))
-    src_db = profile.tuning_dir
-    for name in ("database_workload.json", "database_tuning_record.json"):
-        if (src_db / name).is_file():
-            shutil.copy(src_db / name, tmp / name)
-    db = open_database(tmp, create=True)
+    records = Records(RecordPaths.for_profile(profile, tmp))
+    db = records.own
     model_p, info = load_onnx(onnx_pruned)
     mod = import_batches(model_p, info, [1, 64])
     fused_dense = fuse(mod, target)
-    missing = [t.name for t in task_status(fused_dense, target, db) if t.best_us is None]
+    missing = [t.name for t in task_status(fused_dense, target, records) if t.best_us is None]
     tuned_here = None
     if missing and args.tune_budget > 0:
         print(f"== tune {len(missing)} dense tasks without records, {args.tune_budget:.0f} s "
               f"(temp dir {tmp})", flush=True)
-        r = tune_module(fused_dense, target, tmp, budget_s=args.tune_budget,
+        r = tune_module(fused_dense, target, records, budget_s=args.tune_budget,
                         max_trials_per_task=16, family=profile.family)
         tuned_here = {"trials": r.trials, "used_s": round(r.used_s, 1)}
-        db = open_database(tmp, create=False)
+        db = records.own
         missing = [t.name for t in r.tasks if t.best_us is None]
 
     # 3. the latency gate: each candidate layer alone, dense vs sparse, same run

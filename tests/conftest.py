@@ -8,8 +8,11 @@ may be tuning into it) and are deterministic.
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,10 +25,11 @@ BATCHES = (1, 8)
 
 
 def isolated_profile(tuning_db: Path, name: str = PROFILE):
-    """A shipped profile whose MetaSchedule database is ``tuning_db`` (need not exist)."""
+    """A shipped profile whose committed database is ``tuning_db`` (need not exist) and that
+    falls back on no other profile's records."""
     from tvmcomp.targets import load_profile
 
-    return dataclasses.replace(load_profile(name), tuning_db=str(tuning_db))
+    return dataclasses.replace(load_profile(name), tuning_db=str(tuning_db), record_fallback=())
 
 
 def make_gemm_onnx(path: Path, k: int = 32, n: int = 16, batch="N", seed: int = 0):
@@ -151,7 +155,19 @@ def lenet_artifact(tmp_path_factory, lenet, eval_set, x86_host):
 
 
 def pytest_configure(config):
+    # The per-user tuning cache ($XDG_CACHE_HOME/tvmcomp/tuning) of every build, tune and CLI
+    # subprocess of this session goes to a temp folder: the suite never reads or writes the
+    # user's cache (nor, being read-only to builds, the committed tuning_logs/).
+    cache = tempfile.mkdtemp(prefix="tvmcomp-test-cache.")
+    config._tvmcomp_cache = cache
+    os.environ["XDG_CACHE_HOME"] = cache
     # tvmcomp exports with the TorchScript exporter on purpose (dynamo=False)
     config.addinivalue_line(
         "filterwarnings", "ignore:You are using the legacy TorchScript-based ONNX export")
     config.addinivalue_line("filterwarnings", "ignore:The feature will be removed")
+
+
+def pytest_unconfigure(config):
+    cache = getattr(config, "_tvmcomp_cache", None)
+    if cache:
+        shutil.rmtree(cache, ignore_errors=True)

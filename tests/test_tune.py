@@ -11,7 +11,7 @@ from tvmcomp.compiler import BuildOptions, build
 from tvmcomp.errors import TvmcompError
 from tvmcomp.frontend.onnx_import import import_batches, load_onnx
 from tvmcomp.pipeline import fuse, make_pipeline, run_phases
-from tvmcomp.tune import open_database, task_status, tune_module, validate
+from tvmcomp.tune import RecordPaths, Records, task_status, tune_module, validate
 
 
 def _scheduled(fused, target, db) -> dict:
@@ -22,41 +22,48 @@ def _scheduled(fused, target, db) -> dict:
             for gv, f in mod.functions.items() if gv.name_hint.startswith("fused_")}
 
 
+def _records(profile, cache, commit=False) -> Records:
+    return Records(RecordPaths.for_profile(profile, cache, commit=commit))
+
+
 def test_tune_then_build_applies_record(tmp_path, x86_host, gemm_onnx, profile_with_db,
                                         monkeypatch):
     onnx_path, w, b = gemm_onnx(tmp_path / "gemm.onnx")
     target = x86_host.tvm_target()
     model, info = load_onnx(onnx_path)
     fused = fuse(import_batches(model, info, [1]), target)
-    work = tmp_path / "db"
-    assert [t.best_us for t in task_status(fused, target, open_database(work, create=False))] \
-        == [None]
+    committed, work = tmp_path / "committed", tmp_path / "cache"
+    prof = profile_with_db(committed)
+    assert [t.best_us for t in task_status(fused, target, _records(prof, work))] == [None]
 
-    rep = tune_module(fused, target, work, budget_s=20, max_trials_per_task=4,
+    rep = tune_module(fused, target, _records(prof, work), budget_s=20, max_trials_per_task=4,
                       trials_per_iter=4, family=x86_host.family, progress=False)
     assert rep.database == str(work)
     assert 1 <= rep.trials <= 4
     assert len(rep.tasks) == 1 and rep.untuned == []
     assert (work / "database_tuning_record.json").stat().st_size > 0
+    assert not committed.exists()  # tuning never writes the committed database
 
-    status = task_status(fused, target, open_database(work, create=False))
+    status = task_status(fused, target, _records(prof, work))
     assert len(status) == 1 and status[0].name == rep.tasks[0].name
     assert status[0].best_us is not None and status[0].best_us > 0
+    assert status[0].source == prof.name
 
     # the pipeline's schedule phase swaps in the tuned kernel only with the database
-    db = open_database(work, create=False)
+    db = _records(prof, work).own
     assert set(_scheduled(fused, target, db).values()) == {True}
     assert set(_scheduled(fused, target, None).values()) == {False}
 
     # a second call with only_missing tunes nothing
-    again = tune_module(fused, target, work, budget_s=20, max_trials_per_task=4,
+    again = tune_module(fused, target, _records(prof, work), budget_s=20, max_trials_per_task=4,
                         trials_per_iter=4, family=x86_host.family, progress=False)
     assert again.trials == 0 and again.stopped_by == "done"
 
-    out, man = build(onnx_path, profile_with_db(work), tmp_path / "art",
-                     BuildOptions(batches=(1,), tune_budget_s=0, progress=False))
+    out, man = build(onnx_path, prof, tmp_path / "art",
+                     BuildOptions(batches=(1,), tune_budget_s=0, progress=False, tuning_dir=work))
     t = man["tuning"]
-    assert t["database"] == str(work)
+    assert t["database"] == str(committed) and t["cache"] == str(work)
+    assert t["record_source"] == {status[0].name: prof.name}
     assert t["tasks"] == 1 and t["tuned"] == 1 and t["untuned"] == []
     assert t["stopped_by"] == "not needed"
     assert t["tuned_kernel_us"] == {status[0].name: round(status[0].best_us, 3)}
@@ -72,8 +79,8 @@ def test_tune_then_build_applies_record(tmp_path, x86_host, gemm_onnx, profile_w
     # a record whose schedule computes wrong results is not used: the kernel runs untuned
     (work / "validated.json").unlink()
     monkeypatch.setattr(validate, "check_record", lambda rec, target: (False, "forced"))
-    out, man = build(onnx_path, profile_with_db(work), tmp_path / "art2",
-                     BuildOptions(batches=(1,), tune_budget_s=0, progress=False))
+    out, man = build(onnx_path, prof, tmp_path / "art2",
+                     BuildOptions(batches=(1,), tune_budget_s=0, progress=False, tuning_dir=work))
     t = man["tuning"]
     assert t["schedules_rejected"] == [status[0].name]
     assert t["tuned"] == 0 and t["untuned"] == [status[0].name]
@@ -121,7 +128,8 @@ def test_budget_zero_tunes_nothing(tmp_path, x86_host, gemm_onnx):
     target = x86_host.tvm_target()
     model, info = load_onnx(onnx_path)
     fused = fuse(import_batches(model, info, [1, 2]), target)
-    rep = tune_module(fused, target, tmp_path / "db", budget_s=0, progress=False)
+    rep = tune_module(fused, target, _records(x86_host, tmp_path / "db"), budget_s=0,
+                      progress=False)
     assert rep.stopped_by == "no budget" and rep.trials == 0
     assert len(rep.tasks) == 2 and len(rep.untuned) == 2
 
@@ -130,5 +138,5 @@ def test_unfused_module_has_no_tasks(tmp_path, x86_host, gemm_onnx):
     onnx_path, _, _ = gemm_onnx(tmp_path / "gemm.onnx")
     model, info = load_onnx(onnx_path)
     with pytest.raises(TvmcompError, match="no TIR tasks"):
-        tune_module(import_batches(model, info, [1]), x86_host.tvm_target(), tmp_path / "db",
-                    budget_s=0, progress=False)
+        tune_module(import_batches(model, info, [1]), x86_host.tvm_target(),
+                    _records(x86_host, tmp_path / "db"), budget_s=0, progress=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ commands:
   export    export a checkpoint to ONNX (batch-dynamic by default)
   compress  prune a checkpoint (magnitude / sensitivity, fine-tuned) into a new checkpoint
   build     compile an ONNX CNN for a target profile into a verified artifact
-  tune      tune an ONNX model's kernels into the profile's database (tuning_logs/<profile>)
+  tune      tune an ONNX model's kernels into the tuning cache (--commit: tuning_logs/<profile>)
   eval      accuracy of an artifact on MNIST
   bench     latency of an artifact and its float baselines, same run
   targets   list the target profiles
@@ -82,6 +83,13 @@ def _add_mnist(p: argparse.ArgumentParser) -> None:
                    help="directory with the official MNIST t10k IDX files (default: "
                         "$TVMCOMP_MNIST_DIR or ../shared/data/mnist if present, else a "
                         "held-out split of the shipped 5k images)")
+
+
+def _add_tuning_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tuning-dir", default=None, metavar="DIR",
+                   help="tuning cache: where tuning writes records and schedule-check verdicts "
+                        "(default: $XDG_CACHE_HOME/tvmcomp/tuning/<profile>); the committed "
+                        "tuning_logs/<profile> is always read first")
 
 
 def _eval_set(args, quiet: bool = False):
@@ -185,7 +193,7 @@ def cmd_build(args) -> int:
                         calib_images=_calib_data(args.calib_data),
                         max_accuracy_drop=args.max_accuracy_drop / 100.0,
                         sparse=args.sparse, sparse_threshold=args.sparse_threshold,
-                        sparse_min_speedup=args.sparse_min_speedup)
+                        sparse_min_speedup=args.sparse_min_speedup, tuning_dir=args.tuning_dir)
     build(args.model, profile, args.out, opts)
     return 0
 
@@ -231,7 +239,8 @@ def _calib_data(path: str | None):
 def cmd_tune(args) -> int:
     from .frontend.onnx_import import import_batches, load_onnx
     from .pipeline import fuse
-    from .tune import tune_module
+    from .tune import RecordPaths, Records, tune_module
+    from .tune.records import TOP_K_TUNE
 
     profile = _profile(args.profile)
     if not profile.runs_here():
@@ -242,14 +251,20 @@ def cmd_tune(args) -> int:
     model, info = load_onnx(args.model)
     target = profile.tvm_target()
     fused = fuse(import_batches(model, info, list(args.batch)), target)
+    records = Records(RecordPaths.for_profile(profile, args.tuning_dir, commit=args.commit),
+                      top_k=TOP_K_TUNE)
     print(f"tune {args.model} | profile {profile.name} | batches {list(args.batch)} | budget "
-          f"{args.budget:.0f} s | ≤{args.trials_per_task} trials/task | db {profile.tuning_dir}")
-    rep = tune_module(fused, target, profile.tuning_dir, budget_s=args.budget,
+          f"{args.budget:.0f} s | ≤{args.trials_per_task} trials/task")
+    print(records.describe())
+    rep = tune_module(fused, target, records, budget_s=args.budget,
                       max_trials_per_task=args.trials_per_task, only_missing=not args.all,
                       family=profile.family)
-    print(f"used {rep.used_s:.0f} s, {rep.trials} trials ({rep.stopped_by})")
+    print(f"used {rep.used_s:.0f} s, {rep.trials} trials ({rep.stopped_by}); new records in "
+          f"{rep.database}")
     for t in rep.tasks:
-        print(f"  {t.name:40s} {'untuned' if t.best_us is None else f'{t.best_us:9.2f} µs'}")
+        best = "untuned" if t.best_us is None else f"{t.best_us:9.2f} µs"
+        print(f"  {t.name:40s} {best}" + (f"  ({t.source})" if t.source not in (None, profile.name)
+                                          else ""))
     return 0
 
 
@@ -311,7 +326,7 @@ def cmd_run(args) -> int:
 
     run_main_job(out_dir=args.out_dir, profile=_profile(args.profile),
                  mnist_dir=args.mnist_dir, epochs=args.epochs, tune_budget_s=args.tune_budget,
-                 batches=args.batch)
+                 batches=args.batch, tuning_dir=args.tuning_dir)
     return 0
 
 
@@ -370,6 +385,7 @@ def make_parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_TUNE_BUDGET_S:.0f}; 0 = none)")
     p.add_argument("--debug-dump", metavar="DIR", help="write the IR after each pipeline phase")
     p.add_argument("--print-pipeline", action="store_true", help="print the passes and exit")
+    _add_tuning_dir(p)
     s = p.add_argument_group("sparse kernels")
     s.add_argument("--sparse", action="store_true",
                    help="sparse (sliced-ELLPACK) kernels for sparse dense layers, kept only "
@@ -406,7 +422,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="refuse an int8 artifact more than PT points below float (default 0.5)")
     p.set_defaults(fn=cmd_build)
 
-    p = sub.add_parser("tune", help="tune kernels into tuning_logs/<profile>")
+    p = sub.add_parser("tune", help="tune kernels into the tuning cache")
     p.add_argument("model", help="ONNX model")
     p.add_argument("--profile", default=None, help="target profile (default: host x86)")
     p.add_argument("--batch", type=_batches, default=(1, 64))
@@ -414,6 +430,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials-per-task", type=_positive_int, default=64)
     p.add_argument("--all", action="store_true",
                    help="tune every task, not only those without records (resumes the search)")
+    p.add_argument("--commit", action="store_true",
+                   help="write the records into the committed database tuning_logs/<profile> "
+                        "(for maintainers; default: the per-user tuning cache)")
+    _add_tuning_dir(p)
     p.set_defaults(fn=cmd_tune)
 
     p = sub.add_parser("eval", help="MNIST accuracy of an artifact")
@@ -442,9 +462,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=20)
     p.add_argument("--batch", type=_batches, default=(1, 64))
     p.add_argument("--tune-budget", type=_seconds, default=DEFAULT_TUNE_BUDGET_S)
+    _add_tuning_dir(p)
     _add_mnist(p)
     p.set_defaults(fn=cmd_run)
     return ap
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -452,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "build" and not args.print_pipeline and not args.out:
         parser.error("build: the following argument is required: --out")
+    signal.signal(signal.SIGTERM, _terminate)  # like Ctrl-C: clean up, keep tuning records
     try:
         return args.fn(args)
     except TvmcompError as e:

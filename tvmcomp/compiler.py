@@ -21,7 +21,7 @@ from .frontend.onnx_import import entry_name, import_batches, load_onnx
 from .pipeline import compile_fused, fuse, int8_accumulate, make_pipeline, pass_names
 from .quant import QuantConfig
 from .targets import Profile
-from .tune import open_database, task_status, tune_module
+from .tune import RecordPaths, Records, task_status, tune_module
 from .verify import verify
 
 QDQ_REFERENCE = "reference.qdq.onnx"
@@ -43,6 +43,7 @@ class BuildOptions:
     sparse: bool = False               # SparseDense + the measured-latency gate
     sparse_threshold: float = 0.7      # weight sparsity at which a layer is a candidate
     sparse_min_speedup: float = 1.0    # keep sparse only where dense / sparse kernel µs >= this
+    tuning_dir: str | None = None      # the tuning cache (default $XDG_CACHE_HOME/tvmcomp/...)
 
 
 def _say(msg: str, on: bool = True) -> None:
@@ -92,30 +93,36 @@ def _output_shape(fused, batch: int) -> list:
     return ["N", *shape[1:]]
 
 
-def ensure_tuned(fused, profile: Profile, budget_s: float, progress: bool = True) -> dict:
-    """Tune the tasks with no record in the profile's database within ``budget_s``."""
+def ensure_tuned(fused, profile: Profile, records: Records, budget_s: float,
+                 progress: bool = True) -> dict:
+    """Tune the tasks that have no record (own or fallback) within ``budget_s``."""
     target = profile.tvm_target()
-    db_dir = profile.tuning_dir
-    status = task_status(fused, target, open_database(db_dir, create=False))
+    status = task_status(fused, target, records)
     missing = [t.name for t in status if t.best_us is None]
-    info = {"database": str(db_dir), "tasks": len(status), "budget_s": budget_s,
-            "used_s": 0.0, "trials": 0, "stopped_by": "not needed"}
-    _say(f"tuning database {db_dir}: {len(status) - len(missing)}/{len(status)} tasks have "
-         f"records", progress)
+    borrowed = sorted({t.source for t in status if t.source not in (None, profile.name)})
+    info = {"database": str(records.paths.committed), "cache": str(records.paths.cache),
+            "tasks": len(status), "budget_s": budget_s, "used_s": 0.0, "trials": 0,
+            "stopped_by": "not needed"}
+    _say(records.describe(), progress)
+    _say(f"{len(status) - len(missing)}/{len(status)} tasks have records"
+         + (f" ({sum(t.source != profile.name and t.source is not None for t in status)} "
+            f"only from {', '.join(borrowed)}: fallback, checked before use; "
+            f"`tvmcomp tune --profile {profile.name}` tunes them for this profile)"
+            if borrowed else ""), progress)
     if missing and budget_s > 0:
         if not profile.runs_here():
             info["stopped_by"] = f"cannot measure {profile.name} here"
             _say(f"WARNING: {len(missing)} tasks untuned and {profile.name} cannot run on this "
-                 f"machine (lacks {', '.join(profile.missing_cpu_flags())}); tune it on the "
-                 f"target (tvmcomp tune --rpc-tracker) — untuned kernels are slow", progress)
+                 f"machine (lacks {', '.join(profile.missing_cpu_flags())}); untuned kernels "
+                 "are slow", progress)
         else:
             _say(f"tuning {len(missing)} untuned tasks, budget {budget_s:.0f} s "
                  "(--tune-budget; 0 = none)", progress)
-            rep = tune_module(fused, target, db_dir, budget_s=budget_s, only_missing=True,
+            rep = tune_module(fused, target, records, budget_s=budget_s, only_missing=True,
                               family=profile.family, progress=progress)
             info.update(used_s=round(rep.used_s, 1), trials=rep.trials, stopped_by=rep.stopped_by)
             _say(f"tuning used {rep.used_s:.0f} s of the {budget_s:.0f} s budget, "
-                 f"{rep.trials} trials ({rep.stopped_by})", progress)
+                 f"{rep.trials} trials ({rep.stopped_by}); records in {rep.database}", progress)
             status = rep.tasks
     elif missing:
         info["stopped_by"] = "budget 0"
@@ -163,8 +170,9 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
          f"{batches} | target {profile.target}", opts.progress)
     mod = import_batches(model, info, batches)
     fused = fuse(mod, target, debug_dump=opts.debug_dump)
-    tuning = ensure_tuned(fused, profile, opts.tune_budget_s, opts.progress)
-    db = _checked_database(fused, profile, tuning, opts.progress)
+    records = Records(RecordPaths.for_profile(profile, opts.tuning_dir))
+    tuning = ensure_tuned(fused, profile, records, opts.tune_budget_s, opts.progress)
+    db = _checked_database(fused, profile, records, tuning, opts.progress)
     sparse_info, sparse_kw = None, None
     if opts.sparse:
         fused, sparse_info, sparse_kw = _sparsify(mod, fused, target, db, opts)
@@ -263,33 +271,37 @@ def _sparsify(mod, fused_dense, target, db, opts: BuildOptions):
     return fuse(mod, target, debug_dump=opts.debug_dump, sparse=sparse), info, sparse
 
 
-def _checked_database(fused, profile: Profile, tuning: dict, progress: bool):
-    """The profile's database, reduced to records whose schedules compute correct results.
+def _checked_database(fused, profile: Profile, records: Records, tuning: dict,
+                      progress: bool):
+    """The records to build with: per task, the best one whose schedule computes correct
+    results (own profile first, then fallback profiles).
 
-    Only possible where the profile runs: elsewhere the raw database is used and the manifest
-    says its schedules were not checked.
+    Checking needs the profile to run here: elsewhere the best own record is used unchecked
+    and the manifest says so.
     """
     from .tune.tuner import extract_tasks
     from .tune.validate import validated_database
 
-    raw = open_database(profile.tuning_dir, create=False)
-    if raw is None:
-        return None
     if not profile.runs_here():
         tuning["schedules_checked"] = False
-        return raw
+        return records.own
     target = profile.tvm_target()
-    db, rep = validated_database(raw, extract_tasks(fused, target), target, profile.tuning_dir)
+    db, rep = validated_database(records, extract_tasks(fused, target), target)
     tuning["schedules_checked"] = True
     tuning["schedules_rejected"] = rep.rejected
+    tuning["record_source"] = dict(sorted(rep.sources.items()))
+    borrowed = {t: s for t, s in rep.sources.items() if s != profile.name}
     _say(f"checked tuned schedules against unscheduled kernels: {rep.checked} run, "
          f"{rep.cached} cached verdicts, {len(rep.rejected)} rejected"
          + (f" ({', '.join(rep.rejected)})" if rep.rejected else ""), progress)
+    if borrowed:
+        _say(f"using {len(borrowed)} records from {', '.join(sorted(set(borrowed.values())))} "
+             f"(no {profile.name} record yet; checked correct on this machine)", progress)
     if rep.no_valid_record:
         _say(f"WARNING: no correct tuned schedule for {', '.join(rep.no_valid_record)}; "
              "they run untuned", progress)
-        tuning["untuned"] = sorted(set(tuning.get("untuned", [])) | set(rep.no_valid_record))
-        tuning["tuned"] = tuning["tasks"] - len(tuning["untuned"])
+    tuning["untuned"] = sorted(set(tuning.get("untuned", [])) | set(rep.no_valid_record))
+    tuning["tuned"] = tuning["tasks"] - len(tuning["untuned"])
     return db
 
 

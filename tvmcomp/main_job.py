@@ -39,7 +39,8 @@ def prepare_lenet5(out: Path, train_set, epochs: int = 20):
 
 
 def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = None,
-                 epochs: int = 20, tune_budget_s: float = 300.0, batches=(1, 64)) -> dict:
+                 epochs: int = 20, tune_budget_s: float = 300.0, batches=(1, 64),
+                 tuning_dir: str | None = None) -> dict:
     """Run everything end to end and print (and save) a results table."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -56,7 +57,7 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
     print("== build")
     art, manifest = build(onnx_path, profile, out / "artifact",
                           BuildOptions(batches=tuple(batches), tune_budget_s=tune_budget_s,
-                                       eval_set=ev))
+                                       eval_set=ev, tuning_dir=tuning_dir))
     ver = manifest["verification"]
     print("== bench (same run: artifact and float baselines)")
     res = bench_artifact(art, batches, BASELINES)

@@ -35,6 +35,8 @@ class Profile:
     source: str = ""
     tuning_db: str = field(default="")
     board: dict | None = None  # how the board is reached (tvmcomp.deploy.boards overrides)
+    # profiles whose committed records may serve tasks this profile has no record for
+    record_fallback: tuple[str, ...] = ()
 
     def tvm_target(self):
         """The ``tvm.target.Target`` (with host, where the profile names one)."""
@@ -46,7 +48,7 @@ class Profile:
 
     @property
     def tuning_dir(self) -> Path:
-        """The MetaSchedule database folder of this profile."""
+        """The committed MetaSchedule database folder of this profile (read-only to builds)."""
         return Path(self.tuning_db) if self.tuning_db else TUNING_DIR / self.name
 
     def missing_cpu_flags(self) -> list[str]:
@@ -69,12 +71,14 @@ class Profile:
             "target": self.target, "host": self.host, "cores": self.cores,
             "cross_compiler": self.cross_compiler,
             "requires_cpu_flags": list(self.requires_cpu_flags), "board": self.board,
+            "record_fallback": list(self.record_fallback),
         }
 
 
 _KEYS = {
     "description": str, "family": str, "target": dict, "cores": int, "host": dict,
     "cross_compiler": str, "requires_cpu_flags": list, "tuning_db": str, "board": dict,
+    "record_fallback": list,
 }
 _REQUIRED = ("description", "family", "target", "cores")
 
@@ -119,6 +123,9 @@ def parse_profile(data: dict, name: str, source: str = "<dict>") -> Profile:
         raise TvmcompError(f"{source}: [target] needs a 'kind' (e.g. \"llvm\" or \"cuda\")")
     if data["cores"] < 1:
         raise TvmcompError(f"{source}: cores must be >= 1")
+    for key in ("requires_cpu_flags", "record_fallback"):
+        if not all(isinstance(v, str) for v in data.get(key, ())):
+            raise TvmcompError(f"{source}: {key} must be a list of strings")
     tdb = data.get("tuning_db", "")
     if tdb and not os.path.isabs(tdb):
         tdb = str(REPO_ROOT / tdb)
@@ -128,6 +135,7 @@ def parse_profile(data: dict, name: str, source: str = "<dict>") -> Profile:
         cross_compiler=data.get("cross_compiler"),
         requires_cpu_flags=tuple(data.get("requires_cpu_flags", ())), source=source,
         tuning_db=tdb, board=data.get("board"),
+        record_fallback=tuple(data.get("record_fallback", ())),
     )
 
 

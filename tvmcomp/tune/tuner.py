@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tqdm import tqdm
 
 from ..errors import TvmcompError
 from .intrin import load_tensor_intrinsics
+from .records import Records
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +41,12 @@ def _builder_init(family):
 
 @dataclass(frozen=True)
 class TaskStatus:
-    """One tuning task (a fused TIR function) and its best record in the database."""
+    """One tuning task (a fused TIR function) and its best record."""
 
     name: str
     weight: int
-    best_us: float | None  # None: no record in the database
+    best_us: float | None  # None: no record
+    source: str | None = None  # the profile whose database holds the record
 
 
 @dataclass
@@ -61,47 +65,48 @@ class TuneReport:
         return [t.name for t in self.tasks if t.best_us is None]
 
 
-def open_database(work_dir: str | Path, create: bool = True):
-    """The JSON MetaSchedule database in ``work_dir`` (created if asked)."""
-    from tvm.s_tir import meta_schedule as ms
-
-    work_dir = Path(work_dir)
-    if not work_dir.is_dir():
-        if not create:
-            return None
-        work_dir.mkdir(parents=True, exist_ok=True)
-    return ms.database.JSONDatabase(work_dir=str(work_dir), module_equality="structural")
-
-
-def _best_us(db, task, target) -> float | None:
-    if db is None:
-        return None
-    mod = task.dispatched[0]
-    if not db.has_workload(mod):
-        return None
-    rec = db.query_tuning_record(mod, target, task.task_name)
-    if rec is None or not rec.run_secs:
-        return None
-    secs = [float(s) for s in rec.run_secs]
-    return 1e6 * sum(secs) / len(secs)
-
-
 def extract_tasks(mod, target):
     from tvm.s_tir import meta_schedule as ms
 
     return ms.relax_integration.extract_tasks(mod, target)
 
 
-def task_status(mod, target, db) -> list[TaskStatus]:
-    """The tuning tasks of ``mod`` (after fusion) and their best tuned latency in ``db``."""
-    return [
-        TaskStatus(t.task_name, int(t.weight), _best_us(db, t, target))
-        for t in extract_tasks(mod, target)
-    ]
+def task_status(mod, target, records: Records | None) -> list[TaskStatus]:
+    """The tuning tasks of ``mod`` (after fusion) and their best record in ``records``."""
+    out = []
+    for t in extract_tasks(mod, target):
+        us, source = (records.best(t.dispatched[0], target, t.task_name) if records is not None
+                      else (None, None))
+        out.append(TaskStatus(t.task_name, int(t.weight), us, source))
+    return out
 
 
 class _Deadline(Exception):
     pass
+
+
+class _StopOnSignal:
+    """SIGINT / SIGTERM during tuning raise KeyboardInterrupt and are remembered: the FFI may
+    hand the interrupt back wrapped in a RuntimeError when it lands inside a callback."""
+
+    def __init__(self):
+        self.signalled = False
+        self._old = {}
+
+    def _handler(self, signum, frame):
+        self.signalled = True
+        raise KeyboardInterrupt
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
 
 
 def _make_callback(deadline: float, bar: tqdm, counter: list, fired: list):
@@ -121,7 +126,7 @@ def _make_callback(deadline: float, bar: tqdm, counter: list, fired: list):
     return _ProgressAndDeadline()
 
 
-def tune_module(mod, target, work_dir: str | Path, *, budget_s: float,
+def tune_module(mod, target, records: Records, *, budget_s: float,
                 max_trials_per_task: int = 64, only_missing: bool = True,
                 trials_per_iter: int = 32, runner=None, seed: int = 0,
                 family: str | None = None, progress: bool = True) -> TuneReport:
@@ -132,15 +137,17 @@ def tune_module(mod, target, work_dir: str | Path, *, budget_s: float,
     mod : IRModule
         The module after the pipeline's fusion phase (tasks are keyed on these PrimFuncs).
     target : tvm.target.Target
-        The target to tune for; the profile's own database folder must be given.
-    work_dir : path
-        MetaSchedule work dir; records are appended, so tuning resumes where it stopped.
+        The target to tune for.
+    records : Records
+        The profile's records (see ``records.py``): tasks are looked up there, and every
+        measured record is appended to ``records.paths.write_dir`` as soon as it is measured,
+        so an interrupted run keeps its measurements and a rerun resumes.
     budget_s : float
         Wall-clock budget; tuning stops at the first measurement batch that ends past it.
     max_trials_per_task : int
         Trial cap per task.
     only_missing : bool
-        Tune only tasks with no record yet (what ``build`` does); otherwise all tasks.
+        Tune only tasks with no record of this profile's own yet; otherwise all tasks.
     runner : meta_schedule Runner, optional
         Defaults to a ``LocalRunner``; pass an ``RPCRunner`` to measure on a remote board.
     """
@@ -148,16 +155,20 @@ def tune_module(mod, target, work_dir: str | Path, *, budget_s: float,
     from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
 
     load_tensor_intrinsics(family)
-    work_dir = Path(work_dir)
-    db = open_database(work_dir)
+    work_dir = records.paths.write_dir
     report = TuneReport(database=str(work_dir), budget_s=budget_s)
     all_tasks = extract_tasks(mod, target)
     if not all_tasks:
         raise TvmcompError("the module has no TIR tasks to tune (was it fused?)")
-    chosen = [t for t in all_tasks if not only_missing or _best_us(db, t, target) is None]
+    own = records.own
+    chosen = [t for t in all_tasks
+              if not only_missing or not own.has_workload(t.dispatched[0])]
     if chosen and budget_s > 0:
+        db = records.tuning_database()
+        logs = records.paths.cache  # MetaSchedule writes its per-task logs/ here, never committed
+        logs.mkdir(parents=True, exist_ok=True)
         contexts, weights = extracted_tasks_to_tune_contexts(
-            chosen, work_dir=str(work_dir), num_threads="physical", seed=seed,
+            chosen, work_dir=str(logs), num_threads="physical", seed=seed,
             strategy=ms.search_strategy.EvolutionarySearch(
                 population_size=256, init_measured_ratio=0.2, genetic_num_iters=3),
         )
@@ -177,15 +188,22 @@ def tune_module(mod, target, work_dir: str | Path, *, budget_s: float,
         start = time.monotonic()
         # Quieten MetaSchedule's per-task INFO logs; our progress bar is the summary.
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+        stop = _StopOnSignal()
         try:
-            ms.tune.tune_tasks(
-                tasks=contexts, task_weights=weights, work_dir=str(work_dir),
-                max_trials_global=total, max_trials_per_task=max_trials_per_task,
-                num_trials_per_iter=trials_per_iter, builder=builder, runner=runner,
-                database=db, cost_model=ms.cost_model.XGBModel(num_tuning_cores=2),
-                measure_callbacks=callbacks,
-            )
-        except Exception:  # noqa: BLE001 - the deadline comes back wrapped by the FFI
+            with stop:
+                ms.tune.tune_tasks(
+                    tasks=contexts, task_weights=weights, work_dir=str(logs),
+                    max_trials_global=total, max_trials_per_task=max_trials_per_task,
+                    num_trials_per_iter=trials_per_iter, builder=builder, runner=runner,
+                    database=db, cost_model=ms.cost_model.XGBModel(num_tuning_cores=2),
+                    measure_callbacks=callbacks,
+                )
+        except (Exception, KeyboardInterrupt):  # noqa: BLE001 - both come back wrapped by the FFI
+            if stop.signalled:
+                bar.close()
+                print(f"interrupted: the {counter[0]} trials measured in this run are kept in "
+                      f"{work_dir}; run again to resume", file=sys.stderr, flush=True)
+                raise KeyboardInterrupt from None
             if not fired[0]:
                 raise
             report.stopped_by = "budget"
@@ -195,5 +213,5 @@ def tune_module(mod, target, work_dir: str | Path, *, budget_s: float,
         report.trials = counter[0]
     elif chosen:
         report.stopped_by = "no budget"
-    report.tasks = task_status(mod, target, db)
+    report.tasks = task_status(mod, target, records)
     return report

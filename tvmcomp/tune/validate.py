@@ -10,12 +10,13 @@ best is tried. Verdicts are cached in ``validated.json`` beside the database.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .records import read_json, update_json
 
 log = logging.getLogger(__name__)
 CACHE = "validated.json"
@@ -30,6 +31,7 @@ class ValidationReport:
     cached: int = 0
     rejected: list[str] = field(default_factory=list)  # tasks with >= 1 wrong record
     no_valid_record: list[str] = field(default_factory=list)
+    sources: dict[str, str] = field(default_factory=dict)  # task -> profile of its record
 
 
 def record_key(rec) -> str:
@@ -96,50 +98,50 @@ def check_record(rec, target, seed: int = 0) -> tuple[bool, str]:
     return True, "exact" if all(r.dtype.kind != "f" for r in ref) else "close"
 
 
-def validated_database(db, tasks, target, cache_dir: Path | None):
-    """A MemoryDatabase holding, per task, its best record that passes :func:`check_record`."""
+def validated_database(records, tasks, target):
+    """A MemoryDatabase holding, per task, its best record that passes :func:`check_record`.
+
+    Candidates come from :meth:`Records.candidates`: this profile's own records first, then
+    the fallback profiles' (only where no own record is correct). Verdicts are cached per
+    machine in the tuning cache (``validated.json``, merged under the folder's lock).
+    """
     from tvm.s_tir import meta_schedule as ms
 
-    cache_path = Path(cache_dir) / CACHE if cache_dir else None
-    cache = {}
-    if cache_path and cache_path.is_file():
-        try:
-            cache = json.loads(cache_path.read_text())
-        except (json.JSONDecodeError, OSError):
-            cache = {}
+    cache_path = Path(records.paths.cache) / CACHE
+    cache = read_json(cache_path)
+    new: dict = {}
     mem = ms.database.MemoryDatabase()
     report = ValidationReport()
-    dirty = False
     for task in tasks:
         mod = task.dispatched[0]
-        if db is None or not db.has_workload(mod):
-            continue
-        records = db.get_top_k(db.commit_workload(mod), TOP_K)
         chosen = None
-        for rec in records:
+        for source, rec in records.candidates(mod, TOP_K):
             key = record_key(rec)
-            if key in cache:
+            verdict = cache.get(key)
+            if isinstance(verdict, dict) and isinstance(verdict.get("ok"), bool):
                 report.cached += 1
-                ok = cache[key]["ok"]
+                ok = verdict["ok"]
             else:
                 ok, detail = check_record(rec, target)
-                cache[key] = {"ok": ok, "detail": detail, "task": task.task_name}
+                new[key] = cache[key] = {"ok": ok, "detail": detail, "task": task.task_name}
                 report.checked += 1
-                dirty = True
             if ok:
-                chosen = rec
+                chosen = (source, rec)
                 break
             if task.task_name not in report.rejected:
                 report.rejected.append(task.task_name)
         if chosen is None:
-            report.no_valid_record.append(task.task_name)
+            if records.candidates(mod, 1):
+                report.no_valid_record.append(task.task_name)
             continue
+        source, rec = chosen
+        report.sources[task.task_name] = source
         wl = mem.commit_workload(mod)
         mem.commit_tuning_record(ms.database.TuningRecord(
-            chosen.trace, wl, chosen.run_secs, chosen.target, chosen.args_info))
-    if dirty and cache_path is not None:
+            rec.trace, wl, rec.run_secs, rec.target, rec.args_info))
+    if new:
         try:
-            cache_path.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
+            update_json(cache_path, new)
         except OSError as e:
             log.warning("could not write %s: %s", cache_path, e)
     return mem, report
