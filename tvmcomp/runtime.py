@@ -78,7 +78,7 @@ class CompiledModel:
 def load(art_dir: str | os.PathLike) -> CompiledModel:
     """Load an artifact directory: verify ``model.so``'s hash and that this machine can run it."""
     import tvm
-    from tvm import relax
+    from tvm.runtime.vm import VirtualMachine  # = relax.VirtualMachine, also in runtime-only TVM
 
     art_dir = Path(art_dir)
     manifest = read_manifest(art_dir)
@@ -98,7 +98,7 @@ def load(art_dir: str | os.PathLike) -> CompiledModel:
         device = tvm.cpu(0)
     try:
         lib = tvm.runtime.load_module(str(lib_path))
-        vm = relax.VirtualMachine(lib, device)
+        vm = VirtualMachine(lib, device)
     except Exception as e:  # noqa: BLE001 - the loader raises bare TVM errors
         raise ArtifactError(f"{lib_path}: cannot load ({str(e).strip().splitlines()[-1]})") from None
     return CompiledModel(art_dir, manifest, vm, device)
