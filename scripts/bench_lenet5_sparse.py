@@ -115,7 +115,7 @@ def main() -> None:  # noqa: PLR0915 - a linear script
     import tvm
 
     from tvmcomp.frontend.onnx_import import import_batches, load_onnx
-    from tvmcomp.kernels.sparse_gate import gate
+    from tvmcomp.plan.sparse_gate import gate
     from tvmcomp.passes.sparse_dense import SparseDense, find_layers, size_report
     from tvmcomp.pipeline import compile_fused, fuse
     from tvmcomp.tune import RecordPaths, Records, task_status, tune_module

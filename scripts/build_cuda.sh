@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Build an ONNX CNN (default: LeNet-5) for a CUDA profile (DLight schedules, CUDA module inside
-# model.so, compiled for the GPU when loaded there). No GPU or nvcc needed to build; with a GPU
-# present it also runs scripts/gpu_check.py.
+# Build an ONNX CNN (default: LeNet-5) for a CUDA profile (DLight schedules, kernels compiled by
+# nvcc into a fatbin inside model.so). Needs nvcc, no GPU; with a GPU present it also runs
+# scripts/gpu_check.py.
 #   scripts/build_cuda.sh [MODEL.onnx]   (PROFILE=cuda_sm90 for Hopper)
 source "$(dirname "$0")/_model.sh"
 PROFILE=${PROFILE:-cuda_sm80}

@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """GPU check: LeNet-5 built for the cuda_sm80 and cuda_sm90 profiles, run on a CUDA GPU.
 
-The CUDA artifacts' kernels are compiled at build time into a fatbin (machine code for the
-profile's arch plus its PTX, which the driver JIT-compiles on a newer GPU), so the GPU host
-needs only TVM's runtime libraries. There each artifact is verified against ONNX Runtime on the
-MNIST test set, its logits are compared with an x86 CPU artifact of the same model, and batch 1
-and 64 are timed on the GPU.
+The artifacts are built with ``tvmcomp.compiler.build``, as ``tvmcomp build`` does: the CUDA
+kernels are compiled at build time into a fatbin (machine code for the profile's arch plus its
+PTX, which the driver JIT-compiles on a newer GPU), so the GPU host needs only TVM's runtime
+libraries. There each artifact is verified against ONNX Runtime on the MNIST test set, its
+logits are compared with an x86 CPU artifact of the same model, and batch 1 and 64 are timed
+on the GPU.
 
     .venv/bin/python scripts/gpu_check.py --prepare .gpu [--model M.onnx | --epochs N]
         here (nvcc and gcc, no GPU): build the artifacts, copy the MNIST test set and stage a
@@ -22,14 +23,9 @@ Exit status: 0 all checks passed, 1 a check failed, 2 no usable CUDA GPU.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import dataclasses
 import json
 import os
-import re
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -41,41 +37,15 @@ sys.path.insert(0, str(REPO))
 
 CUDA_PROFILES = ("cuda_sm80", "cuda_sm90")
 CPU_PROFILE = "x86_avx2"  # runs on any x86-64 GPU host (host_profile() may pick AVX-512)
-# Informational builds, loaded on the GPU after the checks and never failing them:
-# name → (profile, how its kernels are shipped, what the probe shows).
-PROBES = {
-    "cuda_sm80_sass_only": ("cuda_sm80", "sass", "sm_80 machine code without PTX (what TVM's "
-                            "nvcc mode emits): runs only on sm_8x GPUs"),
-    "cuda_sm90_source": ("cuda_sm90", "source", "CUDA source compiled when loaded (what the "
-                         "apache-tvm wheel emits on a host without a GPU)"),
-}
 MODEL = "model.onnx"
 DEVICE_PYTHON = "3.12"
 CUDART = "libcudart.so.13"  # needed by the apache-tvm wheel's libtvm_runtime_cuda.so
 CPU_TOL = 1e-3  # of the CPU logits' largest magnitude (at least 1), as verify's rel_tol
-JIT_CALLBACK = "tvm_callback_cuda_compile"
-FATBIN_MAGIC = struct.pack("<I", 0xBA55ED50)
 COMMAND = ('set -o pipefail; export PYTHONPATH="$PWD/{d}/tvm_rt:$PWD/{d}/ffi" PYTHONUNBUFFERED=1 '
            'TVM_USE_RUNTIME_LIB=1 TVM_FFI_DISABLE_TORCH_C_DLPACK=1 '
            'LD_LIBRARY_PATH="${{LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}}/usr/local/nvidia/lib64"; '
            'nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv,noheader; '
            'python3 scripts/gpu_check.py --run {d} --out "$OUT" 2>&1 | tee "$OUT/gpu_check.log"\n')
-
-
-def gpu_code(lib: bytes) -> list[str]:
-    """The GPU code in a ``model.so``: its fatbin's entries, ``sm_XY`` (machine code) and
-    ``compute_XY`` (PTX); ``["CUDA source"]`` when kernels are compiled when loaded."""
-    i = lib.find(FATBIN_MAGIC)
-    if i < 0:
-        return ["CUDA source"] if b"__global__" in lib else []
-    _, _, head, size = struct.unpack_from("<IHHQ", lib, i)  # magic, version, header, payload
-    code, o = [], i + head
-    while o < i + head + size:  # entry: kind (1 PTX, 2 ELF), _, header, payload, ..., arch @28
-        kind, _, head_e, size_e = struct.unpack_from("<HHIQ", lib, o)
-        arch = struct.unpack_from("<I", lib, o + 28)[0]
-        code.append(f"compute_{arch}" if kind == 1 else f"sm_{arch}")
-        o += head_e + size_e
-    return code
 
 
 def runs_as(code: list[str], cc: int) -> str | None:
@@ -89,90 +59,6 @@ def runs_as(code: list[str], cc: int) -> str | None:
     if code == ["CUDA source"]:
         return "CUDA source, compiled by TVM's JIT callback when loaded"
     return None
-
-
-def load_cuda_runtime() -> str | None:
-    """Load TVM's CUDA runtime library, which a runtime-only TVM does not autoload.
-
-    Returns
-    -------
-    str or None
-        Why it cannot be loaded, or None once it is.
-    """
-    import tvm_ffi
-    from tvm.base import _LOADED_LIBS
-
-    if tvm_ffi.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True):
-        return None
-    lib = Path(_LOADED_LIBS["tvm_runtime"]._name).parent / "libtvm_runtime_cuda.so"
-    try:
-        _LOADED_LIBS["tvm_runtime_cuda"] = ctypes.CDLL(str(lib))
-    except OSError as e:
-        return f"cannot load {lib.name} ({e})"
-    return None
-
-
-def _cuda_codegen_runtime(work: Path) -> None:
-    """Register TVM's CUDA module factory, so that builds compile the kernels here.
-
-    Without an NVIDIA driver a stub ``libcuda.so.1`` stands in (every call fails): the
-    factory only stores the kernels that :func:`_cuda_kernels` compiles.
-    """
-    why = load_cuda_runtime()
-    if why is None:
-        return
-    if "libcuda.so.1" not in why:
-        raise SystemExit(f"gpu_check: error: {why}")
-    from tvm.base import _LOADED_LIBS
-
-    lib = Path(_LOADED_LIBS["tvm_runtime"]._name).parent / "libtvm_runtime_cuda.so"
-    nm = subprocess.run(["nm", "-D", "--undefined-only", str(lib)], check=True,
-                        capture_output=True, text=True).stdout
-    names = sorted({w[1].split("@")[0] for w in map(str.split, nm.splitlines())
-                    if len(w) == 2 and re.match(r"cu[A-Z]", w[1])})
-    src = work / "libcuda_stub.c"
-    src.write_text("".join(f"int {n}(void) {{ return 34; }}\n" for n in names))  # STUB_LIBRARY
-    stub = work / "libcuda.so.1"
-    subprocess.run(["gcc", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(stub),
-                    str(src)], check=True)
-    ctypes.CDLL(str(stub), mode=ctypes.RTLD_GLOBAL)
-    why = load_cuda_runtime()
-    if why is not None:
-        raise SystemExit(f"gpu_check: error: {why}")
-
-
-@contextlib.contextmanager
-def _cuda_kernels(arch: str, mode: str):
-    """How the builds inside compile the CUDA kernels for ``arch`` (``"sm_80"``).
-
-    ``mode``: ``"fatbin"``, with nvcc, machine code for ``arch`` and its PTX; ``"sass"``, the
-    machine code only; ``"source"``, nothing: the CUDA source is stored in ``model.so``.
-    """
-    import tvm
-    import tvm_ffi
-    from tvm.support import nvcc
-
-    if mode == "source":
-        os.environ["TVM_COMPILE_FORCE_FALLBACK"] = "1"
-        try:
-            yield
-        finally:
-            del os.environ["TVM_COMPILE_FORCE_FALLBACK"]
-        return
-    sm = arch.removeprefix("sm_")
-    gencode = ["-gencode", f"arch=compute_{sm},code=" + (f"[sm_{sm},compute_{sm}]"
-                                                           if mode == "fatbin" else f"sm_{sm}")]
-
-    def compile_fatbin(source: str) -> bytearray:
-        with tvm.target.Target({"kind": "cuda", "arch": arch}):  # nvcc.py asks Target.current()
-            return nvcc.compile_cuda(source, "fatbin", arch=gencode, compiler="nvcc")
-
-    old = tvm_ffi.get_global_func(JIT_CALLBACK)
-    tvm_ffi.register_global_func(JIT_CALLBACK, compile_fatbin, override=True)
-    try:
-        yield
-    finally:
-        tvm_ffi.register_global_func(JIT_CALLBACK, old, override=True)
 
 
 def _model(path: Path, source: str | None, epochs: int) -> Path:
@@ -194,11 +80,12 @@ def _model(path: Path, source: str | None, epochs: int) -> Path:
 
 
 def prepare(d: Path, model: str | None, epochs: int) -> dict:
-    """Build the CPU, CUDA and probe artifacts of one model into ``d/artifacts``, with the
-    model (``d/model.onnx``) and the MNIST test set (``d/mnist``) they are checked on."""
+    """Build the CPU and CUDA artifacts of one model into ``d/artifacts`` with ``tvmcomp``'s
+    build, beside the model (``d/model.onnx``) and the MNIST test set (``d/mnist``)."""
     from tvmcomp.compiler import BuildOptions, build
     from tvmcomp.data import load_idx
     from tvmcomp.data.mnist import default_mnist_dir
+    from tvmcomp.deploy.cuda import gpu_code
     from tvmcomp.targets import load_profile
 
     mnist = default_mnist_dir()
@@ -213,19 +100,19 @@ def prepare(d: Path, model: str | None, epochs: int) -> dict:
     opts = BuildOptions(batches=(1, 64), tune_budget_s=0, eval_set=load_idx(d / "mnist"),
                         progress=True)
     arts = d / "artifacts"
-    build(onnx, load_profile(CPU_PROFILE), arts / CPU_PROFILE, opts)  # committed tuning logs
-    cuda = {p: (p, "fatbin") for p in CUDA_PROFILES} | {k: v[:2] for k, v in PROBES.items()}
-    with tempfile.TemporaryDirectory(prefix="gpu_check.") as work:
-        _cuda_codegen_runtime(Path(work))
-        for name, (profile, mode) in cuda.items():
-            prof = dataclasses.replace(load_profile(profile),
-                                       tuning_db=str(Path(work) / "db" / name))
-            with _cuda_kernels(prof.target["arch"], mode):
-                build(onnx, prof, arts / name, opts)
-    summary = {"model": str(onnx), "artifacts": {
-        n: {"bytes": (arts / n / "model.so").stat().st_size,
-            "gpu_code": gpu_code((arts / n / "model.so").read_bytes())}
-        for n in (CPU_PROFILE, *cuda)}}
+    shutil.rmtree(arts, ignore_errors=True)
+    code = {}
+    for name in (CPU_PROFILE, *CUDA_PROFILES):
+        profile = load_profile(name)
+        build(onnx, profile, arts / name, opts)
+        lib = arts / name / "model.so"
+        code[name] = {"bytes": lib.stat().st_size, "gpu_code": gpu_code(lib.read_bytes())}
+        sm = profile.target.get("arch", "").removeprefix("sm_")
+        if name in CUDA_PROFILES and {f"sm_{sm}", f"compute_{sm}"} - set(code[name]["gpu_code"]):
+            raise SystemExit(f"gpu_check: error: {name}: model.so holds "
+                             f"{', '.join(code[name]['gpu_code']) or 'no GPU code'}, not a "
+                             f"fatbin with sm_{sm} and compute_{sm}")
+    summary = {"model": str(onnx), "artifacts": code}
     (d / "prepare.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -293,6 +180,7 @@ def run(d: Path, out: Path) -> int:
     from tvmcomp import runtime
     from tvmcomp.bench import time_us
     from tvmcomp.data import load_idx, normalize
+    from tvmcomp.deploy.cuda import gpu_code, load_cuda_runtime
     from tvmcomp.verify import verify
 
     out.mkdir(parents=True, exist_ok=True)
@@ -329,14 +217,12 @@ def run(d: Path, out: Path) -> int:
     cc = int(str(dev.compute_version).replace(".", ""))
     base["device"] = f"{dev.device_name} (compute {dev.compute_version})"
     ok = base["cpu"]["passed"]
-    for name in (*CUDA_PROFILES, *PROBES):
+    for name in CUDA_PROFILES:
         art = d / "artifacts" / name
         code = gpu_code((art / "model.so").read_bytes())
         how = runs_as(code, cc)
         res = {"profile": name, **base, "gpu_code": code, "runs_as": how or (
             f"nothing: no machine code for sm_{cc // 10}x and no PTX for compute_{cc} or older")}
-        if name in PROBES:
-            res = {"probe": PROBES[name][2], **res}
         try:
             m = runtime.load(art)
             y = m(x)
@@ -349,8 +235,7 @@ def run(d: Path, out: Path) -> int:
                     1.0, float(np.abs(yc).max()))
         except Exception as e:  # noqa: BLE001 - report it in the JSON and go on
             res["passed"], res["error"] = False, _error(e)
-        if name not in PROBES:
-            ok = ok and res["passed"]
+        ok = ok and res["passed"]
         _emit(out, f"gpu_check_{name}", res)
     return 0 if ok else 1
 

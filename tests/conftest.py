@@ -78,6 +78,22 @@ def run_tvmcomp():
     return run_cli
 
 
+def so_kernels(art_dir: Path) -> set[str]:
+    """The kernels the VM of ``art_dir/model.so`` calls (every entry point), from its code."""
+    import re
+
+    import tvm
+
+    text = tvm.runtime.load_module(str(Path(art_dir) / "model.so"))["as_text"]()
+    return {n for n in re.findall(r"call\s+(\S+)", text) if not n.startswith("vm.builtin.")}
+
+
+@pytest.fixture(scope="session")
+def kernels_in_so():
+    """``kernels_in_so(artifact_dir) -> set``: kernel names the artifact's VM code calls."""
+    return so_kernels
+
+
 @pytest.fixture(scope="session")
 def x86_host():
     """Skip unless this machine can run the x86_avx2 profile (AVX2 + FMA)."""

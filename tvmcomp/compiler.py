@@ -14,11 +14,14 @@ import numpy as np
 from . import __version__
 from .artifact import SCHEMA_VERSION, read_manifest, write_artifact
 from .data import Dataset
+from .deploy.cuda import cuda_codegen
 from .deploy.toolchain import check_cross_compiler
 from .defaults import DEFAULT_BATCHES, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_TUNE_BUDGET_S
 from .errors import ArtifactError, TvmcompError
 from .frontend.onnx_import import entry_name, import_batches, load_onnx
-from .pipeline import compile_fused, fuse, int8_accumulate, make_pipeline, pass_names
+from .pipeline import (compile_lowered, fuse, int8_accumulate, kernel_table, make_pipeline,
+                       pass_names, run_range, schedule_and_lower)
+from .plan import PLAN_FILE, BuildPlan, plan_sparse
 from .quant import QuantConfig
 from .targets import Profile
 from .tune import RecordPaths, Records, task_status, tune_module
@@ -98,12 +101,11 @@ def ensure_tuned(fused, profile: Profile, records: Records, budget_s: float,
     """Tune the tasks that have no record (own or fallback) within ``budget_s``."""
     target = profile.tvm_target()
     status = task_status(fused, target, records)
-    missing = [t.name for t in status if t.best_us is None]
+    missing = [t.name for t in status if t.best_us is None and not t.hand_scheduled]
     borrowed = sorted({t.source for t in status if t.source not in (None, profile.name)})
     info = {"database": str(records.paths.committed), "cache": str(records.paths.cache),
             "tasks": len(status), "budget_s": budget_s, "used_s": 0.0, "trials": 0,
             "stopped_by": "not needed"}
-    _say(records.describe(), progress)
     _say(f"{len(status) - len(missing)}/{len(status)} tasks have records"
          + (f" ({sum(t.source != profile.name and t.source is not None for t in status)} "
             f"only from {', '.join(borrowed)}: fallback, checked before use; "
@@ -126,11 +128,17 @@ def ensure_tuned(fused, profile: Profile, records: Records, budget_s: float,
             status = rep.tasks
     elif missing:
         info["stopped_by"] = "budget 0"
-    untuned = [t.name for t in status if t.best_us is None]
-    if untuned:
+    untuned = [t.name for t in status if t.best_us is None and not t.hand_scheduled]
+    hand = [t.name for t in status if t.hand_scheduled]
+    if hand:
+        info["hand_scheduled"] = hand
+    if untuned and profile.family == "cuda":
+        _say(f"{len(untuned)}/{len(status)} kernels have no tuned schedule: DLight's rules "
+             "schedule them", progress)
+    elif untuned:
         _say(f"WARNING: {len(untuned)}/{len(status)} kernels have no tuned schedule and run "
              f"naive loops (slow): {', '.join(untuned)}", progress)
-    info["tuned"] = len(status) - len(untuned)
+    info["tuned"] = len(status) - len(untuned) - len(hand)
     info["untuned"] = untuned
     info["tuned_kernel_us"] = {t.name: round(t.best_us, 3) for t in status if t.best_us}
     return info
@@ -145,39 +153,25 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         raise ArtifactError(f"{out_path} exists and is not a tvmcomp artifact; refusing to "
                            "replace it")
     check_cross_compiler(profile)  # one line naming the Debian package, before any work
-    model, info = load_onnx(onnx_path)
-    for b in opts.batches:
-        info.check_batch(b)
-    qm = None
-    if opts.quant is not None:
-        if is_qdq(model):
-            raise TvmcompError(f"{onnx_path} is already quantized (QDQ); build it without "
-                               "--quantize to compile its int8 kernels")
-        from .quant import quantize_onnx
-
-        images = _calibration_images(info, opts.calib_images)
-        q = opts.quant
-        _say(f"quantize int8: {q.calibration.method} calibration on "
-             f"{min(len(images), q.num_calib)} images, {q.activations} activations, "
-             f"{q.weights.granularity} weights" + (f", float: {', '.join(q.skip)}" if q.skip
-                                                   else ""), opts.progress)
-        qm = quantize_onnx(model, images, opts.quant)
-        model = qm.model
+    model, info, qm = prepare_model(onnx_path, opts)
     int8 = is_qdq(model)
     batches = sorted(set(opts.batches))
     target = profile.tvm_target()
     _say(f"build {Path(onnx_path).name} → {out_dir} | profile {profile.name} | batches "
          f"{batches} | target {profile.target}", opts.progress)
-    mod = import_batches(model, info, batches)
-    fused = fuse(mod, target, debug_dump=opts.debug_dump)
     records = Records(RecordPaths.for_profile(profile, opts.tuning_dir))
+    _say(records.describe(), opts.progress)
+    # The plan: every graph rewrite decided and applied once, in pipeline order; the fused
+    # module that comes out, and nothing else, is tuned, checked, compiled and described.
+    plan, fused, sparse_info = plan_and_fuse(model, info, profile, opts, records)
     tuning = ensure_tuned(fused, profile, records, opts.tune_budget_s, opts.progress)
     db = _checked_database(fused, profile, records, tuning, opts.progress)
-    sparse_info, sparse_kw = None, None
-    if opts.sparse:
-        fused, sparse_info, sparse_kw = _sparsify(mod, fused, target, db, opts)
-    ex = compile_fused(fused, target, db, opts.debug_dump)
+    lowered = schedule_and_lower(fused, target, db, opts.debug_dump)
+    kernels = kernel_table(lowered, target)
+    with cuda_codegen(profile):  # CUDA: nvcc fatbin, arch machine code + PTX; no-op otherwise
+        ex = compile_lowered(lowered, target)
     weight_bytes, n_weights = constant_bytes(fused)
+    sparse_kw = plan.sparse_args()
 
     manifest = {
         "schema_version": SCHEMA_VERSION,
@@ -196,17 +190,20 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         "profile": profile.to_dict(),
         "target": profile.target,
         "tvm_version": _tvm_version(),
-        "passes": pass_names(make_pipeline(target, db, sparse=sparse_kw)),
+        "passes": pass_names(make_pipeline(target, db, sparse=sparse_kw,
+                                           int8_acc=plan.int8_accumulate)),
+        "plan": PLAN_FILE,
+        "kernels": kernels,
         "weight_bytes": weight_bytes,
         "weight_tensors": n_weights,
         "tuning": tuning,
         "precision": "int8" if int8 else "fp32",
         "quantization": ({**(qm.summary() if qm is not None
                              else {"source": "QDQ model given as input"}),
-                          "accumulate": int8_accumulate(target)} if int8 else None),
+                          "accumulate": plan.int8_accumulate} if int8 else None),
         "sparse": sparse_info,
     }
-    extra = {}
+    extra = {PLAN_FILE: plan.to_json().encode()}
     if int8:
         extra[QDQ_REFERENCE] = model.SerializeToString()
         manifest["reference_model"] = QDQ_REFERENCE
@@ -239,8 +236,9 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     out = write_artifact(out_dir, export_function(profile)(ex), manifest, check, extra)
     manifest = read_manifest(out)
     if sparse_info is not None:
-        kept = [d for d in sparse_info["gate"] if d["keep_sparse"]]
-        _say(f"sparse: {len(kept)}/{len(sparse_info['gate'])} candidate layers kept sparse; "
+        keep = plan.sparse.keep
+        _say(f"sparse ({plan.sparse.decided_by}): {sum(keep.values())}/{len(keep)} candidate "
+             "layers kept sparse; "
              f"constants {sparse_info['size']['bytes']['total']:,} B (dense "
              f"{sparse_info['dense_size']['bytes']['total']:,} B)", opts.progress)
     _say(f"wrote {out} (model.so {manifest['library']['bytes']:,} B, weights "
@@ -248,27 +246,65 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     return out, manifest
 
 
-def _sparsify(mod, fused_dense, target, db, opts: BuildOptions):
-    """Gate each sparse candidate layer on measured latency; re-fuse with SparseDense."""
-    from .kernels.sparse_gate import gate
-    from .passes import QuantizeInt8, SparseDense
+def prepare_model(onnx_path: str | Path, opts: BuildOptions):
+    """(ONNX model, its info, the QuantizedModel or None): the model ``opts`` asks to build."""
+    model, info = load_onnx(onnx_path)
+    for b in opts.batches:
+        info.check_batch(b)
+    if opts.quant is None:
+        return model, info, None
+    if is_qdq(model):
+        raise TvmcompError(f"{onnx_path} is already quantized (QDQ); build it without "
+                           "--quantize to compile its int8 kernels")
+    from .quant import quantize_onnx
+
+    images = _calibration_images(info, opts.calib_images)
+    q = opts.quant
+    _say(f"quantize int8: {q.calibration.method} calibration on "
+         f"{min(len(images), q.num_calib)} images, {q.activations} activations, "
+         f"{q.weights.granularity} weights" + (f", float: {', '.join(q.skip)}" if q.skip
+                                               else ""), opts.progress)
+    qm = quantize_onnx(model, images, opts.quant)
+    return qm.model, info, qm
+
+
+def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Records,
+                  plan: BuildPlan | None = None):
+    """(plan, fused module, sparse size info or None): what ``build`` ships, and ``tune`` tunes.
+
+    Runs ``quantize`` once, takes the per-layer decisions on its output (or applies the saved
+    ``plan``), runs ``layer_forms`` once with them, then ``canonicalize`` .. ``legalize_fuse``.
+    """
     from .passes.sparse_dense import find_layers, size_report
 
-    base = QuantizeInt8(int8_accumulate(target))(mod)  # what SparseDense sees
-    decisions = gate(base, target, db, threshold=opts.sparse_threshold,
-                     min_speedup=opts.sparse_min_speedup, progress=opts.progress)
-    keep = {d.key: d.keep_sparse for d in decisions}
-    sparse = {"threshold": opts.sparse_threshold, "keep": keep}
-    info = {
-        "threshold": opts.sparse_threshold, "min_speedup": opts.sparse_min_speedup,
-        "layers": [L.to_dict() for L in find_layers(base)],   # conv sparsity reported too
-        "gate": [d.to_dict() for d in decisions],
-        "size": size_report(SparseDense(**sparse)(base)),
-        "dense_size": size_report(base),
-    }
-    if not any(keep.values()):
-        return fused_dense, info, None
-    return fuse(mod, target, debug_dump=opts.debug_dump, sparse=sparse), info, sparse
+    target = profile.tvm_target()
+    batches = sorted(set(plan.batches if plan is not None else opts.batches))
+    mod = import_batches(model, info, batches)
+    acc = plan.int8_accumulate if plan is not None else int8_accumulate(target)
+    quantized = run_range(mod, target, "quantize", "quantize", int8_acc=acc,
+                          debug_dump=opts.debug_dump)
+    if plan is None:
+        sparse = (plan_sparse(quantized, profile, records.lookup_database(),
+                              opts.sparse_threshold, opts.sparse_min_speedup, opts.progress)
+                  if opts.sparse else None)
+        plan = BuildPlan(profile.name, tuple(batches), acc, sparse)
+    elif plan.profile != profile.name:
+        raise TvmcompError(f"the plan was made for profile {plan.profile}, not {profile.name}")
+    formed = run_range(quantized, target, "layer_forms", "layer_forms", int8_acc=acc,
+                       sparse=plan.sparse_args(), debug_dump=opts.debug_dump)
+    info_sparse = None
+    if plan.sparse is not None:
+        sp = plan.sparse
+        info_sparse = {
+            "threshold": sp.threshold, "min_speedup": sp.min_speedup,
+            "decided_by": sp.decided_by,
+            "layers": [L.to_dict() for L in find_layers(quantized)],  # conv sparsity too
+            "gate": sp.gate,
+            "size": size_report(formed),
+            "dense_size": size_report(quantized),
+        }
+    fused = fuse(formed, target, debug_dump=opts.debug_dump, start="canonicalize", int8_acc=acc)
+    return plan, fused, info_sparse
 
 
 def _checked_database(fused, profile: Profile, records: Records, tuning: dict,
@@ -301,7 +337,8 @@ def _checked_database(fused, profile: Profile, records: Records, tuning: dict,
         _say(f"WARNING: no correct tuned schedule for {', '.join(rep.no_valid_record)}; "
              "they run untuned", progress)
     tuning["untuned"] = sorted(set(tuning.get("untuned", [])) | set(rep.no_valid_record))
-    tuning["tuned"] = tuning["tasks"] - len(tuning["untuned"])
+    tuning["tuned"] = (tuning["tasks"] - len(tuning["untuned"])
+                       - len(tuning.get("hand_scheduled", [])))
     return db
 
 
@@ -352,4 +389,5 @@ def as_batches(text: str) -> tuple[int, ...]:
     return vals
 
 
-__all__ = ["BuildOptions", "build", "as_batches", "constant_bytes", "ensure_tuned"]
+__all__ = ["BuildOptions", "build", "as_batches", "constant_bytes", "ensure_tuned",
+           "plan_and_fuse", "prepare_model"]

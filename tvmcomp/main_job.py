@@ -71,7 +71,9 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
         "max_abs_err_vs_ort": ver.get("max_abs_err"),
         "model_so_bytes": manifest["library"]["bytes"],
         "weight_bytes": manifest["weight_bytes"],
-        "tuning": {k: manifest["tuning"][k] for k in ("database", "tasks", "tuned", "used_s")},
+        "tuning": {**{k: manifest["tuning"].get(k) for k in ("database", "cache", "tasks", "tuned",
+                                                             "used_s")},
+                   "record_source": manifest["tuning"].get("record_source", {})},
         "latency_us": res["results"],
         "notes": res["notes"],
         "seconds": round(time.monotonic() - t0, 1),
@@ -109,9 +111,13 @@ def _print_summary(s: dict, res: dict) -> None:
         if acc.get(name) is not None:
             print(f"| {name} | {acc[name]:.2%} |")
     print()
+    srcs = list(s["tuning"]["record_source"].values())
+    origin = ", ".join(f"{srcs.count(p)} from {p}" + ("" if p == s["profile"] else " (fallback)")
+                       for p in sorted(set(srcs)))
     print(f"Max |logit error| vs ONNX Runtime: {s['max_abs_err_vs_ort']:.2e}. model.so "
           f"{s['model_so_bytes']:,} B, weights {s['weight_bytes']:,} B. Tuned kernels "
-          f"{s['tuning']['tuned']}/{s['tuning']['tasks']} from {s['tuning']['database']}.")
+          f"{s['tuning']['tuned']}/{s['tuning']['tasks']}" + (f" ({origin})" if origin else "")
+          + ".")
     print()
     print("Latency, median µs per call (same run):")
     print()

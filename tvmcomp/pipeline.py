@@ -9,22 +9,38 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
+from .kernels.sell import HAND_SCHEDULED
 from .passes import QuantizeInt8, SparseDense
 from .passes.gpu_default_schedule import GpuDefaultSchedule
 
 
 @dataclass(frozen=True)
 class Phase:
-    """A named group of passes; ``tunable`` marks the point where tuning tasks are extracted."""
+    """A named group of passes; ``tunable`` marks the point where tuning tasks are extracted.
+
+    ``args`` maps a pass name to the arguments it was made with (for printing and manifests).
+    """
 
     name: str
     passes: tuple
     tunable_after: bool = False
+    args: tuple[tuple[str, str], ...] = ()
 
 
 def _name(p) -> str:
     info = getattr(p, "info", None)
     return info.name if info is not None else type(p).__name__
+
+
+def _sparse_args(sparse: dict) -> str:
+    keep = sparse.get("keep") or {}
+    kept = sum(bool(v) for v in keep.values())
+    parts = [f"threshold={sparse.get('threshold', 0.7)}"]
+    if keep:
+        parts.append(f"keep={kept}/{len(keep)} layers sparse")
+    if sparse.get("values", "float32") != "float32":
+        parts.append(f"values={sparse['values']}")
+    return ", ".join(parts)
 
 
 # x86 CPUs with an int8 dot-product instruction (VNNI): int32 accumulation pays there
@@ -72,18 +88,21 @@ def make_pipeline(target, database=None, sparse: dict | None = None,
 def _phases(database, sparse: dict | None = None, gpu: bool = False,
             accumulate: str = "int32") -> list[Phase]:
     return [
-        # 1. Canonicalise the imported graph. QuantizeInt8 first (before FoldConstant would
-        #    fold dequantized weights back to float): QDQ patterns become int8 conv2d/matmul
-        #    with integer requantization; float graphs pass through unchanged. SparseDense
-        #    (with --sparse) next, also before FoldConstant/LegalizeOps: sparse constant
-        #    matmuls (float, or QuantizeInt8's int8 ones) become sparse (SELL) call_tir
-        #    kernels. Then
-        #    batch-norm/dropout to inference arithmetic, trivial bindings removed, constants
-        #    folded while ops are still high level.
-        Phase("canonicalize", (
-            QuantizeInt8(accumulate),
+        # 1. Quantize, first (before FoldConstant would fold dequantized weights back to
+        #    float): QDQ patterns become int8 conv2d/matmul with integer requantization;
+        #    float graphs pass through unchanged.
+        Phase("quantize", (QuantizeInt8(accumulate),),
+              args=(("QuantizeInt8", f"accumulate={accumulate}"),)),
+        # 2. Per-layer forms the build plan chose (before FoldConstant/LegalizeOps):
+        #    SparseDense (with --sparse) turns the sparse constant matmuls it keeps (float, or
+        #    QuantizeInt8's int8 ones) into sparse (SELL) call_tir kernels.
+        Phase("layer_forms", (
             SparseDense(**sparse) if sparse is not None
             else tvm.transform.Sequential([], name="SparseDense(off)"),
+        ), args=(("SparseDense", _sparse_args(sparse)),) if sparse is not None else ()),
+        # 3. Canonicalise: batch-norm/dropout to inference arithmetic, trivial bindings
+        #    removed, constants folded while ops are still high level.
+        Phase("canonicalize", (
             relax.transform.DecomposeOpsForInference(),
             relax.transform.CanonicalizeBindings(),
             relax.transform.FoldConstant(),
@@ -100,6 +119,9 @@ def _phases(database, sparse: dict | None = None, gpu: bool = False,
             relax.transform.FoldConstant(),
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
+            # reshape kernels become the VM's builtin reshape here, before tasks are
+            # extracted, so tuning never spends trials on kernels that never run
+            relax.transform.RewriteDataflowReshape(),
         ), tunable_after=True),
         # 4. Schedule: replace each fused kernel with its best tuned schedule; on GPU targets
         #    DLight rules then schedule (thread-bind) every kernel left without one.
@@ -109,7 +131,6 @@ def _phases(database, sparse: dict | None = None, gpu: bool = False,
         ) + ((GpuDefaultSchedule(),) if gpu else ())),
         # 5. Lower the dataflow graph to VM code and plan memory statically.
         Phase("lower", (
-            relax.transform.RewriteDataflowReshape(),
             relax.transform.ToNonDataflow(),
             relax.transform.RemovePurityChecking(),
             relax.transform.CallTIRRewrite(),
@@ -124,16 +145,23 @@ def _phases(database, sparse: dict | None = None, gpu: bool = False,
     ]
 
 
+def _with_args(ph: Phase, p) -> str:
+    name = _name(p)
+    args = dict(ph.args).get(name)
+    return f"{name}({args})" if args else name
+
+
 def describe(phases: list[Phase]) -> list[str]:
-    """``["1. canonicalize: DecomposeOpsForInference, ...", ...]`` for printing and manifests."""
+    """``["1. quantize: QuantizeInt8(accumulate=int32)", ...]`` for printing."""
     return [
-        f"{i}. {ph.name}: {', '.join(_name(p) for p in ph.passes) or '(none)'}"
+        f"{i}. {ph.name}: {', '.join(_with_args(ph, p) for p in ph.passes) or '(none)'}"
         for i, ph in enumerate(phases, 1)
     ]
 
 
 def pass_names(phases: list[Phase]) -> list[str]:
-    return [f"{ph.name}/{_name(p)}" for ph in phases for p in ph.passes]
+    """``["quantize/QuantizeInt8(accumulate=int32)", ...]``: the manifest's pass list."""
+    return [f"{ph.name}/{_with_args(ph, p)}" for ph in phases for p in ph.passes]
 
 
 def run_phases(mod, phases: list[Phase], target, database=None,
@@ -159,19 +187,77 @@ def split_at_tunable(phases: list[Phase]) -> tuple[list[Phase], list[Phase]]:
     return phases[:k], phases[k:]
 
 
+def run_range(mod, target, first: str, last: str, *, sparse: dict | None = None,
+              int8_acc: str | None = None, debug_dump=None):
+    """Run the phases ``first`` .. ``last`` (by name, inclusive) of the pipeline on ``mod``.
+
+    The build runs the pipeline in pieces, each piece once: ``quantize``; the plan's per-layer
+    decisions are taken on its output; ``layer_forms``; then ``canonicalize`` ..
+    ``legalize_fuse`` (:func:`fuse`), whose output is what is tuned, checked and compiled.
+    """
+    phases = make_pipeline(target, sparse=sparse, int8_acc=int8_acc)
+    names = [ph.name for ph in phases]
+    i, j = names.index(first), names.index(last)
+    return run_phases(mod, phases[i:j + 1], target, debug_dump=debug_dump, first_index=i + 1)
+
+
 def fuse(mod, target, debug_dump=None, sparse: dict | None = None,
-         int8_acc: str | None = None):
-    """The module as tuning sees it: the phases up to the tunable point."""
+         int8_acc: str | None = None, start: str = "quantize"):
+    """The module as tuning sees it: the phases from ``start`` up to the tunable point."""
     front, _ = split_at_tunable(make_pipeline(target, sparse=sparse, int8_acc=int8_acc))
-    return run_phases(mod, front, target, debug_dump=debug_dump)
+    return run_range(mod, target, start, front[-1].name, sparse=sparse, int8_acc=int8_acc,
+                     debug_dump=debug_dump)
+
+
+def schedule_and_lower(fused, target, database=None, debug_dump=None):
+    """Run the phases after the tunable point on ``fused``: the module the VM is built from."""
+    front, back = split_at_tunable(make_pipeline(target, database))
+    return run_phases(fused, back, target, database, debug_dump, first_index=len(front) + 1)
+
+
+def compile_lowered(lowered, target):
+    """A VM executable of a module from :func:`schedule_and_lower`."""
+    with tvm.transform.PassContext(opt_level=3):
+        return tvm.compile(lowered, target=target, relax_pipeline=None)
 
 
 def compile_fused(fused, target, database=None, debug_dump=None):
-    """Run the phases after the tunable point on ``fused`` and build a VM executable."""
-    front, back = split_at_tunable(make_pipeline(target, database))
-    lowered = run_phases(fused, back, target, database, debug_dump, first_index=len(front) + 1)
-    with tvm.transform.PassContext(opt_level=3):
-        return tvm.compile(lowered, target=target, relax_pipeline=None)
+    """Schedule, lower and build ``fused`` into a VM executable."""
+    return compile_lowered(schedule_and_lower(fused, target, database, debug_dump), target)
+
+
+
+def kernel_table(lowered, target) -> dict[str, str]:
+    """``{kernel: "tuned" | "DLight rules" | "hand-scheduled" | "untuned"}`` of every PrimFunc
+    the lowered module's Relax functions call (what the VM in ``model.so`` runs).
+
+    Tuned: MetaSchedule's database supplied its schedule (``tirx.is_scheduled``, set by
+    ``MetaScheduleApplyDatabase``); on GPU targets, which have no tuning databases yet, the
+    schedules come from DLight's rules; hand-scheduled: our TIR kernels (attribute
+    :data:`HAND_SCHEDULED`); untuned: the default loop nest.
+    """
+    scheduled = "DLight rules" if "gpu" in list(target.keys) else "tuned"
+    called: set[str] = set()
+
+    def visit(e):
+        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.GlobalVar):
+            called.add(e.op.name_hint)
+
+    for f in lowered.functions.values():
+        if isinstance(f, relax.Function):
+            relax.analysis.post_order_visit(f, visit)
+    out = {}
+    for gv, f in lowered.functions.items():
+        if not isinstance(f, tvm.tirx.PrimFunc) or gv.name_hint not in called:
+            continue  # e.g. reshape kernels the VM replaced with its builtin
+        attrs = f.attrs or {}
+        if HAND_SCHEDULED in attrs:
+            out[gv.name_hint] = "hand-scheduled"
+        elif attrs.get("tirx.is_scheduled", False):
+            out[gv.name_hint] = scheduled
+        else:
+            out[gv.name_hint] = "untuned"
+    return dict(sorted(out.items()))
 
 
 class _Null:

@@ -1,11 +1,12 @@
-"""CUDA: LeNet-5 builds for cuda_sm80 / cuda_sm90 with DLight schedules (no GPU needed here)."""
+"""CUDA: LeNet-5 builds for cuda_sm80 / cuda_sm90, kernels compiled by nvcc to fatbins (no GPU)."""
 
 from __future__ import annotations
 
 import shutil
-import subprocess
 
 import pytest
+
+from tvmcomp.errors import TvmcompError
 
 
 def _pipeline_schedules_gpu() -> bool:
@@ -21,13 +22,6 @@ pytestmark = pytest.mark.skipif(not _pipeline_schedules_gpu(),
                                 reason="tvmcomp/pipeline.py lacks the GpuDefaultSchedule patch")
 
 
-def _cuda_modules(mod):
-    for m in mod.imports:
-        if m.kind == "cuda":
-            yield m
-        yield from _cuda_modules(m)
-
-
 @pytest.fixture(scope="module", params=["cuda_sm80", "cuda_sm90"])
 def cuda_artifact(request, lenet, tmp_path_factory):
     import dataclasses
@@ -35,6 +29,8 @@ def cuda_artifact(request, lenet, tmp_path_factory):
     from tvmcomp.compiler import BuildOptions, build
     from tvmcomp.targets import load_profile
 
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not installed (CUDA builds compile their kernels with it)")
     d = tmp_path_factory.mktemp(request.param)
     prof = dataclasses.replace(load_profile(request.param), tuning_db=str(d / "empty_db"))
     out, manifest = build(lenet.onnx, prof, d / "artifact",
@@ -44,14 +40,21 @@ def cuda_artifact(request, lenet, tmp_path_factory):
 
 
 def test_cuda_artifact(cuda_artifact):
+    from tvmcomp.deploy.cuda import gpu_code
+
     out, manifest, prof = cuda_artifact
     assert manifest["profile"]["family"] == "cuda"
     assert manifest["target"]["arch"] == prof.target["arch"]
     assert "schedule/GpuDefaultSchedule" in manifest["passes"]
+    assert len(manifest["kernels"]) >= 10  # conv, pool, dense kernels of LeNet-5
+    assert set(manifest["kernels"].values()) == {"DLight rules"}
     lib = (out / "model.so").read_bytes()
     assert lib[:4] == b"\x7fELF" and int.from_bytes(lib[18:20], "little") == 62  # x86-64 host
-    # the CUDA module (kernel source, compiled for the GPU when loaded there) is inside
-    assert b"__global__" in lib and b"blockIdx" in lib
+    # a fatbin: machine code for the profile's arch and its PTX (JIT-compiled on newer GPUs),
+    # no CUDA source to compile when loaded
+    sm = prof.target["arch"].removeprefix("sm_")
+    assert sorted(gpu_code(lib)) == [f"compute_{sm}", f"sm_{sm}"]
+    assert b"__global__" not in lib
     if prof.missing_cpu_flags():  # no GPU here: the build says so instead of failing
         assert manifest["verification"]["passed"] is None
 
@@ -67,28 +70,47 @@ def test_cuda_artifact_refused_without_gpu(cuda_artifact):
         runtime.load(out)
 
 
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_kernels_compile_with_nvcc(lenet, arch, tmp_path):
-    """Every kernel gets a DLight schedule and the CUDA source compiles with nvcc for ``arch``."""
-    import tvm
+@pytest.fixture
+def callback():
+    """A stand-in CUDA compile callback (TVM's is restored after the test); ``callback()`` calls
+    whichever callback is registered."""
+    import tvm_ffi
+    from tvm.support import nvcc  # noqa: F401 - registers TVM's callback
 
-    from tvmcomp.frontend.onnx_import import import_batches, load_onnx
-    from tvmcomp.pipeline import compile_fused, fuse
+    from tvmcomp.deploy.cuda import JIT_CALLBACK
 
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
+    old = tvm_ffi.get_global_func(JIT_CALLBACK)
+    tvm_ffi.register_global_func(JIT_CALLBACK, lambda *_: b"sentinel", override=True)
+    yield lambda: tvm_ffi.get_global_func(JIT_CALLBACK)("")
+    tvm_ffi.register_global_func(JIT_CALLBACK, old, override=True)
+
+
+def test_cuda_codegen_restores_callback(callback):
+    from tvmcomp.deploy.cuda import cuda_codegen
+    from tvmcomp.targets import load_profile
+
+    if shutil.which("nvcc") is None:
         pytest.skip("nvcc not installed")
-    target = tvm.target.Target({"kind": "cuda", "arch": arch},
-                               host={"kind": "llvm", "mtriple": "x86_64-linux-gnu"})
-    model, info = load_onnx(lenet.onnx)
-    ex = compile_fused(fuse(import_batches(model, info, [1]), target), target)
-    (cuda,) = list(_cuda_modules(ex.mod))
-    src = cuda.inspect_source("")
-    assert src.count("__global__") >= 10  # conv, pool, dense kernels of LeNet-5
-    cu = tmp_path / "kernels.cu"
-    cu.write_text(src)
-    res = subprocess.run([nvcc, "--fatbin", "-O3", f"-arch={arch}", "-o",
-                          str(tmp_path / "kernels.fatbin"), str(cu)],
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert (tmp_path / "kernels.fatbin").stat().st_size > 1000
+    with pytest.raises(RuntimeError, match="inside"), cuda_codegen(load_profile("cuda_sm90")):
+        raise RuntimeError("inside")
+    assert callback() == b"sentinel"
+
+
+def test_cuda_codegen_noop_for_cpu_profiles(callback, monkeypatch):
+    from tvmcomp.deploy.cuda import cuda_codegen
+    from tvmcomp.targets import load_profile
+
+    monkeypatch.setenv("PATH", "/nonexistent")  # nvcc not asked for
+    with cuda_codegen(load_profile("x86_avx2")):
+        assert callback() == b"sentinel"
+
+
+def test_cuda_codegen_without_nvcc_names_package(monkeypatch):
+    from tvmcomp.deploy.cuda import cuda_codegen
+    from tvmcomp.targets import load_profile
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(TvmcompError) as e, cuda_codegen(load_profile("cuda_sm80")):
+        pass
+    msg = str(e.value)
+    assert "\n" not in msg and "nvcc" in msg and "Debian package nvidia-cuda-toolkit" in msg

@@ -16,10 +16,48 @@ from tvmcomp.kernels.sell import (  # noqa: E402
     sell_int8_from_dense,
     sell_int_kernel,
 )
-from tvmcomp.kernels.sparse_gate import gate, layer_module  # noqa: E402
 from tvmcomp.passes.sparse_dense import SparseDense, find_layers  # noqa: E402
+from tvmcomp.plan.sparse_gate import gate  # noqa: E402
 
 TARGET = {"kind": "llvm", "mcpu": "core-avx2", "num-cores": 1}
+
+
+def layer_module(w: np.ndarray, bias: np.ndarray | None, relu: bool, batch: int,
+                 x_dtype: str = "float32", accumulate: str = "int32"):
+    """A one-layer Relax module shaped like the ONNX import of Gemm (+Relu): the dense form.
+
+    With an int8/uint8 ``x_dtype`` it is QuantizeInt8's integer core instead:
+    ``matmul(x, W_i8ᵀ, out_dtype="int32")`` (``bias`` and ``relu`` must be None/False), or
+    with ``accumulate="float32"`` its exact float32-accumulated form where that is exact.
+    """
+    from tvmcomp.passes.quantize_int8 import float32_exact
+
+    R = relax.op
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((batch, w.shape[1]), x_dtype))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            if x_dtype != "float32":
+                if bias is not None or relu:
+                    raise ValueError("the integer layer has no bias or relu")
+                wt = np.ascontiguousarray(w.T).astype(np.int8)
+                in_float = accumulate == "float32" and float32_exact(wt, x_dtype, 1)
+                y = bb.emit(R.matmul(x, relax.const(wt, "int8"),
+                                     out_dtype="float32" if in_float else "int32"))
+                if in_float:
+                    y = bb.emit(R.astype(y, "int32"))
+            else:
+                y = bb.emit(R.matmul(x, bb.emit(R.permute_dims(relax.const(w), [1, 0]))))
+            if bias is not None:
+                y = bb.emit(R.add(y, relax.const(bias)))
+            if relu:
+                y = bb.emit(R.nn.relu(y))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+
 
 
 def _weight(out_f, in_f, sparsity, seed=0):
@@ -174,7 +212,7 @@ def test_lenet_layers_and_conv_report(tmp_path):
                                atol=1e-4)
 
 
-def test_gate_records_both_timings():
+def test_gate_times_the_layers_real_kernels():
     w, b = _weight(32, 64, 0.95)
     mod = layer_module(w, b, True, 1)
     target = tvm.target.Target(TARGET)
@@ -182,9 +220,9 @@ def test_gate_records_both_timings():
     assert len(dec) == 1 and dec[0].key == "main/matmul0"
     d = dec[0].to_dict()
     assert d["dense_us"] > 0 and d["sparse_us"] > 0 and d["dense_tuned"] is False
-    assert d["dense_kernel_us"] > 0 and d["sparse_kernel_us"] > 0
-    assert d["keep_sparse"] == (d["dense_kernel_us"] >= d["sparse_kernel_us"])
-    assert d["speedup"] == round(dec[0].dense_kernel_us / dec[0].sparse_kernel_us, 3)
+    assert d["dense_kernels"] == ["fused_matmul_add_relu"]          # matmul + bias + relu
+    assert d["sparse_kernels"] == ["sell_dense_b1_64x32_relu"]       # all in the sparse kernel
+    assert d["keep_sparse"] == (d["dense_us"] >= d["sparse_us"])
     never = gate(mod, target, None, threshold=0.9, min_speedup=1e9, progress=False)
     assert not never[0].keep_sparse
     low = gate(mod, target, None, threshold=0.99, progress=False)
@@ -256,3 +294,4 @@ def test_gate_integer_layer():
     dec = gate(layer_module(w, None, False, 1, "int8"), tvm.target.Target(TARGET), None,
                threshold=0.5, progress=False)
     assert len(dec) == 1 and dec[0].dense_us > 0 and dec[0].sparse_us > 0
+    assert dec[0].sparse_kernels == ("sell_int_b1_64x16_int8",)

@@ -16,7 +16,9 @@ TOOLS = {
     "aarch64-linux-gnu-gcc": ("gcc-aarch64-linux-gnu", "scripts/setup_arm.sh"),
     "aarch64-linux-gnu-g++": ("g++-aarch64-linux-gnu", "scripts/setup_arm.sh"),
     "qemu-aarch64-static": ("qemu-user-static", "scripts/setup_arm.sh"),
+    "gcc": ("gcc", "apt-get install gcc"),
     "g++": ("g++", "apt-get install g++"),
+    "nm": ("binutils", "apt-get install binutils"),
     "make": ("make", "apt-get install make"),
     "nvcc": ("nvidia-cuda-toolkit", "or the CUDA toolkit from developer.nvidia.com"),
 }

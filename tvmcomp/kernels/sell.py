@@ -27,6 +27,11 @@ import numpy as np
 SLICE = 8        # rows per slice = lanes of the batch-1 kernel's vector accumulators
 WIDTH_PAD = 2    # slice widths are a multiple of this (two accumulators, no tail loop)
 BATCH_TILE = 16  # batched kernels: batch rows per vector accumulator (2 AVX2 registers)
+# Our kernels are scheduled by hand: MetaSchedule skips them (tirx.is_scheduled) and the
+# manifest names them as such (HAND_SCHEDULED).
+HAND_SCHEDULED = "tvmcomp.hand_scheduled"
+HAND_SCHEDULED_ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True,
+                        HAND_SCHEDULED: "sliced-ELLPACK"}
 
 
 @dataclass(frozen=True)
@@ -175,7 +180,7 @@ def _slice_kernel(K: int, N: int, relu: bool, values: str):  # noqa: N803
                       bias: T.Buffer((T.int64(N),), "float32"),
                       scale: T.Buffer((T.int64(N),), "float32"),
                       y: T.Buffer((T.int64(1), T.int64(N)), "float32")):
-        T.func_attr({"tirx.noalias": True})
+        T.func_attr(HAND_SCHEDULED_ATTRS)
         nnz = T.int64()
         data = T.match_buffer(data_h, (nnz,), values)
         idx = T.match_buffer(idx_h, (nnz,), "int32")
@@ -222,7 +227,7 @@ def _batched_kernel(B: int, K: int, N: int, relu: bool, values: str):  # noqa: N
                       bias: T.Buffer((T.int64(N),), "float32"),
                       scale: T.Buffer((T.int64(N),), "float32"),
                       y: T.Buffer((T.int64(B), T.int64(N)), "float32")):
-        T.func_attr({"tirx.noalias": True})
+        T.func_attr(HAND_SCHEDULED_ATTRS)
         nnz = T.int64()
         data = T.match_buffer(data_h, (nnz,), values)
         idx = T.match_buffer(idx_h, (nnz,), "int32")
@@ -291,7 +296,7 @@ def sell_int_kernel(batch: int, in_features: int, out_features: int, x_dtype: st
                         idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
                         row_order: T.Buffer((T.int64(NS * C),), "int32"),
                         y: T.Buffer((T.int64(1), T.int64(N)), "int32")):
-            T.func_attr({"tirx.noalias": True})
+            T.func_attr(HAND_SCHEDULED_ATTRS)
             nnz = T.int64()
             data = T.match_buffer(data_h, (nnz,), "int8")
             idx = T.match_buffer(idx_h, (nnz,), "int32")
@@ -324,7 +329,7 @@ def sell_int_kernel(batch: int, in_features: int, out_features: int, x_dtype: st
                     idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
                     row_order: T.Buffer((T.int64(NS * C),), "int32"),
                     y: T.Buffer((T.int64(B), T.int64(N)), "int32")):
-        T.func_attr({"tirx.noalias": True})
+        T.func_attr(HAND_SCHEDULED_ATTRS)
         nnz = T.int64()
         data = T.match_buffer(data_h, (nnz,), "int8")
         idx = T.match_buffer(idx_h, (nnz,), "int32")

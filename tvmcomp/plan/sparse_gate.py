@@ -1,277 +1,225 @@
-"""The measured-latency gate for SparseDense: keep a sparse kernel only where it is faster."""
+"""The measured-latency gate for SparseDense: keep a sparse layer only where it is faster.
+
+It measures what would ship. The quantized model is fused twice, all candidates dense and all
+candidates sparse, each compiled with the tuning database. Then, for each candidate layer, the
+kernels that compute it in each build are timed alone with the layer's real arguments (its
+constants; random activations of the right shape): the dense fused matmul(+epilogue) kernel
+against the sparse kernel (plus, for int8 layers, the fused bias/requantization kernel that
+follows it). The two whole models must compute the same outputs (bit for bit on integers).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import dataclasses
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .sell import sell_from_dense, sell_int8_from_dense
-
 
 @dataclass(frozen=True)
 class GateDecision:
-    """Timings (median µs per call of the layer alone, same run) and the decision for a layer."""
+    """Timings (median µs, kernels alone, same run, interleaved) and the decision for a layer."""
 
     key: str                 # "<function>/matmul<k>", what SparseDense(keep=...) takes
     batch: int
     shape: tuple[int, int]   # [out, in]
     sparsity: float
-    dense_us: float          # the one-layer model through the Relax VM (call overhead included)
-    sparse_us: float
-    dense_tuned: bool        # the dense kernel had a tuned schedule in the database
-    keep_sparse: bool
-    reason: str
-    dense_kernel_us: float = float("nan")   # the compiled TIR kernel alone, same arguments
-    sparse_kernel_us: float = float("nan")
+    dense_us: float          # the dense form's kernels of this layer in the real model
+    sparse_us: float         # the sparse form's kernels of this layer in the real model
+    dense_kernels: tuple[str, ...] = ()
+    sparse_kernels: tuple[str, ...] = ()
+    dense_tuned: bool = False   # every dense kernel had a (checked or given) tuned schedule
+    keep_sparse: bool = False
+    reason: str = ""
 
     @property
     def speedup(self) -> float:
-        """Kernel against kernel where both were timed, else the one-layer models."""
-        if self.sparse_kernel_us > 0 and self.dense_kernel_us > 0:
-            return self.dense_kernel_us / self.sparse_kernel_us
-        return self.dense_us / self.sparse_us if self.sparse_us > 0 else float("inf")
-
-    @property
-    def model_speedup(self) -> float:
-        return self.dense_us / self.sparse_us if self.sparse_us > 0 else float("inf")
+        return self.dense_us / self.sparse_us if self.sparse_us > 0 else float("nan")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(shape=list(self.shape), sparsity=round(self.sparsity, 6),
                  dense_us=round(self.dense_us, 3), sparse_us=round(self.sparse_us, 3),
-                 dense_kernel_us=round(self.dense_kernel_us, 3),
-                 sparse_kernel_us=round(self.sparse_kernel_us, 3),
-                 speedup=round(self.speedup, 3), model_speedup=round(self.model_speedup, 3))
+                 dense_kernels=list(self.dense_kernels),
+                 sparse_kernels=list(self.sparse_kernels), speedup=round(self.speedup, 3))
         return d
 
 
-def layer_module(w: np.ndarray, bias: np.ndarray | None, relu: bool, batch: int,
-                 x_dtype: str = "float32", accumulate: str = "int32"):
-    """A one-layer Relax module shaped like the ONNX import of Gemm (+Relu): the dense form.
-
-    With an int8/uint8 ``x_dtype`` it is QuantizeInt8's integer core instead:
-    ``matmul(x, W_i8ᵀ, out_dtype="int32")`` (``bias`` and ``relu`` must be None/False), or
-    with ``accumulate="float32"`` its exact float32-accumulated form where that is exact.
-    """
-    from ..passes.quantize_int8 import float32_exact
-
-    from tvm import relax
-
-    R = relax.op
-    bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((batch, w.shape[1]), x_dtype))
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            if x_dtype != "float32":
-                if bias is not None or relu:
-                    raise ValueError("the integer layer has no bias or relu")
-                wt = np.ascontiguousarray(w.T).astype(np.int8)
-                in_float = accumulate == "float32" and float32_exact(wt, x_dtype, 1)
-                y = bb.emit(R.matmul(x, relax.const(wt, "int8"),
-                                     out_dtype="float32" if in_float else "int32"))
-                if in_float:
-                    y = bb.emit(R.astype(y, "int32"))
-            else:
-                y = bb.emit(R.matmul(x, bb.emit(R.permute_dims(relax.const(w), [1, 0]))))
-            if bias is not None:
-                y = bb.emit(R.add(y, relax.const(bias)))
-            if relu:
-                y = bb.emit(R.nn.relu(y))
-            out = bb.emit_output(y)
-        bb.emit_func_output(out)
-    return bb.get()
+@dataclass(frozen=True)
+class _Built:
+    fused: object
+    ex: object
+    kernels: dict  # kernel_table of the lowered module
 
 
-def _build(mod, target, database):
-    from ..pipeline import compile_fused, fuse
+def _build(quantized, target, database, sparse):
+    from ..pipeline import compile_lowered, fuse, kernel_table, schedule_and_lower
 
-    fused = fuse(mod, target)
-    return fused, compile_fused(fused, target, database)
+    fused = fuse(quantized, target, start="layer_forms", sparse=sparse)
+    lowered = schedule_and_lower(fused, target, database)
+    return _Built(fused, compile_lowered(lowered, target), kernel_table(lowered, target))
 
 
-def time_vm_us(exes: list, x: np.ndarray, repeat: int = 21,
-               min_repeat_s: float = 0.01) -> list[float]:
-    """Median µs per call of each executable's ``main(x)``, measured interleaved.
-
-    Repeats alternate between the executables (so a load change on a shared machine hits
-    all of them alike); each repeat runs enough calls to last ``min_repeat_s``. Includes the
-    ~1 µs VM call overhead.
-    """
+def _calls(func) -> list:
+    """``(bound var, call_tir)`` of a fused Relax function, in order."""
     import tvm
     from tvm import relax
 
-    from ..bench import evaluator, interleaved_us
+    out = []
+    for block in func.body.blocks:
+        for b in block.bindings:
+            v = b.value
+            if isinstance(v, tvm.ir.Call) and getattr(v.op, "name", "") == "relax.call_tir":
+                out.append((b.var, v))
+    return out
+
+
+def _consts(call) -> list[np.ndarray]:
+    import tvm
+
+    return [a.value.numpy() for a in call.args[1].fields if isinstance(a, tvm.ir.Constant)]
+
+
+def _dense_calls(func, w: np.ndarray) -> list:
+    """The call whose constants hold weight ``w`` ([out, in], as given or transposed)."""
+    for _, call in _calls(func):
+        for c in _consts(call):
+            if (c.shape == w.shape and np.array_equal(c, w)) or \
+                    (c.shape == w.T.shape and np.array_equal(c, w.T)):
+                return [call]
+    return []
+
+
+def _sparse_calls(func, index: int, integer: bool) -> list:
+    """The ``index``-th sparse kernel call of ``func`` and, for integer layers, the fused
+    epilogue (bias, requantization) that consumes its output."""
+    calls = _calls(func)
+    sparse = [(v, c) for v, c in calls if c.args[0].name_hint.startswith("sell_")]
+    if index >= len(sparse):
+        return []
+    var, call = sparse[index]
+    out = [call]
+    if integer:
+        for _, c in calls:
+            if any(a.same_as(var) for a in c.args[1].fields):
+                out.append(c)
+                break
+    return out
+
+
+def _timer(ex, call, rng):
+    """An :func:`tvmcomp.bench.evaluator` of one kernel call with its real constants."""
+    import tvm
+    from tvm import relax
+
+    from ..bench import evaluator
 
     dev = tvm.cpu()
-    arg = tvm.runtime.tensor(x, dev)
-    timers = {i: evaluator(relax.VirtualMachine(ex, dev), "main", [arg], min_repeat_s)
-              for i, ex in enumerate(exes)}
-    us = interleaved_us(timers, repeat)
-    return [us[i] for i in range(len(exes))]
-
-
-def _kernel_call(fused, ex, x: np.ndarray):
-    """``(library function, its arguments)`` of the single ``call_tir`` in ``fused``'s main.
-
-    The arguments are the ones the VM passes: ``x``, the constants, a fresh output tensor.
-    ``None`` when main does not consist of exactly one kernel call.
-    """
-    import tvm
-    from tvm import relax
-
-    calls = []
-
-    def visit(e):
-        if isinstance(e, tvm.ir.Call) and getattr(e.op, "name", "") == "relax.call_tir":
-            calls.append(e)
-
-    relax.analysis.post_order_visit(fused["main"].body, visit)
-    if len(calls) != 1:
-        return None
-    call, dev = calls[0], tvm.cpu()
     args = []
     for a in call.args[1].fields:
         if isinstance(a, tvm.ir.Constant):
             args.append(tvm.runtime.tensor(a.value.numpy(), dev))
         elif isinstance(a, relax.Var):
+            ty = a.ty
+            shape, dtype = [int(d) for d in ty.shape.values], str(ty.dtype)
+            if dtype.startswith("float"):
+                x = rng.standard_normal(shape).astype(dtype)
+            else:
+                info = np.iinfo(dtype)
+                x = rng.integers(max(info.min, -128), min(info.max, 127) + 1, shape).astype(dtype)
             args.append(tvm.runtime.tensor(x, dev))
         else:
-            return None
+            raise ValueError(f"cannot time {call.args[0].name_hint}: argument {a} is not a "
+                             "constant or a tensor")
     out = call.ty_args[0]
     args.append(tvm.runtime.empty([int(v) for v in out.shape.values], out.dtype, dev))
     name = call.args[0].name_hint
-    libs = [m for m in ex.mod.imports if m.implements_function(name)]
-    return (libs[0], name, args) if libs else None
+    lib = next(m for m in ex.mod.imports if m.implements_function(name))
+    return evaluator(lib, name, args, max_number=20000)
 
 
-def time_kernels_us(calls: list, repeat: int = 21, min_repeat_s: float = 0.01) -> list[float]:
-    """Median µs per call of each compiled kernel alone (:func:`_kernel_call`), interleaved."""
-    from ..bench import evaluator, interleaved_us
-
-    timers = {i: evaluator(lib, name, args, min_repeat_s, max_number=20000)
-              for i, (lib, name, args) in enumerate(calls)}
-    us = interleaved_us(timers, repeat)
-    return [us[i] for i in range(len(calls))]
-
-
-@dataclass(frozen=True)
-class LayerTiming:
-    """Median µs of one layer built dense and sparse, same process, interleaved."""
-
-    dense_us: float            # one-layer Relax model through the VM (call overhead included)
-    sparse_us: float
-    dense_kernel_us: float     # the TIR kernel alone (NaN if the model is not one kernel)
-    sparse_kernel_us: float
-    dense_tuned: bool
-
-
-def measure_layer(w: np.ndarray, bias: np.ndarray | None, relu: bool, batch: int, target,
-                  database=None, values: str = "float32", check: bool = True,
-                  x_dtype: str = "float32") -> LayerTiming:
-    """Time one layer built both ways in this process: the model and its kernel alone.
-
-    The dense form goes through our pipeline with ``database`` (MetaSchedule; a record for
-    the fused matmul(+bias)(+relu) task is what the full model uses too); the sparse form is
-    the same module after :class:`~tvmcomp.passes.sparse_dense.SparseDense`. With ``check``
-    the two outputs must agree (else ``ValueError``).
-    """
-    from ..passes.sparse_dense import SparseDense
-
-    from ..pipeline import int8_accumulate
-
-    dense_mod = layer_module(w, bias, relu, batch, x_dtype, int8_accumulate(target))
-    fused, dense_ex = _build(dense_mod, target, database)
-    tuned = False
-    if database is not None:
-        from ..tune import task_status
-
-        tuned = all(t.best_us is not None for t in task_status(fused, target, database))
-    sparse_mod = SparseDense(threshold=0.0, values=values)(dense_mod)
-    sparse_fused, sparse_ex = _build(sparse_mod, target, None)
-    rng = np.random.default_rng(0)
-    if x_dtype == "float32":
-        x = rng.standard_normal((batch, w.shape[1])).astype(np.float32)
-    else:
-        x = rng.integers(0 if x_dtype == "uint8" else -128, 128, (batch, w.shape[1]),
-                         dtype=np.int64).astype(x_dtype)
-    if check:
-        _check(dense_ex, sparse_ex, x, w, values if x_dtype == "float32" else "exact")
-    dense_us, sparse_us = time_vm_us([dense_ex, sparse_ex], x)
-    calls = [_kernel_call(fused, dense_ex, x), _kernel_call(sparse_fused, sparse_ex, x)]
-    kernel_us = time_kernels_us(calls) if all(calls) else [float("nan")] * 2
-    return LayerTiming(dense_us, sparse_us, kernel_us[0], kernel_us[1], tuned)
-
-
-def _check(dense_ex, sparse_ex, x, w, values) -> None:
+def _check_same_outputs(dense: _Built, sparse: _Built, quantized, integer: bool) -> None:
+    """Both whole models on the same random inputs: equal (integer layers) or close."""
     import tvm
     from tvm import relax
 
-    outs = []
-    for ex in (dense_ex, sparse_ex):
-        vm = relax.VirtualMachine(ex, tvm.cpu())
-        outs.append(vm["main"](tvm.runtime.tensor(x)).numpy())
-    if values == "exact":
-        if not np.array_equal(outs[0], outs[1]):
-            raise ValueError("integer sparse kernel disagrees with the dense one")
-        return
-    if values == "int8":  # compare against the dequantized weight actually stored
-        w = sell_int8_from_dense(w).to_dense()
-    else:
-        w = sell_from_dense(w).to_dense()
-    tol = 1e-4 * max(1.0, float(np.abs(x).sum(1).max() * np.abs(w).max()))
-    if values == "float32" and np.abs(outs[0] - outs[1]).max() > tol:
-        raise ValueError(f"sparse kernel disagrees with the dense one (max |diff| "
-                         f"{np.abs(outs[0] - outs[1]).max():.3g})")
+    rng = np.random.default_rng(0)
+    dev = tvm.cpu()
+    vms = [relax.VirtualMachine(b.ex, dev) for b in (dense, sparse)]
+    for gv, func in quantized.functions.items():
+        if not isinstance(func, relax.Function) or not gv.name_hint.startswith("main"):
+            continue
+        ty = func.params[0].ty
+        x = rng.standard_normal([int(d) for d in ty.shape.values]).astype(str(ty.dtype))
+        a, b = (vm[gv.name_hint](tvm.runtime.tensor(x, dev)).numpy() for vm in vms)
+        tol = 0.0 if integer else 1e-4 * max(1.0, float(np.abs(a).max()))
+        if not np.abs(a.astype(np.float64) - b).max() <= tol:
+            raise ValueError(f"{gv.name_hint}: the sparse build disagrees with the dense one "
+                             f"(max |diff| {np.abs(a.astype(np.float64) - b).max():.3g})")
 
 
-def gate(mod, target, database=None, threshold: float = 0.7, min_speedup: float = 1.0,
-         values: str = "float32", progress: bool = True) -> list[GateDecision]:
-    """Time dense vs sparse for each SparseDense candidate of ``mod`` (per function/batch).
+def gate(quantized, target, database=None, threshold: float = 0.7, min_speedup: float = 1.0,
+         progress: bool = True, repeat: int = 21) -> list[GateDecision]:
+    """Time dense vs sparse for each SparseDense candidate of ``quantized`` (per function).
 
-    Layers below ``threshold`` are not timed (recorded as kept dense). A layer keeps its
-    sparse form when its speedup (sparse kernel against the dense kernel, both alone with the
-    layer's real arguments; the one-layer models where a kernel cannot be isolated) is at
-    least ``min_speedup``. The VM call around either kernel costs the same. Pass
-    ``{d.key: d.keep_sparse for d in decisions}`` to ``SparseDense(keep=...)``.
+    ``quantized`` is the module after the pipeline's ``quantize`` phase. Layers below
+    ``threshold`` are not timed (kept dense). A timed layer keeps its sparse form when
+    ``dense µs / sparse µs >= min_speedup``. Pass ``{d.key: d.keep_sparse for d in
+    decisions}`` to ``SparseDense(keep=...)``.
     """
     from tvm import relax
 
+    from ..bench import interleaved_us
     from ..passes.sparse_dense import _matches
 
-    out, cache = [], {}
-    for gv, func in mod.functions.items():
+    out, timed, order = [], [], []
+    for gv, func in quantized.functions.items():
         if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
             continue
         matches, _, _ = _matches(func)
         for m in matches:
             key = f"{gv.name_hint}/{m.name}"
+            order.append(key)
             sp = 1.0 - np.count_nonzero(m.w) / m.w.size
-            shape = (int(m.w.shape[0]), int(m.w.shape[1]))
+            d = GateDecision(key, m.batch, (int(m.w.shape[0]), int(m.w.shape[1])), sp,
+                             float("nan"), float("nan"))
             if sp < threshold:
-                out.append(GateDecision(key, m.batch, shape, sp, float("nan"), float("nan"),
-                                        False, False, f"sparsity {sp:.3f} < {threshold}"))
-                continue
-            h = (hashlib.sha256(m.w.tobytes()).hexdigest(), m.batch, m.relu, m.bias is None,
-                 m.x_dtype)
-            if h not in cache:
-                cache[h] = measure_layer(m.w, m.bias, m.relu, m.batch, target, database, values,
-                                         x_dtype=m.x_dtype)
-            t = cache[h]
-            d = GateDecision(key, m.batch, shape, sp, t.dense_us, t.sparse_us, t.dense_tuned,
-                             False, "", t.dense_kernel_us, t.sparse_kernel_us)
-            keep = d.speedup >= min_speedup
-            if d.sparse_kernel_us > 0:
-                what = (f"kernel {t.sparse_kernel_us:.2f} µs vs dense {t.dense_kernel_us:.2f} µs"
-                        f" (one-layer model {t.sparse_us:.2f} vs {t.dense_us:.2f} µs)")
+                out.append(dataclasses.replace(d, reason=f"sparsity {sp:.3f} < {threshold}"))
             else:
-                what = f"sparse {t.sparse_us:.2f} µs vs dense {t.dense_us:.2f} µs"
-            why = (f"{what}{'' if t.dense_tuned else ' (dense untuned)'}: "
-                   + ("sparse kept" if keep else f"below the {min_speedup:g}x gate, dense kept"))
-            out.append(dataclasses.replace(d, keep_sparse=keep, reason=why))
-            if progress:
-                print(f"sparse gate {key} (batch {m.batch}, {shape[1]}→{shape[0]}, sparsity "
-                      f"{sp:.3f}): {why}", flush=True)
-    return out
+                timed.append((gv.name_hint, m, d))
+    if not timed:
+        return out  # already in layer order
+    dense = _build(quantized, target, database, None)
+    sparse = _build(quantized, target, database, {"threshold": threshold,
+                                                   "keep": {d.key: True for _, _, d in timed}})
+    integer = any(m.x_dtype != "float32" for _, m, _ in timed)
+    _check_same_outputs(dense, sparse, quantized, integer)
+    rng = np.random.default_rng(0)
+    timers, layer_calls, seen = {}, [], {}
+    for fname, m, d in timed:
+        index = seen.get(fname, 0)
+        seen[fname] = index + 1
+        dc = _dense_calls(dense.fused[fname], m.w)
+        sc = _sparse_calls(sparse.fused[fname], index, m.x_dtype != "float32")
+        if not dc or not sc:
+            raise ValueError(f"{d.key}: cannot find its kernels in the fused modules")
+        for tag, built, calls in (("d", dense, dc), ("s", sparse, sc)):
+            for c in calls:
+                timers.setdefault((tag, c.args[0].name_hint), _timer(built.ex, c, rng))
+        layer_calls.append(([c.args[0].name_hint for c in dc], [c.args[0].name_hint for c in sc]))
+    us = interleaved_us(timers, repeat)
+    for (fname, m, d), (dnames, snames) in zip(timed, layer_calls):
+        dense_us = sum(us[("d", n)] for n in dnames)
+        sparse_us = sum(us[("s", n)] for n in snames)
+        tuned = all(dense.kernels.get(n) == "tuned" for n in dnames)
+        keep = dense_us / sparse_us >= min_speedup
+        why = (f"sparse {'+'.join(snames)} {sparse_us:.2f} µs vs dense {'+'.join(dnames)} "
+               f"{dense_us:.2f} µs{'' if tuned else ' (dense untuned)'}: "
+               + ("sparse kept" if keep else f"below the {min_speedup:g}x gate, dense kept"))
+        out.append(dataclasses.replace(d, dense_us=dense_us, sparse_us=sparse_us,
+                                       dense_kernels=tuple(dnames), sparse_kernels=tuple(snames),
+                                       dense_tuned=tuned, keep_sparse=keep, reason=why))
+        if progress:
+            print(f"sparse gate {d.key} (batch {m.batch}, {d.shape[1]}→{d.shape[0]}, sparsity "
+                  f"{d.sparsity:.3f}): {why}", flush=True)
+    return sorted(out, key=lambda d: order.index(d.key))

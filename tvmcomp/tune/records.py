@@ -314,6 +314,14 @@ class Records:
                 out += [(source, r) for r in db.get_top_k(db.commit_workload(mod), k)]
         return out
 
+    def lookup_database(self):
+        """One read-only MetaSchedule database: own records first, then the fallbacks'."""
+        if not self.fallback:
+            return self.own
+        from tvm.s_tir import meta_schedule as ms
+
+        return ms.database.OrderedUnionDatabase(self.own, *self.fallback.values())
+
     def tuning_database(self):
         """A MetaSchedule database for tuning: reads this profile's records, appends new
         ones to ``paths.write_dir`` as they are measured."""

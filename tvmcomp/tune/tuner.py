@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -47,6 +48,7 @@ class TaskStatus:
     weight: int
     best_us: float | None  # None: no record
     source: str | None = None  # the profile whose database holds the record
+    hand_scheduled: bool = False  # our own kernel: never tuned (tirx.is_scheduled)
 
 
 @dataclass
@@ -62,7 +64,7 @@ class TuneReport:
 
     @property
     def untuned(self) -> list[str]:
-        return [t.name for t in self.tasks if t.best_us is None]
+        return [t.name for t in self.tasks if t.best_us is None and not t.hand_scheduled]
 
 
 def extract_tasks(mod, target):
@@ -75,14 +77,39 @@ def task_status(mod, target, records: Records | None) -> list[TaskStatus]:
     """The tuning tasks of ``mod`` (after fusion) and their best record in ``records``."""
     out = []
     for t in extract_tasks(mod, target):
+        if _scheduled(t):
+            out.append(TaskStatus(t.task_name, int(t.weight), None, None, hand_scheduled=True))
+            continue
         us, source = (records.best(t.dispatched[0], target, t.task_name) if records is not None
                       else (None, None))
         out.append(TaskStatus(t.task_name, int(t.weight), us, source))
     return out
 
 
+def _scheduled(task) -> bool:
+    """Our hand-scheduled kernels (and anything else already scheduled): never tuned."""
+    return any(f.attrs is not None and bool(f.attrs.get("tirx.is_scheduled", False))
+               for f in task.dispatched[0].functions.values())
+
+
 class _Deadline(Exception):
     pass
+
+
+@contextlib.contextmanager
+def _unnamed_log_handlers_detached():
+    """MetaSchedule rebuilds its loggers with ``dictConfig``, naming every handler already on
+    its logger; an unnamed one (left by an earlier tuning run, or a test harness) makes that
+    fail. Detach those for the duration."""
+    ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    unnamed = [h for h in ms_logger.handlers if not h.get_name()]
+    for h in unnamed:
+        ms_logger.removeHandler(h)
+    try:
+        yield
+    finally:
+        for h in unnamed:
+            ms_logger.addHandler(h)
 
 
 class _StopOnSignal:
@@ -161,17 +188,18 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
     if not all_tasks:
         raise TvmcompError("the module has no TIR tasks to tune (was it fused?)")
     own = records.own
-    chosen = [t for t in all_tasks
-              if not only_missing or not own.has_workload(t.dispatched[0])]
+    chosen = [t for t in all_tasks if not _scheduled(t)
+              and (not only_missing or not own.has_workload(t.dispatched[0]))]
     if chosen and budget_s > 0:
         db = records.tuning_database()
         logs = records.paths.cache  # MetaSchedule writes its per-task logs/ here, never committed
         logs.mkdir(parents=True, exist_ok=True)
-        contexts, weights = extracted_tasks_to_tune_contexts(
-            chosen, work_dir=str(logs), num_threads="physical", seed=seed,
-            strategy=ms.search_strategy.EvolutionarySearch(
-                population_size=256, init_measured_ratio=0.2, genetic_num_iters=3),
-        )
+        with _unnamed_log_handlers_detached():
+            contexts, weights = extracted_tasks_to_tune_contexts(
+                chosen, work_dir=str(logs), num_threads="physical", seed=seed,
+                strategy=ms.search_strategy.EvolutionarySearch(
+                    population_size=256, init_measured_ratio=0.2, genetic_num_iters=3),
+            )
         builder = ms.builder.LocalBuilder(
             f_build=ms_build, timeout_sec=60.0, initializer=_builder_init(family))
         runner = runner or ms.runner.LocalRunner(

@@ -1,0 +1,176 @@
+#!/usr/bin/env python
+"""LeNet-5 in every form `tvmcomp build` makes, against its peers, in one run.
+
+Trains (or reuses) LeNet-5, prunes a copy (global magnitude, masked fine-tuning), builds fp32,
+int8, sparse and int8+sparse artifacts with ``tvmcomp.compiler.build`` (the path users run:
+the committed tuning records, the build plan, the sparse gate, verification on the 10k MNIST
+test set), then times all of them with ONNX Runtime fp32 / int8 and PyTorch fp32 / int8 in one
+interleaved run (``tvmcomp.bench.bench_artifacts``). Writes a Markdown report and its JSON.
+
+    .venv/bin/python scripts/bench_lenet5.py [--tune-budget 0] [--reduced]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+FORMS = ("fp32", "int8", "sparse", "int8+sparse")
+
+
+def machine() -> str:
+    from tvmcomp.main_job import _cpu_name
+
+    flags = set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    shown = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni") if f in flags]
+    return f"{platform.machine()} {_cpu_name()}, flags: {' '.join(shown)}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out-dir", default=str(REPO / "build" / "bench_lenet5"))
+    ap.add_argument("--results-dir", default=str(REPO / "scripts" / "results"))
+    ap.add_argument("--profile", default=None, help="default: the host's x86 profile")
+    ap.add_argument("--tune-budget", type=float, default=0.0,
+                    help="seconds of tuning per build for kernels without records (default 0)")
+    ap.add_argument("--prune", type=float, default=0.9, help="global weight sparsity")
+    ap.add_argument("--finetune-epochs", type=int, default=8)
+    ap.add_argument("--reduced", action="store_true", help="1 epoch, for a smoke test")
+    args = ap.parse_args()
+
+    from tvmcomp.bench import bench_artifacts, format_table
+    from tvmcomp.compiler import BuildOptions, build
+    from tvmcomp.compress import FineTune, MagnitudePruneConfig, compress
+    from tvmcomp.data.mnist import default_mnist_dir, load_eval_set
+    from tvmcomp.frontend import export_onnx
+    from tvmcomp.main_job import prepare_lenet5
+    from tvmcomp.model import evaluate_torch, load_checkpoint
+    from tvmcomp.quant import QuantConfig
+    from tvmcomp.targets import host_profile, load_profile
+
+    t0 = time.monotonic()
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    profile = load_profile(args.profile) if args.profile else host_profile()
+    train_set, ev = load_eval_set(default_mnist_dir())
+    model, ckpt, onnx_dense = prepare_lenet5(out, train_set, epochs=1 if args.reduced else 20)
+    acc_float = evaluate_torch(model, ev)
+    ft = FineTune(epochs=1 if args.reduced else args.finetune_epochs, lr=2e-3)
+    cfg = MagnitudePruneConfig(args.prune, scope="global", finetune=ft)
+    print(f"== prune: {cfg}", flush=True)
+    pruned_ckpt, summary = compress(ckpt, cfg, out / "lenet5_pruned.pt", data=train_set)
+    pruned, _ = load_checkpoint(pruned_ckpt)
+    acc_pruned = evaluate_torch(pruned, ev)
+    onnx_pruned = export_onnx(pruned, out / "lenet5_pruned.onnx",
+                              metadata={"tvmcomp.checkpoint": str(Path(pruned_ckpt).resolve())})
+
+    quant = QuantConfig()
+    plans = {"fp32": (onnx_dense, {}), "int8": (onnx_dense, {"quant": quant}),
+             "sparse": (onnx_pruned, {"sparse": True}),
+             "int8+sparse": (onnx_pruned, {"quant": quant, "sparse": True})}
+    arts, mans = {}, {}
+    for form, (onnx_path, kw) in plans.items():
+        print(f"== build {form}", flush=True)
+        arts[form], mans[form] = build(
+            onnx_path, profile, out / form.replace("+", "_"),
+            BuildOptions(batches=(1, 64), tune_budget_s=args.tune_budget, eval_set=ev, **kw))
+    print("== bench (one run, interleaved)", flush=True)
+    res = bench_artifacts(arts, (1, 64), ("torch_fp32", "ort_fp32"))
+
+    stamp = dt.datetime.now(dt.timezone.utc)
+    report = {"date": stamp.isoformat(timespec="seconds"), "machine": machine(),
+              "profile": profile.name, "eval_set": ev.source, "tune_budget_s": args.tune_budget,
+              "float_accuracy": acc_float, "pruned_accuracy": acc_pruned,
+              "pruned_sparsity": summary["sparsity"]["overall_sparsity"],
+              "latency_us": res["results"], "notes": res["notes"],
+              "forms": {f: _form(mans[f]) for f in FORMS},
+              "seconds": round(time.monotonic() - t0, 1)}
+    results = Path(args.results_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    name = f"{stamp:%Y-%m-%d_%H%M}_lenet5_{profile.name}{'_reduced' if args.reduced else ''}"
+    (results / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    md = _markdown(report, format_table(res))
+    (results / f"{name}.md").write_text(md)
+    print(md)
+    print(f"wrote {results / name}.md and .json")
+    return 0
+
+
+def _form(man: dict) -> dict:
+    v = man["verification"]
+    t = man["tuning"]
+    return {"accuracy": v.get("accuracy"), "reference_accuracy": v.get("reference_accuracy"),
+            "float_accuracy": v.get("float_accuracy"), "so_bytes": man["library"]["bytes"],
+            "weight_bytes": man["weight_bytes"], "kernels": man["kernels"],
+            "tuned": t["tuned"], "tasks": t["tasks"], "record_source": t.get("record_source"),
+            "tuned_kernel_us": t.get("tuned_kernel_us", {}),
+            "gate": (man.get("sparse") or {}).get("gate", []),
+            "accumulate": (man.get("quantization") or {}).get("accumulate")}
+
+
+def _markdown(r: dict, table: str) -> str:
+    fp32 = r["forms"]["fp32"]
+    lines = [f"# LeNet-5, every form, one run ({r['date']})", "",
+             f"Machine: {r['machine']}. Profile {r['profile']}; tuning budget per build "
+             f"{r['tune_budget_s']:.0f} s (committed records otherwise). Accuracy on "
+             f"{r['eval_set']}; float model {r['float_accuracy']:.2%}, pruned "
+             f"{r['pruned_accuracy']:.2%} at {r['pruned_sparsity']:.1%} weight sparsity. "
+             f"Total {r['seconds']:.0f} s. Produced by `scripts/bench_lenet5.py`.", "",
+             "| form | accuracy | Δ vs float | model.so B | weights B | weights vs fp32 | "
+             "tuned kernels | batch 1 µs | batch 64 µs |", "|---|---|---|---|---|---|---|---|---|"]
+    lat = r["latency_us"]
+    for f, d in r["forms"].items():
+        lines.append(
+            f"| {f} | {d['accuracy']:.2%} | {100 * (d['accuracy'] - r['float_accuracy']):+.2f} pt "
+            f"| {d['so_bytes']:,} | {d['weight_bytes']:,} | "
+            f"{d['weight_bytes'] / fp32['weight_bytes']:.3f} | {d['tuned']}/{d['tasks']} | "
+            f"{lat['1'].get(f, float('nan')):.1f} | {lat['64'].get(f, float('nan')):.1f} |")
+    lines += ["", "Latency, median µs per call from Python, all runs interleaved (ours / ORT is a "
+              "time ratio: below 1 is faster than ONNX Runtime):", "", table, ""]
+    for f in ("sparse", "int8+sparse"):
+        gate = r["forms"][f]["gate"]
+        if not gate:
+            continue
+        lines += [f"Sparse gate of the {f} build (each layer's kernels alone in the real model, "
+                  "median of 21 interleaved repeats):", "",
+                  "| layer | batch | sparsity | dense kernels | dense µs | sparse kernels | "
+                  "sparse µs | decision |", "|---|---|---|---|---|---|---|---|"]
+        for d in gate:
+            dec = "sparse" if d["keep_sparse"] else "dense"
+            lines.append(f"| {d['key']} | {d['batch']} | {d['sparsity']:.3f} | "
+                         f"{' + '.join(d['dense_kernels']) or '–'} | {d['dense_us']:.2f} | "
+                         f"{' + '.join(d['sparse_kernels']) or '–'} | {d['sparse_us']:.2f} | "
+                         f"{dec} |")
+        lines.append("")
+    # the gate's dense fc1 timing beside the same kernel's tuning record in the dense build
+    int8 = r["forms"]["int8"]
+    for d in r["forms"]["int8+sparse"]["gate"]:
+        if d["key"].endswith("/matmul2") and d["dense_kernels"]:
+            k = d["dense_kernels"][0]
+            rec = int8["tuned_kernel_us"].get(k)
+            lines.append(f"fc1 ({d['key']}), dense int8 kernel `{k}`: gate {d['dense_us']:.2f} µs "
+                         f"vs its tuning record in the int8 build "
+                         + (f"{rec:.2f} µs ({d['dense_us'] / rec:.2f}×)." if rec else
+                            "(no record)."))
+    lines += ["", "Notes: " + ("; ".join(r["notes"]) or "none"), ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

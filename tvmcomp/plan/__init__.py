@@ -1,0 +1,101 @@
+"""The build plan: every per-layer decision of a build, taken once and saved beside the artifact.
+
+A build runs the pipeline in pieces, each once (``tvmcomp.pipeline.run_range``):
+``quantize`` → the plan's per-layer decisions, taken on that output → ``layer_forms`` (the
+rewrites the plan chose) → ``canonicalize`` .. ``legalize_fuse``. The fused module that comes
+out is the one that is tuned, checked, compiled and described in the manifest. The plan is
+saved as ``plan.json`` in the artifact; ``tvmcomp tune --plan`` applies it without
+re-measuring, so it tunes exactly the kernels ``build`` ships.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from ..errors import TvmcompError
+
+PLAN_FILE = "plan.json"
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SparsePlan:
+    """SparseDense's arguments and how they were chosen.
+
+    ``keep`` maps every candidate layer (``"<function>/matmul<k>"``) to whether it ships
+    sparse; ``decided_by`` is ``"measured"`` (the latency gate ran here) or ``"static rule"``
+    (the profile cannot run here: every candidate at or above ``threshold`` goes sparse).
+    """
+
+    threshold: float
+    min_speedup: float
+    keep: dict[str, bool]
+    decided_by: str
+    gate: list[dict] = field(default_factory=list)  # GateDecision.to_dict() per candidate
+
+    def pass_args(self) -> dict:
+        """Keyword arguments of :class:`tvmcomp.passes.SparseDense`."""
+        return {"threshold": self.threshold, "keep": dict(self.keep)}
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """Every decision of one build that changes the graph, in pipeline order."""
+
+    profile: str
+    batches: tuple[int, ...]
+    int8_accumulate: str            # QuantizeInt8's accumulation (a no-op on float graphs)
+    sparse: SparsePlan | None = None
+
+    def sparse_args(self) -> dict | None:
+        """SparseDense's keyword arguments, or None when no layer goes sparse."""
+        if self.sparse is None or not any(self.sparse.keep.values()):
+            return None
+        return self.sparse.pass_args()
+
+    def to_json(self) -> str:
+        d = {"version": PLAN_VERSION, **asdict(self)}
+        d["batches"] = list(self.batches)
+        return json.dumps(d, indent=1) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "plan") -> BuildPlan:
+        """Parse a saved plan; a bad file raises :class:`TvmcompError` naming ``source``."""
+        try:
+            d = json.loads(text)
+            if d.pop("version") != PLAN_VERSION:
+                raise ValueError(f"plan version is not {PLAN_VERSION}")
+            sp = d.pop("sparse")
+            return cls(profile=str(d["profile"]), batches=tuple(int(b) for b in d["batches"]),
+                       int8_accumulate=str(d["int8_accumulate"]),
+                       sparse=SparsePlan(**sp) if sp is not None else None)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise TvmcompError(f"{source}: not a tvmcomp build plan ({e})") from None
+
+
+def plan_sparse(quantized, profile, database, threshold: float, min_speedup: float,
+                progress: bool = True) -> SparsePlan:
+    """Decide, per sparse candidate layer of the quantized module, dense or sparse.
+
+    Where the profile runs here the latency gate measures both forms (``sparse_gate.gate``);
+    elsewhere the static rule keeps every candidate at or above ``threshold`` sparse.
+    """
+    from ..passes.sparse_dense import find_layers
+
+    if profile.runs_here():
+        from .sparse_gate import gate
+
+        decisions = gate(quantized, profile.tvm_target(), database, threshold=threshold,
+                         min_speedup=min_speedup, progress=progress)
+        return SparsePlan(threshold, min_speedup, {d.key: d.keep_sparse for d in decisions},
+                          "measured", [d.to_dict() for d in decisions])
+    keep = {L.key: L.sparsity >= threshold for L in find_layers(quantized) if L.candidate}
+    if progress:
+        print(f"sparse: {profile.name} cannot run here, so nothing can be measured; static rule: "
+              f"{sum(keep.values())}/{len(keep)} matmul layers at sparsity >= {threshold} go "
+              "sparse", flush=True)
+    return SparsePlan(threshold, min_speedup, keep, "static rule")
+
+
+__all__ = ["BuildPlan", "PLAN_FILE", "SparsePlan", "plan_sparse"]
