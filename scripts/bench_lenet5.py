@@ -140,7 +140,8 @@ def _markdown(r: dict, table: str) -> str:
             f"| {d['so_bytes']:,} | {d['weight_bytes']:,} | "
             f"{d['weight_bytes'] / fp32['weight_bytes']:.3f} | {d['tuned']}/{d['tasks']} | "
             f"{lat['1'].get(f, float('nan')):.1f} | {lat['64'].get(f, float('nan')):.1f} |")
-    lines += ["", "Latency, median µs per call from Python, all runs interleaved (ours / ORT is a "
+    lines += ["", "Latency, median µs per call from Python; our artifacts interleaved, each peer in "
+              "a block of its own (ours / ORT is a "
               "time ratio: below 1 is faster than ONNX Runtime):", "", table, ""]
     for f in ("sparse", "int8+sparse"):
         gate = r["forms"][f]["gate"]
