@@ -373,7 +373,7 @@ def _load_for_check(lib_path: Path, manifest: dict, profile: Profile):
 
     from .runtime import CompiledModel
 
-    dev = tvm.cuda(0) if profile.family == "cuda" else tvm.cpu(0)
+    dev = profile.device()
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), dev)
     return CompiledModel(lib_path.parent, manifest, vm, dev)
 

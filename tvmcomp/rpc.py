@@ -25,6 +25,7 @@ import numpy as np
 
 from .artifact import check_library, read_manifest
 from .errors import ArtifactError, TvmcompError
+from .targets import profile_from_dict
 
 DEFAULT_HOST = "127.0.0.1"
 TRACKER_PORT = 9190
@@ -143,7 +144,7 @@ def bench_rpc(art_dir: str | Path, tracker: str, key: str, batches=(1,), repeat:
         raise ArtifactError(
             f"RPC server {key!r} cannot load {lib} (built for profile {prof.get('name')!r}, "
             f"{triple}): {reason}")
-    dev = remote.cuda(0) if prof.get("family") == "cuda" else remote.cpu(0)
+    dev = profile_from_dict(prof).device(remote)
     vm = relax.VirtualMachine(rlib, dev)
     shape = [int(d) for d in man["inputs"][0]["shape"][1:]]
     dtype = man["inputs"][0]["dtype"]

@@ -90,12 +90,9 @@ def load(art_dir: str | os.PathLike) -> CompiledModel:
             f"{art_dir}: built for profile {profile.name!r} ({profile.description}); this machine "
             f"lacks {', '.join(missing)}. Rebuild with a profile it supports (tvmcomp targets)."
         )
-    if profile.family == "cuda":
-        device = tvm.cuda(0)
-        if not device.exist:
-            raise ArtifactError(f"{art_dir}: built for CUDA but no CUDA GPU is present")
-    else:
-        device = tvm.cpu(0)
+    device = profile.device()
+    if not device.exist:
+        raise ArtifactError(f"{art_dir}: built for CUDA but no CUDA GPU is present")
     try:
         lib = tvm.runtime.load_module(str(lib_path))
         vm = VirtualMachine(lib, device)

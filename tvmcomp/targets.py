@@ -62,6 +62,14 @@ class Profile:
         flags = _cpu_flags()
         return [f for f in self.requires_cpu_flags if f not in flags]
 
+    def device(self, session=None):
+        """The device this profile's artifacts run on: here, or in ``session`` (TVM RPC)."""
+        if session is None:
+            import tvm
+
+            session = tvm
+        return session.cuda(0) if self.family == "cuda" else session.cpu(0)
+
     def runs_here(self) -> bool:
         return not self.missing_cpu_flags()
 

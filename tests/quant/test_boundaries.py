@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tvmcomp.quant import QuantConfig, layer_report, quantize_onnx, run_qdq_reference
+from tvmcomp.plan.quant_report import layer_report
+from tvmcomp.quant import QuantConfig, quantize_onnx, run_qdq_reference
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ import onnx
 import pytest
 
 from tvmcomp.data import normalize
-from tvmcomp.quant import (Entropy, LayerReport, Percentile, PerTensor, QuantConfig,
-                           format_report, layer_report, quantize_onnx, run_qdq_reference)
+from tvmcomp.plan.quant_report import LayerReport, format_report, layer_report
+from tvmcomp.quant import (Entropy, Percentile, PerTensor, QuantConfig, quantize_onnx,
+                           run_qdq_reference)
 from tvmcomp.verify import ort_run, ort_session
 
 BATCH = 500

@@ -60,7 +60,7 @@ class QuantizeInt8:
     A function with nothing to rewrite is returned unchanged.
 
     Emitted int8 results are named ``conv<k>_i8`` / ``matmul<k>_f32`` etc., ``k`` counting
-    the function's convolution/matmul calls in order (:mod:`tvmcomp.quant.report` maps the
+    the function's convolution/matmul calls in order (:mod:`tvmcomp.plan.quant_report` maps the
     k-th to the k-th ONNX Conv/Gemm/MatMul node).
     """
 

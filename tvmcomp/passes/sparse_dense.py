@@ -176,7 +176,9 @@ def _weight_of(b: _Bindings, arg) -> np.ndarray | None:
     return None
 
 
-def _matches(func: relax.Function) -> tuple[list[_Match], list[LayerSparsity], _Bindings]:
+def sparse_candidates(func: relax.Function) -> tuple[list[_Match], list[LayerSparsity],
+                                                      _Bindings]:
+    """(layers SparseDense can rewrite, every conv/matmul layer, bindings) of ``func``."""
     b = _Bindings(func)
     fname = ""
     matches, layers = [], []
@@ -237,7 +239,7 @@ def find_layers(mod: tvm.IRModule) -> list[LayerSparsity]:
     out = []
     for gv, func in mod.functions.items():
         if isinstance(func, relax.Function) and not (func.attrs and "Primitive" in func.attrs):
-            _, layers, _ = _matches(func)
+            _, layers, _ = sparse_candidates(func)
             out += [LayerSparsity(**{**asdict(L), "function": gv.name_hint}) for L in layers]
     return out
 
@@ -260,7 +262,7 @@ class _Rewriter(PyExprMutator):
         for gv, func in self.mod_.functions.items():
             if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
                 continue
-            matches, _, _ = _matches(func)
+            matches, _, _ = sparse_candidates(func)
             self.plan = {
                 m.top: m for m in matches
                 if 1.0 - np.count_nonzero(m.w) / m.w.size >= self.threshold

@@ -170,13 +170,13 @@ def gate(quantized, target, database=None, threshold: float = 0.7, min_speedup: 
     from tvm import relax
 
     from ..bench import interleaved_us
-    from ..passes.sparse_dense import _matches
+    from ..passes.sparse_dense import sparse_candidates
 
     out, timed, order = [], [], []
     for gv, func in quantized.functions.items():
         if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
             continue
-        matches, _, _ = _matches(func)
+        matches, _, _ = sparse_candidates(func)
         for m in matches:
             key = f"{gv.name_hint}/{m.name}"
             order.append(key)

@@ -66,7 +66,8 @@ def _load(model):
     return model
 
 
-def _input(model) -> tuple[str, tuple]:
+def model_input(model) -> tuple[str, tuple]:
+    """(name, shape) of the model's one non-initializer input."""
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:
@@ -106,7 +107,7 @@ def quantize_onnx(model, images: np.ndarray, config: QuantConfig = QuantConfig()
         A ``skip`` entry that names no node.
     """
     model = _load(model)
-    name, shape = _input(model)
+    name, shape = model_input(model)
     x = select_images(check_images(images, shape, name), config.num_calib, config.seed)
     plans, _, _, calib = plan_nodes(model, config)
     ranges, _ = calibrate(model, calib, x, config) if calib else ({}, {})

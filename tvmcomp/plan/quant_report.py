@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import QuantError
+from ..quant.errors import QuantError
 
 ANCHOR_RE = re.compile(r"(conv|matmul)(\d+)_(i8|f32)")
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
@@ -105,7 +105,7 @@ def _float_name(t: str, names: set[str]) -> str | None:
 
 def _run(model, names: list[str], x: np.ndarray, batch: int,
          reference: bool = False) -> dict[str, np.ndarray]:
-    from .calibrate import run_tensors
+    from ..quant.calibrate import run_tensors
 
     parts: dict[str, list] = {n: [] for n in names}
     for outs in run_tensors(model, names, x, batch, reference):
@@ -134,15 +134,17 @@ def layer_report(float_model, qdq_model, images: np.ndarray, target=None,
     from tvm.relax.frontend.onnx import from_onnx
 
     from ..passes import QuantizeInt8
-    from ..pipeline import compile_fused, fuse
-    from .api import _input
-    from .calibrate import check_images
+    from ..pipeline import compile_fused, fuse, int8_accumulate
+    from ..quant.api import model_input
+    from ..quant.calibrate import check_images
 
     float_model, qdq_model = _as_model(float_model), _as_model(qdq_model)
     target = target or tvm.target.Target({"kind": "llvm", "num-cores": 1})
-    name, in_shape = _input(qdq_model)
+    name, in_shape = model_input(qdq_model)
     x = check_images(images, in_shape, name)
-    mod = QuantizeInt8()(from_onnx(qdq_model, shape_dict={name: [batch, *x.shape[1:]]}))
+    # the kernels the target ships: float32 accumulation where build uses it (x86 without VNNI)
+    mod = QuantizeInt8(int8_accumulate(target))(
+        from_onnx(qdq_model, shape_dict={name: [batch, *x.shape[1:]]}))
     probe, ks = expose_anchors(mod)
     vm = relax.VirtualMachine(compile_fused(fuse(probe, target), target), tvm.cpu())
     n = len(x)
