@@ -35,7 +35,8 @@ def _build(pruned, profile_with_db, eval_set, name, **kw):
                               progress=False, sparse=True, **kw))
 
 
-def test_sparse_build_records_gate_and_sizes(pruned, profile_with_db, eval_set, x86_host):
+def test_sparse_build_records_gate_and_sizes(pruned, profile_with_db, eval_set, x86_host,
+                                             kernels_in_so):
     model, _, _ = pruned
     # min speedup 0: every candidate stays sparse whatever the timings, so the test is
     # deterministic; the timings are still measured and recorded
@@ -63,6 +64,9 @@ def test_sparse_build_records_gate_and_sizes(pruned, profile_with_db, eval_set, 
     assert by["slice_pointers"] == (15 + 1 + 11 + 1) * 4 and by["row_order"] == (120 + 88) * 4
     assert by["total"] < 0.5 * sp["dense_size"]["bytes"]["total"]
     assert man["weight_bytes"] == by["total"]
+    assert set(man["kernels"]) == kernels_in_so(out)
+    assert {k for k, v in man["kernels"].items() if v == "hand-scheduled"} == {
+        k for k in man["kernels"] if k.startswith("sell_dense_")} != set()
     assert "layer_forms/SparseDense(threshold=0.7, keep=4/6 layers sparse)" in man["passes"]
     # the plan saved beside the artifact is the one applied
     plan = json.loads((out / "plan.json").read_text())

@@ -141,6 +141,25 @@ def test_concurrent_writers_keep_every_line_whole(tuned, tmp_path):
     assert _cpp_reads(dest) == 300
 
 
+def test_two_tunes_of_one_profile_at_once_keep_the_database_valid(tuned, tmp_path):
+    """Two `tvmcomp tune` processes write the same tuning cache at the same time."""
+    onnx_path = tuned[0]
+    cache = tmp_path / "cache"
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "tvmcomp.cli", "tune", str(onnx_path), "--profile", "x86_avx2",
+         "--batch", batch, "--tune-budget", "120", "--trials-per-task", "3",
+         "--tuning-dir", str(cache)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True) for batch in ("1,2", "1,3")]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    lines = _lines(cache / RECORDS)
+    assert len(lines) >= 4  # both processes measured and appended
+    workloads = _lines(cache / WORKLOADS)
+    assert all(0 <= json.loads(line)[0] < len(workloads) for line in lines)
+    assert _cpp_reads(cache) == len(lines)  # every line whole and decodable
+
+
 def test_writer_killed_mid_append_leaves_a_readable_database(tuned, tmp_path, capsys):
     _, fused, target, db, prof = tuned
     dest = tmp_path / "killed"
