@@ -1,8 +1,28 @@
-"""What our rewriting passes share: binding a new expression in place of an old binding."""
+"""What our rewriting passes share: the loop over a module's functions, and binding a new
+expression in place of an old binding."""
 
 from __future__ import annotations
 
+import tvm
 from tvm import relax
+
+
+def rewrite_functions(mutator, mod: tvm.IRModule, prepare) -> tvm.IRModule:
+    """Rewrite every Relax function of ``mod`` with ``mutator`` (a ``PyExprMutator`` made on
+    ``mod``), skipping fused ``Primitive`` ones and those for which ``prepare(gv, func)`` (which
+    plans the rewrite of that function) returns False. Returns ``mod`` itself when no function
+    was rewritten, so a pass whose preconditions fail leaves its input unchanged.
+    """
+    changed = False
+    for gv, func in mod.functions.items():
+        if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
+            continue
+        if not prepare(gv, func):
+            continue
+        new = relax.analysis.remove_all_unused(mutator.visit_expr(func))
+        mutator.builder_.update_func(gv, new)
+        changed = True
+    return mutator.builder_.get() if changed else mod
 
 
 def rebind(mutator, binding: relax.VarBinding, expr, name: str) -> None:

@@ -9,7 +9,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..quant.errors import QuantError
 from ..quant.fixed_point import INT_RANGES, quantize_multiplier
-from ._emit import rebind
+from ._emit import rebind, rewrite_functions
 from ._qdq_match import Chain, Matcher, QParams, op_name
 
 R = relax.op
@@ -95,17 +95,11 @@ class _Rewriter(PyExprMutator):
         self.anchors: dict = {}
 
     def run(self) -> tvm.IRModule:
-        changed = False
-        for gv, func in self.mod_.functions.items():
-            if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
-                continue
+        def prepare(gv, func) -> bool:
             self._plan(func)
-            if not self.anchors:
-                continue
-            new = relax.analysis.remove_all_unused(self.visit_expr(func))
-            self.builder_.update_func(gv, new)
-            changed = True
-        return self.builder_.get() if changed else self.mod_
+            return bool(self.anchors)
+
+        return rewrite_functions(self, self.mod_, prepare)
 
     # ---- planning (on the original IR) -------------------------------------------------
 

@@ -17,7 +17,7 @@ from ..kernels.sell import (
     sell_int8_from_dense,
     sell_int_kernel,
 )
-from ._emit import rebind
+from ._emit import rebind, rewrite_functions
 
 R = relax.op
 # what ONNX Conv/Gemm/MatMul import to: the k-th of these is layer "conv<k>"/"matmul<k>",
@@ -258,22 +258,16 @@ class _Rewriter(PyExprMutator):
         self.consts: dict = {}
 
     def run(self) -> tvm.IRModule:
-        changed = False
-        for gv, func in self.mod_.functions.items():
-            if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
-                continue
+        def prepare(gv, func) -> bool:
             matches, _, _ = sparse_candidates(func)
             self.plan = {
                 m.top: m for m in matches
                 if 1.0 - np.count_nonzero(m.w) / m.w.size >= self.threshold
                 and self.keep.get(f"{gv.name_hint}/{m.name}", True)
             }
-            if not self.plan:
-                continue
-            new = relax.analysis.remove_all_unused(self.visit_expr(func))
-            self.builder_.update_func(gv, new)
-            changed = True
-        return self.builder_.get() if changed else self.mod_
+            return bool(self.plan)
+
+        return rewrite_functions(self, self.mod_, prepare)
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         m = self.plan.get(binding.var)
