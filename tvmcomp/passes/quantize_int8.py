@@ -10,15 +10,13 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from ..quant.errors import QuantError
 from ..quant.fixed_point import INT_RANGES, quantize_multiplier
 from ._emit import rebind, rewrite_functions
+from .layers import INDEXED_OPS, layer_name
 from ._qdq_match import Chain, Matcher, QParams, op_name
 
 R = relax.op
 CORE_OPS = ("relax.nn.conv2d", "relax.matmul")
 ACCUMULATE = ("int32", "float32")
 FLOAT32_EXACT = 2 ** 24  # every integer of magnitude <= 2**24 is a float32
-ANCHOR_NAMES = {"relax.nn.conv2d": "conv", "relax.matmul": "matmul"}
-# what ONNX Conv/Gemm/MatMul import to: anchor k is the k-th of these (the report maps by it)
-INDEXED_OPS = ("relax.nn.conv1d", "relax.nn.conv2d", "relax.nn.conv3d", "relax.matmul")
 
 
 @tvm.transform.module_pass(opt_level=0, name="QuantizeInt8")
@@ -208,8 +206,8 @@ class _Rewriter(PyExprMutator):
             acc = bb.emit(R.astype(acc, "int32"))
         if np.any(bias):
             acc = bb.emit(R.add(acc, relax.const(bias.reshape(cshape), "int32")))
-        k = self.core_index.get(core_var, "")
-        base = f"{ANCHOR_NAMES[op_name(ch.core)]}{k}"
+        k = self.core_index.get(core_var)
+        base = layer_name(op_name(ch.core), k) if k is not None else "layer"
         if out is None:
             y = R.multiply(bb.emit(R.astype(acc, "float32")),
                            relax.const(acc_scale.astype(np.float32).reshape(cshape), "float32"))

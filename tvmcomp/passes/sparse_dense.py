@@ -18,11 +18,11 @@ from ..kernels.sell import (
     sell_int_kernel,
 )
 from ._emit import rebind, rewrite_functions
+from .layers import INDEXED_OPS, layer_key, layer_name
 
 R = relax.op
 # what ONNX Conv/Gemm/MatMul import to: the k-th of these is layer "conv<k>"/"matmul<k>",
 # numbered like QuantizeInt8's anchors
-INDEXED_OPS = ("relax.nn.conv1d", "relax.nn.conv2d", "relax.nn.conv3d", "relax.matmul")
 VALUE_DTYPES = ("float32", "int8")
 
 
@@ -40,7 +40,7 @@ class LayerSparsity:
 
     @property
     def key(self) -> str:
-        return f"{self.function}/{self.name}"
+        return layer_key(self.function, self.name)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -192,7 +192,7 @@ def sparse_candidates(func: relax.Function) -> tuple[list[_Match], list[LayerSpa
         if op != "relax.matmul":
             w = _const(val.args[1])
             if w is not None:
-                layers.append(LayerSparsity(fname, f"conv{idx}", "conv", w.shape, None,
+                layers.append(LayerSparsity(fname, layer_name(op, idx), "conv", w.shape, None,
                                             float(np.mean(w == 0)) if w.size else 1.0, False))
             continue
         w = _weight_of(b, val.args[1])
@@ -212,13 +212,13 @@ def sparse_candidates(func: relax.Function) -> tuple[list[_Match], list[LayerSpa
         is_int = int_in and (od == "int32" or cast is not None)
         ok = shape_ok and (is_float or is_int)
         sp = float(np.mean(w == 0)) if w.size else 1.0
-        layers.append(LayerSparsity(fname, f"matmul{idx}", "matmul", w.shape,
+        layers.append(LayerSparsity(fname, layer_name(op, idx), "matmul", w.shape,
                                     xs[0] if xs else None, sp, ok))
         if not ok:
             continue
         if is_int:  # bias and requantization stay as QuantizeInt8 emitted them
             top = var if cast is None else cast
-            matches.append(_Match(top, val.args[0], w, None, False, xs[0], f"matmul{idx}", xd))
+            matches.append(_Match(top, val.args[0], w, None, False, xs[0], layer_name(op, idx), xd))
             continue
         top, bias, relu = var, None, False
         add = b.single_user(top, "relax.add")
@@ -230,7 +230,7 @@ def sparse_candidates(func: relax.Function) -> tuple[list[_Match], list[LayerSpa
         relu_v = b.single_user(top, "relax.nn.relu")
         if relu_v is not None:
             top, relu = relu_v, True
-        matches.append(_Match(top, val.args[0], w, bias, relu, xs[0], f"matmul{idx}"))
+        matches.append(_Match(top, val.args[0], w, bias, relu, xs[0], layer_name(op, idx)))
     return matches, layers, b
 
 
@@ -263,7 +263,7 @@ class _Rewriter(PyExprMutator):
             self.plan = {
                 m.top: m for m in matches
                 if 1.0 - np.count_nonzero(m.w) / m.w.size >= self.threshold
-                and self.keep.get(f"{gv.name_hint}/{m.name}", True)
+                and self.keep.get(layer_key(gv.name_hint, m.name), True)
             }
             return bool(self.plan)
 

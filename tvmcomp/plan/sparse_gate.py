@@ -170,6 +170,7 @@ def gate(quantized, target, database=None, threshold: float = 0.7, min_speedup: 
     from tvm import relax
 
     from ..bench import interleaved_us
+    from ..passes.layers import layer_key
     from ..passes.sparse_dense import sparse_candidates
 
     out, timed, order = [], [], []
@@ -178,7 +179,7 @@ def gate(quantized, target, database=None, threshold: float = 0.7, min_speedup: 
             continue
         matches, _, _ = sparse_candidates(func)
         for m in matches:
-            key = f"{gv.name_hint}/{m.name}"
+            key = layer_key(gv.name_hint, m.name)
             order.append(key)
             sp = 1.0 - np.count_nonzero(m.w) / m.w.size
             d = GateDecision(key, m.batch, (int(m.w.shape[0]), int(m.w.shape[1])), sp,
