@@ -160,65 +160,174 @@ def sell_dense_kernel(batch: int, in_features: int, out_features: int, relu: boo
     _check_shape(batch, in_features, out_features)
     if values not in ("float32", "int8"):
         raise ValueError(f"values must be float32 or int8, got {values!r}")
-    if batch == 1:
-        return _slice_kernel(in_features, out_features, relu, values)
-    return _batched_kernel(batch, in_features, out_features, relu, values)
+    return _kernel(batch, in_features, out_features, "float32", values, relu)
 
 
-def _slice_kernel(K: int, N: int, relu: bool, values: str):  # noqa: N803
+def sell_int_kernel(batch: int, in_features: int, out_features: int, x_dtype: str = "int8"):
+    """Integer kernel ``(x, data, indices, slice_ptr, row_order, y)``: ``y = x @ Wᵀ`` in int32.
+
+    For the int8 graphs :class:`~tvmcomp.passes.QuantizeInt8` emits (``x`` int8/uint8,
+    ``W`` int8, exact int32 accumulation; bias and requantization stay in the Relax ops that
+    follow). The same loops as :func:`sell_dense_kernel` (one template): the slice kernel
+    (``int32x8`` accumulators) at batch 1, the batched kernel (int32 x-tile, 16-wide)
+    otherwise.
+    """
+    if x_dtype not in ("int8", "uint8"):
+        raise ValueError(f"x_dtype must be int8 or uint8, got {x_dtype!r}")
+    _check_shape(batch, in_features, out_features)
+    return _kernel(batch, in_features, out_features, x_dtype, "int8", False)
+
+
+def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool):  # noqa: N803
+    """The one template of every SELL kernel: float (``x_dtype`` float32; ``values`` float32
+    or int8 with a per-row scale; bias, optional relu) or integer (``x_dtype`` int8/uint8,
+    int32 result). The loop nests are shared macros; only the signatures and the per-row
+    epilogue differ."""
+    import tvm
     from tvm.script import tirx as T
 
-    C, U = SLICE, WIDTH_PAD  # noqa: N806
+    C, U, TL = SLICE, WIDTH_PAD, BATCH_TILE  # noqa: N806
     NS = (N + C - 1) // C  # noqa: N806
-    i8 = values == "int8"
-    vec = f"float32x{C}"
+    integer = x_dtype != "float32"
+    acc_t = "int32" if integer else "float32"
+    zero = tvm.tirx.const(0, acc_t)
+    scaled = values == "int8" and not integer
+    nt = (B + TL - 1) // TL
+    ragged = B % TL != 0
+    vec1, vecb = f"{acc_t}x{C}", f"{acc_t}x{TL}"
 
-    @T.prim_func
-    def sell_dense_b1(x: T.Buffer((T.int64(1), T.int64(K)), "float32"), data_h: T.handle,
-                      idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
-                      row_order: T.Buffer((T.int64(NS * C),), "int32"),
-                      bias: T.Buffer((T.int64(N),), "float32"),
-                      scale: T.Buffer((T.int64(N),), "float32"),
-                      y: T.Buffer((T.int64(1), T.int64(N)), "float32")):
-        T.func_attr(HAND_SCHEDULED_ATTRS)
-        nnz = T.int64()
-        data = T.match_buffer(data_h, (nnz,), values)
-        idx = T.match_buffer(idx_h, (nnz,), "int32")
-        acc = T.decl_buffer((U,), vec, scope="local")
-        xg = T.decl_buffer((C,), "float32", scope="local")
+    @T.macro
+    def slice_loops(x, data, idx, slice_ptr, row_order, acc, xg, y, bias, scale, store):
         for s in range(T.int64(NS)):
             for u in T.unroll(U):
-                acc[u] = T.broadcast(T.float32(0), C)
+                acc[u] = T.broadcast(zero, C)
             for p in range(T.Cast("int64", slice_ptr[s]) // (C * U),
                            T.Cast("int64", slice_ptr[s + 1]) // (C * U)):
                 for u in T.unroll(U):
                     for lane in T.vectorized(C):  # gather the inputs these entries index
-                        xg[lane] = x[T.int64(0), T.Cast("int64", idx[(p * U + u) * C + lane])]
-                    acc[u] = acc[u] + T.Cast(vec, data[T.ramp((p * U + u) * C, T.int64(1), C)]) \
+                        if integer:
+                            xg[lane] = T.Cast(acc_t, x[T.int64(0), T.Cast(
+                                "int64", idx[(p * U + u) * C + lane])])
+                        else:
+                            xg[lane] = x[T.int64(0), T.Cast("int64", idx[(p * U + u) * C + lane])]
+                    acc[u] = acc[u] + T.Cast(vec1, data[T.ramp((p * U + u) * C, T.int64(1), C)]) \
                         * xg[T.ramp(T.int64(0), T.int64(1), C)]
             xg[T.ramp(T.int64(0), T.int64(1), C)] = acc[0] + acc[1]
             for lane in range(C):
                 if row_order[s * C + lane] >= 0:
                     r = T.Cast("int64", row_order[s * C + lane])
-                    if i8:
-                        xg[lane] = xg[lane] * scale[r]
-                    if relu:
-                        y[T.int64(0), r] = T.max(xg[lane] + bias[r], T.float32(0))
+                    store(y, bias, scale, xg, lane, r)
+
+    @T.macro
+    def batched_loops(x, data, idx, slice_ptr, row_order, xt, acc, out, y, bias, scale, finish):
+        for bt in range(T.int64(nt)):
+            for k in range(T.int64(K)):
+                for t in T.vectorized(T.int64(TL)):
+                    if integer:
+                        xt[k, t] = T.if_then_else(
+                            bt * TL + t < B, T.Cast(acc_t, x[T.min(bt * TL + t, T.int64(B - 1)), k]),
+                            zero)
+                    elif ragged:
+                        xt[k, t] = T.if_then_else(
+                            bt * TL + t < B, x[T.min(bt * TL + t, T.int64(B - 1)), k], zero)
                     else:
-                        y[T.int64(0), r] = xg[lane] + bias[r]
+                        xt[k, t] = x[bt * TL + t, k]
+            for s in range(T.int64(NS)):
+                for lane in range(T.int64(C)):
+                    if row_order[s * C + lane] >= 0:
+                        r = T.Cast("int64", row_order[s * C + lane])
+                        for u in T.unroll(U):
+                            acc[u] = T.broadcast(zero, TL)
+                        for p in range(T.Cast("int64", slice_ptr[s]) // (C * U),
+                                       T.Cast("int64", slice_ptr[s + 1]) // (C * U)):
+                            for u in T.unroll(U):
+                                acc[u] = acc[u] + T.broadcast(
+                                    T.Cast(acc_t, data[(p * U + u) * C + lane]), TL) * xt[
+                                    T.Cast("int64", idx[(p * U + u) * C + lane]),
+                                    T.ramp(T.int64(0), T.int64(1), TL)]
+                        finish(bias, scale, acc, out, r)
+                        for t in range(T.int64(TL)):
+                            if bt * TL + t < B:
+                                y[bt * TL + t, r] = out[t]
 
-    return sell_dense_b1
+    if integer:
+        @T.macro
+        def store_int(y, bias, scale, xg, lane, r):  # bias, scale: unused (no epilogue)
+            y[T.int64(0), r] = xg[lane]
 
+        @T.macro
+        def finish_int(bias, scale, acc, out, r):
+            out[T.ramp(T.int64(0), T.int64(1), TL)] = acc[0] + acc[1]
 
-def _batched_kernel(B: int, K: int, N: int, relu: bool, values: str):  # noqa: N803
-    from tvm.script import tirx as T
+        if B == 1:
+            @T.prim_func
+            def sell_int_b1(x: T.Buffer((T.int64(1), T.int64(K)), x_dtype), data_h: T.handle,
+                            idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
+                            row_order: T.Buffer((T.int64(NS * C),), "int32"),
+                            y: T.Buffer((T.int64(1), T.int64(N)), "int32")):
+                T.func_attr(HAND_SCHEDULED_ATTRS)
+                nnz = T.int64()
+                data = T.match_buffer(data_h, (nnz,), "int8")
+                idx = T.match_buffer(idx_h, (nnz,), "int32")
+                acc = T.decl_buffer((U,), vec1, scope="local")
+                xg = T.decl_buffer((C,), "int32", scope="local")
+                slice_loops(x, data, idx, slice_ptr, row_order, acc, xg, y, y, y, store_int)
 
-    C, U, TL = SLICE, WIDTH_PAD, BATCH_TILE  # noqa: N806
-    NS = (N + C - 1) // C  # noqa: N806
-    nt = (B + TL - 1) // TL
-    ragged = B % TL != 0
-    vec = f"float32x{TL}"
-    i8 = values == "int8"
+            return sell_int_b1
+
+        @T.prim_func
+        def sell_int_bn(x: T.Buffer((T.int64(B), T.int64(K)), x_dtype), data_h: T.handle,
+                        idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
+                        row_order: T.Buffer((T.int64(NS * C),), "int32"),
+                        y: T.Buffer((T.int64(B), T.int64(N)), "int32")):
+            T.func_attr(HAND_SCHEDULED_ATTRS)
+            nnz = T.int64()
+            data = T.match_buffer(data_h, (nnz,), "int8")
+            idx = T.match_buffer(idx_h, (nnz,), "int32")
+            xt = T.decl_buffer((T.int64(K), T.int64(TL)), "int32")
+            acc = T.decl_buffer((U,), vecb, scope="local")
+            out = T.decl_buffer((T.int64(TL),), "int32", scope="local")
+            batched_loops(x, data, idx, slice_ptr, row_order, xt, acc, out, y, y, y, finish_int)
+
+        return sell_int_bn
+
+    @T.macro
+    def store_float(y, bias, scale, xg, lane, r):
+        if scaled:
+            xg[lane] = xg[lane] * scale[r]
+        if relu:
+            y[T.int64(0), r] = T.max(xg[lane] + bias[r], T.float32(0))
+        else:
+            y[T.int64(0), r] = xg[lane] + bias[r]
+
+    @T.macro
+    def finish_float(bias, scale, acc, out, r):
+        acc[0] = acc[0] + acc[1]
+        if scaled:
+            acc[0] = acc[0] * T.broadcast(scale[r], TL)
+        if relu:
+            out[T.ramp(T.int64(0), T.int64(1), TL)] = T.max(
+                acc[0] + T.broadcast(bias[r], TL), T.broadcast(T.float32(0), TL))
+        else:
+            out[T.ramp(T.int64(0), T.int64(1), TL)] = acc[0] + T.broadcast(bias[r], TL)
+
+    if B == 1:
+        @T.prim_func
+        def sell_dense_b1(x: T.Buffer((T.int64(1), T.int64(K)), "float32"), data_h: T.handle,
+                          idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
+                          row_order: T.Buffer((T.int64(NS * C),), "int32"),
+                          bias: T.Buffer((T.int64(N),), "float32"),
+                          scale: T.Buffer((T.int64(N),), "float32"),
+                          y: T.Buffer((T.int64(1), T.int64(N)), "float32")):
+            T.func_attr(HAND_SCHEDULED_ATTRS)
+            nnz = T.int64()
+            data = T.match_buffer(data_h, (nnz,), values)
+            idx = T.match_buffer(idx_h, (nnz,), "int32")
+            acc = T.decl_buffer((U,), vec1, scope="local")
+            xg = T.decl_buffer((C,), "float32", scope="local")
+            slice_loops(x, data, idx, slice_ptr, row_order, acc, xg, y, bias, scale, store_float)
+
+        return sell_dense_b1
 
     @T.prim_func
     def sell_dense_bn(x: T.Buffer((T.int64(B), T.int64(K)), "float32"), data_h: T.handle,
@@ -232,132 +341,9 @@ def _batched_kernel(B: int, K: int, N: int, relu: bool, values: str):  # noqa: N
         data = T.match_buffer(data_h, (nnz,), values)
         idx = T.match_buffer(idx_h, (nnz,), "int32")
         xt = T.decl_buffer((T.int64(K), T.int64(TL)), "float32")
-        acc = T.decl_buffer((U,), vec, scope="local")
+        acc = T.decl_buffer((U,), vecb, scope="local")
         out = T.decl_buffer((T.int64(TL),), "float32", scope="local")
-        for bt in range(T.int64(nt)):
-            for k in range(T.int64(K)):
-                for t in T.vectorized(T.int64(TL)):
-                    if ragged:
-                        xt[k, t] = T.if_then_else(
-                            bt * TL + t < B, x[T.min(bt * TL + t, T.int64(B - 1)), k],
-                            T.float32(0))
-                    else:
-                        xt[k, t] = x[bt * TL + t, k]
-            for s in range(T.int64(NS)):
-                for lane in range(T.int64(C)):
-                    if row_order[s * C + lane] >= 0:
-                        r = T.Cast("int64", row_order[s * C + lane])
-                        for u in T.unroll(U):
-                            acc[u] = T.broadcast(T.float32(0), TL)
-                        for p in range(T.Cast("int64", slice_ptr[s]) // (C * U),
-                                       T.Cast("int64", slice_ptr[s + 1]) // (C * U)):
-                            for u in T.unroll(U):
-                                acc[u] = acc[u] + T.broadcast(
-                                    T.Cast("float32", data[(p * U + u) * C + lane]), TL) * xt[
-                                    T.Cast("int64", idx[(p * U + u) * C + lane]),
-                                    T.ramp(T.int64(0), T.int64(1), TL)]
-                        acc[0] = acc[0] + acc[1]
-                        if i8:
-                            acc[0] = acc[0] * T.broadcast(scale[r], TL)
-                        if relu:
-                            out[T.ramp(T.int64(0), T.int64(1), TL)] = T.max(
-                                acc[0] + T.broadcast(bias[r], TL), T.broadcast(T.float32(0), TL))
-                        else:
-                            out[T.ramp(T.int64(0), T.int64(1), TL)] = \
-                                acc[0] + T.broadcast(bias[r], TL)
-                        for t in range(T.int64(TL)):
-                            if bt * TL + t < B:
-                                y[bt * TL + t, r] = out[t]
+        batched_loops(x, data, idx, slice_ptr, row_order, xt, acc, out, y, bias, scale,
+                      finish_float)
 
     return sell_dense_bn
-
-
-def sell_int_kernel(batch: int, in_features: int, out_features: int, x_dtype: str = "int8"):
-    """Integer kernel ``(x, data, indices, slice_ptr, row_order, y)``: ``y = x @ Wᵀ`` in int32.
-
-    For the int8 graphs :class:`~tvmcomp.passes.QuantizeInt8` emits (``x`` int8/uint8,
-    ``W`` int8, exact int32 accumulation; bias and requantization stay in the Relax ops that
-    follow). Same loops as :func:`sell_dense_kernel`: the slice kernel (``int32x8``
-    accumulators) at batch 1, the batched kernel (int32 x-tile, 16-wide) otherwise.
-    """
-    if x_dtype not in ("int8", "uint8"):
-        raise ValueError(f"x_dtype must be int8 or uint8, got {x_dtype!r}")
-    _check_shape(batch, in_features, out_features)
-    from tvm.script import tirx as T
-
-    B, K, N = batch, in_features, out_features  # noqa: N806
-    C, U, TL = SLICE, WIDTH_PAD, BATCH_TILE  # noqa: N806
-    NS = (N + C - 1) // C  # noqa: N806
-    if B == 1:
-        vec = f"int32x{C}"
-
-        @T.prim_func
-        def sell_int_b1(x: T.Buffer((T.int64(1), T.int64(K)), x_dtype), data_h: T.handle,
-                        idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
-                        row_order: T.Buffer((T.int64(NS * C),), "int32"),
-                        y: T.Buffer((T.int64(1), T.int64(N)), "int32")):
-            T.func_attr(HAND_SCHEDULED_ATTRS)
-            nnz = T.int64()
-            data = T.match_buffer(data_h, (nnz,), "int8")
-            idx = T.match_buffer(idx_h, (nnz,), "int32")
-            acc = T.decl_buffer((U,), vec, scope="local")
-            xg = T.decl_buffer((C,), "int32", scope="local")
-            for s in range(T.int64(NS)):
-                for u in T.unroll(U):
-                    acc[u] = T.broadcast(T.int32(0), C)
-                for p in range(T.Cast("int64", slice_ptr[s]) // (C * U),
-                               T.Cast("int64", slice_ptr[s + 1]) // (C * U)):
-                    for u in T.unroll(U):
-                        for lane in T.vectorized(C):
-                            xg[lane] = T.Cast("int32", x[T.int64(0), T.Cast(
-                                "int64", idx[(p * U + u) * C + lane])])
-                        acc[u] = acc[u] + T.Cast(
-                            vec, data[T.ramp((p * U + u) * C, T.int64(1), C)]) \
-                            * xg[T.ramp(T.int64(0), T.int64(1), C)]
-                xg[T.ramp(T.int64(0), T.int64(1), C)] = acc[0] + acc[1]
-                for lane in range(C):
-                    if row_order[s * C + lane] >= 0:
-                        y[T.int64(0), T.Cast("int64", row_order[s * C + lane])] = xg[lane]
-
-        return sell_int_b1
-
-    nt = (B + TL - 1) // TL
-    vec = f"int32x{TL}"
-
-    @T.prim_func
-    def sell_int_bn(x: T.Buffer((T.int64(B), T.int64(K)), x_dtype), data_h: T.handle,
-                    idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
-                    row_order: T.Buffer((T.int64(NS * C),), "int32"),
-                    y: T.Buffer((T.int64(B), T.int64(N)), "int32")):
-        T.func_attr(HAND_SCHEDULED_ATTRS)
-        nnz = T.int64()
-        data = T.match_buffer(data_h, (nnz,), "int8")
-        idx = T.match_buffer(idx_h, (nnz,), "int32")
-        xt = T.decl_buffer((T.int64(K), T.int64(TL)), "int32")
-        acc = T.decl_buffer((U,), vec, scope="local")
-        out = T.decl_buffer((T.int64(TL),), "int32", scope="local")
-        for bt in range(T.int64(nt)):
-            for k in range(T.int64(K)):
-                for t in T.vectorized(T.int64(TL)):
-                    xt[k, t] = T.if_then_else(
-                        bt * TL + t < B, T.Cast("int32", x[T.min(bt * TL + t, T.int64(B - 1)), k]),
-                        0)
-            for s in range(T.int64(NS)):
-                for lane in range(T.int64(C)):
-                    if row_order[s * C + lane] >= 0:
-                        r = T.Cast("int64", row_order[s * C + lane])
-                        for u in T.unroll(U):
-                            acc[u] = T.broadcast(0, TL)
-                        for p in range(T.Cast("int64", slice_ptr[s]) // (C * U),
-                                       T.Cast("int64", slice_ptr[s + 1]) // (C * U)):
-                            for u in T.unroll(U):
-                                acc[u] = acc[u] + T.broadcast(
-                                    T.Cast("int32", data[(p * U + u) * C + lane]), TL) * xt[
-                                    T.Cast("int64", idx[(p * U + u) * C + lane]),
-                                    T.ramp(T.int64(0), T.int64(1), TL)]
-                        out[T.ramp(T.int64(0), T.int64(1), TL)] = acc[0] + acc[1]
-                        for t in range(T.int64(TL)):
-                            if bt * TL + t < B:
-                                y[bt * TL + t, r] = out[t]
-
-    return sell_int_bn
