@@ -136,3 +136,26 @@ def test_sparse_int8_build_is_exact_integer_kernels(pruned, profile_with_db, eva
                      BuildOptions(batches=(1, 8), tune_budget_s=0, progress=False, **INT8))
     x = normalize(eval_set.images[:64])
     np.testing.assert_array_equal(runtime.load(out)(x), runtime.load(dense)(x))
+
+
+def test_gate_meets_a_tuned_dense_kernel(pruned, profile_with_db, eval_set, x86_host, tmp_path):
+    """With a tuning record for the dense layers, the gate times the tuned dense kernel: the
+    record the shipped dense build would use (before: an untuned one-layer model)."""
+    from tvmcomp.compiler import plan_and_fuse, prepare_model
+    from tvmcomp.tune import RecordPaths, Records, tune_module
+
+    _, onnx_path, d = pruned
+    prof = profile_with_db(d / "db")
+    opts = BuildOptions(batches=(1,), tune_budget_s=0, progress=False, tuning_dir=tmp_path)
+    model, info, _ = prepare_model(onnx_path, opts)
+    records = Records(RecordPaths.for_profile(prof, tmp_path))
+    _, dense, _ = plan_and_fuse(model, info, prof, opts, records)
+    rep = tune_module(dense, prof.tvm_target(), records, budget_s=120, max_trials_per_task=1,
+                      trials_per_iter=1, family="x86", progress=False)
+    assert rep.untuned == []
+    out, man = build(onnx_path, prof, tmp_path / "art",
+                     BuildOptions(batches=(1,), tune_budget_s=0, eval_set=eval_set,
+                                  progress=False, sparse=True, sparse_min_speedup=0.0,
+                                  tuning_dir=tmp_path))
+    fc1 = {g["key"]: g for g in man["sparse"]["gate"]}["main_b1/matmul2"]
+    assert fc1["dense_tuned"] is True and "(dense untuned)" not in fc1["reason"]

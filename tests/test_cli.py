@@ -16,7 +16,8 @@ from tvmcomp import cli
 from tvmcomp.targets import load_profile
 
 REPO = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ["train", "export", "build", "tune", "eval", "bench", "targets", "run"]
+SUBCOMMANDS = ["train", "export", "compress", "build", "pipeline", "tune", "eval", "bench", "rpc",
+               "targets", "run"]
 
 
 def _one_error_line(proc, cmd):
@@ -56,6 +57,10 @@ def test_no_command_is_a_usage_error(capsys):
     (["build", "m.onnx", "--tune-budget", "-1"], "a budget cannot be negative"),
     (["train", "--out", "x.pt", "--epochs", "0"], "expected an integer >= 1"),
     (["build", "m.onnx"], "required: --out"),
+    (["tune", "m.onnx", "--budget", "5"], "unrecognized arguments: --budget"),  # one name
+    (["compress", "x.pt", "--out", "y.pt", "--prune", "1.5"], "sparsity must be in [0, 1)"),
+    (["compress", "x.pt"], "required: --out"),
+    (["rpc", "server", "--port", "x"], "expected a TCP port 1-65535"),
 ])
 def test_bad_arguments(argv, expect, capsys):
     with pytest.raises(SystemExit) as e:
@@ -78,6 +83,25 @@ def test_export_in_process(lenet, tmp_path, capsys):
     assert d.dim_param == "N" and s.dim_value == 3
     meta = {p.key: p.value for p in onnx.load(str(dyn)).metadata_props}
     assert meta["tvmcomp.checkpoint"] == str(lenet.checkpoint.resolve())
+
+
+def test_compress_missing_checkpoint(tmp_path, capsys):
+    assert cli.main(["compress", str(tmp_path / "none.pt"), "--out", str(tmp_path / "o.pt"),
+                     "--prune", "0.5", "--epochs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tvmcomp compress: error:") and "none.pt" in err
+    assert not (tmp_path / "o.pt").exists()
+
+
+def test_tune_plan_errors(tmp_path, capsys):
+    """tune --plan: an unreadable plan and a plan with --sparse are one-line errors."""
+    assert cli.main(["tune", "m.onnx", "--profile", "x86_avx2", "--plan",
+                     str(tmp_path / "none")]) in (2,)
+    assert "cannot read a build plan" in capsys.readouterr().err
+    (tmp_path / "plan.json").write_text('{"version": 1}')
+    assert cli.main(["tune", "m.onnx", "--profile", "x86_avx2", "--plan",
+                     str(tmp_path / "plan.json")]) == 2
+    assert "not a tvmcomp build plan" in capsys.readouterr().err
 
 
 def test_export_missing_checkpoint(tmp_path, capsys):

@@ -47,6 +47,7 @@ class BuildOptions:
     sparse_threshold: float = 0.7      # weight sparsity at which a layer is a candidate
     sparse_min_speedup: float = 1.0    # keep sparse only where dense / sparse kernel µs >= this
     tuning_dir: str | None = None      # the tuning cache (default $XDG_CACHE_HOME/tvmcomp/...)
+    int8_accumulate: str | None = None  # override the target's choice ("int32" / "float32")
 
 
 def _say(msg: str, on: bool = True) -> None:
@@ -280,7 +281,10 @@ def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Re
     target = profile.tvm_target()
     batches = sorted(set(plan.batches if plan is not None else opts.batches))
     mod = import_batches(model, info, batches)
-    acc = plan.int8_accumulate if plan is not None else int8_accumulate(target)
+    acc = (plan.int8_accumulate if plan is not None
+           else opts.int8_accumulate or int8_accumulate(target))
+    if acc not in ("int32", "float32"):
+        raise TvmcompError(f"int8 accumulation must be int32 or float32, got {acc!r}")
     quantized = run_range(mod, target, "quantize", "quantize", int8_acc=acc,
                           debug_dump=opts.debug_dump)
     if plan is None:
