@@ -100,7 +100,7 @@ def _local_us(art: Path, repeat: int) -> float:
     m = runtime.load(art)
     x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(
         (1, *m.input_shape[1:])).astype(m.input_dtype), m.device)
-    timer = m._vm.time_evaluator(m.manifest["entry_points"]["1"], m.device, number=1,
+    timer = m._vm.time_evaluator(m.manifest.entry_points[1], m.device, number=1,
                                  repeat=repeat, min_repeat_ms=50)
     return float(np.median(timer(x).results)) * 1e6
 

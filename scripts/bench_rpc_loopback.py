@@ -42,7 +42,7 @@ def local_time_evaluator(model, batch: int, repeat: int = 10, min_repeat_ms: int
 
     x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(
         (batch, *model.input_shape[1:])).astype(model.input_dtype), model.device)
-    name = model.manifest["entry_points"][str(batch)]
+    name = model.manifest.entry_points[batch]
     timer = model._vm.time_evaluator(name, model.device, number=1, repeat=repeat,
                                      min_repeat_ms=min_repeat_ms)
     return float(np.median(timer(x).results)) * 1e6
@@ -76,9 +76,9 @@ def main() -> None:
         stop(tproc)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     lines = [
-        f"# RPC on loopback: local vs via tracker ({model.manifest['profile']['name']})", "",
+        f"# RPC on loopback: local vs via tracker ({model.manifest.profile['name']})", "",
         f"- date: {now}", f"- machine: {_cpu_name()}",
-        f"- artifact: {args.artifact} ({model.manifest.get('precision', 'fp32')})",
+        f"- artifact: {args.artifact} ({model.manifest.precision})",
         "- method: TVM time_evaluator (number=1, repeat=10, min_repeat_ms=50), median; "
         "local in this process, remote in the RPC server process reached via the tracker",
         f"- remote vs local outputs on 8 inputs: max |diff| {max_diff:.2e}", "",

@@ -1,6 +1,7 @@
 """Loading artifacts: integrity checks, input checks and batch splitting."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -178,3 +179,22 @@ def test_padding_when_batch_1_is_not_compiled(tmp_path, x86_host, gemm_onnx, pro
         got = m(x[:n])
         assert got.shape == (n, 16)
         np.testing.assert_allclose(got, x[:n] @ w + b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("edit, expect", [
+    (lambda m: m.update(entry_points={"1": "main_b1", "7": "main_b7"}),
+     "entry point 'main_b7' (batch 7) is not in model.so"),
+    (lambda m: m.update(entry_points={"0": "main_b1"}), "batch size >= 1"),
+    (lambda m: m.update(entry_points=["main_b1"]), "must map batch sizes to names"),
+    (lambda m: m.update(inputs=[{"name": "x", "shape": "N", "dtype": "float32"}]),
+     "needs a name, a shape and a dtype"),
+    (lambda m: m["library"].update(file="../model.so"), "is not a file name"),
+    (lambda m: m.update(precision="int4"), "precision 'int4' is not fp32 or int8"),
+    (lambda m: m.update(profile=["x86_avx2"]), "must be a profile object"),
+])
+def test_edited_manifest_is_one_clear_error(art_copy, edit, expect):
+    """The typed manifest checks what the readers use; a manifest that does not belong to
+    its model.so fails at load with one line, not a TVM traceback later."""
+    _edit_manifest(art_copy, edit)
+    with pytest.raises(ArtifactError, match=re.escape(expect)):
+        runtime.load(art_copy)

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ArtifactError
@@ -63,7 +64,104 @@ def write_artifact(out_dir: str | os.PathLike, export_library, manifest: dict,
     return out
 
 
-def read_manifest(art_dir: str | os.PathLike) -> dict:
+@dataclass(frozen=True)
+class TensorSpec:
+    """An input or output: name, shape (``"N"`` for the batch dimension) and dtype."""
+
+    name: str
+    shape: tuple
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``manifest.json``, typed: what the runtime, ``eval``, ``bench`` and RPC read.
+
+    ``build`` writes the document; :func:`read_manifest` checks every field these readers use
+    and builds this. ``data`` keeps the whole document (tuning, plan, verification, ...);
+    ``manifest["key"]`` reads it too.
+    """
+
+    path: Path
+    data: dict
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    entry_points: dict[int, str]   # batch -> VM function
+    profile: dict
+    library_file: str
+    library_sha256: str
+    precision: str                 # "fp32" | "int8"
+    model_source: str | None       # the float ONNX model it was built from
+    model_sha256: str | None
+    checkpoint: str | None         # the PyTorch checkpoint named in the ONNX metadata
+    reference_model: str | None    # int8: the QDQ ONNX reference beside model.so
+
+    @property
+    def batches(self) -> list[int]:
+        return sorted(self.entry_points)
+
+    def __getitem__(self, key: str):
+        return self.data[key]
+
+    def get(self, key: str, default=None):
+        return self.data.get(key, default)
+
+    @classmethod
+    def parse(cls, data, path: Path) -> Manifest:
+        """Check ``data`` (a parsed manifest.json); any problem is one :class:`ArtifactError`."""
+        def bad(what: str):
+            return ArtifactError(f"{path}: {what}")
+
+        if not isinstance(data, dict):
+            raise bad("manifest is not a JSON object")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise bad(f"unsupported manifest schema {data.get('schema_version')!r} "
+                      f"(this tvmcomp reads {SCHEMA_VERSION})")
+        for key in ("library", "inputs", "outputs", "entry_points", "profile"):
+            if key not in data:
+                raise bad(f"manifest lacks {key!r}")
+        lib = data["library"]
+        if not (isinstance(lib, dict) and isinstance(lib.get("file"), str)
+                and isinstance(lib.get("sha256"), str) and len(lib["sha256"]) == 64):
+            raise bad("manifest 'library' needs a file name and a sha256")
+        if "/" in lib["file"] or lib["file"] in ("", ".", ".."):
+            raise bad(f"manifest library file {lib['file']!r} is not a file name")
+        try:
+            entries = {int(b): str(n) for b, n in data["entry_points"].items()}
+        except (AttributeError, TypeError, ValueError):
+            raise bad("manifest 'entry_points' must map batch sizes to names") from None
+        if not entries or any(b < 1 for b in entries):
+            raise bad("manifest 'entry_points' must name at least one batch size >= 1")
+        if not isinstance(data["profile"], dict) or not isinstance(data["profile"].get("name"),
+                                                                       str):
+            raise bad("manifest 'profile' must be a profile object with a name")
+        model = data.get("model") if isinstance(data.get("model"), dict) else {}
+        meta = model.get("metadata") if isinstance(model.get("metadata"), dict) else {}
+        precision = data.get("precision", "fp32")
+        if precision not in ("fp32", "int8"):
+            raise bad(f"manifest precision {precision!r} is not fp32 or int8")
+        return cls(path, data, _specs(data["inputs"], "inputs", bad),
+                   _specs(data["outputs"], "outputs", bad), entries, data["profile"],
+                   lib["file"], lib["sha256"], precision, model.get("source"),
+                   model.get("source_sha256"), meta.get("tvmcomp.checkpoint"),
+                   data.get("reference_model"))
+
+
+def _specs(items, key: str, bad) -> tuple[TensorSpec, ...]:
+    if not isinstance(items, list) or not items:
+        raise bad(f"manifest {key!r} must be a non-empty list")
+    out = []
+    for t in items:
+        shape = t.get("shape") if isinstance(t, dict) else None
+        if not (isinstance(shape, list) and shape and all(
+                isinstance(d, int) and d >= 0 for d in shape[1:])
+                and isinstance(t.get("name"), str) and isinstance(t.get("dtype"), str)):
+            raise bad(f"manifest {key!r} entry {t!r} needs a name, a shape and a dtype")
+        out.append(TensorSpec(t["name"], tuple(shape), t["dtype"]))
+    return tuple(out)
+
+
+def read_manifest(art_dir: str | os.PathLike) -> Manifest:
     """Read and check ``manifest.json``; raises :class:`ArtifactError` with one clear line."""
     d = Path(art_dir)
     if not d.is_dir():
@@ -72,30 +170,21 @@ def read_manifest(art_dir: str | os.PathLike) -> dict:
     if not mpath.is_file():
         raise ArtifactError(f"{d}: no {MANIFEST}; not a tvmcomp artifact")
     try:
-        manifest = json.loads(mpath.read_text())
+        data = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{mpath}: corrupt manifest ({e.__class__.__name__})") from None
-    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ArtifactError(
-            f"{mpath}: unsupported manifest schema {manifest.get('schema_version')!r} "
-            f"(this tvmcomp reads {SCHEMA_VERSION})" if isinstance(manifest, dict)
-            else f"{mpath}: manifest is not a JSON object"
-        )
-    for key in ("library", "inputs", "outputs", "entry_points", "profile"):
-        if key not in manifest:
-            raise ArtifactError(f"{mpath}: manifest lacks {key!r}")
-    return manifest
+    return Manifest.parse(data, mpath)
 
 
-def check_library(art_dir: str | os.PathLike, manifest: dict) -> Path:
+def check_library(art_dir: str | os.PathLike, manifest: Manifest) -> Path:
     """The library path, after checking it exists and matches the manifest's sha256."""
-    lib = Path(art_dir) / manifest["library"]["file"]
+    lib = Path(art_dir) / manifest.library_file
     if not lib.is_file():
         raise ArtifactError(f"{Path(art_dir)}: {lib.name} is missing")
     digest = sha256_file(lib)
-    if digest != manifest["library"]["sha256"]:
+    if digest != manifest.library_sha256:
         raise ArtifactError(
             f"{lib}: sha256 {digest[:12]}… does not match the manifest "
-            f"({manifest['library']['sha256'][:12]}…): the library was modified or replaced"
+            f"({manifest.library_sha256[:12]}…): the library was modified or replaced"
         )
     return lib

@@ -69,21 +69,24 @@ def interleaved_us(timers: dict, repeat: int = 21) -> dict[str, float]:
     return {k: float(np.median(v) * 1e6) for k, v in samples.items()}
 
 
-def source_onnx(manifest: dict, override: str | None = None) -> str:
+def source_onnx(manifest, override: str | None = None) -> str:
     """The float ONNX model the artifact was built from (checked against its sha256)."""
-    path = Path(override or manifest["model"]["source"])
+    if not override and not manifest.model_source:
+        raise TvmcompError("the manifest names no source model; pass --onnx PATH to benchmark "
+                           "the baselines")
+    path = Path(override or manifest.model_source)
     if not path.is_file():
         raise TvmcompError(
             f"float source model {path} not found; pass --onnx PATH to benchmark the baselines"
         )
-    if sha256_file(path) != manifest["model"]["source_sha256"]:
+    if sha256_file(path) != manifest.model_sha256:
         raise TvmcompError(f"{path} is not the model this artifact was built from (sha256 differs)")
     return str(path)
 
 
-def _torch_model(manifest: dict):
+def _torch_model(manifest):
     """The PyTorch model named in the ONNX metadata (written by ``tvmcomp export``), if any."""
-    ckpt = manifest["model"].get("metadata", {}).get("tvmcomp.checkpoint")
+    ckpt = manifest.checkpoint
     if not ckpt or not Path(ckpt).is_file():
         return None
     from .model import load_checkpoint
@@ -165,7 +168,7 @@ def bench_artifacts(arts: dict, batches=(1, 64), baselines=BASELINES,
     models = {name: runtime.load(d) for name, d in arts.items()}
     first = next(iter(models.values()))
     man = first.manifest
-    int8 = [name for name, m in models.items() if m.manifest.get("precision") == "int8"]
+    int8 = [name for name, m in models.items() if m.manifest.precision == "int8"]
     if baselines and int8:
         baselines = (*baselines, *[b for b in INT8_BASELINES if b not in baselines])
     onnx_path = source_onnx(man, onnx_override) if baselines else None
@@ -173,9 +176,9 @@ def bench_artifacts(arts: dict, batches=(1, 64), baselines=BASELINES,
     sess = ort_session(onnx_path) if "ort_fp32" in baselines else None
     qdq_sess = None
     if "ort_int8_qdq" in baselines:
-        qm = models[int8[0]].manifest if int8 else {}
-        ref = Path(arts[int8[0]]) / qm.get("reference_model", "") if int8 else None
-        if ref is not None and qm.get("reference_model") and ref.is_file():
+        qm = models[int8[0]].manifest if int8 else None
+        ref = Path(arts[int8[0]]) / qm.reference_model if qm and qm.reference_model else None
+        if ref is not None and ref.is_file():
             qdq_sess = ort_session(str(ref))  # fully optimised: what ORT users deploy
         else:
             notes.append("ort_int8_qdq: no int8 artifact with a QDQ reference model; skipped")
@@ -217,7 +220,7 @@ def bench_artifacts(arts: dict, batches=(1, 64), baselines=BASELINES,
         if "tvm_default" in baselines:
             from .targets import profile_from_dict
 
-            f = _tvm_default(onnx_path, b, profile_from_dict(man["profile"]).tvm_target())
+            f = _tvm_default(onnx_path, b, profile_from_dict(man.profile).tvm_target())
             xd = tvm.runtime.tensor(x)
             runs["tvm_default"] = lambda f=f, xd=xd: f(xd)
         bar.set_postfix(batch=b, runs=len(runs))
@@ -228,7 +231,7 @@ def bench_artifacts(arts: dict, batches=(1, 64), baselines=BASELINES,
             time.sleep(PEER_SETTLE_S)
         results[str(b)] = row
     return {"unit": "us", "results": results, "artifacts": {k: str(v) for k, v in arts.items()},
-            "profile": man["profile"]["name"], "notes": notes}
+            "profile": man.profile["name"], "notes": notes}
 
 
 def format_table(res: dict) -> str:

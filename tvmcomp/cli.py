@@ -362,7 +362,7 @@ def cmd_bench(args) -> int:
 
         if not args.rpc_tracker:
             raise TvmcompError("--rpc-key needs --rpc-tracker HOST:PORT")
-        key = args.rpc_key or read_manifest(args.artifact)["profile"]["name"]
+        key = args.rpc_key or read_manifest(args.artifact).profile["name"]
         res = bench_rpc(args.artifact, args.rpc_tracker, key, args.batch)
     else:
         res = bench_artifact(args.artifact, args.batch, () if args.no_baselines else BASELINES,

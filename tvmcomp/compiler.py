@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .artifact import SCHEMA_VERSION, read_manifest, write_artifact
+from .artifact import (MANIFEST, SCHEMA_VERSION, Manifest, read_manifest, sha256_file,
+                       write_artifact)
 from .data import Dataset
 from .deploy.cuda import cuda_codegen
 from .deploy.toolchain import check_cross_compiler
@@ -235,7 +236,7 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         return {"verification": res.to_dict()}
 
     out = write_artifact(out_dir, export_function(profile)(ex), manifest, check, extra)
-    manifest = read_manifest(out)
+    manifest = read_manifest(out).data  # as written, checked by the reader's rules
     if sparse_info is not None:
         keep = plan.sparse.keep
         _say(f"sparse ({plan.sparse.decided_by}): {sum(keep.values())}/{len(keep)} candidate "
@@ -377,6 +378,9 @@ def _load_for_check(lib_path: Path, manifest: dict, profile: Profile):
 
     from .runtime import CompiledModel
 
+    lib = {"file": lib_path.name, "sha256": sha256_file(lib_path),
+           "bytes": lib_path.stat().st_size}
+    manifest = Manifest.parse({**manifest, "library": lib}, lib_path.parent / MANIFEST)
     dev = profile.device()
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), dev)
     return CompiledModel(lib_path.parent, manifest, vm, dev)

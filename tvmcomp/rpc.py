@@ -120,7 +120,7 @@ def bench_rpc(art_dir: str | Path, tracker: str, key: str, batches=(1,), repeat:
     art_dir = Path(art_dir)
     man = read_manifest(art_dir)
     lib = check_library(art_dir, man)
-    entries = {int(b): name for b, name in man["entry_points"].items()}
+    entries = man.entry_points
     if output_batch is not None and int(output_batch) not in entries:
         raise TvmcompError(f"{art_dir}: no entry point for batch {output_batch}; compiled: "
                            f"{sorted(entries)}")
@@ -128,9 +128,9 @@ def bench_rpc(art_dir: str | Path, tracker: str, key: str, batches=(1,), repeat:
         if b not in entries:
             raise TvmcompError(f"{art_dir}: no entry point for batch {b}; compiled: "
                                f"{sorted(entries)}")
-    prof = man["profile"]
+    prof = man.profile
     remote = request_session(tracker, key)
-    remote_name = f"tvmcomp_{man['library']['sha256'][:12]}.so"
+    remote_name = f"tvmcomp_{man.library_sha256[:12]}.so"
     remote.upload(str(lib), target=remote_name)
     try:
         rlib = remote.load_module(remote_name)
@@ -146,8 +146,8 @@ def bench_rpc(art_dir: str | Path, tracker: str, key: str, batches=(1,), repeat:
             f"{triple}): {reason}")
     dev = profile_from_dict(prof).device(remote)
     vm = relax.VirtualMachine(rlib, dev)
-    shape = [int(d) for d in man["inputs"][0]["shape"][1:]]
-    dtype = man["inputs"][0]["dtype"]
+    shape = [int(d) for d in man.inputs[0].shape[1:]]
+    dtype = man.inputs[0].dtype
     rng = np.random.default_rng(0)
     results: dict[str, dict[str, float]] = {}
     for b in batches:

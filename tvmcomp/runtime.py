@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import check_library, read_manifest
+from .artifact import Manifest, check_library, read_manifest
 from .errors import ArtifactError, InputError
 from .targets import profile_from_dict
 
@@ -15,17 +15,23 @@ from .targets import profile_from_dict
 class CompiledModel:
     """A loaded artifact: call it with a NumPy batch of any size."""
 
-    def __init__(self, art_dir: Path, manifest: dict, vm, device):
+    def __init__(self, art_dir: Path, manifest: Manifest, vm, device):
         self.path = art_dir
         self.manifest = manifest
         self._vm = vm
         self.device = device
-        inp = manifest["inputs"][0]
-        self.input_name = inp["name"]
-        self.input_shape = tuple(inp["shape"])  # batch dim symbolic
-        self.input_dtype = inp["dtype"]
-        self.batches = sorted(int(b) for b in manifest["entry_points"])
-        self._entries = {int(b): vm[name] for b, name in manifest["entry_points"].items()}
+        inp = manifest.inputs[0]
+        self.input_name = inp.name
+        self.input_shape = inp.shape  # batch dim symbolic
+        self.input_dtype = inp.dtype
+        self.batches = manifest.batches
+        self._entries = {}
+        for b, name in manifest.entry_points.items():
+            try:
+                self._entries[b] = vm[name]
+            except Exception:  # noqa: BLE001 - the VM raises a bare TVM error
+                raise ArtifactError(f"{art_dir}: the manifest's entry point {name!r} (batch {b}) "
+                                    "is not in model.so; the two do not belong together") from None
 
     def entry(self, batch: int):
         """The raw VM function for a compiled batch size (for benchmarking)."""
@@ -83,7 +89,7 @@ def load(art_dir: str | os.PathLike) -> CompiledModel:
     art_dir = Path(art_dir)
     manifest = read_manifest(art_dir)
     lib_path = check_library(art_dir, manifest)
-    profile = profile_from_dict(manifest["profile"], source=str(art_dir / "manifest.json"))
+    profile = profile_from_dict(manifest.profile, source=str(manifest.path))
     missing = profile.missing_cpu_flags()
     if missing:
         raise ArtifactError(

@@ -47,7 +47,7 @@ def build_app(arch: str = "x86_64", out_root: Path | None = None) -> Path:
 
 def manifest_board(art_dir: str | os.PathLike):
     """The board an artifact directory was built for (from its manifest's profile)."""
-    prof = read_manifest(art_dir)["profile"]
+    prof = read_manifest(art_dir).profile
     keys = ("description", "family", "target", "cores", "cross_compiler", "board")
     profile = parse_profile({k: prof[k] for k in keys if prof.get(k) is not None},
                             prof.get("name", "?"), source=f"{art_dir}/manifest.json")
