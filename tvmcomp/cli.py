@@ -178,11 +178,14 @@ def _regularizer(text: str, block: tuple[int, int]):
 
 
 def cmd_compress(args) -> int:
-    from .compress import FineTune, MagnitudePruneConfig, SensitivityConfig, compress, from_json
+    from .compress import (FineTune, KMeansShareConfig, MagnitudePruneConfig, SensitivityConfig,
+                           compress, from_json)
 
     train_set, _ = _eval_set(args)
     if args.config:
         cfg = from_json(Path(args.config).read_text())
+    elif args.prune is None and args.method == "magnitude" and args.share_bits:
+        cfg = None  # sharing alone
     else:
         ft = FineTune(epochs=args.epochs, lr=args.lr) if args.epochs else None
         reg = _regularizer(args.regularize, args.block) if args.regularize else None
@@ -193,10 +196,24 @@ def cmd_compress(args) -> int:
                                     plot=args.plot, **common)
         else:
             if args.prune is None:
-                raise TvmcompError("--prune SPARSITY is required for --method magnitude")
+                raise TvmcompError("--prune SPARSITY is required for --method magnitude "
+                                   "(or give --share-bits alone)")
             cfg = MagnitudePruneConfig(args.prune, scope=args.scope, **common)
+    if args.share_bits:
+        from .compress.share import parse_bits
+
+        share = KMeansShareConfig(bits=parse_bits(args.share_bits), init=args.share_init,
+                                  group_size=args.share_group, epochs=args.share_epochs)
+        cfg = share if cfg is None else [cfg, share]
     print(f"compress {args.checkpoint} → {args.out}: {cfg}")
     out, summary = compress(args.checkpoint, cfg, args.out, data=train_set)
+    for step in summary.get("steps", [summary]):
+        if step["method"] != "kmeans_share":
+            continue
+        for name, L in step["layers"].items():
+            print(f"shared {name}: {L['bits']} bits, {L['groups']} codebook(s), at most "
+                  f"{L['max_distinct_per_group']} distinct values per group"
+                  + (", zeros kept" if L["zero_reserved"] else ""))
     rep = summary["sparsity"]
     print(f"overall weight sparsity {rep['overall_sparsity']:.4f}; per layer: "
           + ", ".join(f"{k} {v['sparsity']:.3f}" for k, v in rep["layers"].items()))
@@ -419,7 +436,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="fix the batch dimension (default: dynamic batch N)")
     p.set_defaults(fn=cmd_export)
 
-    p = sub.add_parser("compress", help="prune a checkpoint (magnitude / sensitivity, fine-tuned)")
+    p = sub.add_parser("compress", help="prune and/or weight-share a checkpoint (fine-tuned)")
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True, help="checkpoint file to write")
     p.add_argument("--prune", type=_sparsity, metavar="SPARSITY",
@@ -436,6 +453,15 @@ def make_parser() -> argparse.ArgumentParser:
                    help="sensitivity: per-layer accuracy budget in points (default 0.5)")
     p.add_argument("--plot", default=None, metavar="PNG", help="sensitivity curves")
     p.add_argument("--config", default=None, metavar="JSON", help="a saved compress config")
+    w = p.add_argument_group("weight sharing (k-means codebooks; after pruning when both)")
+    w.add_argument("--share-bits", default=None, metavar="NAME=BITS,...",
+                   help="bits per layer or kind, e.g. conv=8,fc=5 or fc1=4 (1..8)")
+    w.add_argument("--share-init", choices=["linear", "kmeans++", "density"], default="linear",
+                   help="centroid initialisation (default linear, as Deep Compression)")
+    w.add_argument("--share-group", type=int, default=0, metavar="N",
+                   help="output channels per codebook (default 0: one per tensor)")
+    w.add_argument("--share-epochs", type=int, default=2,
+                   help="centroid fine-tuning epochs (default 2; 0 = none)")
     _add_mnist(p)
     p.set_defaults(fn=cmd_compress)
 

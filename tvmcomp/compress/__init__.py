@@ -1,9 +1,11 @@
-"""Torch-side compression: magnitude / sensitivity pruning, sparse regularization, fine-tuning."""
+"""Torch-side compression: magnitude / sensitivity pruning, sparse regularization, fine-tuning,
+k-means weight sharing."""
 
 from .api import HANDLERS, compress, prune_model
 from .config import (
     FineTune,
     GroupLasso,
+    KMeansShareConfig,
     L1,
     MagnitudePruneConfig,
     SensitivityConfig,
@@ -16,7 +18,8 @@ from .errors import CompressConfigError, CompressError
 from .masks import magnitude_masks, poly_sparsity, sparsity_report
 
 __all__ = [
-    "HANDLERS", "CompressConfigError", "CompressError", "FineTune", "GroupLasso", "L1",
+    "HANDLERS", "CompressConfigError", "CompressError", "FineTune", "GroupLasso",
+    "KMeansShareConfig", "L1",
     "MagnitudePruneConfig", "SensitivityConfig", "compress", "from_dict", "from_json",
     "magnitude_masks", "poly_sparsity", "prune_model", "sparsity_report", "to_dict", "to_json",
 ]

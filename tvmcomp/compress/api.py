@@ -13,7 +13,8 @@ from ..data import Dataset, load_train_5k
 from ..data.mnist import split_holdout
 from ..model import load_checkpoint, save_checkpoint
 from . import sensitivity
-from .config import MagnitudePruneConfig, PruneConfig, SensitivityConfig, to_dict
+from .config import (KMeansShareConfig, MagnitudePruneConfig, PruneConfig, SensitivityConfig,
+                     to_dict)
 from .errors import CompressConfigError, CompressError
 from .finetune import prune_finetune
 from .masks import prunable, sparsity_report
@@ -24,7 +25,7 @@ def prune_model(model: nn.Module, config: PruneConfig, data: Dataset | None = No
     """Prune ``model`` in place as ``config`` says; returns a summary (sparsity, choices)."""
     handler = HANDLERS.get(type(config))
     if handler is None:
-        raise CompressConfigError(f"not a pruning config: {config!r}; use one of "
+        raise CompressConfigError(f"not a compression config: {config!r}; use one of "
                                   f"{', '.join(c.__name__ for c in HANDLERS)}")
     data = data if data is not None else load_train_5k()
     t0 = time.monotonic()
@@ -65,10 +66,18 @@ def _sensitivity(model, cfg: SensitivityConfig, data: Dataset, progress: bool) -
             "plot": cfg.plot}
 
 
-HANDLERS = {MagnitudePruneConfig: _magnitude, SensitivityConfig: _sensitivity}
+def _share(model, cfg: KMeansShareConfig, data: Dataset, progress: bool) -> dict:
+    from .share import share_model
+
+    return share_model(model, cfg, data, progress)
 
 
-def compress(checkpoint: str | os.PathLike, config: PruneConfig, out: str | os.PathLike,
+HANDLERS = {MagnitudePruneConfig: _magnitude, SensitivityConfig: _sensitivity,
+            KMeansShareConfig: _share}
+
+
+def compress(checkpoint: str | os.PathLike, config: PruneConfig | list[PruneConfig],
+             out: str | os.PathLike,
              data: Dataset | None = None, progress: bool = True,
              threads: int | None = 1) -> tuple[Path, dict]:
     """Load ``checkpoint``, prune it as ``config`` says, write the result to ``out``.
@@ -78,7 +87,8 @@ def compress(checkpoint: str | os.PathLike, config: PruneConfig, out: str | os.P
     checkpoint, out : path
         tvmcomp checkpoints (:func:`tvmcomp.model.save_checkpoint`); the output's ``meta``
         holds the source, the config (versioned JSON) and the sparsity report.
-    config : MagnitudePruneConfig | SensitivityConfig
+    config : MagnitudePruneConfig | SensitivityConfig | KMeansShareConfig, or a list of them
+        applied in order (prune, then share: zeros stay zero).
     data : Dataset, optional
         Fine-tuning / sensitivity data (default: the 5,000 shipped MNIST training images).
     threads : int, optional
@@ -92,10 +102,13 @@ def compress(checkpoint: str | os.PathLike, config: PruneConfig, out: str | os.P
     old = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    steps = list(config) if isinstance(config, (list, tuple)) else [config]
     try:
-        summary = prune_model(model, config, data, progress)
+        summaries = [prune_model(model, c, data, progress) for c in steps]
     finally:
         torch.set_num_threads(old)
+    summary = summaries[0] if len(summaries) == 1 else {
+        "steps": summaries, "sparsity": summaries[-1]["sparsity"]}
     meta = {**meta, "compressed_from": str(checkpoint), "compression": summary}
     save_checkpoint(model, out, meta)
     return Path(out), summary

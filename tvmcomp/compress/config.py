@@ -233,12 +233,85 @@ def _common(cfg) -> None:
         raise CompressConfigError("a regularizer needs fine-tuning (finetune.epochs >= 1)")
 
 
-CONFIGS = {c.method: c for c in (MagnitudePruneConfig, SensitivityConfig)}
-PruneConfig = MagnitudePruneConfig | SensitivityConfig
+KINDS = {"conv": "Conv2d", "fc": "Linear"}  # --share-bits kinds → torch module types
+SHARE_INITS = ("linear", "kmeans++", "density")
+
+
+@dataclass(frozen=True)
+class KMeansShareConfig:
+    """Share each layer's weights among ``2**bits`` values (one codebook per group).
+
+    Parameters
+    ----------
+    bits : dict[str, int]
+        Bits per layer, by module name (``"fc1"``) or kind (``"conv"``, ``"fc"``); a name wins
+        over its kind. Layers matching neither keep their weights.
+    init : str
+        Centroid initialisation: ``linear`` (Deep Compression), ``kmeans++`` or ``density``.
+    group_size : int
+        Output channels per codebook; 0 = one codebook per tensor.
+    unique : bool
+        A group with at most ``2**bits`` distinct values keeps them exactly.
+    epochs, lr : int, float
+        Centroid fine-tuning: every weight of a cluster gets the cluster's summed gradient, so
+        assignments stay fixed and shared values stay shared; exact zeros stay zero.
+    """
+
+    bits: dict = field(default_factory=lambda: {"conv": 8, "fc": 5})
+    init: str = "linear"
+    group_size: int = 0
+    unique: bool = True
+    epochs: int = 2
+    lr: float = 1e-4
+    batch_size: int = 64
+    seed: int = 0
+    method = "kmeans_share"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.bits, dict) or not self.bits:
+            raise CompressConfigError(f"bits must map layer names or kinds to bits, "
+                                      f"got {self.bits!r}")
+        for k, b in self.bits.items():
+            _names("bits", (k,))
+            if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= 8:
+                raise CompressConfigError(f"bits of {k!r} must be an integer in 1..8, got {b!r}")
+        if self.init not in SHARE_INITS:
+            raise CompressConfigError(f"init must be one of {', '.join(SHARE_INITS)}, "
+                                      f"got {self.init!r}")
+        _int("group_size", self.group_size, 0)
+        _int("epochs", self.epochs, 0)
+        _num("lr", self.lr, 0.0, 1.0, lo_open=True)
+        _int("batch_size", self.batch_size, 1)
+        _int("seed", self.seed, 0)
+
+    def __hash__(self) -> int:
+        return hash((tuple(sorted(self.bits.items())), self.init, self.group_size, self.unique,
+                     self.epochs, self.lr, self.batch_size, self.seed))
+
+    def bits_for(self, name: str, module) -> int | None:
+        """Bits of layer ``name`` (a torch module): by name, else by kind, else None."""
+        if name in self.bits:
+            return self.bits[name]
+        for kind, type_name in KINDS.items():
+            if kind in self.bits and type(module).__name__ == type_name:
+                return self.bits[kind]
+        return None
+
+    def params(self) -> dict:
+        return {"bits": dict(self.bits), "init": self.init, "group_size": self.group_size,
+                "unique": self.unique, "epochs": self.epochs, "lr": self.lr,
+                "batch_size": self.batch_size, "seed": self.seed}
+
+
+CONFIGS = {c.method: c for c in (MagnitudePruneConfig, SensitivityConfig, KMeansShareConfig)}
+PruneConfig = MagnitudePruneConfig | SensitivityConfig | KMeansShareConfig
 
 
 def to_dict(cfg: PruneConfig) -> dict:
-    """The versioned JSON object of a pruning config."""
+    """The versioned JSON object of a compression config."""
+    if isinstance(cfg, KMeansShareConfig):
+        return {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "method": cfg.method,
+                **cfg.params()}
     d = {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "method": cfg.method,
          **cfg.params(), "layers": list(cfg.layers), "exclude": list(cfg.exclude),
          "block": list(cfg.block),
@@ -265,6 +338,8 @@ def from_dict(d: dict) -> PruneConfig:
                                   f"got {d.get('method')!r}")
     body = {k: v for k, v in d.items() if k not in ("format", "version", "method")}
     _reject_unknown(body, {f.name for f in fields(cls)}, f"{cls.method} config")
+    if cls is KMeansShareConfig:
+        return cls(**body)
     for key in ("layers", "exclude", "sparsities", "block"):
         if isinstance(body.get(key), list):
             body[key] = tuple(body[key])
