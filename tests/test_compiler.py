@@ -50,6 +50,7 @@ def test_manifest_kernels_are_the_kernels_in_model_so(lenet_artifact, kernels_in
     assert set(m["kernels"]) == kernels_in_so(lenet_artifact.path)
     assert set(m["kernels"].values()) == {"untuned"}  # budget 0, empty database
     assert set(m["tuning"]["untuned"]) <= set(m["kernels"])
+    assert m["runtime"] == {"threads": lenet_artifact.profile.cores}
     plan = json.loads((lenet_artifact.path / "plan.json").read_text())
     assert plan == {"version": 1, "profile": "x86_avx2", "batches": [1, 8],
                     "int8_accumulate": "float32", "sparse": None}

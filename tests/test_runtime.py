@@ -1,6 +1,7 @@
 """Loading artifacts: integrity checks, input checks and batch splitting."""
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -198,3 +199,20 @@ def test_edited_manifest_is_one_clear_error(art_copy, edit, expect):
     _edit_manifest(art_copy, edit)
     with pytest.raises(ArtifactError, match=re.escape(expect)):
         runtime.load(art_copy)
+
+
+def test_thread_pool_follows_the_manifest_unless_the_user_set_it(monkeypatch):
+    import tvmcomp
+    from tvmcomp.runtime import _size_thread_pool
+
+    monkeypatch.setattr(tvmcomp, "USABLE_CORES", 8)
+    monkeypatch.setattr(tvmcomp, "THREADS_SET_BY_USER", False)
+    monkeypatch.setenv("TVM_NUM_THREADS", "8")
+    _size_thread_pool(2)
+    assert os.environ["TVM_NUM_THREADS"] == "2"
+    _size_thread_pool(16)  # never more than the usable cores
+    assert os.environ["TVM_NUM_THREADS"] == "8"
+    monkeypatch.setattr(tvmcomp, "THREADS_SET_BY_USER", True)
+    monkeypatch.setenv("TVM_NUM_THREADS", "3")
+    _size_thread_pool(2)
+    assert os.environ["TVM_NUM_THREADS"] == "3"

@@ -9,8 +9,10 @@ __version__ = "0.1.0"
 # 1250 µs at batch 64, same artifact, same run). The pool reads the variable once, at its first
 # parallel kernel, so it is set here, before any tvmcomp code runs a kernel; a value the user
 # set wins. Tuning workers inherit it, so schedules are measured as they will run.
-if "TVM_NUM_THREADS" not in _os.environ:
-    try:
-        _os.environ["TVM_NUM_THREADS"] = str(len(_os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        _os.environ["TVM_NUM_THREADS"] = str(_os.cpu_count() or 1)
+try:
+    USABLE_CORES = len(_os.sched_getaffinity(0))
+except AttributeError:  # not Linux
+    USABLE_CORES = _os.cpu_count() or 1
+THREADS_SET_BY_USER = "TVM_NUM_THREADS" in _os.environ
+if not THREADS_SET_BY_USER:
+    _os.environ["TVM_NUM_THREADS"] = str(USABLE_CORES)

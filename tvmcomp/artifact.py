@@ -95,6 +95,7 @@ class Manifest:
     model_sha256: str | None
     checkpoint: str | None         # the PyTorch checkpoint named in the ONNX metadata
     reference_model: str | None    # int8: the QDQ ONNX reference beside model.so
+    threads: int | None            # runtime.threads: TVM's CPU thread pool size
 
     @property
     def batches(self) -> list[int]:
@@ -140,11 +141,16 @@ class Manifest:
         precision = data.get("precision", "fp32")
         if precision not in ("fp32", "int8"):
             raise bad(f"manifest precision {precision!r} is not fp32 or int8")
+        rt = data.get("runtime") if isinstance(data.get("runtime"), dict) else {}
+        threads = rt.get("threads")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):
+            raise bad(f"manifest runtime.threads must be an integer >= 1, got {threads!r}")
         return cls(path, data, _specs(data["inputs"], "inputs", bad),
                    _specs(data["outputs"], "outputs", bad), entries, data["profile"],
                    lib["file"], lib["sha256"], precision, model.get("source"),
                    model.get("source_sha256"), meta.get("tvmcomp.checkpoint"),
-                   data.get("reference_model"))
+                   data.get("reference_model"), threads)
 
 
 def _specs(items, key: str, bad) -> tuple[TensorSpec, ...]:

@@ -190,6 +190,9 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         "batches": batches,
         "entry_points": {str(b): entry_name(b) for b in batches},
         "profile": profile.to_dict(),
+        # the CPU thread pool the kernels were tuned and timed with: runtime.load and the C++
+        # helper (examples/cpp_deploy/tvmcomp_threads.h) size TVM's pool from it
+        "runtime": {"threads": profile.cores},
         "target": profile.target,
         "tvm_version": _tvm_version(),
         "passes": pass_names(make_pipeline(target, db, sparse=sparse_kw,

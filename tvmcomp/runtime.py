@@ -81,6 +81,16 @@ class CompiledModel:
         return np.concatenate(outs, axis=0)
 
 
+def _size_thread_pool(threads: int | None) -> None:
+    """TVM_NUM_THREADS = min(the manifest's runtime.threads, usable cores), unless the user set
+    it. Effective when no kernel has run in this process yet (TVM sizes its pool once)."""
+    import tvmcomp
+
+    if threads is None or tvmcomp.THREADS_SET_BY_USER:
+        return
+    os.environ["TVM_NUM_THREADS"] = str(max(1, min(threads, tvmcomp.USABLE_CORES)))
+
+
 def load(art_dir: str | os.PathLike) -> CompiledModel:
     """Load an artifact directory: verify ``model.so``'s hash and that this machine can run it."""
     import tvm
@@ -89,6 +99,7 @@ def load(art_dir: str | os.PathLike) -> CompiledModel:
     art_dir = Path(art_dir)
     manifest = read_manifest(art_dir)
     lib_path = check_library(art_dir, manifest)
+    _size_thread_pool(manifest.threads)
     profile = profile_from_dict(manifest.profile, source=str(manifest.path))
     missing = profile.missing_cpu_flags()
     if missing:

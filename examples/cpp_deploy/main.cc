@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "sha256.h"
+#include "tvmcomp_threads.h"
 
 namespace ffi = tvm::ffi;
 
@@ -78,6 +79,7 @@ struct Manifest {
   std::string library, sha256, profile, family, triple, mcpu, input_dtype;
   std::vector<int64_t> input_shape;  // without the batch dimension
   std::map<int64_t, std::string> entries;  // batch -> VM function name
+  int threads = 0;                          // runtime.threads (0: not in the manifest)
   int64_t num_classes = 0;
 };
 
@@ -121,6 +123,12 @@ static Manifest ReadManifest(const std::string& dir) {
         Str(kv.second, "entry_points value");
   }
   if (out.entries.empty()) Fail("manifest: no entry points");
+  auto rit = m.find(ffi::String("runtime"));
+  if (rit != m.end()) {
+    auto rt = AsObject((*rit).second, "runtime");
+    auto tit2 = rt.find(ffi::String("threads"));
+    if (tit2 != rt.end()) out.threads = static_cast<int>(Int((*tit2).second, "runtime.threads"));
+  }
   return out;
 }
 
@@ -245,6 +253,9 @@ static int Run(const Args& a) {
     if (int64_t(labels.size()) < n) Fail(a.labels + ": fewer labels than images");
   }
 
+  // TVM's thread pool, sized from the manifest before the first kernel (tvmcomp_threads.h).
+  int threads = tvmcomp::ConfigureThreads(m.threads);
+
   // Load model.so, create the Relax VM on the CPU (device type, id, pooled allocator = 2).
   ffi::Module mod = ffi::Module::LoadFromFile(lib);
   auto load_exec = mod->GetFunction("vm_load_executable");
@@ -317,6 +328,12 @@ static int Run(const Args& a) {
   std::printf("artifact: %s (profile %s, %s %s, batches %s, runs on %s)\n", a.art.c_str(),
               m.profile.c_str(), m.triple.c_str(), m.mcpu.c_str(), batches.c_str(), kHostArch);
   std::printf("images: %lld from %s\n", static_cast<long long>(n), a.images.c_str());
+  if (threads > 0) {
+    std::printf("threads: %d (manifest runtime.threads %d, usable cores %d)\n", threads,
+                m.threads, tvmcomp::UsableCores());
+  } else {
+    std::printf("threads: TVM_NUM_THREADS=%s (set by the user)\n", std::getenv("TVM_NUM_THREADS"));
+  }
   if (!a.quiet) {
     std::printf("predictions:");
     for (int64_t i = 0; i < std::min<int64_t>(n, 20); ++i) std::printf(" %d", pred[i]);

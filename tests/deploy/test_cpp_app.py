@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import subprocess
 
@@ -34,6 +35,19 @@ def test_prints_predictions_accuracy_latency(x86_app, lenet_artifact, mnist_idx)
     assert r.returncode == 0, r.stderr
     assert "predictions: " in r.stdout and "accuracy: " in r.stdout
     assert "latency_us: median" in r.stdout and "images: 13" in r.stdout
+
+
+def test_thread_pool_sized_from_the_manifest(x86_app, lenet_artifact, mnist_idx):
+    """Without TVM_NUM_THREADS the app sizes TVM's pool from the manifest (tvmcomp_threads.h);
+    a value the user set wins."""
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    args = [str(x86_app), str(lenet_artifact.path), str(mnist_idx.images), "--limit", "2"]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "threads: " in r.stdout and "(manifest runtime.threads 2, usable cores" in r.stdout
+    r = subprocess.run(args, capture_output=True, text=True, timeout=120,
+                       env={**env, "TVM_NUM_THREADS": "1"})
+    assert "threads: TVM_NUM_THREADS=1 (set by the user)" in r.stdout
 
 
 def _one_line_error(r, *needles):
