@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-FORMS = ("fp32", "int8", "sparse", "int8+sparse")
+
 
 
 def machine() -> str:
@@ -47,20 +47,17 @@ def main() -> int:
     ap.add_argument("--results-dir", default=str(REPO / "scripts" / "results"))
     ap.add_argument("--profile", default=None, help="default: the host's x86 profile")
     ap.add_argument("--tune-budget", type=float, default=0.0,
-                    help="seconds of tuning per build for kernels without records (default 0)")
+                    help="seconds of tuning, shared by the builds, for kernels without records "
+                         "(default 0)")
     ap.add_argument("--prune", type=float, default=0.9, help="global weight sparsity")
     ap.add_argument("--finetune-epochs", type=int, default=8)
     ap.add_argument("--reduced", action="store_true", help="1 epoch, for a smoke test")
     args = ap.parse_args()
 
     from tvmcomp.bench import bench_artifacts, format_table
-    from tvmcomp.compiler import BuildOptions, build
-    from tvmcomp.compress import FineTune, MagnitudePruneConfig, compress
     from tvmcomp.data.mnist import default_mnist_dir, load_eval_set
-    from tvmcomp.frontend import export_onnx
-    from tvmcomp.main_job import prepare_lenet5
-    from tvmcomp.model import evaluate_torch, load_checkpoint
-    from tvmcomp.quant import QuantConfig
+    from tvmcomp.main_job import FORMS, build_forms, prepare_lenet5, prune_lenet5
+    from tvmcomp.model import evaluate_torch
     from tvmcomp.targets import host_profile, load_profile
 
     t0 = time.monotonic()
@@ -70,25 +67,16 @@ def main() -> int:
     train_set, ev = load_eval_set(default_mnist_dir())
     model, ckpt, onnx_dense = prepare_lenet5(out, train_set, epochs=1 if args.reduced else 20)
     acc_float = evaluate_torch(model, ev)
-    ft = FineTune(epochs=1 if args.reduced else args.finetune_epochs, lr=2e-3)
-    cfg = MagnitudePruneConfig(args.prune, scope="global", finetune=ft)
-    print(f"== prune: {cfg}", flush=True)
-    pruned_ckpt, summary = compress(ckpt, cfg, out / "lenet5_pruned.pt", data=train_set)
-    pruned, _ = load_checkpoint(pruned_ckpt)
+    pruned, onnx_pruned = prune_lenet5(out, ckpt, train_set, args.prune,
+                                       epochs=1 if args.reduced else args.finetune_epochs)
     acc_pruned = evaluate_torch(pruned, ev)
-    onnx_pruned = export_onnx(pruned, out / "lenet5_pruned.onnx",
-                              metadata={"tvmcomp.checkpoint": str(Path(pruned_ckpt).resolve())})
+    from tvmcomp.compress import sparsity_report
 
-    quant = QuantConfig()
-    plans = {"fp32": (onnx_dense, {}), "int8": (onnx_dense, {"quant": quant}),
-             "sparse": (onnx_pruned, {"sparse": True}),
-             "int8+sparse": (onnx_pruned, {"quant": quant, "sparse": True})}
-    arts, mans = {}, {}
-    for form, (onnx_path, kw) in plans.items():
-        print(f"== build {form}", flush=True)
-        arts[form], mans[form] = build(
-            onnx_path, profile, out / form.replace("+", "_"),
-            BuildOptions(batches=(1, 64), tune_budget_s=args.tune_budget, eval_set=ev, **kw))
+    summary = {"sparsity": sparsity_report(pruned)}
+    built = build_forms(out, onnx_dense, onnx_pruned, profile, ev, (1, 64),
+                        tune_budget_s=args.tune_budget)
+    arts = {f: a for f, (a, _) in built.items()}
+    mans = {f: m for f, (_, m) in built.items()}
     print("== bench (one run, interleaved)", flush=True)
     res = bench_artifacts(arts, (1, 64), ("torch_fp32", "ort_fp32"))
 
@@ -126,7 +114,7 @@ def _form(man: dict) -> dict:
 def _markdown(r: dict, table: str) -> str:
     fp32 = r["forms"]["fp32"]
     lines = [f"# LeNet-5, every form, one run ({r['date']})", "",
-             f"Machine: {r['machine']}. Profile {r['profile']}; tuning budget per build "
+             f"Machine: {r['machine']}. Profile {r['profile']}; tuning budget (shared) "
              f"{r['tune_budget_s']:.0f} s (committed records otherwise). Accuracy on "
              f"{r['eval_set']}; float model {r['float_accuracy']:.2%}, pruned "
              f"{r['pruned_accuracy']:.2%} at {r['pruned_sparsity']:.1%} weight sparsity. "

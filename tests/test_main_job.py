@@ -1,0 +1,37 @@
+"""The main job (`tvmcomp run`, what `make run` calls) on a tiny budget: every form, one table."""
+
+from __future__ import annotations
+
+import json
+
+
+
+
+def test_main_job_builds_every_form_and_writes_the_table(tmp_path, x86_host, profile_with_db,
+                                                         mnist_dir):
+    from tvmcomp.main_job import FORMS, run_main_job
+
+    s = run_main_job(tmp_path / "run", profile_with_db(tmp_path / "db"), str(mnist_dir),
+                     epochs=1, tune_budget_s=0, batches=(1,), tuning_dir=str(tmp_path / "c"),
+                     prune_epochs=1)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved == s and list(s["forms"]) == list(FORMS)
+    forms = s["forms"]
+    assert forms["int8"]["weight_bytes"] < 0.3 * forms["fp32"]["weight_bytes"]
+    assert forms["sparse"]["weight_bytes"] < forms["fp32"]["weight_bytes"]
+    for f in FORMS:
+        assert 0.5 < forms[f]["accuracy"] <= 1.0
+        assert s["latency_us"]["1"][f] > 0
+    assert {"ort_fp32", "torch_fp32"} <= set(s["latency_us"]["1"])
+    assert set(s["stage_seconds"]) == {"train", "prune", "build", "bench"}
+    md = (tmp_path / "run" / "results.md").read_text()
+    for f in FORMS:
+        assert f"| {f} | " in md
+    # a rerun reuses the pruned checkpoint (same config, same source)
+    from tvmcomp.data import load_train_5k
+    from tvmcomp.main_job import prune_lenet5
+
+    pruned = tmp_path / "run" / "lenet5_pruned.pt"
+    mtime = pruned.stat().st_mtime
+    prune_lenet5(tmp_path / "run", tmp_path / "run" / "lenet5.pt", load_train_5k(), epochs=1)
+    assert pruned.stat().st_mtime == mtime
