@@ -147,14 +147,15 @@ def test_two_tunes_of_one_profile_at_once_keep_the_database_valid(tuned, tmp_pat
     cache = tmp_path / "cache"
     procs = [subprocess.Popen(
         [sys.executable, "-m", "tvmcomp.cli", "tune", str(onnx_path), "--profile", "x86_avx2",
-         "--batch", batch, "--tune-budget", "120", "--trials-per-task", "3",
+         "--batch", batch, "--tune-budget", "120", "--trials-per-task", "2",
          "--tuning-dir", str(cache)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True) for batch in ("1,2", "1,3")]
+        text=True) for batch in ("2", "3")]
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
     lines = _lines(cache / RECORDS)
-    assert len(lines) >= 4  # both processes measured and appended
+    assert len(lines) >= 2  # both processes measured and appended
+    assert len(_lines(cache / WORKLOADS)) == 2  # one workload each
     workloads = _lines(cache / WORKLOADS)
     assert all(0 <= json.loads(line)[0] < len(workloads) for line in lines)
     assert _cpp_reads(cache) == len(lines)  # every line whole and decodable
@@ -232,7 +233,7 @@ def test_interrupted_tune_keeps_its_records_and_a_rerun_resumes(tuned, tmp_path)
     onnx_path = tuned[0]
     cache = tmp_path / "cache"
     args = [sys.executable, "-m", "tvmcomp.cli", "tune", str(onnx_path), "--profile",
-            "x86_avx2", "--batch", "1,2", "--tune-budget", "120", "--trials-per-task", "3",
+            "x86_avx2", "--batch", "2,3", "--tune-budget", "120", "--trials-per-task", "2",
             "--tuning-dir", str(cache)]
     p = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)

@@ -156,7 +156,8 @@ def _make_callback(deadline: float, bar: tqdm, counter: list, fired: list):
 def tune_module(mod, target, records: Records, *, budget_s: float,
                 max_trials_per_task: int = 64, only_missing: bool = True,
                 trials_per_iter: int = 32, runner=None, seed: int = 0,
-                family: str | None = None, progress: bool = True) -> TuneReport:
+                family: str | None = None, progress: bool = True,
+                names: tuple[str, ...] | None = None) -> TuneReport:
     """Tune the TIR tasks of a fused Relax module into the database at ``work_dir``.
 
     Parameters
@@ -177,6 +178,8 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
         Tune only tasks with no record of this profile's own yet; otherwise all tasks.
     runner : meta_schedule Runner, optional
         Defaults to a ``LocalRunner``; pass an ``RPCRunner`` to measure on a remote board.
+    names : tuple of str, optional
+        Tune only the tasks with these names (default: all).
     """
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
@@ -189,6 +192,7 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
         raise TvmcompError("the module has no TIR tasks to tune (was it fused?)")
     own = records.own
     chosen = [t for t in all_tasks if not _scheduled(t)
+              and (names is None or t.task_name in names)
               and (not only_missing or not own.has_workload(t.dispatched[0]))]
     if chosen and budget_s > 0:
         db = records.tuning_database()
