@@ -163,3 +163,23 @@ def test_gate_meets_a_tuned_dense_kernel(pruned, profile_with_db, eval_set, x86_
                                   tuning_dir=tmp_path))
     fc1 = {g["key"]: g for g in man["sparse"]["gate"]}["main_b1/matmul2"]
     assert fc1["dense_tuned"] is True and "(dense untuned)" not in fc1["reason"]
+
+
+def test_a_layers_weight_is_stored_in_one_form():
+    """Batch entries that disagree on a layer get one form: its weight is stored once."""
+    from tvmcomp.plan import store_once
+    from tvmcomp.plan.sparse_gate import GateDecision
+
+    def d(key, dense, sparse):
+        return GateDecision(key, 1, (120, 400), 0.9, dense, sparse, keep_sparse=dense >= sparse)
+
+    out = store_once([d("main_b1/matmul2", 1.0, 1.5), d("main_b64/matmul2", 30.0, 10.0),
+                      d("main_b1/matmul3", 1.0, 2.0), d("main_b64/matmul3", 4.0, 3.0),
+                      d("main_b1/matmul4", 1.0, 0.5)], min_speedup=1.0, progress=False)
+    keep = {x.key: x.keep_sparse for x in out}
+    # fc1: speedups 0.67 and 3.0, geometric mean 1.41 -> sparse in both entries
+    assert keep["main_b1/matmul2"] and keep["main_b64/matmul2"]
+    # fc2: 0.5 and 1.33, geometric mean 0.82 -> dense in both
+    assert not keep["main_b1/matmul3"] and not keep["main_b64/matmul3"]
+    assert keep["main_b1/matmul4"]  # one entry only: unchanged
+    assert "stored once" in out[0].reason and "stored once" not in out[4].reason

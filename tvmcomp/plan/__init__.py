@@ -86,8 +86,9 @@ def plan_sparse(quantized, profile, database, threshold: float, min_speedup: flo
     if profile.runs_here():
         from .sparse_gate import gate
 
-        decisions = gate(quantized, profile.tvm_target(), database, threshold=threshold,
-                         min_speedup=min_speedup, progress=progress)
+        decisions = store_once(gate(quantized, profile.tvm_target(), database,
+                                    threshold=threshold, min_speedup=min_speedup,
+                                    progress=progress), min_speedup, progress)
         return SparsePlan(threshold, min_speedup, {d.key: d.keep_sparse for d in decisions},
                           "measured", [d.to_dict() for d in decisions])
     keep = {L.key: L.sparsity >= threshold for L in find_layers(quantized) if L.candidate}
@@ -98,4 +99,35 @@ def plan_sparse(quantized, profile, database, threshold: float, min_speedup: flo
     return SparsePlan(threshold, min_speedup, keep, "static rule")
 
 
-__all__ = ["BuildPlan", "PLAN_FILE", "SparsePlan", "plan_sparse"]
+def store_once(decisions: list, min_speedup: float, progress: bool = True) -> list:
+    """One form per weight. The batch entry points of a layer (``main_b1/matmul2``,
+    ``main_b64/matmul2``) share its weight; where the gate chose differently per entry, the
+    artifact would hold the weight both dense and sparse. Such a layer gets one form for all
+    entries: sparse when the geometric mean of its measured speedups reaches
+    ``min_speedup``, else dense."""
+    import dataclasses
+    import math
+
+    groups: dict[str, list] = {}
+    for d in decisions:
+        if d.dense_us == d.dense_us and d.sparse_us > 0:  # timed (not below the threshold)
+            groups.setdefault(d.key.split("/", 1)[1], []).append(d)
+    change = {}
+    for layer, ds in groups.items():
+        if len({d.keep_sparse for d in ds}) < 2:
+            continue
+        mean = math.exp(sum(math.log(d.speedup) for d in ds) / len(ds))
+        keep = mean >= min_speedup
+        for d in ds:
+            change[d.key] = dataclasses.replace(
+                d, keep_sparse=keep, reason=f"{d.reason}; stored once: {layer} is "
+                f"{'sparse' if keep else 'dense'} in every entry (geometric-mean speedup "
+                f"{mean:.2f}x)")
+        if progress:
+            print(f"sparse gate {layer}: the batch entries disagree; stored once, "
+                  f"{'sparse' if keep else 'dense'} (geometric-mean speedup {mean:.2f}x)",
+                  flush=True)
+    return [change.get(d.key, d) for d in decisions]
+
+
+__all__ = ["BuildPlan", "PLAN_FILE", "SparsePlan", "plan_sparse", "store_once"]
