@@ -96,6 +96,26 @@ class _Deadline(Exception):
     pass
 
 
+# Relax legalizes pooling into PrimFuncs annotated schedule_rule="meta_schedule.pool_max" /
+# "pool_avg", for which TVM registers no CPU rule. MetaSchedule then logs "Unknown schedule
+# rule" for every pooling block of every search round, drops the annotation and applies its
+# default rules. These functions do exactly that, without the noise.
+CUSTOM_RULES_WITHOUT_CPU_IMPL = ("meta_schedule.pool_max", "meta_schedule.pool_avg")
+
+
+def _register_default_custom_rules() -> None:
+    import tvm
+
+    def apply_default_rules(sch, block):
+        sch.unannotate(block, "schedule_rule")
+        return [sch]
+
+    for name in CUSTOM_RULES_WITHOUT_CPU_IMPL:
+        key = f"s_tir.meta_schedule.cpu.{name}"
+        if tvm.get_global_func(key, allow_missing=True) is None:
+            tvm.register_global_func(key, apply_default_rules)
+
+
 @contextlib.contextmanager
 def _unnamed_log_handlers_detached():
     """MetaSchedule rebuilds its loggers with ``dictConfig``, naming every handler already on
@@ -185,6 +205,7 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
     from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
 
     load_tensor_intrinsics(family)
+    _register_default_custom_rules()
     work_dir = records.paths.write_dir
     report = TuneReport(database=str(work_dir), budget_s=budget_s)
     all_tasks = extract_tasks(mod, target)
