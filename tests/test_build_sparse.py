@@ -148,7 +148,7 @@ def test_gate_meets_a_tuned_dense_kernel(pruned, profile_with_db, eval_set, x86_
     _, onnx_path, d = pruned
     prof = profile_with_db(d / "db")
     opts = BuildOptions(batches=(1,), tune_budget_s=0, progress=False, tuning_dir=tmp_path)
-    model, info, _ = prepare_model(onnx_path, opts)
+    model, info, _, opts = prepare_model(onnx_path, opts)
     records = Records(RecordPaths.for_profile(prof, tmp_path))
     _, dense, _ = plan_and_fuse(model, info, prof, opts, records)
     target = prof.tvm_target()

@@ -66,7 +66,11 @@ def test_bad_arguments(argv, expect, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
     assert e.value.code == 2
-    assert expect in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert expect in err
+    # one line, no usage block, and a hint to the command's help
+    assert err.count("\n") == 1 and err.startswith(f"tvmcomp {argv[0]}")
+    assert f"(see tvmcomp {argv[0]}" in err and err.rstrip().endswith(" --help)")
 
 
 def test_export_in_process(lenet, tmp_path, capsys):

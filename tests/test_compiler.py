@@ -184,6 +184,17 @@ def test_static_batch_model_rejects_other_batches(tmp_path, prof, gemm_onnx):
     assert not (tmp_path / "art").exists()
 
 
+def test_default_batches_follow_the_model(tmp_path, prof, gemm_onnx, x86_host, capsys):
+    """A fixed batch builds that batch (as TFLite conversions have); a dynamic one 1 and 64."""
+    fixed, _, _ = gemm_onnx(tmp_path / "fixed.onnx", batch=1)
+    _, man = build(fixed, prof, tmp_path / "a1", BuildOptions(**{**NO_TUNE, "progress": True}))
+    assert man["batches"] == [1]
+    assert "batch: 1, the model's fixed batch" in capsys.readouterr().out
+    dynamic, _, _ = gemm_onnx(tmp_path / "dyn.onnx")
+    _, man = build(dynamic, prof, tmp_path / "a2", BuildOptions(**NO_TUNE))
+    assert man["batches"] == [1, 64]
+
+
 def test_static_batch_model_builds_its_batch(tmp_path, prof, gemm_onnx, x86_host):
     path, w, b = gemm_onnx(tmp_path / "static.onnx", batch=2)
     out, man = build(path, prof, tmp_path / "art", BuildOptions(batches=(2,), **NO_TUNE))

