@@ -162,3 +162,14 @@ def test_wrong_image_size(tmp_path):
     (tmp_path / IDX_LABELS).write_bytes(_idx(2049, np.zeros(2)))
     with pytest.raises(TvmcompError, match="do not match"):
         load_idx(tmp_path)
+
+
+def test_labels_outside_0_to_9_are_refused(mnist_dir, tmp_path):
+    """A label file with other values would give a silent 0 % accuracy: one clear error."""
+    shutil.copy(mnist_dir / f"{IDX_IMAGES}.gz", tmp_path / f"{IDX_IMAGES}.gz")
+    with gzip.open(mnist_dir / f"{IDX_LABELS}.gz", "rb") as f:
+        raw = bytearray(f.read())
+    raw[8:] = bytes((b + 10) % 256 for b in raw[8:])  # the header is 8 bytes
+    (tmp_path / IDX_LABELS).write_bytes(bytes(raw))
+    with pytest.raises(TvmcompError, match="labels must be digits 0-9, found 10..19"):
+        load_idx(tmp_path)

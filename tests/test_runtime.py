@@ -216,3 +216,15 @@ def test_thread_pool_follows_the_manifest_unless_the_user_set_it(monkeypatch):
     monkeypatch.setenv("TVM_NUM_THREADS", "3")
     _size_thread_pool(2)
     assert os.environ["TVM_NUM_THREADS"] == "3"
+
+
+def test_non_finite_inputs_are_refused_unless_asked(lenet_artifact):
+    """NaN/Inf would give finite, confident logits: refused by default, allowed on request."""
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    x[1, 0, 3, 4] = np.nan
+    with pytest.raises(InputError, match="contains NaN or Inf"):
+        runtime.load(lenet_artifact.path)(x)
+    x[1, 0, 3, 4] = np.inf
+    with pytest.raises(InputError, match="check_finite=False"):
+        runtime.load(lenet_artifact.path)(x)
+    assert runtime.load(lenet_artifact.path, check_finite=False)(x).shape == (2, 10)

@@ -15,8 +15,9 @@ from .targets import profile_from_dict
 class CompiledModel:
     """A loaded artifact: call it with a NumPy batch of any size."""
 
-    def __init__(self, art_dir: Path, manifest: Manifest, vm, device):
+    def __init__(self, art_dir: Path, manifest: Manifest, vm, device, check_finite: bool = True):
         self.path = art_dir
+        self.check_finite = check_finite
         self.manifest = manifest
         self._vm = vm
         self.device = device
@@ -54,6 +55,10 @@ class CompiledModel:
             )
         if x.shape[0] == 0:
             raise InputError(f"input {self.input_name!r} has an empty batch")
+        if self.check_finite and x.dtype.kind == "f" and not np.isfinite(x).all():
+            # the compiled model would return finite, confident logits for them
+            raise InputError(f"input {self.input_name!r} contains NaN or Inf (load the artifact "
+                             "with check_finite=False to skip this check)")
         return np.ascontiguousarray(x)
 
     def _run(self, batch: int, x: np.ndarray) -> np.ndarray:
@@ -91,8 +96,13 @@ def _size_thread_pool(threads: int | None) -> None:
     os.environ["TVM_NUM_THREADS"] = str(max(1, min(threads, tvmcomp.USABLE_CORES)))
 
 
-def load(art_dir: str | os.PathLike) -> CompiledModel:
-    """Load an artifact directory: verify ``model.so``'s hash and that this machine can run it."""
+def load(art_dir: str | os.PathLike, check_finite: bool = True) -> CompiledModel:
+    """Load an artifact directory: verify ``model.so``'s hash and that this machine can run it.
+
+    ``check_finite``: calls refuse inputs holding NaN or Inf. On LeNet-5's input the check
+    costs about 1 µs at batch 1 and 4 µs at batch 64 (Zen 5); the raw entry points
+    (:meth:`CompiledModel.entry`, what ``bench`` times) skip it.
+    """
     import tvm
     from tvm.runtime.vm import VirtualMachine  # = relax.VirtualMachine, also in runtime-only TVM
 
@@ -115,4 +125,4 @@ def load(art_dir: str | os.PathLike) -> CompiledModel:
         vm = VirtualMachine(lib, device)
     except Exception as e:  # noqa: BLE001 - the loader raises bare TVM errors
         raise ArtifactError(f"{lib_path}: cannot load ({str(e).strip().splitlines()[-1]})") from None
-    return CompiledModel(art_dir, manifest, vm, device)
+    return CompiledModel(art_dir, manifest, vm, device, check_finite)

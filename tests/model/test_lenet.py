@@ -110,3 +110,19 @@ def test_invalid_train_config():
         TrainConfig(epochs=0)
     with pytest.raises(TvmcompError):
         TrainConfig(lr=0)
+
+
+@pytest.mark.parametrize("ckpt, expect", [
+    ({"arch": "lenet5"}, "'state_dict' must map parameter names to tensors"),
+    ({"arch": "lenet5", "state_dict": [1, 2]}, "'state_dict' must map parameter names"),
+    ({"arch": "lenet5", "state_dict": {"conv1.weight": "x"}}, "to tensors"),
+    ({"arch": "lenet5", "state_dict": None, "meta": {}}, "'state_dict' must map"),
+    ({"arch": "lenet5", "state_dict": LeNet5().state_dict(), "meta": [1]},
+     "'meta' must be a mapping, got list"),
+])
+def test_malformed_checkpoint_structure(tmp_path, ckpt, expect):
+    """A checkpoint of the right format with a wrong structure is one ModelError line."""
+    path = tmp_path / "bad.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, **ckpt}, path)
+    with pytest.raises(ModelError, match=expect):
+        load_checkpoint(path)

@@ -103,6 +103,9 @@ def load_idx(directory: str | os.PathLike) -> Dataset:
     labels = _read_idx(_find(d, IDX_LABELS), 2049).astype(np.int64)
     if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28):
         raise TvmcompError(f"{d}: images {images.shape} and labels {labels.shape} do not match")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise TvmcompError(f"{d}: labels must be digits 0-9, found {int(labels.min())}.."
+                           f"{int(labels.max())} (an accuracy against them would be meaningless)")
     return Dataset(images, labels, f"MNIST test set, {d} ({len(labels)} images)")
 
 

@@ -68,13 +68,19 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     arch = ckpt.get("arch")
     if arch not in ARCHITECTURES:
         raise ModelError(f"{path}: unknown architecture {arch!r}; known: {sorted(ARCHITECTURES)}")
+    state, meta = ckpt.get("state_dict"), ckpt.get("meta", {})
+    if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ModelError(f"{path}: 'state_dict' must map parameter names to tensors")
+    if not isinstance(meta, dict):
+        raise ModelError(f"{path}: 'meta' must be a mapping, got {type(meta).__name__}")
     model = ARCHITECTURES[arch]()
     try:
-        model.load_state_dict(ckpt["state_dict"])
+        model.load_state_dict(state)
     except RuntimeError as e:
         raise ModelError(f"{path}: weights do not fit {arch}: {str(e).splitlines()[0]}") from None
     model.eval()
-    return model, dict(ckpt.get("meta", {}))
+    return model, dict(meta)
 
 
 def torch_int8_lenet(model: LeNet5, calib: torch.Tensor, backend: str = "x86") -> nn.Module:
