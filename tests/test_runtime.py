@@ -228,3 +228,22 @@ def test_non_finite_inputs_are_refused_unless_asked(lenet_artifact):
     with pytest.raises(InputError, match="check_finite=False"):
         runtime.load(lenet_artifact.path)(x)
     assert runtime.load(lenet_artifact.path, check_finite=False)(x).shape == (2, 10)
+
+
+def test_stale_temp_dirs_of_dead_writers_are_swept(tmp_path):
+    """A build killed mid-write (SIGKILL) leaves a temp dir; the next write removes it, but
+    never one of a live writer."""
+    import subprocess
+    import sys
+
+    from tvmcomp.artifact import OWNER, sweep_stale_temps
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale, live, foreign = (tmp_path / ".art.x1", tmp_path / ".art.x2", tmp_path / ".art.x3")
+    for d, owner in ((stale, dead), (live, str(os.getpid())), (foreign, None)):
+        d.mkdir()
+        if owner:
+            (d / OWNER).write_text(owner)
+    assert sweep_stale_temps(tmp_path / "art") == [stale]
+    assert not stale.exists() and live.exists() and foreign.exists()

@@ -15,6 +15,7 @@ from .errors import ArtifactError
 SCHEMA_VERSION = 1
 LIBRARY = "model.so"
 MANIFEST = "manifest.json"
+OWNER = ".writer_pid"  # in a temp dir being written: the writing process
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -38,7 +39,9 @@ def write_artifact(out_dir: str | os.PathLike, export_library, manifest: dict,
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not (out / MANIFEST).is_file():
         raise ArtifactError(f"{out} exists and is not a tvmcomp artifact; refusing to replace it")
+    sweep_stale_temps(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    (tmp / OWNER).write_text(str(os.getpid()))
     try:
         lib = tmp / LIBRARY
         export_library(str(lib))
@@ -50,6 +53,7 @@ def write_artifact(out_dir: str | os.PathLike, export_library, manifest: dict,
         if check is not None:
             manifest.update(check(lib))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+        (tmp / OWNER).unlink()
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -165,6 +169,28 @@ def _specs(items, key: str, bad) -> tuple[TensorSpec, ...]:
             raise bad(f"manifest {key!r} entry {t!r} needs a name, a shape and a dtype")
         out.append(TensorSpec(t["name"], tuple(shape), t["dtype"]))
     return tuple(out)
+
+
+def sweep_stale_temps(out: Path) -> list[Path]:
+    """Remove temp dirs beside ``out`` left by writers that died (SIGKILL, power loss).
+
+    Each temp dir names its writer's PID; one whose process is gone is removed, one of a live
+    writer (a concurrent build) or of unknown origin is left alone.
+    """
+    removed = []
+    for d in out.parent.glob(f".{out.name}.*"):
+        try:
+            pid = int((d / OWNER).read_text())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+        except PermissionError:
+            pass  # alive, another user's
+    return removed
 
 
 def read_manifest(art_dir: str | os.PathLike) -> Manifest:

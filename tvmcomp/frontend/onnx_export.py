@@ -25,18 +25,21 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_shape=(1, 1, 28
     model.eval()
     dummy = torch.zeros(*input_shape, dtype=torch.float32)
     tmp = path.with_name(path.name + ".tmp")
-    torch.onnx.export(
-        model, (dummy,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}} if dynamic_batch else None,
-        opset_version=opset, dynamo=False,
-    )
-    if metadata:
-        import onnx
+    try:
+        torch.onnx.export(
+            model, (dummy,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}} if dynamic_batch else None,
+            opset_version=opset, dynamo=False,
+        )
+        if metadata:
+            import onnx
 
-        proto = onnx.load(str(tmp))
-        for key, value in metadata.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, str(value)
-        onnx.save(proto, str(tmp))
-    os.replace(tmp, path)
+            proto = onnx.load(str(tmp))
+            for key, value in metadata.items():
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = key, str(value)
+            onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    finally:  # a failed or interrupted export leaves nothing behind
+        tmp.unlink(missing_ok=True)
     return path
