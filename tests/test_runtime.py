@@ -247,3 +247,22 @@ def test_stale_temp_dirs_of_dead_writers_are_swept(tmp_path):
             (d / OWNER).write_text(owner)
     assert sweep_stale_temps(tmp_path / "art") == [stale]
     assert not stale.exists() and live.exists() and foreign.exists()
+
+
+def test_pinned_sha256(lenet_artifact, art_copy):
+    """load(expected_sha256=...) refuses any other model.so, even with a matching manifest."""
+    from tvmcomp.artifact import sha256_file
+
+    sha = lenet_artifact.manifest["library"]["sha256"]
+    assert runtime.load(lenet_artifact.path, expected_sha256=sha.upper()).batches
+    lib = art_copy / "model.so"
+    lib.write_bytes(lib.read_bytes() + b"\0")  # another library, manifest fixed up to match
+    _edit_manifest(art_copy, lambda m: m["library"].update(sha256=sha256_file(lib)))
+    with pytest.raises(ArtifactError, match="is not the pinned"):
+        runtime.load(art_copy, expected_sha256=sha)
+
+
+def test_artifact_directory_is_readable_like_any_build_output(lenet_artifact):
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (lenet_artifact.path.stat().st_mode & 0o777) == 0o777 & ~umask

@@ -42,6 +42,9 @@ def write_artifact(out_dir: str | os.PathLike, export_library, manifest: dict,
     sweep_stale_temps(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     (tmp / OWNER).write_text(str(os.getpid()))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700: an artifact is a build output
     try:
         lib = tmp / LIBRARY
         export_library(str(lib))

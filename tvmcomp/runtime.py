@@ -96,8 +96,13 @@ def _size_thread_pool(threads: int | None) -> None:
     os.environ["TVM_NUM_THREADS"] = str(max(1, min(threads, tvmcomp.USABLE_CORES)))
 
 
-def load(art_dir: str | os.PathLike, check_finite: bool = True) -> CompiledModel:
+def load(art_dir: str | os.PathLike, check_finite: bool = True,
+         expected_sha256: str | None = None) -> CompiledModel:
     """Load an artifact directory: verify ``model.so``'s hash and that this machine can run it.
+
+    Loading runs native code from ``model.so``. The sha256 in ``manifest.json`` sits beside it,
+    so it catches accidents, not attackers: a deployment passes ``expected_sha256``, the hash
+    of the ``model.so`` it shipped, and a different library is refused before it is loaded.
 
     ``check_finite``: calls refuse inputs holding NaN or Inf. On LeNet-5's input the check
     costs about 1 µs at batch 1 and 4 µs at batch 64 (Zen 5); the raw entry points
@@ -109,6 +114,10 @@ def load(art_dir: str | os.PathLike, check_finite: bool = True) -> CompiledModel
     art_dir = Path(art_dir)
     manifest = read_manifest(art_dir)
     lib_path = check_library(art_dir, manifest)
+    if expected_sha256 is not None and manifest.library_sha256 != expected_sha256.lower():
+        raise ArtifactError(
+            f"{lib_path}: sha256 {manifest.library_sha256[:12]}… is not the pinned "
+            f"{expected_sha256[:12]}…: not the model.so you shipped")
     _size_thread_pool(manifest.threads)
     profile = profile_from_dict(manifest.profile, source=str(manifest.path))
     missing = profile.missing_cpu_flags()

@@ -2,7 +2,7 @@
 // images from an MNIST IDX file, print predictions, accuracy and latency.
 //
 //   tvmcomp_deploy ARTIFACT_DIR IMAGES_IDX [LABELS_IDX] [--limit N] [--repeat R]
-//                  [--dump-logits FILE] [--mean M] [--std S] [--quiet]
+//                  [--dump-logits FILE] [--mean M] [--std S] [--quiet] [--expect-sha256 HEX]
 //
 // Built natively for x86-64 and cross-compiled for aarch64 (see Makefile); it links only the TVM
 // runtime (libtvm_runtime.so + libtvm_ffi.so), never the compiler.
@@ -193,7 +193,7 @@ static ffi::Tensor OutputTensor(const ffi::Any& out) {
 }
 
 struct Args {
-  std::string art, images, labels, dump;
+  std::string art, images, labels, dump, expect_sha256;
   int64_t limit = -1, repeat = 50;
   float mean = 0.1307f, std = 0.3081f;  // tvmcomp.data.mnist.MEAN / STD (training normalisation)
   bool quiet = false;
@@ -214,12 +214,13 @@ static Args ParseArgs(int argc, char** argv) {
     else if (s == "--mean") a.mean = std::strtof(value().c_str(), nullptr);
     else if (s == "--std") a.std = std::strtof(value().c_str(), nullptr);
     else if (s == "--quiet") a.quiet = true;
+    else if (s == "--expect-sha256") a.expect_sha256 = value();
     else if (s.rfind("--", 0) == 0) Fail("unknown option " + s);
     else pos.push_back(s);
   }
   if (pos.size() < 2 || pos.size() > 3) {
     Fail("usage: tvmcomp_deploy ARTIFACT_DIR IMAGES_IDX [LABELS_IDX] [--limit N] [--repeat R] "
-         "[--dump-logits FILE] [--mean M] [--std S] [--quiet]");
+         "[--dump-logits FILE] [--mean M] [--std S] [--quiet] [--expect-sha256 HEX]");
   }
   a.art = pos[0];
   a.images = pos[1];
@@ -235,6 +236,12 @@ static int Run(const Args& a) {
   if (digest.empty()) Fail(a.art + ": " + m.library + " is missing");
   if (digest != m.sha256) {
     Fail(lib + ": sha256 does not match the manifest: the library was modified or replaced");
+  }
+  // The manifest sits beside model.so, so its hash catches accidents, not attackers: a
+  // deployment pins the hash of the model.so it shipped.
+  if (!a.expect_sha256.empty() && digest != a.expect_sha256) {
+    Fail(lib + ": sha256 " + digest.substr(0, 12) + "... is not the pinned " +
+         a.expect_sha256.substr(0, 12) + "... (--expect-sha256): not the model.so you shipped");
   }
 
   std::vector<uint32_t> idims;

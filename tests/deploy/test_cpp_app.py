@@ -78,3 +78,12 @@ def test_input_errors(x86_app, lenet_artifact, mnist_idx, tmp_path):
     _one_line_error(_run(x86_app, tmp_path, mnist_idx.images), "manifest.json")
     _one_line_error(_run(x86_app, lenet_artifact.path, mnist_idx.labels), "magic 2051")
     _one_line_error(_run(x86_app, lenet_artifact.path), "usage")
+
+
+def test_app_pins_the_shipped_sha256(x86_app, lenet_artifact, mnist_idx):
+    sha = lenet_artifact.manifest["library"]["sha256"]
+    ok = _run(x86_app, lenet_artifact.path, mnist_idx.images, "--limit", 1, "--expect-sha256", sha)
+    assert ok.returncode == 0, ok.stderr
+    bad = _run(x86_app, lenet_artifact.path, mnist_idx.images, "--limit", 1,
+               "--expect-sha256", "0" * 64)
+    _one_line_error(bad, "is not the pinned", "not the model.so you shipped")
