@@ -25,17 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-
-
 def machine() -> str:
     from tvmcomp.main_job import _cpu_name
+    from tvmcomp.targets import cpu_flags
 
-    flags = set()
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
+    flags = cpu_flags()
     shown = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni") if f in flags]
     return f"{platform.machine()} {_cpu_name()}, flags: {' '.join(shown)}"
 

@@ -30,10 +30,12 @@ def write_artifact(out_dir: str | os.PathLike, export_library, manifest: dict,
                    check=None, extra_files: dict[str, bytes] | None = None) -> Path:
     """Write the artifact into a temp dir beside ``out_dir`` and rename it into place.
 
-    ``export_library(path)`` writes the shared library; ``check(path)``, if given, may test it
-    (raising to abort) and returns a dict merged into the manifest. The library's sha256 and
-    size go into ``manifest["library"]``; ``extra_files`` (name → bytes) are written beside. An existing ``out_dir`` is replaced only once the new
-    one is complete, so a failure never leaves a half-written artifact.
+    ``export_library(path)`` writes the shared library; the library's sha256 and size go into
+    ``manifest["library"]``; ``extra_files`` (name → bytes) are written beside.
+    ``check(path, manifest)``, if given, may test the library against the typed manifest about
+    to be written (raising to abort) and returns a dict merged into it. An existing
+    ``out_dir`` is replaced only once the new one is complete, so a failure never leaves a
+    half-written artifact.
     """
     out = Path(out_dir).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +56,7 @@ def write_artifact(out_dir: str | os.PathLike, export_library, manifest: dict,
         for name, data in (extra_files or {}).items():
             (tmp / name).write_bytes(data)
         if check is not None:
-            manifest.update(check(lib))
+            manifest.update(check(lib, Manifest.parse(manifest, tmp / MANIFEST)))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
         (tmp / OWNER).unlink()
         if out.exists():

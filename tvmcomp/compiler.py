@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .artifact import (MANIFEST, SCHEMA_VERSION, Manifest, read_manifest, sha256_file,
-                       write_artifact)
+from .artifact import SCHEMA_VERSION, Manifest, read_manifest, write_artifact
 from .data import Dataset
 from .deploy.cuda import cuda_codegen
 from .deploy.toolchain import check_cross_compiler
@@ -104,13 +103,13 @@ def ensure_tuned(fused, profile: Profile, records: Records, budget_s: float,
     target = profile.tvm_target()
     status = task_status(fused, target, records)
     missing = [t.name for t in status if t.best_us is None and not t.hand_scheduled]
-    borrowed = sorted({t.source for t in status if t.source not in (None, profile.name)})
+    borrowed = [t for t in status if t.source not in (None, profile.name)]
     info = {"database": str(records.paths.committed), "cache": str(records.paths.cache),
             "tasks": len(status), "budget_s": budget_s, "used_s": 0.0, "trials": 0,
             "stopped_by": "not needed"}
     _say(f"{len(status) - len(missing)}/{len(status)} tasks have records"
-         + (f" ({sum(t.source != profile.name and t.source is not None for t in status)} "
-            f"only from {', '.join(borrowed)}: fallback, checked before use; "
+         + (f" ({len(borrowed)} only from {', '.join(sorted({t.source for t in borrowed}))}: "
+            "fallback, checked before use; "
             f"`tvmcomp tune --profile {profile.name}` tunes them for this profile)"
             if borrowed else ""), progress)
     if missing and budget_s > 0:
@@ -215,12 +214,12 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     if qm is not None:
         extra[QUANT_CONFIG] = (opts.quant.to_json() + "\n").encode()
 
-    def check(lib_path: Path) -> dict:
+    def check(lib_path: Path, written: Manifest) -> dict:
         if not profile.runs_here():
             reason = f"{profile.name} cannot run on this machine"
             _say(f"WARNING: verification skipped: {reason}", opts.progress)
             return {"verification": {"passed": None, "skipped": reason}}
-        model_run = _load_for_check(lib_path, manifest, profile)
+        model_run = _load_for_check(lib_path, written, profile)
         kw = {}
         if int8:
             from .quant import run_qdq_reference
@@ -388,15 +387,12 @@ def _tvm_version() -> str:
     return tvm.__version__
 
 
-def _load_for_check(lib_path: Path, manifest: dict, profile: Profile):
+def _load_for_check(lib_path: Path, manifest: Manifest, profile: Profile):
     import tvm
     from tvm import relax
 
     from .runtime import CompiledModel
 
-    lib = {"file": lib_path.name, "sha256": sha256_file(lib_path),
-           "bytes": lib_path.stat().st_size}
-    manifest = Manifest.parse({**manifest, "library": lib}, lib_path.parent / MANIFEST)
     dev = profile.device()
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), dev)
     return CompiledModel(lib_path.parent, manifest, vm, dev)

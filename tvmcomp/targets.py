@@ -59,7 +59,7 @@ class Profile:
         triple = str(self.target.get("mtriple", "x86_64"))
         if not triple.startswith(arch.replace("arm64", "aarch64")):
             return [f"arch:{triple.split('-')[0]}"]
-        flags = _cpu_flags()
+        flags = cpu_flags()
         return [f for f in self.requires_cpu_flags if f not in flags]
 
     def device(self, session=None):
@@ -91,7 +91,8 @@ _KEYS = {
 _REQUIRED = ("description", "family", "target", "cores")
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """This machine's CPU flags (x86 ``flags`` / aarch64 ``Features`` in /proc/cpuinfo)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

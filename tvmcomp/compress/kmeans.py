@@ -33,6 +33,11 @@ def init_centroids(x: np.ndarray, k: int, init: str, rng: np.random.Generator) -
     raise CompressConfigError(f"init must be one of {', '.join(INITS)}, got {init!r}")
 
 
+def _nearest(c: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Index of the nearest of the sorted centroids ``c`` for each value of ``x``."""
+    return np.searchsorted((c[1:] + c[:-1]) / 2, x)
+
+
 def kmeans_1d(x: np.ndarray, k: int, init: str = "linear", iters: int = 300,
               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(centroids [k] sorted, labels [len(x)]): Lloyd's algorithm on scalars.
@@ -44,8 +49,7 @@ def kmeans_1d(x: np.ndarray, k: int, init: str = "linear", iters: int = 300,
     c = np.sort(init_centroids(x, k, init, np.random.default_rng(seed)))
     labels = np.full(len(x), -1)
     for _ in range(iters):
-        # nearest centroid of each value, via the midpoints of the sorted centroids
-        new = np.searchsorted((c[1:] + c[:-1]) / 2, x)
+        new = _nearest(c, x)
         if np.array_equal(new, labels):
             break
         labels = new
@@ -54,7 +58,7 @@ def kmeans_1d(x: np.ndarray, k: int, init: str = "linear", iters: int = 300,
         c = np.where(counts > 0, sums / np.maximum(counts, 1), c)
         order = np.argsort(c, kind="stable")
         c, labels = c[order], np.argsort(order)[labels]
-    return c, np.searchsorted((c[1:] + c[:-1]) / 2, x)
+    return c, _nearest(c, x)
 
 
 @dataclass(frozen=True)
@@ -74,10 +78,13 @@ class SharedWeight:
     zero: bool
     unique: bool  # the weight already had <= 2**bits distinct values: used as it is
 
+    def groups(self) -> np.ndarray:
+        """The codebook (group) of each element, shaped like ``index``."""
+        g = np.arange(self.index.shape[0]) // self.group_size
+        return np.broadcast_to(g.reshape(-1, *([1] * (self.index.ndim - 1))), self.index.shape)
+
     def dense(self) -> np.ndarray:
-        g = (np.arange(self.index.shape[0]) // self.group_size)
-        g = g.reshape(-1, *([1] * (self.index.ndim - 1)))
-        return self.codebook[np.broadcast_to(g, self.index.shape), self.index]
+        return self.codebook[self.groups(), self.index]
 
 
 def share_weight(w: np.ndarray, bits: int, init: str = "linear", group_size: int = 0,
@@ -122,8 +129,7 @@ def share_weight(w: np.ndarray, bits: int, init: str = "linear", group_size: int
         mask = part != 0 if zero else np.ones(part.shape, bool)
         if len(cents):
             c = book[start:start + len(cents)].astype(np.float64)
-            near = np.searchsorted((c[1:] + c[:-1]) / 2, part[mask].astype(np.float64))
-            idx[mask] = start + near
+            idx[mask] = start + _nearest(c, part[mask].astype(np.float64))
         books.append(book)
         index[g0:g0 + gs] = idx
     return SharedWeight(np.stack(books), index, bits, gs, zero, all_unique)

@@ -58,9 +58,7 @@ def share_model(model: nn.Module, cfg: KMeansShareConfig, data: Dataset,
 
 def _cluster_ids(s: SharedWeight) -> torch.Tensor:
     """A global cluster id per weight element: group * 2**bits + index."""
-    g = np.arange(s.index.shape[0]) // s.group_size
-    g = g.reshape(-1, *([1] * (s.index.ndim - 1)))
-    return torch.from_numpy((g * (2 ** s.bits) + s.index).astype(np.int64))
+    return torch.from_numpy((s.groups() * (2 ** s.bits) + s.index).astype(np.int64))
 
 
 def _finetune_centroids(model, layers, shared, cfg, data, progress) -> None:

@@ -239,12 +239,7 @@ def append_record(folder: Path, record) -> None:
 def update_json(path: Path, entries: dict) -> None:
     """Merge ``entries`` into the JSON object in ``path`` under the folder's lock, atomically."""
     with locked(path.parent):
-        try:
-            data = json.loads(path.read_text())
-            if not isinstance(data, dict):
-                data = {}
-        except (OSError, ValueError):
-            data = {}
+        data = read_json(path)
         data.update(entries)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")

@@ -115,7 +115,8 @@ def validated_database(records, tasks, target):
     for task in tasks:
         mod = task.dispatched[0]
         chosen = None
-        for source, rec in records.candidates(mod, TOP_K):
+        candidates = records.candidates(mod, TOP_K)
+        for source, rec in candidates:
             key = record_key(rec)
             verdict = cache.get(key)
             if isinstance(verdict, dict) and isinstance(verdict.get("ok"), bool):
@@ -131,7 +132,7 @@ def validated_database(records, tasks, target):
             if task.task_name not in report.rejected:
                 report.rejected.append(task.task_name)
         if chosen is None:
-            if records.candidates(mod, 1):
+            if candidates:
                 report.no_valid_record.append(task.task_name)
             continue
         source, rec = chosen
