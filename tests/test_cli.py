@@ -102,6 +102,18 @@ def test_tune_plan_errors(tmp_path, capsys):
     assert cli.main(["tune", "m.onnx", "--profile", "x86_avx2", "--plan",
                      str(tmp_path / "none")]) in (2,)
     assert "cannot read a build plan" in capsys.readouterr().err
+    plan = ('{"version": 1, "profile": "x86_avx2", "batches": [1], '
+            '"int8_accumulate": "float32", "sparse": null}')
+    (tmp_path / "good.json").write_text(plan)
+    assert cli.main(["tune", "m.onnx", "--profile", "x86_avx2", "--plan",
+                     str(tmp_path / "good.json"), "--sparse"]) == 2
+    assert "drop --sparse" in capsys.readouterr().err
+    # the --quantize flags the artifact was built with go with the plan: past that check,
+    # the missing model is what stops this call
+    assert cli.main(["tune", str(tmp_path / "m.onnx"), "--profile", "x86_avx2", "--plan",
+                     str(tmp_path / "good.json"), "--quantize", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert "--plan" not in err and "m.onnx" in err
     (tmp_path / "plan.json").write_text('{"version": 1}')
     assert cli.main(["tune", "m.onnx", "--profile", "x86_avx2", "--plan",
                      str(tmp_path / "plan.json")]) == 2

@@ -313,9 +313,9 @@ def cmd_tune(args) -> int:
             f"{', '.join(profile.missing_cpu_flags())}); run tvmcomp tune on the target"
         )
     plan = _read_plan(args.plan) if args.plan else None
-    if plan is not None and (args.sparse or args.quantize):
-        raise TvmcompError("--plan already fixes the model's forms; give the --quantize flags "
-                           "the artifact was built with only, without --sparse")
+    if plan is not None and args.sparse:
+        raise TvmcompError("--plan already fixes which layers are sparse; drop --sparse (give "
+                           "only the --quantize flags the artifact was built with)")
     opts = _build_options(args)
     model, info, _, opts = prepare_model(args.model, opts)
     records = Records(RecordPaths.for_profile(profile, args.tuning_dir, commit=args.commit),
