@@ -250,6 +250,46 @@ def test_bench_json(lenet_artifact, run_tvmcomp):
         assert isinstance(us, float) and us > 0, name
     assert res["profile"] == "x86_avx2"
     assert [n for n in res["notes"] if "input checks" not in n] == []
+    # the input checks' cost is measured in this run, not quoted
+    check_us = res["input_check_us"]["1"]["artifact"]
+    assert check_us > 0 and f"batch 1 {check_us:.1f} µs" in res["notes"][0]
+
+
+def test_bench_defaults_to_the_artifacts_batches(lenet_artifact, capsys):
+    assert cli.main(["bench", str(lenet_artifact.path), "--json", "--no-baselines"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert list(res["results"]) == [str(b) for b in lenet_artifact.batches]
+    assert list(res["input_check_us"]) == list(res["results"])
+    assert not any("not compiled" in n for n in res["notes"])
+
+
+def test_sigterm_exits_143(monkeypatch, capsys):
+    """SIGTERM is reported as SIGTERM (128 + 15), Ctrl-C as 130."""
+    import os
+    import signal
+    import time
+
+    def killed(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
+        return 0
+
+    old = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli, "cmd_targets", killed)
+    try:
+        assert cli.main(["targets"]) == 143
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert capsys.readouterr().err == "interrupted\n"
+
+    def ctrl_c(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_targets", ctrl_c)
+    try:
+        assert cli.main(["targets"]) == 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def test_bench_without_source_model(lenet_artifact, tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 
 
@@ -25,6 +26,7 @@ def test_main_job_builds_every_form_and_writes_the_table(tmp_path, x86_host, pro
     assert {"ort_fp32", "torch_fp32"} <= set(s["latency_us"]["1"])
     assert set(s["stage_seconds"]) == {"train", "prune", "build", "bench"}
     md = (tmp_path / "run" / "results.md").read_text()
+    assert not re.search(r"#\d", md), "users read no issue-tracker numbers"
     for f in FORMS:
         assert f"| {f} | " in md
     # a rerun reuses the pruned checkpoint (same config, same source)

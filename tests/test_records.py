@@ -229,7 +229,7 @@ def test_build_with_a_damaged_committed_database_goes_on(tuned, tmp_path, run_tv
 
 
 def test_interrupted_tune_keeps_its_records_and_a_rerun_resumes(tuned, tmp_path):
-    """SIGTERM in the middle of `tvmcomp tune`: exit 130, measured records kept."""
+    """SIGTERM in the middle of `tvmcomp tune`: exit 143 (128 + SIGTERM), measured records kept."""
     onnx_path = tuned[0]
     cache = tmp_path / "cache"
     args = [sys.executable, "-m", "tvmcomp.cli", "tune", str(onnx_path), "--profile",
@@ -245,7 +245,7 @@ def test_interrupted_tune_keeps_its_records_and_a_rerun_resumes(tuned, tmp_path)
     assert p.poll() is None, p.communicate()
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=120)
-    assert p.returncode == 130, err
+    assert p.returncode == 143, err
     assert "kept in" in err and "Traceback" not in err
     kept = len(_lines(cache / RECORDS))
     assert kept >= 1
@@ -255,3 +255,15 @@ def test_interrupted_tune_keeps_its_records_and_a_rerun_resumes(tuned, tmp_path)
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert f"({kept} records)" in r.stdout
+
+
+def test_tune_with_every_task_recorded_says_nothing_to_tune(tuned, tmp_path, capsys):
+    from tvmcomp import cli
+
+    onnx_path, _, _, db, _ = tuned
+    cache = _copy(db, tmp_path / "cache")
+    assert cli.main(["tune", str(onnx_path), "--profile", "x86_avx2", "--batch", "1",
+                     "--tune-budget", "30", "--tuning-dir", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to tune: every kernel already has a x86_avx2 record" in out
+    assert "trials" not in out.split("nothing to tune")[1]

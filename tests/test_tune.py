@@ -57,7 +57,7 @@ def test_tune_then_build_applies_record(tmp_path, x86_host, gemm_onnx, profile_w
     # a second call with only_missing tunes nothing
     again = tune_module(fused, target, _records(prof, work), budget_s=20, max_trials_per_task=4,
                         trials_per_iter=4, family=x86_host.family, progress=False)
-    assert again.trials == 0 and again.stopped_by == "done"
+    assert again.trials == 0 and again.stopped_by == "nothing to tune"
 
     out, man = build(onnx_path, prof, tmp_path / "art",
                      BuildOptions(batches=(1,), tune_budget_s=0, progress=False, tuning_dir=work))
@@ -123,20 +123,22 @@ def test_check_record_detects_wrong_output(tmp_path, x86_host, monkeypatch):
     assert not ok and "max |err|" in detail
 
 
-def test_budget_zero_tunes_nothing(tmp_path, x86_host, gemm_onnx):
+def test_budget_zero_tunes_nothing(tmp_path, x86_host, gemm_onnx, profile_with_db):
     onnx_path, _, _ = gemm_onnx(tmp_path / "gemm.onnx")
     target = x86_host.tvm_target()
     model, info = load_onnx(onnx_path)
     fused = fuse(import_batches(model, info, [1, 2]), target)
-    rep = tune_module(fused, target, _records(x86_host, tmp_path / "db"), budget_s=0,
+    prof = profile_with_db(tmp_path / "committed")  # not tuning_logs/: its records change
+    rep = tune_module(fused, target, _records(prof, tmp_path / "db"), budget_s=0,
                       progress=False)
     assert rep.stopped_by == "no budget" and rep.trials == 0
     assert len(rep.tasks) == 2 and len(rep.untuned) == 2
 
 
-def test_unfused_module_has_no_tasks(tmp_path, x86_host, gemm_onnx):
+def test_unfused_module_has_no_tasks(tmp_path, x86_host, gemm_onnx, profile_with_db):
     onnx_path, _, _ = gemm_onnx(tmp_path / "gemm.onnx")
     model, info = load_onnx(onnx_path)
     with pytest.raises(TvmcompError, match="no TIR tasks"):
         tune_module(import_batches(model, info, [1]), x86_host.tvm_target(),
-                    _records(x86_host, tmp_path / "db"), budget_s=0, progress=False)
+                    _records(profile_with_db(tmp_path / "committed"), tmp_path / "db"),
+                    budget_s=0, progress=False)

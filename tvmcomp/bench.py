@@ -138,15 +138,16 @@ def py_timer(fn, min_repeat_s: float = 0.01):
     return timer
 
 
-def bench_artifact(art_dir: str | Path, batches=(1, 64), baselines=BASELINES,
+def bench_artifact(art_dir: str | Path, batches=None, baselines=BASELINES,
                    onnx_override: str | None = None, progress: bool = True) -> dict:
-    """``{"unit": "us", "results": {"<batch>": {"<name>": median_us}}, ...}`` from one run."""
+    """``{"unit": "us", "results": {"<batch>": {"<name>": median_us}}, ...}`` from one run
+    (``batches``: default the artifact's compiled batches)."""
     res = bench_artifacts({"artifact": art_dir}, batches, baselines, onnx_override, progress)
     res["artifact"] = str(art_dir)
     return res
 
 
-def bench_artifacts(arts: dict, batches=(1, 64), baselines=BASELINES,
+def bench_artifacts(arts: dict, batches=None, baselines=BASELINES,
                     onnx_override: str | None = None, progress: bool = True,
                     repeat: int = 15) -> dict:
     """Time several artifacts (``{name: dir}``) and the baselines in one run.
@@ -157,8 +158,10 @@ def bench_artifacts(arts: dict, batches=(1, 64), baselines=BASELINES,
     change hits them alike); then each peer in a block of its own, followed by a pause: the
     peers' thread pools keep spinning after a call (PyTorch's OpenMP for a long while), and
     interleaved with them our 2-thread artifact measured up to 9x slower (129 vs 14 µs) on
-    a 2-vCPU VM. Returns ``{"unit": "us", "results": {"<batch>": {"<name>": median_us}},
-    "profile", "notes"}``.
+    a 2-vCPU VM. ``batches`` default to the first artifact's compiled batches. The input
+    checks every call through :mod:`tvmcomp.runtime` adds (shape, dtype, NaN/Inf) are timed
+    on their own in the same run. Returns ``{"unit": "us", "results": {"<batch>": {"<name>":
+    median_us}}, "input_check_us": {"<batch>": {"<name>": median_us}}, "profile", "notes"}``.
     """
     import tvm
 
@@ -168,12 +171,12 @@ def bench_artifacts(arts: dict, batches=(1, 64), baselines=BASELINES,
     models = {name: runtime.load(d) for name, d in arts.items()}
     first = next(iter(models.values()))
     man = first.manifest
+    batches = tuple(batches or first.batches)
     int8 = [name for name, m in models.items() if m.manifest.precision == "int8"]
     if baselines and int8:
         baselines = (*baselines, *[b for b in INT8_BASELINES if b not in baselines])
     onnx_path = source_onnx(man, onnx_override) if baselines else None
-    notes = ["our artifacts: the compiled entry points are timed, without the runtime's input "
-             "checks (shape, dtype, NaN/Inf: about 1 µs at batch 1 on LeNet-5)"]
+    notes = []
     sess = ort_session(onnx_path) if "ort_fp32" in baselines else None
     qdq_sess = None
     if "ort_int8_qdq" in baselines:
@@ -189,6 +192,7 @@ def bench_artifacts(arts: dict, batches=(1, 64), baselines=BASELINES,
     torch_q = _torch_int8(torch_model) if torch_model is not None and "torch_int8" in baselines \
         else None
     results: dict[str, dict[str, float]] = {}
+    checks: dict[str, dict[str, float]] = {}
     rng = np.random.default_rng(0)
     bar = tqdm(batches, desc="bench", disable=not progress, leave=False)
     for b in bar:
@@ -227,11 +231,21 @@ def bench_artifacts(arts: dict, batches=(1, 64), baselines=BASELINES,
         bar.set_postfix(batch=b, runs=len(runs))
         ours = {k: py_timer(runs.pop(k)) for k in models}
         row = interleaved_us(ours, repeat)
+        checks[str(b)] = interleaved_us(
+            {k: py_timer((lambda m: lambda: m.check_input(x))(m)) for k, m in models.items()},
+            repeat)
         for k, fn in runs.items():  # peers, one block each, then let their threads go idle
             row.update(interleaved_us({k: py_timer(fn)}, repeat))
             time.sleep(PEER_SETTLE_S)
         results[str(b)] = row
-    return {"unit": "us", "results": results, "artifacts": {k: str(v) for k, v in arts.items()},
+    notes.insert(0, "our artifacts: the compiled entry points are timed; a call through "
+                 "tvmcomp.runtime adds its input checks (shape, dtype, NaN/Inf), measured here: "
+                 + "; ".join(f"batch {b} " + ", ".join(f"{us:.1f} µs" if len(row) == 1 else
+                                                       f"{k} {us:.1f} µs"
+                                                       for k, us in row.items())
+                             for b, row in checks.items()))
+    return {"unit": "us", "results": results, "input_check_us": checks,
+            "artifacts": {k: str(v) for k, v in arts.items()},
             "profile": man.profile["name"], "notes": notes}
 
 

@@ -8,8 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .errors import TvmcompError
-
+from .errors import Interrupted, TvmcompError
 
 
 def _positive_int(text: str) -> int:
@@ -305,6 +304,7 @@ def cmd_tune(args) -> int:
     from .compiler import plan_and_fuse, prepare_model
     from .tune import RecordPaths, Records, tune_module
     from .tune.records import TOP_K_TUNE
+    from .tune.tuner import NOTHING_TO_TUNE
 
     profile = _profile(args.profile)
     if not profile.runs_here():
@@ -327,8 +327,12 @@ def cmd_tune(args) -> int:
     rep = tune_module(fused, profile.tvm_target(), records, budget_s=args.tune_budget,
                       max_trials_per_task=args.trials_per_task, only_missing=not args.all,
                       family=profile.family)
-    print(f"used {rep.used_s:.0f} s, {rep.trials} trials ({rep.stopped_by}); new records in "
-          f"{rep.database}")
+    if rep.stopped_by == NOTHING_TO_TUNE:
+        print(f"nothing to tune: every kernel already has a {profile.name} record (--all tunes "
+              "them again)")
+    else:
+        print(f"used {rep.used_s:.0f} s, {rep.trials} trials ({rep.stopped_by}); new records in "
+              f"{rep.database}")
     for t in rep.tasks:
         best = ("hand-scheduled" if t.hand_scheduled else "untuned" if t.best_us is None
                 else f"{t.best_us:9.2f} µs")
@@ -380,8 +384,9 @@ def cmd_bench(args) -> int:
 
         if not args.rpc_tracker:
             raise TvmcompError("--rpc-key needs --rpc-tracker HOST:PORT")
-        key = args.rpc_key or read_manifest(args.artifact).profile["name"]
-        res = bench_rpc(args.artifact, args.rpc_tracker, key, args.batch)
+        man = read_manifest(args.artifact)
+        key = args.rpc_key or man.profile["name"]
+        res = bench_rpc(args.artifact, args.rpc_tracker, key, args.batch or man.batches)
     else:
         res = bench_artifact(args.artifact, args.batch, () if args.no_baselines else BASELINES,
                              onnx_override=args.onnx, progress=not args.json)
@@ -514,7 +519,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="latency of an artifact and its float baselines, same run")
     p.add_argument("artifact")
-    p.add_argument("--batch", type=_batches, default=(1, 64))
+    p.add_argument("--batch", type=_batches, default=None,
+                   help="batch sizes to time (default: the artifact's compiled batches)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--onnx", default=None, help="the float source model, if it moved")
     p.add_argument("--no-baselines", action="store_true", help="time the artifact only")
@@ -539,7 +545,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _terminate(signum, frame):
-    raise KeyboardInterrupt
+    raise Interrupted(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -548,15 +554,15 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # reported by the command's own parser, so the hint names its --help
         commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
-    signal.signal(signal.SIGTERM, _terminate)  # like Ctrl-C: clean up, keep tuning records
+    signal.signal(signal.SIGTERM, _terminate)  # as Ctrl-C: clean up, keep tuning records
     try:
         return args.fn(args)
     except TvmcompError as e:
         print(f"tvmcomp {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C: 130; SIGTERM: 143 (128 + the signal number)
         print("interrupted", file=sys.stderr)
-        return 130
+        return 128 + int(getattr(e, "signum", signal.SIGINT))
 
 
 if __name__ == "__main__":

@@ -19,3 +19,11 @@ class InputError(TvmcompError):
 
 class VerificationError(TvmcompError):
     """The compiled model disagrees with its float reference."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM: the CLI exits with 128 + the signal number (130 / 143)."""
+
+    def __init__(self, signum: int = 2):
+        super().__init__(signum)
+        self.signum = int(signum)

@@ -182,8 +182,8 @@ def format_results(s: dict) -> str:
               + ", ".join(f"{k} {v:.0f}" for k, v in s["stage_seconds"].items())
               + f"; total {s['seconds']:.0f} s."]
     lines += [f"note: {n}" for n in s["notes"]]
-    lines += ["Not yet in the chain: weight sharing with codebooks in model.so (#11) and "
-              "low-rank factorization (#12)."]
+    lines += ["Not yet in the chain: weight sharing with its codebooks kept compressed in "
+              "model.so, and low-rank factorization."]
     return "\n".join(lines)
 
 

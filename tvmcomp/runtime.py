@@ -104,9 +104,9 @@ def load(art_dir: str | os.PathLike, check_finite: bool = True,
     so it catches accidents, not attackers: a deployment passes ``expected_sha256``, the hash
     of the ``model.so`` it shipped, and a different library is refused before it is loaded.
 
-    ``check_finite``: calls refuse inputs holding NaN or Inf. On LeNet-5's input the check
-    costs about 1 µs at batch 1 and 4 µs at batch 64 (Zen 5); the raw entry points
-    (:meth:`CompiledModel.entry`, what ``bench`` times) skip it.
+    ``check_finite``: calls refuse inputs holding NaN or Inf. The raw entry points
+    (:meth:`CompiledModel.entry`, what ``bench`` times) skip every input check; ``bench``
+    times the checks on their own in the same run and reports their cost.
     """
     import tvm
     from tvm.runtime.vm import VirtualMachine  # = relax.VirtualMachine, also in runtime-only TVM

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from ..errors import TvmcompError
+from ..errors import Interrupted, TvmcompError
 from .intrin import load_tensor_intrinsics
 from .records import Records
 
@@ -92,6 +92,9 @@ def _scheduled(task) -> bool:
                for f in task.dispatched[0].functions.values())
 
 
+NOTHING_TO_TUNE = "nothing to tune"  # every task already had a record (or none was chosen)
+
+
 class _Deadline(Exception):
     pass
 
@@ -137,12 +140,12 @@ class _StopOnSignal:
     hand the interrupt back wrapped in a RuntimeError when it lands inside a callback."""
 
     def __init__(self):
-        self.signalled = False
+        self.signalled = 0  # the signal number, once one arrived
         self._old = {}
 
     def _handler(self, signum, frame):
-        self.signalled = True
-        raise KeyboardInterrupt
+        self.signalled = signum
+        raise Interrupted(signum)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -256,7 +259,7 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
                 bar.close()
                 print(f"interrupted: the {counter[0]} trials measured in this run are kept in "
                       f"{work_dir}; run again to resume", file=sys.stderr, flush=True)
-                raise KeyboardInterrupt from None
+                raise Interrupted(stop.signalled) from None
             if not fired[0]:
                 raise
             report.stopped_by = "budget"
@@ -266,5 +269,7 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
         report.trials = counter[0]
     elif chosen:
         report.stopped_by = "no budget"
+    else:
+        report.stopped_by = NOTHING_TO_TUNE
     report.tasks = task_status(mod, target, records)
     return report
