@@ -212,6 +212,37 @@ def test_fallback_records_are_used_checked_and_recorded(tuned, tmp_path, profile
     assert man["tuning"]["tuned"] == 0 and man["tuning"]["record_source"] == {}
 
 
+def test_cross_build_applies_fallback_records_unchecked_and_says_so(tuned, tmp_path, capsys,
+                                                                    kernels_in_so):
+    """A profile this host cannot run (an x86_avx512 build on an AVX2 machine): tasks covered
+    only by the fallback's records ship with those schedules, marked unchecked."""
+    import dataclasses
+
+    from tvmcomp.compiler import BuildOptions, build
+    from tvmcomp.targets import load_profile
+
+    onnx_path, _, _, db, _ = tuned
+    other = _write_profile(tmp_path / "other.toml", _copy(db, tmp_path / "other_db"))
+    host = load_profile(str(_write_profile(tmp_path / "host.toml", tmp_path / "host_db",
+                                           fallback=[other])))
+    cross = dataclasses.replace(host, requires_cpu_flags=(*host.requires_cpu_flags,
+                                                          "no_such_cpu_flag"))
+    assert not cross.runs_here()
+    out, man = build(onnx_path, cross, tmp_path / "art",
+                     BuildOptions(batches=(1,), tune_budget_s=30, tuning_dir=tmp_path / "c"))
+    said = capsys.readouterr().out
+    assert "checked before use" not in said and "applied unchecked" in said
+    t = man["tuning"]
+    assert t["schedules_checked"] is False and t["trials"] == 0
+    assert t["tuned"] == 1 and list(t["record_source"].values()) == ["other"]
+    assert set(man["kernels"]) == kernels_in_so(out)
+    tuned_kernels = [k for k, v in man["kernels"].items() if v.startswith("tuned")]
+    assert len(tuned_kernels) == 1
+    assert man["kernels"][tuned_kernels[0]] == \
+        f"tuned, unchecked ({cross.name} cannot run on the build host)"
+    assert man["verification"]["passed"] is None
+
+
 def test_build_with_a_damaged_committed_database_goes_on(tuned, tmp_path, run_tvmcomp):
     onnx_path, _, _, db, _ = tuned
     d = _copy(db, tmp_path / "db")

@@ -107,9 +107,11 @@ def ensure_tuned(fused, profile: Profile, records: Records, budget_s: float,
     info = {"database": str(records.paths.committed), "cache": str(records.paths.cache),
             "tasks": len(status), "budget_s": budget_s, "used_s": 0.0, "trials": 0,
             "stopped_by": "not needed"}
+    check = ("checked before use" if profile.runs_here()
+             else f"applied unchecked: this host cannot run {profile.name}")
     _say(f"{len(status) - len(missing)}/{len(status)} tasks have records"
          + (f" ({len(borrowed)} only from {', '.join(sorted({t.source for t in borrowed}))}: "
-            "fallback, checked before use; "
+            f"fallback, {check}; "
             f"`tvmcomp tune --profile {profile.name}` tunes them for this profile)"
             if borrowed else ""), progress)
     if missing and budget_s > 0:
@@ -168,7 +170,9 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     tuning = ensure_tuned(fused, profile, records, opts.tune_budget_s, opts.progress)
     db = _checked_database(fused, profile, records, tuning, opts.progress)
     lowered = schedule_and_lower(fused, target, db, opts.debug_dump)
-    kernels = kernel_table(lowered, target)
+    kernels = kernel_table(lowered, target, tuned=(
+        "tuned, checked" if tuning["schedules_checked"]
+        else f"tuned, unchecked ({profile.name} cannot run on the build host)"))
     with cuda_codegen(profile):  # CUDA: nvcc fatbin, arch machine code + PTX; no-op otherwise
         ex = compile_lowered(lowered, target)
     weight_bytes, n_weights = constant_bytes(fused)
@@ -332,27 +336,30 @@ def _checked_database(fused, profile: Profile, records: Records, tuning: dict,
     """The records to build with: per task, the best one whose schedule computes correct
     results (own profile first, then fallback profiles).
 
-    Checking needs the profile to run here: elsewhere the best own record is used unchecked
-    and the manifest says so.
+    Checking needs the profile to run here: elsewhere each task's best record (own first,
+    then fallback) is applied unchecked and the manifest says so.
     """
     from .tune.tuner import extract_tasks
     from .tune.validate import validated_database
 
-    if not profile.runs_here():
-        tuning["schedules_checked"] = False
-        return records.own
     target = profile.tvm_target()
-    db, rep = validated_database(records, extract_tasks(fused, target), target)
-    tuning["schedules_checked"] = True
+    check = profile.runs_here()
+    db, rep = validated_database(records, extract_tasks(fused, target), target, check=check)
+    tuning["schedules_checked"] = check
     tuning["schedules_rejected"] = rep.rejected
     tuning["record_source"] = dict(sorted(rep.sources.items()))
     borrowed = {t: s for t, s in rep.sources.items() if s != profile.name}
-    _say(f"checked tuned schedules against unscheduled kernels: {rep.checked} run, "
-         f"{rep.cached} cached verdicts, {len(rep.rejected)} rejected"
-         + (f" ({', '.join(rep.rejected)})" if rep.rejected else ""), progress)
+    if check:
+        _say(f"checked tuned schedules against unscheduled kernels: {rep.checked} run, "
+             f"{rep.cached} cached verdicts, {len(rep.rejected)} rejected"
+             + (f" ({', '.join(rep.rejected)})" if rep.rejected else ""), progress)
+    else:
+        _say(f"WARNING: {len(rep.sources)} tuned schedules applied unchecked: this host cannot "
+             f"run {profile.name} (lacks {', '.join(profile.missing_cpu_flags())})", progress)
     if borrowed:
         _say(f"using {len(borrowed)} records from {', '.join(sorted(set(borrowed.values())))} "
-             f"(no {profile.name} record yet; checked correct on this machine)", progress)
+             f"(no {profile.name} record yet; "
+             + ("checked correct on this machine)" if check else "unchecked)"), progress)
     if rep.no_valid_record:
         _say(f"WARNING: no correct tuned schedule for {', '.join(rep.no_valid_record)}; "
              "they run untuned", progress)

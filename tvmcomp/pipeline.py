@@ -227,16 +227,17 @@ def compile_fused(fused, target, database=None, debug_dump=None):
 
 
 
-def kernel_table(lowered, target) -> dict[str, str]:
-    """``{kernel: "tuned" | "DLight rules" | "hand-scheduled" | "untuned"}`` of every PrimFunc
+def kernel_table(lowered, target, tuned: str = "tuned") -> dict[str, str]:
+    """``{kernel: tuned | "DLight rules" | "hand-scheduled" | "untuned"}`` of every PrimFunc
     the lowered module's Relax functions call (what the VM in ``model.so`` runs).
 
-    Tuned: MetaSchedule's database supplied its schedule (``tirx.is_scheduled``, set by
-    ``MetaScheduleApplyDatabase``); on GPU targets, which have no tuning databases yet, the
-    schedules come from DLight's rules; hand-scheduled: our TIR kernels (attribute
-    :data:`HAND_SCHEDULED`); untuned: the default loop nest.
+    ``tuned`` (the label, e.g. whether the records were checked): MetaSchedule's database
+    supplied its schedule (``tirx.is_scheduled``, set by ``MetaScheduleApplyDatabase``); on
+    GPU targets, which have no tuning databases yet, the schedules come from DLight's rules;
+    hand-scheduled: our TIR kernels (attribute :data:`HAND_SCHEDULED`); untuned: the default
+    loop nest.
     """
-    scheduled = "DLight rules" if "gpu" in list(target.keys) else "tuned"
+    scheduled = "DLight rules" if "gpu" in list(target.keys) else tuned
     called: set[str] = set()
 
     def visit(e):

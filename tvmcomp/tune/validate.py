@@ -98,12 +98,14 @@ def check_record(rec, target, seed: int = 0) -> tuple[bool, str]:
     return True, "exact" if all(r.dtype.kind != "f" for r in ref) else "close"
 
 
-def validated_database(records, tasks, target):
+def validated_database(records, tasks, target, check: bool = True):
     """A MemoryDatabase holding, per task, its best record that passes :func:`check_record`.
 
     Candidates come from :meth:`Records.candidates`: this profile's own records first, then
     the fallback profiles' (only where no own record is correct). Verdicts are cached per
     machine in the tuning cache (``validated.json``, merged under the folder's lock).
+    ``check=False`` (the host cannot run the target): each task's first candidate is taken
+    unchecked, in the same order.
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -117,6 +119,9 @@ def validated_database(records, tasks, target):
         chosen = None
         candidates = records.candidates(mod, TOP_K)
         for source, rec in candidates:
+            if not check:
+                chosen = (source, rec)
+                break
             key = record_key(rec)
             verdict = cache.get(key)
             if isinstance(verdict, dict) and isinstance(verdict.get("ok"), bool):
