@@ -41,7 +41,7 @@ def main() -> None:
         f"- machine: {s['machine']}",
         f"- command: `.venv/bin/python scripts/bench_lenet5_fp32.py --profile {profile.name}`",
         f"- evaluation set: {s['eval_set']}",
-        f"- tuning database: {s['tuning']['database']} ({s['tuning']['tuned']}/"
+        f"- tuning records read: {s['tuning']['records_read']} ({s['tuning']['tuned']}/"
         f"{s['tuning']['tasks']} kernels tuned)",
         "- timing: median of 15 repeats of ≥20 ms each, from Python, same process, same inputs",
         "",

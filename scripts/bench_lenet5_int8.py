@@ -103,7 +103,7 @@ def main() -> None:
                      + " |")
     man8 = json.loads((default_int8 / "manifest.json").read_text())
     lines += ["", f"int8 kernels tuned: {man8['tuning']['tuned']}/{man8['tuning']['tasks']}"
-              f" (database {man8['tuning']['database']}); accumulation "
+              f" (records read {man8['tuning']['records_read']}); accumulation "
               f"{man8['quantization']['accumulate']}.", "",
               "## int8 accumulation: int32 vs exact float32 (same run, interleaved)", "",
               "The default int8 model built twice with `tvmcomp build`, differing only in how "

@@ -39,6 +39,10 @@ def test_manifest_records_scheme_and_layers(int8_artifact):
     assert len(q["layers"]) == 5  # 2 conv + 3 fc
     assert QuantConfig.from_json((out / QUANT_CONFIG).read_text()) == cfg
     assert (out / QDQ_REFERENCE).is_file()
+    import onnx  # the reference model in the artifact names no host path (the checkpoint's)
+
+    ref = onnx.load(str(out / QDQ_REFERENCE))
+    assert "tvmcomp.checkpoint" not in {p.key for p in ref.metadata_props}
 
 
 def test_manifest_kernels_and_passes_describe_model_so(int8_artifact, kernels_in_so):

@@ -5,6 +5,7 @@ process (exit status, stderr, the console script) run in one; the rest call ``ma
 """
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -293,17 +294,49 @@ def test_sigterm_exits_143(monkeypatch, capsys):
 
 
 def test_bench_without_source_model(lenet_artifact, tmp_path, capsys):
-    """The float source model moved: baselines cannot run, the artifact alone can."""
-    art = Path(shutil.copytree(lenet_artifact.path, tmp_path / "art"))
-    man = json.loads((art / "manifest.json").read_text())
-    man["model"]["source"] = str(tmp_path / "moved.onnx")
-    (art / "manifest.json").write_text(json.dumps(man))
-    assert cli.main(["bench", str(art), "--json", "--batch", "1"]) == 2
-    assert "--onnx" in capsys.readouterr().err
+    """The artifact moved away from its float source model: bench with no flags times it and
+    says the float baselines were skipped; --onnx brings them back."""
+    art = Path(shutil.copytree(lenet_artifact.path, tmp_path / "moved" / "art"))
+    assert cli.main(["bench", str(art), "--json", "--batch", "1"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert set(res["results"]["1"]) == {"artifact"}
+    assert any("not at" in n and "--onnx" in n for n in res["notes"])
     assert cli.main(["bench", str(art), "--json", "--batch", "3", "--no-baselines"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert set(res["results"]["3"]) == {"artifact"} and res["results"]["3"]["artifact"] > 0
     assert any("batch 3: not compiled" in n for n in res["notes"])
+
+
+def test_artifact_moved_with_its_sources_finds_them(lenet_artifact, lenet, tmp_path, capsys):
+    """No host path in the manifest: an artifact copied to another folder beside its source
+    model and checkpoint benches with every baseline, no flags."""
+    import socket
+
+    def strings(x):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                yield k
+                yield from strings(v)
+        elif isinstance(x, list):
+            for v in x:
+                yield from strings(v)
+        elif isinstance(x, str):
+            yield x
+
+    for name in ("manifest.json", "plan.json"):
+        text = (lenet_artifact.path / name).read_text()
+        for host_path in (str(lenet.dir), str(Path.home()), str(Path(__file__).parents[1]),
+                          os.environ["XDG_CACHE_HOME"], str(lenet_artifact.path.parent)):
+            assert host_path not in text, (name, host_path)
+        for s in strings(json.loads(text)):
+            assert socket.gethostname() not in s.split(), (name, s)
+    d = tmp_path / "elsewhere"
+    art = Path(shutil.copytree(lenet_artifact.path, d / "art"))
+    shutil.copy(lenet.onnx, d / lenet.onnx.name)
+    shutil.copy(lenet.checkpoint, d / lenet.checkpoint.name)
+    assert cli.main(["bench", str(art), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert {"artifact", "ort_fp32", "torch_fp32", "tvm_default"} == set(res["results"]["1"])
 
 
 def test_bench_rejects_other_source_model(lenet_artifact, tmp_path, capsys):

@@ -74,6 +74,45 @@ def write_artifact(out_dir: str | os.PathLike, export_library, manifest: dict,
 
 
 @dataclass(frozen=True)
+class FileRef:
+    """A file an artifact was made from (its source model, a checkpoint), recorded by name,
+    sha256 and a path relative to the artifact, never by a host path: an artifact moves to
+    other machines."""
+
+    file: str
+    sha256: str
+    relpath: str  # from the artifact directory
+
+    @classmethod
+    def of(cls, path: str | os.PathLike, art_dir: str | os.PathLike) -> FileRef:
+        path = Path(path).resolve()
+        return cls(path.name, sha256_file(path), os.path.relpath(path, Path(art_dir).resolve()))
+
+    @classmethod
+    def parse(cls, d) -> FileRef | None:
+        if not isinstance(d, dict) or not all(isinstance(d.get(k), str)
+                                              for k in ("file", "sha256", "relpath")):
+            return None
+        return cls(d["file"], d["sha256"], d["relpath"])
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "sha256": self.sha256, "relpath": self.relpath}
+
+    def places(self, art_dir: str | os.PathLike, *dirs) -> list[Path]:
+        """Where it is looked for: at ``relpath``, beside the artifact, in it, in ``dirs``."""
+        art = Path(art_dir)
+        return [art / self.relpath, art.parent / self.file, art / self.file,
+                *(Path(d) / self.file for d in dirs)]
+
+    def locate(self, art_dir: str | os.PathLike, *dirs) -> Path | None:
+        """The first of :meth:`places` holding a file with this sha256, else None."""
+        for p in self.places(art_dir, *dirs):
+            if p.is_file() and sha256_file(p) == self.sha256:
+                return p
+        return None
+
+
+@dataclass(frozen=True)
 class TensorSpec:
     """An input or output: name, shape (``"N"`` for the batch dimension) and dtype."""
 
@@ -100,15 +139,18 @@ class Manifest:
     library_file: str
     library_sha256: str
     precision: str                 # "fp32" | "int8"
-    model_source: str | None       # the float ONNX model it was built from
-    model_sha256: str | None
-    checkpoint: str | None         # the PyTorch checkpoint named in the ONNX metadata
+    source_model: FileRef | None   # the float ONNX model it was built from
+    checkpoint: FileRef | None     # the PyTorch checkpoint named in the ONNX metadata
     reference_model: str | None    # int8: the QDQ ONNX reference beside model.so
     threads: int | None            # runtime.threads: TVM's CPU thread pool size
 
     @property
     def batches(self) -> list[int]:
         return sorted(self.entry_points)
+
+    @property
+    def art_dir(self) -> Path:
+        return self.path.parent
 
     def __getitem__(self, key: str):
         return self.data[key]
@@ -146,7 +188,6 @@ class Manifest:
                                                                        str):
             raise bad("manifest 'profile' must be a profile object with a name")
         model = data.get("model") if isinstance(data.get("model"), dict) else {}
-        meta = model.get("metadata") if isinstance(model.get("metadata"), dict) else {}
         precision = data.get("precision", "fp32")
         if precision not in ("fp32", "int8"):
             raise bad(f"manifest precision {precision!r} is not fp32 or int8")
@@ -157,9 +198,9 @@ class Manifest:
             raise bad(f"manifest runtime.threads must be an integer >= 1, got {threads!r}")
         return cls(path, data, _specs(data["inputs"], "inputs", bad),
                    _specs(data["outputs"], "outputs", bad), entries, data["profile"],
-                   lib["file"], lib["sha256"], precision, model.get("source"),
-                   model.get("source_sha256"), meta.get("tvmcomp.checkpoint"),
-                   data.get("reference_model"), threads)
+                   lib["file"], lib["sha256"], precision, FileRef.parse(model.get("source")),
+                   FileRef.parse(model.get("checkpoint")), data.get("reference_model"),
+                   threads)
 
 
 def _specs(items, key: str, bad) -> tuple[TensorSpec, ...]:

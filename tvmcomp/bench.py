@@ -69,29 +69,34 @@ def interleaved_us(timers: dict, repeat: int = 21) -> dict[str, float]:
     return {k: float(np.median(v) * 1e6) for k, v in samples.items()}
 
 
-def source_onnx(manifest, override: str | None = None) -> str:
-    """The float ONNX model the artifact was built from (checked against its sha256)."""
-    if not override and not manifest.model_source:
-        raise TvmcompError("the manifest names no source model; pass --onnx PATH to benchmark "
-                           "the baselines")
-    path = Path(override or manifest.model_source)
-    if not path.is_file():
-        raise TvmcompError(
-            f"float source model {path} not found; pass --onnx PATH to benchmark the baselines"
-        )
-    if sha256_file(path) != manifest.model_sha256:
-        raise TvmcompError(f"{path} is not the model this artifact was built from (sha256 differs)")
-    return str(path)
+def source_onnx(manifest, override: str | None = None) -> str | None:
+    """The float ONNX model the artifact was built from, checked against its sha256:
+    ``override`` (an error if it is not that model), else the manifest's file found at its
+    path relative to the artifact or beside it; None when it is not there."""
+    ref = manifest.source_model
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise TvmcompError(f"--onnx {path}: file not found")
+        if ref is None or sha256_file(path) != ref.sha256:
+            raise TvmcompError(f"{path} is not the model this artifact was built from "
+                               "(sha256 differs)")
+        return str(path)
+    found = ref.locate(manifest.art_dir) if ref is not None else None
+    return str(found) if found is not None else None
 
 
-def _torch_model(manifest):
-    """The PyTorch model named in the ONNX metadata (written by ``tvmcomp export``), if any."""
-    ckpt = manifest.checkpoint
-    if not ckpt or not Path(ckpt).is_file():
+def _torch_model(manifest, onnx_path: str | None):
+    """The PyTorch model of the checkpoint the manifest names (``tvmcomp export`` records it
+    in the ONNX metadata), found beside the artifact or the source model; None if absent."""
+    ref = manifest.checkpoint
+    dirs = [Path(onnx_path).parent] if onnx_path else []
+    path = ref.locate(manifest.art_dir, *dirs) if ref is not None else None
+    if path is None:
         return None
     from .model import load_checkpoint
 
-    return load_checkpoint(ckpt)[0]
+    return load_checkpoint(path)[0]
 
 
 def _torch_int8(torch_model):
@@ -177,6 +182,13 @@ def bench_artifacts(arts: dict, batches=None, baselines=BASELINES,
         baselines = (*baselines, *[b for b in INT8_BASELINES if b not in baselines])
     onnx_path = source_onnx(man, onnx_override) if baselines else None
     notes = []
+    if baselines and onnx_path is None:
+        ref = man.source_model
+        notes.append("ort_fp32, tvm_default: " + (
+            f"the float source model {ref.file} is not at {ref.relpath} from the artifact "
+            "nor beside it" if ref else "the manifest names no float source model")
+            + "; skipped (pass --onnx PATH)")
+        baselines = tuple(b for b in baselines if b not in ("ort_fp32", "tvm_default"))
     sess = ort_session(onnx_path) if "ort_fp32" in baselines else None
     qdq_sess = None
     if "ort_int8_qdq" in baselines:
@@ -186,9 +198,11 @@ def bench_artifacts(arts: dict, batches=None, baselines=BASELINES,
             qdq_sess = ort_session(str(ref))  # fully optimised: what ORT users deploy
         else:
             notes.append("ort_int8_qdq: no int8 artifact with a QDQ reference model; skipped")
-    torch_model = _torch_model(man) if {"torch_fp32", "torch_int8"} & set(baselines) else None
+    torch_model = (_torch_model(man, onnx_path) if {"torch_fp32", "torch_int8"} & set(baselines)
+                   else None)
     if torch_model is None and {"torch_fp32", "torch_int8"} & set(baselines):
-        notes.append("torch: no PyTorch checkpoint recorded in the ONNX metadata; skipped")
+        notes.append("torch: no PyTorch checkpoint recorded in the ONNX metadata, or not found "
+                     "beside the artifact or the source model; skipped")
     torch_q = _torch_int8(torch_model) if torch_model is not None and "torch_int8" in baselines \
         else None
     results: dict[str, dict[str, float]] = {}

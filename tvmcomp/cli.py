@@ -154,12 +154,13 @@ def cmd_train(args) -> int:
 
 def cmd_export(args) -> int:
     from .frontend import export_onnx
+    from .frontend.onnx_import import CHECKPOINT_KEY
     from .model import load_checkpoint
 
     model, _ = load_checkpoint(args.checkpoint)
     path = export_onnx(model, args.out, dynamic_batch=args.static_batch is None,
                        input_shape=(args.static_batch or 1, 1, 28, 28),
-                       metadata={"tvmcomp.checkpoint": str(Path(args.checkpoint).resolve())})
+                       metadata={CHECKPOINT_KEY: str(Path(args.checkpoint).resolve())})
     print(f"wrote {path} ({'batch ' + str(args.static_batch) if args.static_batch else 'dynamic batch'})")
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -12,13 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .artifact import SCHEMA_VERSION, Manifest, read_manifest, write_artifact
+from .artifact import SCHEMA_VERSION, FileRef, Manifest, read_manifest, write_artifact
 from .data import Dataset
 from .deploy.cuda import cuda_codegen
 from .deploy.toolchain import check_cross_compiler
 from .defaults import DEFAULT_BATCHES, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_TUNE_BUDGET_S
 from .errors import ArtifactError, TvmcompError
-from .frontend.onnx_import import entry_name, import_batches, load_onnx
+from .frontend.onnx_import import CHECKPOINT_KEY, entry_name, import_batches, load_onnx
 from .pipeline import (compile_lowered, fuse, int8_accumulate, kernel_table, make_pipeline,
                        pass_names, run_range, schedule_and_lower)
 from .plan import PLAN_FILE, BuildPlan, plan_sparse
@@ -104,9 +105,8 @@ def ensure_tuned(fused, profile: Profile, records: Records, budget_s: float,
     status = task_status(fused, target, records)
     missing = [t.name for t in status if t.best_us is None and not t.hand_scheduled]
     borrowed = [t for t in status if t.source not in (None, profile.name)]
-    info = {"database": str(records.paths.committed), "cache": str(records.paths.cache),
-            "tasks": len(status), "budget_s": budget_s, "used_s": 0.0, "trials": 0,
-            "stopped_by": "not needed"}
+    info = {"records_read": records.counts(), "tasks": len(status), "budget_s": budget_s,
+            "used_s": 0.0, "trials": 0, "stopped_by": "not needed"}
     check = ("checked before use" if profile.runs_here()
              else f"applied unchecked: this host cannot run {profile.name}")
     _say(f"{len(status) - len(missing)}/{len(status)} tasks have records"
@@ -182,10 +182,15 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         "schema_version": SCHEMA_VERSION,
         "tvmcomp_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "build_host": f"{platform.node()} {platform.machine()} {platform.processor()}".strip(),
-        "model": {"name": info.name, "source": info.path, "source_sha256": info.sha256,
+        "build_machine": platform.machine(),
+        # no host paths: the source files by name, sha256 and a path relative to the artifact
+        "model": {"name": info.name,
+                  "source": FileRef(Path(info.path).name, info.sha256,
+                                    os.path.relpath(Path(info.path).resolve(),
+                                                    out_path.resolve())).to_dict(),
+                  "checkpoint": _checkpoint_ref(info.metadata, out_path),
                   "opset": info.opset, "op_types": list(info.op_types),
-                  "metadata": info.metadata},
+                  "metadata": {k: v for k, v in info.metadata.items() if k != CHECKPOINT_KEY}},
         "inputs": [{"name": info.input_name, "shape": ["N", *info.input_shape[1:]],
                     "dtype": info.input_dtype}],
         "outputs": [{"name": info.output_name, "shape": _output_shape(fused, batches[0]),
@@ -213,7 +218,7 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     }
     extra = {PLAN_FILE: plan.to_json().encode()}
     if int8:
-        extra[QDQ_REFERENCE] = model.SerializeToString()
+        extra[QDQ_REFERENCE] = _without_host_paths(model).SerializeToString()
         manifest["reference_model"] = QDQ_REFERENCE
     if qm is not None:
         extra[QUANT_CONFIG] = (opts.quant.to_json() + "\n").encode()
@@ -367,6 +372,27 @@ def _checked_database(fused, profile: Profile, records: Records, tuning: dict,
     tuning["tuned"] = (tuning["tasks"] - len(tuning["untuned"])
                        - len(tuning.get("hand_scheduled", [])))
     return db
+
+
+def _checkpoint_ref(metadata: dict, out_path: Path) -> dict | None:
+    """The PyTorch checkpoint the ONNX metadata names (``tvmcomp export`` writes it), as a
+    :class:`FileRef`, if it is there."""
+    ckpt = metadata.get(CHECKPOINT_KEY)
+    if not ckpt or not Path(ckpt).is_file():
+        return None
+    return FileRef.of(ckpt, out_path).to_dict()
+
+
+def _without_host_paths(model):
+    """A copy of the ONNX model without the checkpoint path in its metadata."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    keep = [p for p in m.metadata_props if p.key != CHECKPOINT_KEY]
+    del m.metadata_props[:]
+    m.metadata_props.extend(keep)
+    return m
 
 
 def is_qdq(model) -> bool:

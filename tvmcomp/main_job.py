@@ -13,6 +13,7 @@ from pathlib import Path
 from .compiler import BuildOptions, build
 from .data.mnist import default_mnist_dir, load_eval_set
 from .frontend import export_onnx
+from .frontend.onnx_import import CHECKPOINT_KEY
 from .model import LeNet5, TrainConfig, evaluate_torch, load_checkpoint, save_checkpoint, train
 from .targets import Profile
 
@@ -33,7 +34,7 @@ def prepare_lenet5(out: Path, train_set, epochs: int = 20):
     else:
         print(f"== train: reusing {ckpt} (same config and training set)")
     onnx_path = export_onnx(model, out / "lenet5.onnx",
-                            metadata={"tvmcomp.checkpoint": str(ckpt.resolve())})
+                            metadata={CHECKPOINT_KEY: str(ckpt.resolve())})
     print(f"== export → {onnx_path}")
     return model, ckpt, onnx_path
 
@@ -62,7 +63,7 @@ def prune_lenet5(out: Path, ckpt: Path, train_set, sparsity: float = 0.9, epochs
     else:
         print(f"== prune: reusing {path} (same config and source)")
     onnx_path = export_onnx(model, out / "lenet5_pruned.onnx",
-                            metadata={"tvmcomp.checkpoint": str(path.resolve())})
+                            metadata={CHECKPOINT_KEY: str(path.resolve())})
     return model, onnx_path
 
 

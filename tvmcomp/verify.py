@@ -58,7 +58,7 @@ def ort_run(sess, x: np.ndarray, fixed_batch: int | None = None, chunk: int = 50
 def eval_inputs(input_shape: tuple, dtype: str, eval_set: Dataset | None):
     """Real MNIST images when the model takes 1×28×28, else seeded random inputs."""
     if eval_set is not None and tuple(input_shape[1:]) == MNIST_SHAPE and dtype == "float32":
-        return normalize(eval_set.images), eval_set.labels, eval_set.source
+        return normalize(eval_set.images), eval_set.labels, eval_set.portable_source
     rng = np.random.default_rng(0)
     x = rng.standard_normal((RANDOM_INPUTS, *input_shape[1:])).astype(dtype)
     return x, None, f"{RANDOM_INPUTS} seeded random-normal inputs (input is not MNIST-shaped)"

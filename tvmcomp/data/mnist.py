@@ -26,7 +26,12 @@ class Dataset:
 
     images: np.ndarray
     labels: np.ndarray
-    source: str
+    source: str    # where they came from, for the user (may name a folder of this host)
+    name: str = ""  # the same without host paths, for artifacts (default: ``source``)
+
+    @property
+    def portable_source(self) -> str:
+        return self.name or self.source
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -106,7 +111,8 @@ def load_idx(directory: str | os.PathLike) -> Dataset:
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise TvmcompError(f"{d}: labels must be digits 0-9, found {int(labels.min())}.."
                            f"{int(labels.max())} (an accuracy against them would be meaningless)")
-    return Dataset(images, labels, f"MNIST test set, {d} ({len(labels)} images)")
+    return Dataset(images, labels, f"MNIST test set, {d} ({len(labels)} images)",
+                   f"MNIST test set ({len(labels)} images)")
 
 
 def split_holdout(ds: Dataset, fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:

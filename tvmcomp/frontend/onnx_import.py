@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import ModelError
 
+CHECKPOINT_KEY = "tvmcomp.checkpoint"  # metadata: the PyTorch checkpoint (``tvmcomp export``)
 _ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16"}
 
 

@@ -287,6 +287,18 @@ class Records:
                      for name, d in self.paths.fallbacks)
         return f"tuning records: {own}{fb}; new records go to {self.paths.write_dir}"
 
+    def counts(self) -> dict[str, int]:
+        """Records read per database, named by profile and kind, never by host path (for
+        the manifest): ``{"<profile> committed": n, "<profile> user cache": n,
+        "<other> committed (fallback)": n}``."""
+        counts = {r.folder: r.records for r in self.reports}
+        out = {f"{self.paths.profile} committed": counts.get(str(self.paths.committed), 0)}
+        if self.paths.cache != self.paths.committed:
+            out[f"{self.paths.profile} user cache"] = counts.get(str(self.paths.cache), 0)
+        for name, d in self.paths.fallbacks:
+            out[f"{name} committed (fallback)"] = counts.get(str(d), 0)
+        return out
+
     def sources(self):
         """``(source name, database)`` pairs in the order records are taken from."""
         return [(self.paths.profile, self.own), *self.fallback.items()]
