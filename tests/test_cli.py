@@ -103,8 +103,8 @@ def test_tune_plan_errors(tmp_path, capsys):
     assert cli.main(["tune", "m.onnx", "--profile", "x86_avx2", "--plan",
                      str(tmp_path / "none")]) in (2,)
     assert "cannot read a build plan" in capsys.readouterr().err
-    plan = ('{"version": 1, "profile": "x86_avx2", "batches": [1], '
-            '"int8_accumulate": "float32", "sparse": null}')
+    plan = ('{"version": 2, "profile": "x86_avx2", "batches": [1], '
+            '"int8_accumulate": "float32", "sparse": null, "model_sha256": "", "quant": null}')
     (tmp_path / "good.json").write_text(plan)
     assert cli.main(["tune", "m.onnx", "--profile", "x86_avx2", "--plan",
                      str(tmp_path / "good.json"), "--sparse"]) == 2
@@ -115,10 +115,41 @@ def test_tune_plan_errors(tmp_path, capsys):
                      str(tmp_path / "good.json"), "--quantize", "int8"]) == 2
     err = capsys.readouterr().err
     assert "--plan" not in err and "m.onnx" in err
-    (tmp_path / "plan.json").write_text('{"version": 1}')
+    (tmp_path / "plan.json").write_text('{"version": 2}')
     assert cli.main(["tune", "m.onnx", "--profile", "x86_avx2", "--plan",
                      str(tmp_path / "plan.json")]) == 2
     assert "not a tvmcomp build plan" in capsys.readouterr().err
+
+
+def test_tune_plan_is_bound_to_its_model_and_precision(tmp_path, capsys, gemm_onnx):
+    """A plan names the model file and the --quantize options it was made with; tune --plan
+    refuses another model or other precision flags with one line."""
+    from tvmcomp.artifact import sha256_file
+    from tvmcomp.plan import BuildPlan
+    from tvmcomp.quant import QuantConfig
+
+    m, _, _ = gemm_onnx(tmp_path / "m.onnx", seed=1)
+    other, _, _ = gemm_onnx(tmp_path / "other.onnx", seed=2)
+    fp32 = BuildPlan("x86_avx2", (1,), "float32", None, sha256_file(m), None)
+    (tmp_path / "fp32.json").write_text(fp32.to_json())
+    int8 = BuildPlan("x86_avx2", (1,), "float32", None, sha256_file(m),
+                     QuantConfig().to_dict())
+    (tmp_path / "int8.json").write_text(int8.to_json())
+    assert BuildPlan.from_json(int8.to_json()) == int8
+
+    def tune(*args):
+        rc = cli.main(["tune", *args, "--profile", "x86_avx2", "--tune-budget", "0",
+                       "--tuning-dir", str(tmp_path / "c")])
+        return rc, capsys.readouterr()
+
+    rc, io = tune(str(other), "--plan", str(tmp_path / "fp32.json"))
+    assert rc == 2 and "the plan was made for another model" in io.err
+    assert len(io.err.strip().splitlines()) == 1
+    rc, io = tune(str(m), "--plan", str(tmp_path / "int8.json"))
+    assert rc == 2 and "made with --quantize int8" in io.err and "this call has no --quantize" \
+        in io.err
+    rc, io = tune(str(m), "--plan", str(tmp_path / "fp32.json"))
+    assert rc == 0, io.err
 
 
 def test_export_missing_checkpoint(tmp_path, capsys):

@@ -304,6 +304,7 @@ def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Re
     from .passes.sparse_dense import find_layers, size_report
 
     target = profile.tvm_target()
+    quant = opts.quant.to_dict() if opts.quant is not None else None
     batches = sorted(set(plan.batches if plan is not None else opts.batches))
     mod = import_batches(model, info, batches)
     acc = (plan.int8_accumulate if plan is not None
@@ -316,9 +317,9 @@ def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Re
         sparse = (plan_sparse(quantized, profile, records.lookup_database(),
                               opts.sparse_threshold, opts.sparse_min_speedup, opts.progress)
                   if opts.sparse else None)
-        plan = BuildPlan(profile.name, tuple(batches), acc, sparse)
-    elif plan.profile != profile.name:
-        raise TvmcompError(f"the plan was made for profile {plan.profile}, not {profile.name}")
+        plan = BuildPlan(profile.name, tuple(batches), acc, sparse, info.sha256, quant)
+    else:
+        plan.check_applies(profile.name, info.sha256, quant)
     formed = run_range(quantized, target, "layer_forms", "layer_forms", int8_acc=acc,
                        sparse=plan.sparse_args(), debug_dump=opts.debug_dump)
     info_sparse = None

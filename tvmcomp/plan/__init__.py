@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from ..errors import TvmcompError
 
 PLAN_FILE = "plan.json"
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: bound to its model (sha256) and precision options
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,31 @@ class SparsePlan:
 
 @dataclass(frozen=True)
 class BuildPlan:
-    """Every decision of one build that changes the graph, in pipeline order."""
+    """Every decision of one build that changes the graph, in pipeline order, and the model
+    and precision options it was taken for (a plan applied to anything else is refused)."""
 
     profile: str
     batches: tuple[int, ...]
     int8_accumulate: str            # QuantizeInt8's accumulation (a no-op on float graphs)
     sparse: SparsePlan | None = None
+    model_sha256: str = ""          # the ONNX file given to build (before quantization)
+    quant: dict | None = None       # QuantConfig.to_dict() of --quantize; None: float
+
+    def check_applies(self, profile: str, model_sha256: str, quant: dict | None) -> None:
+        """Raise :class:`TvmcompError` (one line) unless this plan was made for exactly this
+        profile, model file and precision options."""
+        if profile != self.profile:
+            raise TvmcompError(f"the plan was made for profile {self.profile}, not {profile}")
+        if model_sha256 != self.model_sha256:
+            raise TvmcompError(f"the plan was made for another model (sha256 "
+                               f"{self.model_sha256[:12]}…, this one {model_sha256[:12]}…)")
+        if quant != self.quant:
+            want = ("no --quantize" if self.quant is None else "--quantize int8 with "
+                    + _quant_flags(self.quant))
+            got = "no --quantize" if quant is None else "--quantize int8 with " + _quant_flags(quant)
+            raise TvmcompError(f"the plan was made with {want}; this call has {got}: give the "
+                               "flags the artifact was built with (its quant_config.json: "
+                               "--quantize int8 --quant-config FILE)")
 
     def sparse_args(self) -> dict | None:
         """SparseDense's keyword arguments, or None when no layer goes sparse."""
@@ -67,11 +86,24 @@ class BuildPlan:
             if d.pop("version") != PLAN_VERSION:
                 raise ValueError(f"plan version is not {PLAN_VERSION}")
             sp = d.pop("sparse")
+            quant = d["quant"]
+            if quant is not None and not isinstance(quant, dict):
+                raise ValueError("quant must be an object or null")
             return cls(profile=str(d["profile"]), batches=tuple(int(b) for b in d["batches"]),
                        int8_accumulate=str(d["int8_accumulate"]),
-                       sparse=SparsePlan(**sp) if sp is not None else None)
+                       sparse=SparsePlan(**sp) if sp is not None else None,
+                       model_sha256=str(d["model_sha256"]), quant=quant)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise TvmcompError(f"{source}: not a tvmcomp build plan ({e})") from None
+
+
+def _quant_flags(q: dict) -> str:
+    """A short description of a QuantConfig dict, e.g. ``minmax, symmetric, per_channel``."""
+    cal = q.get("calibration", {})
+    w = q.get("weights", {})
+    return ", ".join(str(v) for v in (cal.get("method"), q.get("activations"),
+                                      w.get("granularity"),
+                                      f"{q.get('num_calib')} calibration images") if v)
 
 
 def plan_sparse(quantized, profile, database, threshold: float, min_speedup: float,
