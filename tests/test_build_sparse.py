@@ -68,11 +68,15 @@ def test_sparse_build_records_gate_and_sizes(pruned, profile_with_db, eval_set, 
     assert {k for k, v in man["kernels"].items() if v == "hand-scheduled"} == {
         k for k in man["kernels"] if k.startswith("sell_dense_")} != set()
     assert "layer_forms/SparseDense(threshold=0.7, keep=4/6 layers sparse)" in man["passes"]
-    # the plan saved beside the artifact is the one applied
+    # the plan saved beside the artifact is the one applied: with min speedup 0, fc1 and fc2
+    # are sparse in both entries, fc3 (below the threshold) dense, and model.so calls exactly
+    # the sparse kernels of the layers the plan keeps sparse
     plan = json.loads((out / "plan.json").read_text())
-    assert plan["sparse"]["keep"] == {k: d["keep_sparse"] for k, d in gate.items()
-                                      if not d["reason"].startswith("sparsity")} | {
-        k: False for k, d in gate.items() if d["reason"].startswith("sparsity")}
+    expected = {f"main_b{b}/matmul{k}": k in (2, 3) for b in (1, 8) for k in (2, 3, 4)}
+    assert plan["sparse"]["keep"] == expected
+    so = kernels_in_so(out)
+    assert {k for k, d in gate.items() if set(d["sparse_kernels"][:1]) & so} == {
+        k for k, keep in expected.items() if keep}
     # the artifact computes what the pruned PyTorch model does
     m = runtime.load(out)
     x = normalize(eval_set.images[:8])

@@ -9,17 +9,14 @@ import pytest
 from tvmcomp.errors import TvmcompError
 
 
-def _pipeline_schedules_gpu() -> bool:
+def test_pipeline_schedules_gpu_kernels():
+    """CUDA targets get DLight's rule-based schedules in the pipeline's schedule phase."""
     import tvm
 
     from tvmcomp.pipeline import make_pipeline, pass_names
 
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_80"}, host={"kind": "llvm"})
-    return "schedule/GpuDefaultSchedule" in pass_names(make_pipeline(target))
-
-
-pytestmark = pytest.mark.skipif(not _pipeline_schedules_gpu(),
-                                reason="tvmcomp/pipeline.py lacks the GpuDefaultSchedule patch")
+    assert "schedule/GpuDefaultSchedule" in pass_names(make_pipeline(target))
 
 
 @pytest.fixture(scope="module", params=["cuda_sm80", "cuda_sm90"])

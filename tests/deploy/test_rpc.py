@@ -110,14 +110,6 @@ def test_server_without_tracker_fails_fast():
     assert r.stderr.startswith("tvmcomp rpc: error: cannot reach the RPC tracker")
 
 
-def _cli_has_rpc() -> bool:
-    from tvmcomp.cli import make_parser
-
-    return "--rpc-tracker" in make_parser().format_help() or any(
-        "rpc" in (a.choices or {}) for a in make_parser()._subparsers._group_actions)
-
-
-@pytest.mark.skipif(not _cli_has_rpc(), reason="tvmcomp/cli.py lacks the rpc patch")
 def test_cli_bench_rpc(lenet_artifact, tracker, server, run_tvmcomp):
     r = run_tvmcomp("bench", str(lenet_artifact.path), "--batch", "1", "--json",
                     "--rpc-tracker", tracker, "--rpc-key", KEY)

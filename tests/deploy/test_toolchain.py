@@ -70,16 +70,6 @@ def test_missing_aarch64_runtime(monkeypatch, tmp_path):
         runtime_dir("aarch64")
 
 
-def _compiler_checks_cross_compiler() -> bool:
-    import inspect
-
-    from tvmcomp import compiler
-
-    return "check_cross_compiler" in inspect.getsource(compiler.build)
-
-
-@pytest.mark.skipif(not _compiler_checks_cross_compiler(),
-                    reason="tvmcomp/compiler.py lacks the check_cross_compiler patch")
 def test_build_without_cross_compiler(lenet, tmp_path, monkeypatch):
     """``build`` for an ARM profile without the toolchain: one line, before any compiling."""
     import dataclasses
