@@ -308,3 +308,40 @@ def test_tune_with_every_task_recorded_says_nothing_to_tune(tuned, tmp_path, cap
     out = capsys.readouterr().out
     assert "nothing to tune: every kernel already has a x86_avx2 record" in out
     assert "trials" not in out.split("nothing to tune")[1]
+
+
+def test_tune_commit_promotes_the_best_checked_cache_record(tuned, tmp_path, capsys):
+    """A maintainer's cache already holds the records: tune --commit has nothing to tune and
+    still commits each task's best checked record, once."""
+    from tvmcomp import cli
+    from tvmcomp.compiler import BuildOptions, build
+    from tvmcomp.targets import load_profile
+
+    onnx_path, fused, target, db, _ = tuned
+    cache = _copy(db, tmp_path / "cache")
+    committed = tmp_path / "committed"
+    prof_file = _write_profile(tmp_path / "maint.toml", committed)
+    args = ["tune", str(onnx_path), "--profile", str(prof_file), "--batch", "1", "--commit",
+            "--tuning-dir", str(cache), "--tune-budget", "30"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "nothing to tune" in out
+    assert "1 best checked records added, 0 already there" in out
+    lines = _lines(committed / RECORDS)
+    assert len(lines) == 1 and len(_lines(committed / WORKLOADS)) == 1
+    def mean_secs(line):  # [workload index, [trace, run_secs, target, args]]
+        secs = [float(s) for s in json.loads(line)[1][1]]
+        return sum(secs) / len(secs)
+
+    assert mean_secs(lines[0]) == min(mean_secs(line) for line in _lines(cache / RECORDS))
+    # again: nothing new
+    assert cli.main(args) == 0
+    assert "0 best checked records added, 1 already there" in capsys.readouterr().out
+    assert len(_lines(committed / RECORDS)) == 1
+    # a build with an empty cache applies the committed record
+    prof = load_profile(str(prof_file))
+    _, man = build(onnx_path, prof, tmp_path / "art",
+                   BuildOptions(batches=(1,), tune_budget_s=0, progress=False,
+                                tuning_dir=tmp_path / "empty"))
+    assert man["tuning"]["tuned"] == 1
+    assert list(man["tuning"]["record_source"].values()) == ["maint"]

@@ -339,6 +339,14 @@ def cmd_tune(args) -> int:
                 else f"{t.best_us:9.2f} µs")
         print(f"  {t.name:40s} {best}" + (f"  ({t.source})" if t.source not in (None, profile.name)
                                           else ""))
+    if args.commit:
+        from .tune.commit import promote
+
+        c = promote(fused, profile, records)
+        print(f"committed to {c.database}: {len(c.added)} best checked records added, "
+              f"{len(c.present)} already there"
+              + (f"; no correct {profile.name} record for {', '.join(c.no_correct_record)}"
+                 if c.no_correct_record else ""))
     return 0
 
 
@@ -506,8 +514,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="an artifact's plan.json (or the artifact directory): tune exactly the "
                         "kernels that build shipped, with its per-layer forms")
     p.add_argument("--commit", action="store_true",
-                   help="write the records into the committed database tuning_logs/<profile> "
-                        "(for maintainers; default: the per-user tuning cache)")
+                   help="write new records into the committed database tuning_logs/<profile>, "
+                        "then add there each kernel's best checked record of this profile "
+                        "(also those in your cache) (for maintainers; default: the cache)")
     _add_tuning_dir(p)
     _add_model_options(p)
     p.set_defaults(fn=cmd_tune)

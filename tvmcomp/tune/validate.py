@@ -32,6 +32,7 @@ class ValidationReport:
     rejected: list[str] = field(default_factory=list)  # tasks with >= 1 wrong record
     no_valid_record: list[str] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)  # task -> profile of its record
+    chosen: dict[str, object] = field(default_factory=dict)  # task -> its TuningRecord
 
 
 def record_key(rec) -> str:
@@ -142,6 +143,7 @@ def validated_database(records, tasks, target, check: bool = True):
             continue
         source, rec = chosen
         report.sources[task.task_name] = source
+        report.chosen[task.task_name] = rec
         wl = mem.commit_workload(mod)
         mem.commit_tuning_record(ms.database.TuningRecord(
             rec.trace, wl, rec.run_secs, rec.target, rec.args_info))
