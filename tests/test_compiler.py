@@ -49,15 +49,16 @@ def test_manifest_fields(lenet_artifact, lenet):
                             "bytes": lib.stat().st_size}
 
 
-def test_manifest_kernels_are_the_kernels_in_model_so(lenet_artifact, kernels_in_so):
+def test_manifest_kernels_are_the_kernels_in_model_so(lenet_artifact, kernels_in_so, lenet):
     m = lenet_artifact.manifest
     assert set(m["kernels"]) == kernels_in_so(lenet_artifact.path)
     assert set(m["kernels"].values()) == {"untuned"}  # budget 0, empty database
     assert set(m["tuning"]["untuned"]) <= set(m["kernels"])
     assert m["runtime"] == {"threads": lenet_artifact.profile.cores}
     plan = json.loads((lenet_artifact.path / "plan.json").read_text())
-    assert plan == {"version": 1, "profile": "x86_avx2", "batches": [1, 8],
-                    "int8_accumulate": "float32", "sparse": None}
+    assert plan == {"version": 2, "profile": "x86_avx2", "batches": [1, 8],
+                    "int8_accumulate": "float32", "sparse": None,
+                    "model_sha256": sha256_file(lenet.onnx), "quant": None}
 
 
 def test_weight_bytes_are_lenet5_fp32(lenet_artifact, lenet):
