@@ -134,3 +134,16 @@ def test_host_profile_runs_here(x86_host):
     prof = host_profile()
     assert prof.runs_here()
     assert prof.name in ("x86_avx2", "x86_avx512")
+    # the highest host_rank that runs here: AVX-512 VNNI machines get x86_avx512
+    assert prof.name == ("x86_avx512" if load_profile("x86_avx512").runs_here() else "x86_avx2")
+
+
+def test_per_target_choices_are_profile_data():
+    """int8 accumulation and the host default come from the TOML files, not Python lists."""
+    assert load_profile("x86_avx2").int8_accumulate == "float32"  # no VNNI
+    assert load_profile("x86_avx512").int8_accumulate == "int32"
+    assert load_profile("arm_cortex_a72").int8_accumulate == "int32"  # the default
+    assert load_profile("x86_avx512").host_rank > load_profile("x86_avx2").host_rank > 0
+    assert load_profile("arm_cortex_a72").host_rank == 0
+    with pytest.raises(TvmcompError, match="int8_accumulate must be one of int32, float32"):
+        parse_profile({**BASE, "int8_accumulate": "int16"}, "p")

@@ -46,9 +46,7 @@ def evaluator(mod, name: str, args: list, min_repeat_s: float = 0.01, max_number
     calls to last ``min_repeat_s`` (at most ``max_number``); each call of the returned
     function is one such repeat and returns its mean seconds per call.
     """
-    import tvm
-
-    dev = tvm.cpu()
+    dev = args[0].device
     mod[name](*args)
     once = mod.time_evaluator(name, dev, number=1, repeat=3)(*args)
     n = max(1, min(max_number, int(min_repeat_s / max(float(np.min(once.results)), 1e-7))))
@@ -112,7 +110,7 @@ def _torch_int8(torch_model):
     return torch_int8_lenet(torch_model, calib)
 
 
-def _tvm_default(onnx_path: str, batch: int, target):
+def _tvm_default(onnx_path: str, batch: int, profile):
     """TVM's plain ``tvm.compile`` (legalize + lower, no fusion, no schedules) as a baseline."""
     import tvm
     from tvm import relax
@@ -120,8 +118,8 @@ def _tvm_default(onnx_path: str, batch: int, target):
     from .frontend.onnx_import import import_onnx, load_onnx
 
     model, info = load_onnx(onnx_path)
-    ex = tvm.compile(import_onnx(model, info, batch), target=target)
-    vm = relax.VirtualMachine(ex, tvm.cpu())
+    ex = tvm.compile(import_onnx(model, info, batch), target=profile.tvm_target())
+    vm = relax.VirtualMachine(ex, profile.device())
     return vm["main"]
 
 
@@ -239,8 +237,9 @@ def bench_artifacts(arts: dict, batches=None, baselines=BASELINES,
         if "tvm_default" in baselines:
             from .targets import profile_from_dict
 
-            f = _tvm_default(onnx_path, b, profile_from_dict(man.profile).tvm_target())
-            xd = tvm.runtime.tensor(x)
+            prof = profile_from_dict(man.profile)
+            f = _tvm_default(onnx_path, b, prof)
+            xd = tvm.runtime.tensor(x, prof.device())
             runs["tvm_default"] = lambda f=f, xd=xd: f(xd)
         bar.set_postfix(batch=b, runs=len(runs))
         ours = {k: py_timer(runs.pop(k)) for k in models}

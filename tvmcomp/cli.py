@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+from .defaults import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_SPARSE_THRESHOLD
 from .errors import Interrupted, TvmcompError
 
 
@@ -86,8 +87,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--sparse", action="store_true",
                    help="sparse (sliced-ELLPACK) kernels for sparse dense layers, kept only "
                         "where measured faster")
-    s.add_argument("--sparse-threshold", type=_sparsity, default=0.7,
-                   help="weight sparsity from which a layer is tried sparse (default 0.7)")
+    s.add_argument("--sparse-threshold", type=_sparsity, default=DEFAULT_SPARSE_THRESHOLD,
+                   help="weight sparsity from which a layer is tried sparse (default "
+                        f"{DEFAULT_SPARSE_THRESHOLD})")
     s.add_argument("--sparse-min-speedup", type=float, default=1.0,
                    help="keep sparse where the dense kernel takes this many times the sparse "
                         "kernel's time (default 1.0)")
@@ -113,8 +115,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="ONNX node name kept in float (repeatable), e.g. /fc3/Gemm")
     q.add_argument("--quant-config", default=None, metavar="JSON",
                    help="a saved quant_config.json instead of the flags above")
-    q.add_argument("--max-accuracy-drop", type=float, default=0.5, metavar="PT",
-                   help="refuse an int8 artifact more than PT points below float (default 0.5)")
+    q.add_argument("--max-accuracy-drop", type=float, default=100 * DEFAULT_MAX_ACCURACY_DROP,
+                   metavar="PT", help="refuse an int8 artifact more than PT points below float "
+                                      f"(default {100 * DEFAULT_MAX_ACCURACY_DROP:g})")
 
 
 def _add_tuning_dir(p: argparse.ArgumentParser) -> None:
@@ -231,8 +234,10 @@ def _profile(name: str | None):
 def cmd_pipeline(args) -> int:
     from .pipeline import describe, make_pipeline
 
-    print("\n".join(describe(make_pipeline(_profile(args.profile).tvm_target(), database=True,
-                                           sparse={} if args.sparse else None))))
+    profile = _profile(args.profile)
+    print("\n".join(describe(make_pipeline(profile.tvm_target(), database=True,
+                                           sparse={} if args.sparse else None,
+                                           int8_acc=profile.int8_accumulate))))
     return 0
 
 
@@ -327,7 +332,7 @@ def cmd_tune(args) -> int:
           f"{args.tune_budget:.0f} s | ≤{args.trials_per_task} trials/task")
     rep = tune_module(fused, profile.tvm_target(), records, budget_s=args.tune_budget,
                       max_trials_per_task=args.trials_per_task, only_missing=not args.all,
-                      family=profile.family)
+                      family=profile.family, cores=profile.cores)
     if rep.stopped_by == NOTHING_TO_TUNE:
         print(f"nothing to tune: every kernel already has a {profile.name} record (--all tunes "
               "them again)")
@@ -436,7 +441,7 @@ class _Parser(argparse.ArgumentParser):
 
 def make_parser() -> argparse.ArgumentParser:
     from . import rpc
-    from .defaults import DEFAULT_TUNE_BUDGET_S
+    from .defaults import DEFAULT_BATCHES, DEFAULT_TUNE_BUDGET_S
 
     ap = _Parser(
         prog="tvmcomp", description="Deployment compiler for compressed CNNs on Apache TVM.",
@@ -471,8 +476,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=8, help="fine-tune epochs (0 = one shot)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--regularize", default=None, metavar="l1[:S]|group-lasso[:S]")
-    p.add_argument("--max-accuracy-drop", type=float, default=0.5, metavar="PT",
-                   help="sensitivity: per-layer accuracy budget in points (default 0.5)")
+    p.add_argument("--max-accuracy-drop", type=float, default=100 * DEFAULT_MAX_ACCURACY_DROP,
+                   metavar="PT", help="sensitivity: per-layer accuracy budget in points "
+                                      f"(default {100 * DEFAULT_MAX_ACCURACY_DROP:g})")
     p.add_argument("--plot", default=None, metavar="PNG", help="sensitivity curves")
     p.add_argument("--config", default=None, metavar="JSON", help="a saved compress config")
     w = p.add_argument_group("weight sharing (k-means codebooks; after pruning when both)")
@@ -546,7 +552,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="runs/lenet5")
     p.add_argument("--profile", default=None, help="target profile (default: host x86)")
     p.add_argument("--epochs", type=_positive_int, default=20)
-    p.add_argument("--batch", type=_batches, default=(1, 64))
+    p.add_argument("--batch", type=_batches, default=DEFAULT_BATCHES)
     _add_budget(p, DEFAULT_TUNE_BUDGET_S)
     _add_tuning_dir(p)
     _add_mnist(p)

@@ -17,10 +17,11 @@ from .artifact import SCHEMA_VERSION, FileRef, Manifest, read_manifest, write_ar
 from .data import Dataset
 from .deploy.cuda import cuda_codegen
 from .deploy.toolchain import check_cross_compiler
-from .defaults import DEFAULT_BATCHES, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_TUNE_BUDGET_S
+from .defaults import (DEFAULT_BATCHES, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_SPARSE_THRESHOLD,
+                       DEFAULT_TUNE_BUDGET_S)
 from .errors import ArtifactError, TvmcompError
 from .frontend.onnx_import import CHECKPOINT_KEY, entry_name, import_batches, load_onnx
-from .pipeline import (compile_lowered, fuse, int8_accumulate, kernel_table, make_pipeline,
+from .pipeline import (compile_lowered, fuse, kernel_table, make_pipeline,
                        pass_names, run_range, schedule_and_lower)
 from .plan import PLAN_FILE, BuildPlan, plan_sparse
 from .quant import QuantConfig
@@ -45,10 +46,10 @@ class BuildOptions:
     calib_images: np.ndarray | None = None  # float32 [N, *input]; default: MNIST training set
     max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP
     sparse: bool = False               # SparseDense + the measured-latency gate
-    sparse_threshold: float = 0.7      # weight sparsity at which a layer is a candidate
+    sparse_threshold: float = DEFAULT_SPARSE_THRESHOLD  # sparsity at which a layer is a candidate
     sparse_min_speedup: float = 1.0    # keep sparse only where dense / sparse kernel µs >= this
     tuning_dir: str | None = None      # the tuning cache (default $XDG_CACHE_HOME/tvmcomp/...)
-    int8_accumulate: str | None = None  # override the target's choice ("int32" / "float32")
+    int8_accumulate: str | None = None  # override the profile's choice ("int32" / "float32")
 
 
 def _say(msg: str, on: bool = True) -> None:
@@ -124,7 +125,7 @@ def ensure_tuned(fused, profile: Profile, records: Records, budget_s: float,
             _say(f"tuning {len(missing)} untuned tasks, budget {budget_s:.0f} s "
                  "(--tune-budget; 0 = none)", progress)
             rep = tune_module(fused, target, records, budget_s=budget_s, only_missing=True,
-                              family=profile.family, progress=progress)
+                              family=profile.family, cores=profile.cores, progress=progress)
             info.update(used_s=round(rep.used_s, 1), trials=rep.trials, stopped_by=rep.stopped_by)
             _say(f"tuning used {rep.used_s:.0f} s of the {budget_s:.0f} s budget, "
                  f"{rep.trials} trials ({rep.stopped_by}); records in {rep.database}", progress)
@@ -308,7 +309,7 @@ def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Re
     batches = sorted(set(plan.batches if plan is not None else opts.batches))
     mod = import_batches(model, info, batches)
     acc = (plan.int8_accumulate if plan is not None
-           else opts.int8_accumulate or int8_accumulate(target))
+           else opts.int8_accumulate or profile.int8_accumulate)
     if acc not in ("int32", "float32"):
         raise TvmcompError(f"int8 accumulation must be int32 or float32, got {acc!r}")
     quantized = run_range(mod, target, "quantize", "quantize", int8_acc=acc,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .compiler import BuildOptions, build
 from .data.mnist import default_mnist_dir, load_eval_set
+from .defaults import DEFAULT_BATCHES, DEFAULT_TUNE_BUDGET_S
 from .frontend import export_onnx
 from .frontend.onnx_import import CHECKPOINT_KEY
 from .model import LeNet5, TrainConfig, evaluate_torch, load_checkpoint, save_checkpoint, train
@@ -68,7 +69,8 @@ def prune_lenet5(out: Path, ckpt: Path, train_set, sparsity: float = 0.9, epochs
 
 
 def build_forms(out: Path, dense_onnx: Path, pruned_onnx: Path, profile: Profile, ev,
-                batches=(1, 64), tune_budget_s: float = 300.0, tuning_dir: str | None = None,
+                batches=DEFAULT_BATCHES, tune_budget_s: float = DEFAULT_TUNE_BUDGET_S,
+                tuning_dir: str | None = None,
                 progress: bool = True) -> dict:
     """``{form: (artifact dir, manifest)}`` for every form `tvmcomp build` makes of LeNet-5:
     fp32, int8, sparse (the pruned model) and int8+sparse. The tuning budget is shared: each
@@ -89,7 +91,8 @@ def build_forms(out: Path, dense_onnx: Path, pruned_onnx: Path, profile: Profile
 
 
 def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = None,
-                 epochs: int = 20, tune_budget_s: float = 300.0, batches=(1, 64),
+                 epochs: int = 20, tune_budget_s: float = DEFAULT_TUNE_BUDGET_S,
+                 batches=DEFAULT_BATCHES,
                  tuning_dir: str | None = None, prune_epochs: int = 8) -> dict:
     """Train LeNet-5, build every form, verify, benchmark against the peers, print a table.
 

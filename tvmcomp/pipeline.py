@@ -9,6 +9,7 @@ from pathlib import Path
 import tvm
 from tvm import relax
 
+from .defaults import DEFAULT_SPARSE_THRESHOLD
 from .kernels.sell import HAND_SCHEDULED
 from .passes import QuantizeInt8, SparseDense
 from .passes.gpu_default_schedule import GpuDefaultSchedule
@@ -35,7 +36,7 @@ def _name(p) -> str:
 def _sparse_args(sparse: dict) -> str:
     keep = sparse.get("keep") or {}
     kept = sum(bool(v) for v in keep.values())
-    parts = [f"threshold={sparse.get('threshold', 0.7)}"]
+    parts = [f"threshold={sparse.get('threshold', DEFAULT_SPARSE_THRESHOLD)}"]
     if keep:
         parts.append(f"keep={kept}/{len(keep)} layers sparse")
     if sparse.get("values", "float32") != "float32":
@@ -43,46 +44,20 @@ def _sparse_args(sparse: dict) -> str:
     return ", ".join(parts)
 
 
-# x86 CPUs with an int8 dot-product instruction (VNNI): int32 accumulation pays there
-_VNNI_CPUS = ("cascadelake", "cooperlake", "icelake", "tigerlake", "rocketlake", "alderlake",
-              "raptorlake", "meteorlake", "sapphirerapids", "emeraldrapids", "graniterapids",
-              "znver4", "znver5", "arrowlake", "lunarlake", "sierraforest", "grandridge")
-
-
-def int8_accumulate(target) -> str:
-    """How QuantizeInt8 accumulates int8 conv2d/matmul for ``target`` (see its docstring).
-
-    ``"float32"`` (exact, checked per layer) on x86 CPUs without VNNI, where LLVM lowers the
-    int8×int8→int32 multiply-add to widening int32 multiplies at a fraction of the FMA rate;
-    ``"int32"`` elsewhere (VNNI x86, ARM, CUDA).
-    """
-    if target.kind.name != "llvm":
-        return "int32"
-    attrs = dict(target.attrs)
-    triple = str(attrs.get("mtriple", "x86_64"))
-    if not triple.startswith(("x86_64", "i686", "amd64")):
-        return "int32"
-    cpu = str(attrs.get("mcpu", ""))
-    mattr = " ".join(str(a) for a in attrs.get("mattr", ()))
-    if cpu.startswith(_VNNI_CPUS) or "vnni" in mattr:
-        return "int32"
-    return "float32"
-
-
 def make_pipeline(target, database=None, sparse: dict | None = None,
-                  int8_acc: str | None = None) -> list[Phase]:
+                  int8_acc: str = "int32") -> list[Phase]:
     """The pipeline for ``target``; ``database`` (MetaSchedule) applies tuned schedules.
 
     ``sparse`` (``SparseDense`` keyword arguments: threshold, keep, values) turns on the
-    sparse-conversion pass; None leaves dense layers dense. ``int8_acc`` overrides
-    :func:`int8_accumulate`'s choice for ``target`` (``"int32"`` / ``"float32"``).
+    sparse-conversion pass; None leaves dense layers dense. ``int8_acc``: how QuantizeInt8
+    accumulates (``"int32"`` / ``"float32"``; the profile's ``int8_accumulate``).
 
     The IR after phase 3 is what ``tune`` extracts its tasks from, so build and tune see
     structurally identical PrimFuncs and tuning records are found at build.
     """
     with target:  # MetaScheduleApplyDatabase reads the current target when constructed
         return _phases(database, sparse, gpu="gpu" in list(target.keys),
-                       accumulate=int8_acc or int8_accumulate(target))
+                       accumulate=int8_acc)
 
 
 def _phases(database, sparse: dict | None = None, gpu: bool = False,
@@ -188,7 +163,7 @@ def split_at_tunable(phases: list[Phase]) -> tuple[list[Phase], list[Phase]]:
 
 
 def run_range(mod, target, first: str, last: str, *, sparse: dict | None = None,
-              int8_acc: str | None = None, debug_dump=None):
+              int8_acc: str = "int32", debug_dump=None):
     """Run the phases ``first`` .. ``last`` (by name, inclusive) of the pipeline on ``mod``.
 
     The build runs the pipeline in pieces, each piece once: ``quantize``; the plan's per-layer
@@ -202,7 +177,7 @@ def run_range(mod, target, first: str, last: str, *, sparse: dict | None = None,
 
 
 def fuse(mod, target, debug_dump=None, sparse: dict | None = None,
-         int8_acc: str | None = None, start: str = "quantize"):
+         int8_acc: str = "int32", start: str = "quantize"):
     """The module as tuning sees it: the phases from ``start`` up to the tunable point."""
     front, _ = split_at_tunable(make_pipeline(target, sparse=sparse, int8_acc=int8_acc))
     return run_range(mod, target, start, front[-1].name, sparse=sparse, int8_acc=int8_acc,

@@ -37,6 +37,11 @@ class Profile:
     board: dict | None = None  # how the board is reached (tvmcomp.deploy.boards overrides)
     # profiles whose committed records may serve tasks this profile has no record for
     record_fallback: tuple[str, ...] = ()
+    # how int8 conv2d/matmul accumulate (QuantizeInt8): "int32", or "float32" (exact, checked
+    # per layer) where the CPU has no fast int8 dot product (x86 without VNNI)
+    int8_accumulate: str = "int32"
+    # > 0: a candidate for the host's default profile; the highest rank that runs here wins
+    host_rank: int = 0
 
     def tvm_target(self):
         """The ``tvm.target.Target`` (with host, where the profile names one)."""
@@ -64,11 +69,7 @@ class Profile:
 
     def device(self, session=None):
         """The device this profile's artifacts run on: here, or in ``session`` (TVM RPC)."""
-        if session is None:
-            import tvm
-
-            session = tvm
-        return session.cuda(0) if self.family == "cuda" else session.cpu(0)
+        return device_for(self.target["kind"], session)
 
     def runs_here(self) -> bool:
         return not self.missing_cpu_flags()
@@ -80,14 +81,26 @@ class Profile:
             "cross_compiler": self.cross_compiler,
             "requires_cpu_flags": list(self.requires_cpu_flags), "board": self.board,
             "record_fallback": list(self.record_fallback),
+            "int8_accumulate": self.int8_accumulate, "host_rank": self.host_rank,
         }
+
+
+def device_for(target_kind: str, session=None):
+    """The device of a TVM target kind (``"cuda"``: GPU 0, else the CPU), here or in
+    ``session`` (TVM RPC)."""
+    if session is None:
+        import tvm
+
+        session = tvm
+    return session.cuda(0) if target_kind == "cuda" else session.cpu(0)
 
 
 _KEYS = {
     "description": str, "family": str, "target": dict, "cores": int, "host": dict,
     "cross_compiler": str, "requires_cpu_flags": list, "tuning_db": str, "board": dict,
-    "record_fallback": list,
+    "record_fallback": list, "int8_accumulate": str, "host_rank": int,
 }
+INT8_ACCUMULATE = ("int32", "float32")
 _REQUIRED = ("description", "family", "target", "cores")
 
 
@@ -132,6 +145,9 @@ def parse_profile(data: dict, name: str, source: str = "<dict>") -> Profile:
         raise TvmcompError(f"{source}: [target] needs a 'kind' (e.g. \"llvm\" or \"cuda\")")
     if data["cores"] < 1:
         raise TvmcompError(f"{source}: cores must be >= 1")
+    if data.get("int8_accumulate", "int32") not in INT8_ACCUMULATE:
+        raise TvmcompError(f"{source}: int8_accumulate must be one of "
+                           f"{', '.join(INT8_ACCUMULATE)}, got {data['int8_accumulate']!r}")
     for key in ("requires_cpu_flags", "record_fallback"):
         if not all(isinstance(v, str) for v in data.get(key, ())):
             raise TvmcompError(f"{source}: {key} must be a list of strings")
@@ -145,6 +161,7 @@ def parse_profile(data: dict, name: str, source: str = "<dict>") -> Profile:
         requires_cpu_flags=tuple(data.get("requires_cpu_flags", ())), source=source,
         tuning_db=tdb, board=data.get("board"),
         record_fallback=tuple(data.get("record_fallback", ())),
+        int8_accumulate=data.get("int8_accumulate", "int32"), host_rank=data.get("host_rank", 0),
     )
 
 
@@ -179,12 +196,16 @@ def load_profile(name_or_path: str) -> Profile:
 
 
 def host_profile() -> Profile:
-    """The fastest x86 profile this machine can run (AVX-512 if present, else AVX2)."""
-    for name in ("x86_avx512", "x86_avx2"):
-        prof = load_profile(name)
+    """The default profile of this machine: of the shipped profiles with a ``host_rank``,
+    the highest-ranked one that runs here (``x86_avx512`` where AVX-512 VNNI is present,
+    else ``x86_avx2``)."""
+    ranked = sorted((p for p in map(load_profile, available_profiles()) if p.host_rank > 0),
+                    key=lambda p: -p.host_rank)
+    for prof in ranked:
         if prof.runs_here():
             return prof
     raise TvmcompError(
-        f"no shipped x86 profile runs on this {platform.machine()} machine "
-        "(need at least AVX2 + FMA)"
+        f"no shipped profile runs on this {platform.machine()} machine by default (candidates: "
+        f"{', '.join(p.name for p in ranked)}; x86 needs at least AVX2 + FMA); name one with "
+        "--profile"
     )

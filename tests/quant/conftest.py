@@ -48,6 +48,15 @@ def lenet_onnx(tmp_path_factory, mnist_5k) -> str:
 
 
 @pytest.fixture(scope="session")
+def profile():
+    """The profile whose int8 kernels the per-layer report compiles (x86 AVX2: float32
+    accumulation)."""
+    from tvmcomp.targets import load_profile
+
+    return load_profile("x86_avx2")
+
+
+@pytest.fixture(scope="session")
 def target():
     import tvm
 

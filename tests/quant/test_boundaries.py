@@ -36,7 +36,7 @@ def residual_onnx(tmp_path_factory) -> str:
                            input_shape=(1, 1, 12, 12)))
 
 
-def test_depthwise_int8_and_float_boundaries(residual_onnx, target):
+def test_depthwise_int8_and_float_boundaries(residual_onnx, target, profile):
     import tvm
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
@@ -61,6 +61,6 @@ def test_depthwise_int8_and_float_boundaries(residual_onnx, target):
     got = vm["main"](tvm.runtime.tensor(x)).numpy()
     ref = run_qdq_reference(q.model, x)
     np.testing.assert_allclose(got, ref, atol=1e-3 * np.abs(ref).max())
-    rows = layer_report(residual_onnx, q.model, x, target=target, batch=32)
+    rows = layer_report(residual_onnx, q.model, x, profile, batch=32)
     assert [r.node for r in rows] == ["/c1/Conv", "/dw/Conv", "/pw/Conv", "/fc/Gemm"]
     assert all(r.sqnr_db > 25 for r in rows)

@@ -87,10 +87,10 @@ def test_int8_matches_ort_and_float_accuracy(tmp_path, name, lenet_onnx, calib_i
     assert acc_i8 >= acc_f - acc_tol
 
 
-def test_layer_report(lenet_onnx, calib_images, test_set, target):
+def test_layer_report(lenet_onnx, calib_images, test_set, profile):
     q = quantize_onnx(lenet_onnx, calib_images, QuantConfig(num_calib=128))
     rows = layer_report(onnx.load(lenet_onnx), q.model, normalize(test_set.images[:128]),
-                        target=target, batch=64)
+                        profile, batch=64)
     print("\n" + format_report(rows))
     assert [r.node for r in rows] == ["/conv1/Conv", "/conv2/Conv", "/fc1/Gemm", "/fc2/Gemm",
                                       "/fc3/Gemm"]
@@ -104,7 +104,7 @@ def test_layer_report(lenet_onnx, calib_images, test_set, target):
 
 @pytest.mark.parametrize("act", ["int8", "uint8"])
 def test_onnxruntime_quantize_static_interop(tmp_path, act, lenet_onnx, calib_images, test_set,
-                                             target):
+                                             target, profile):
     """A QDQ model from ORT's own quantizer compiles into the same int8 kernels."""
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_static)
@@ -131,7 +131,7 @@ def test_onnxruntime_quantize_static_interop(tmp_path, act, lenet_onnx, calib_im
     scale = float(next(onnx.numpy_helper.to_array(t) for t in model.graph.initializer
                        if t.name == "logits_scale"))
     assert np.quantile(np.abs(got - ref), 0.99) <= 2 * scale + 1e-6  # ≤ 2 output LSBs
-    rows = layer_report(onnx.load(lenet_onnx), model, x[:64], target=target, batch=64)
+    rows = layer_report(onnx.load(lenet_onnx), model, x[:64], profile, batch=64)
     assert all(r.max_lsb_vs_ort <= 1 and r.frac_off_vs_ort <= 0.01 for r in rows)
 
 

@@ -10,6 +10,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from ..defaults import DEFAULT_SPARSE_THRESHOLD
 from ..kernels.sell import (
     SlicedMatrix,
     sell_dense_kernel,
@@ -83,7 +84,7 @@ class SparseDense:
     A module with no such layer is returned unchanged.
     """
 
-    def __init__(self, threshold: float = 0.7, keep: dict[str, bool] | None = None,
+    def __init__(self, threshold: float = DEFAULT_SPARSE_THRESHOLD, keep: dict[str, bool] | None = None,
                  values: str = "float32") -> None:
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
                 or not 0.0 <= threshold <= 1.0:

@@ -114,7 +114,7 @@ def _run(model, names: list[str], x: np.ndarray, batch: int,
     return {n: np.concatenate(v) for n, v in parts.items()}
 
 
-def layer_report(float_model, qdq_model, images: np.ndarray, target=None,
+def layer_report(float_model, qdq_model, images: np.ndarray, profile,
                  batch: int = 64) -> list[LayerReport]:
     """SQNR (dB) and max |error| of every quantized conv/matmul, compiled by TVM.
 
@@ -124,8 +124,8 @@ def layer_report(float_model, qdq_model, images: np.ndarray, target=None,
         The float model and its QDQ version (from :func:`quantize_onnx` or ONNX Runtime).
     images : np.ndarray
         Inputs, float32 ``[N, ...]`` (a few hundred are plenty).
-    target : tvm.target.Target, optional
-        Build target (default: llvm for this host).
+    profile : tvmcomp.targets.Profile
+        The profile whose kernels are compiled (its target, int8 accumulation and device).
     batch : int
         Batch size of the compiled probe module (images are padded to a multiple).
     """
@@ -134,24 +134,26 @@ def layer_report(float_model, qdq_model, images: np.ndarray, target=None,
     from tvm.relax.frontend.onnx import from_onnx
 
     from ..passes import QuantizeInt8
-    from ..pipeline import compile_fused, fuse, int8_accumulate
+    from ..pipeline import compile_fused, fuse
     from ..quant.api import model_input
     from ..quant.calibrate import check_images
 
     float_model, qdq_model = _as_model(float_model), _as_model(qdq_model)
-    target = target or tvm.target.Target({"kind": "llvm", "num-cores": 1})
+    target = profile.tvm_target()
     name, in_shape = model_input(qdq_model)
     x = check_images(images, in_shape, name)
     # the kernels the target ships: float32 accumulation where build uses it (x86 without VNNI)
-    mod = QuantizeInt8(int8_accumulate(target))(
+    mod = QuantizeInt8(profile.int8_accumulate)(
         from_onnx(qdq_model, shape_dict={name: [batch, *x.shape[1:]]}))
     probe, ks = expose_anchors(mod)
-    vm = relax.VirtualMachine(compile_fused(fuse(probe, target), target), tvm.cpu())
+    dev = profile.device()
+    vm = relax.VirtualMachine(compile_fused(fuse(probe, target, int8_acc=profile.int8_accumulate),
+                                            target), dev)
     n = len(x)
     pad = np.concatenate([x, np.repeat(x[-1:], (-n) % batch, axis=0)])
     got: list[list] = [[] for _ in ks]
     for i in range(0, len(pad), batch):
-        res = vm["main"](tvm.runtime.tensor(pad[i: i + batch]))
+        res = vm["main"](tvm.runtime.tensor(pad[i: i + batch], dev))
         for j in range(len(ks)):
             got[j].append(res[j + 1].numpy())
     got = [np.concatenate(g)[:n] for g in got]

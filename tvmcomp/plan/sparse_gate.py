@@ -15,6 +15,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..defaults import DEFAULT_SPARSE_THRESHOLD
+from ..targets import device_for
+
 
 @dataclass(frozen=True)
 class GateDecision:
@@ -50,6 +53,7 @@ class _Built:
     fused: object
     ex: object
     kernels: dict  # kernel_table of the lowered module
+    dev: object    # the device of the target
 
 
 def _build(quantized, target, database, sparse):
@@ -57,7 +61,8 @@ def _build(quantized, target, database, sparse):
 
     fused = fuse(quantized, target, start="layer_forms", sparse=sparse)
     lowered = schedule_and_lower(fused, target, database)
-    return _Built(fused, compile_lowered(lowered, target), kernel_table(lowered, target))
+    return _Built(fused, compile_lowered(lowered, target), kernel_table(lowered, target),
+                  device_for(target.kind.name))
 
 
 def _calls(func) -> list:
@@ -107,14 +112,14 @@ def _sparse_calls(func, index: int, integer: bool) -> list:
     return out
 
 
-def _timer(ex, call, rng):
+def _timer(built: _Built, call, rng):
     """An :func:`tvmcomp.bench.evaluator` of one kernel call with its real constants."""
     import tvm
     from tvm import relax
 
     from ..bench import evaluator
 
-    dev = tvm.cpu()
+    ex, dev = built.ex, built.dev
     args = []
     for a in call.args[1].fields:
         if isinstance(a, tvm.ir.Constant):
@@ -144,7 +149,7 @@ def _check_same_outputs(dense: _Built, sparse: _Built, quantized, integer: bool)
     from tvm import relax
 
     rng = np.random.default_rng(0)
-    dev = tvm.cpu()
+    dev = dense.dev
     vms = [relax.VirtualMachine(b.ex, dev) for b in (dense, sparse)]
     for gv, func in quantized.functions.items():
         if not isinstance(func, relax.Function) or not gv.name_hint.startswith("main"):
@@ -158,7 +163,8 @@ def _check_same_outputs(dense: _Built, sparse: _Built, quantized, integer: bool)
                              f"(max |diff| {np.abs(a.astype(np.float64) - b).max():.3g})")
 
 
-def gate(quantized, target, database=None, threshold: float = 0.7, min_speedup: float = 1.0,
+def gate(quantized, target, database=None, threshold: float = DEFAULT_SPARSE_THRESHOLD,
+         min_speedup: float = 1.0,
          progress: bool = True, repeat: int = 21) -> list[GateDecision]:
     """Time dense vs sparse for each SparseDense candidate of ``quantized`` (per function).
 
@@ -206,7 +212,7 @@ def gate(quantized, target, database=None, threshold: float = 0.7, min_speedup: 
             raise ValueError(f"{d.key}: cannot find its kernels in the fused modules")
         for tag, built, calls in (("d", dense, dc), ("s", sparse, sc)):
             for c in calls:
-                timers.setdefault((tag, c.args[0].name_hint), _timer(built.ex, c, rng))
+                timers.setdefault((tag, c.args[0].name_hint), _timer(built, c, rng))
         layer_calls.append(([c.args[0].name_hint for c in dc], [c.args[0].name_hint for c in sc]))
     us = interleaved_us(timers, repeat)
     for (fname, m, d), (dnames, snames) in zip(timed, layer_calls):

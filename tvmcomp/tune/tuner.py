@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -179,7 +180,7 @@ def _make_callback(deadline: float, bar: tqdm, counter: list, fired: list):
 def tune_module(mod, target, records: Records, *, budget_s: float,
                 max_trials_per_task: int = 64, only_missing: bool = True,
                 trials_per_iter: int = 32, runner=None, seed: int = 0,
-                family: str | None = None, progress: bool = True,
+                family: str | None = None, cores: int | None = None, progress: bool = True,
                 names: tuple[str, ...] | None = None) -> TuneReport:
     """Tune the TIR tasks of a fused Relax module into the database at ``work_dir``.
 
@@ -203,6 +204,8 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
         Defaults to a ``LocalRunner``; pass an ``RPCRunner`` to measure on a remote board.
     names : tuple of str, optional
         Tune only the tasks with these names (default: all).
+    cores : int, optional
+        The profile's cores: the cost model's threads, at most this machine's (default: all).
     """
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
@@ -251,7 +254,8 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
                     tasks=contexts, task_weights=weights, work_dir=str(logs),
                     max_trials_global=total, max_trials_per_task=max_trials_per_task,
                     num_trials_per_iter=trials_per_iter, builder=builder, runner=runner,
-                    database=db, cost_model=ms.cost_model.XGBModel(num_tuning_cores=2),
+                    database=db, cost_model=ms.cost_model.XGBModel(
+                        num_tuning_cores=min(cores or os.cpu_count(), os.cpu_count())),
                     measure_callbacks=callbacks,
                 )
         except (Exception, KeyboardInterrupt):  # noqa: BLE001 - both come back wrapped by the FFI

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..targets import device_for
 from .records import read_json, update_json
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def check_record(rec, target, seed: int = 0) -> tuple[bool, str]:
     mod = rec.workload.mod
     sch = tvm.s_tir.Schedule(mod)
     rec.trace.apply_to_schedule(sch, remove_postproc=False)
-    dev = tvm.cpu(0)
+    dev = device_for(target.kind.name)
     args = _random_args(mod["main"], np.random.default_rng(seed))
     try:
         ref = _run(tvm.compile(mod, target=target), args, dev)
