@@ -169,6 +169,42 @@ def test_gate_meets_a_tuned_dense_kernel(pruned, profile_with_db, eval_set, x86_
     assert fc1["dense_tuned"] is True and "(dense untuned)" not in fc1["reason"]
 
 
+def test_gate_tunes_both_forms_before_deciding(pruned, profile_with_db, eval_set, x86_host,
+                                              tmp_path, monkeypatch):
+    """A new int8 model, an empty database and a budget: the build tunes the dense form's
+    kernels and the sparse form's epilogues before the gate, so the gate times what would
+    ship (before: our sparse kernel against an untuned dense one, never tuned afterwards).
+    Tuning is cut to one trial per matmul / requantization task to keep the test short."""
+    from tvmcomp.tune import apply
+    from tvmcomp.tune.tuner import extract_tasks
+
+    real, calls = apply.tune_module, []
+
+    def one_trial_each(mod, target, records, **kw):
+        names = tuple(t.task_name for t in extract_tasks(mod, target)
+                      if "matmul" in t.task_name or "cast" in t.task_name)
+        calls.append(names)
+        kw.update(max_trials_per_task=1, trials_per_iter=1, names=names)
+        return real(mod, target, records, **kw)
+
+    monkeypatch.setattr(apply, "tune_module", one_trial_each)
+    _, onnx_path, d = pruned
+    out, man = build(onnx_path, profile_with_db(tmp_path / "db"), tmp_path / "art",
+                     BuildOptions(batches=(1,), tune_budget_s=300, eval_set=eval_set,
+                                  progress=False, sparse=True, sparse_min_speedup=0.0,
+                                  tuning_dir=tmp_path / "cache", **INT8))
+    before = man["sparse"]["tuned_before_gate"]
+    assert before["dense"]["trials"] >= 3  # the three int8 matmul kernels (and epilogues)
+    assert before["trials"] == before["dense"]["trials"] + before["sparse"]["trials"]
+    assert len(calls) >= 2  # dense form, then the sparse form's new tasks
+    gate = {g["key"]: g for g in man["sparse"]["gate"]}
+    for key in ("main_b1/matmul2", "main_b1/matmul3"):  # fc1, fc2: timed, kept sparse
+        assert gate[key]["dense_tuned"] is True and gate[key]["sparse_tuned"] is True, gate[key]
+        assert "untuned" not in gate[key]["reason"]
+    t = man["tuning"]  # one budget: the gate's tuning counts in the build's
+    assert t["budget_s"] == 300 and t["trials"] >= before["trials"]
+
+
 def test_a_layers_weight_is_stored_in_one_form():
     """Batch entries that disagree on a layer get one form: its weight is stored once."""
     from tvmcomp.plan import store_once

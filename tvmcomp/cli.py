@@ -307,7 +307,7 @@ def _calib_data(path: str | None):
 
 
 def cmd_tune(args) -> int:
-    from .compiler import plan_and_fuse, prepare_model
+    from .compiler import budget_left, plan_and_fuse, prepare_model
     from .tune import RecordPaths, Records, tune_module
     from .tune.records import TOP_K_TUNE
     from .tune.tuner import NOTHING_TO_TUNE
@@ -327,10 +327,11 @@ def cmd_tune(args) -> int:
     records = Records(RecordPaths.for_profile(profile, args.tuning_dir, commit=args.commit),
                       top_k=TOP_K_TUNE)
     print(records.describe())
-    plan, fused, _ = plan_and_fuse(model, info, profile, opts, records, plan)
+    plan, fused, sparse_info = plan_and_fuse(model, info, profile, opts, records, plan)
+    budget = budget_left(opts, sparse_info)
     print(f"tune {args.model} | profile {profile.name} | batches {list(plan.batches)} | budget "
-          f"{args.tune_budget:.0f} s | ≤{args.trials_per_task} trials/task")
-    rep = tune_module(fused, profile.tvm_target(), records, budget_s=args.tune_budget,
+          f"{budget:.0f} s | ≤{args.trials_per_task} trials/task")
+    rep = tune_module(fused, profile.tvm_target(), records, budget_s=budget,
                       max_trials_per_task=args.trials_per_task, only_missing=not args.all,
                       family=profile.family, cores=profile.cores)
     if rep.stopped_by == NOTHING_TO_TUNE:

@@ -26,7 +26,8 @@ from .pipeline import (compile_lowered, fuse, kernel_table, make_pipeline,
 from .plan import PLAN_FILE, BuildPlan, plan_sparse
 from .quant import QuantConfig
 from .targets import Profile
-from .tune import RecordPaths, Records, task_status, tune_module
+from .tune import RecordPaths, Records
+from .tune.apply import checked_database, ensure_tuned
 from .verify import verify
 
 QDQ_REFERENCE = "reference.qdq.onnx"
@@ -99,55 +100,6 @@ def _output_shape(fused, batch: int) -> list:
     return ["N", *shape[1:]]
 
 
-def ensure_tuned(fused, profile: Profile, records: Records, budget_s: float,
-                 progress: bool = True) -> dict:
-    """Tune the tasks that have no record (own or fallback) within ``budget_s``."""
-    target = profile.tvm_target()
-    status = task_status(fused, target, records)
-    missing = [t.name for t in status if t.best_us is None and not t.hand_scheduled]
-    borrowed = [t for t in status if t.source not in (None, profile.name)]
-    info = {"records_read": records.counts(), "tasks": len(status), "budget_s": budget_s,
-            "used_s": 0.0, "trials": 0, "stopped_by": "not needed"}
-    check = ("checked before use" if profile.runs_here()
-             else f"applied unchecked: this host cannot run {profile.name}")
-    _say(f"{len(status) - len(missing)}/{len(status)} tasks have records"
-         + (f" ({len(borrowed)} only from {', '.join(sorted({t.source for t in borrowed}))}: "
-            f"fallback, {check}; "
-            f"`tvmcomp tune --profile {profile.name}` tunes them for this profile)"
-            if borrowed else ""), progress)
-    if missing and budget_s > 0:
-        if not profile.runs_here():
-            info["stopped_by"] = f"cannot measure {profile.name} here"
-            _say(f"WARNING: {len(missing)} tasks untuned and {profile.name} cannot run on this "
-                 f"machine (lacks {', '.join(profile.missing_cpu_flags())}); untuned kernels "
-                 "are slow", progress)
-        else:
-            _say(f"tuning {len(missing)} untuned tasks, budget {budget_s:.0f} s "
-                 "(--tune-budget; 0 = none)", progress)
-            rep = tune_module(fused, target, records, budget_s=budget_s, only_missing=True,
-                              family=profile.family, cores=profile.cores, progress=progress)
-            info.update(used_s=round(rep.used_s, 1), trials=rep.trials, stopped_by=rep.stopped_by)
-            _say(f"tuning used {rep.used_s:.0f} s of the {budget_s:.0f} s budget, "
-                 f"{rep.trials} trials ({rep.stopped_by}); records in {rep.database}", progress)
-            status = rep.tasks
-    elif missing:
-        info["stopped_by"] = "budget 0"
-    untuned = [t.name for t in status if t.best_us is None and not t.hand_scheduled]
-    hand = [t.name for t in status if t.hand_scheduled]
-    if hand:
-        info["hand_scheduled"] = hand
-    if untuned and profile.family == "cuda":
-        _say(f"{len(untuned)}/{len(status)} kernels have no tuned schedule: DLight's rules "
-             "schedule them", progress)
-    elif untuned:
-        _say(f"WARNING: {len(untuned)}/{len(status)} kernels have no tuned schedule and run "
-             f"naive loops (slow): {', '.join(untuned)}", progress)
-    info["tuned"] = len(status) - len(untuned) - len(hand)
-    info["untuned"] = untuned
-    info["tuned_kernel_us"] = {t.name: round(t.best_us, 3) for t in status if t.best_us}
-    return info
-
-
 def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
           opts: BuildOptions = BuildOptions()) -> tuple[Path, dict]:
     """Compile an ONNX CNN for ``profile`` into a verified artifact directory at ``out_dir``."""
@@ -168,8 +120,13 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     # The plan: every graph rewrite decided and applied once, in pipeline order; the fused
     # module that comes out, and nothing else, is tuned, checked, compiled and described.
     plan, fused, sparse_info = plan_and_fuse(model, info, profile, opts, records)
-    tuning = ensure_tuned(fused, profile, records, opts.tune_budget_s, opts.progress)
-    db = _checked_database(fused, profile, records, tuning, opts.progress)
+    tuning = ensure_tuned(fused, profile, records, budget_left(opts, sparse_info),
+                          opts.progress)
+    before = (sparse_info or {}).get("tuned_before_gate")
+    if before:  # one budget for the build: the gate's tuning counts in it
+        tuning.update(budget_s=opts.tune_budget_s, trials=tuning["trials"] + before["trials"],
+                      used_s=round(tuning["used_s"] + before["used_s"], 1))
+    db = checked_database(fused, profile, records, opts.progress, tuning)
     lowered = schedule_and_lower(fused, target, db, opts.debug_dump)
     kernels = kernel_table(lowered, target, tuned=(
         "tuned, checked" if tuning["schedules_checked"]
@@ -297,10 +254,13 @@ def prepare_model(onnx_path: str | Path, opts: BuildOptions):
 
 def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Records,
                   plan: BuildPlan | None = None):
-    """(plan, fused module, sparse size info or None): what ``build`` ships, and ``tune`` tunes.
+    """(plan, fused module, sparse info or None): what ``build`` ships, and ``tune`` tunes.
 
     Runs ``quantize`` once, takes the per-layer decisions on its output (or applies the saved
     ``plan``), runs ``layer_forms`` once with them, then ``canonicalize`` .. ``legalize_fuse``.
+    The sparse gate tunes the dense form's kernels before it decides; what that took is the
+    sparse info's ``tuned_before_gate`` (its seconds come out of ``opts.tune_budget_s``: see
+    :func:`budget_left`).
     """
     from .passes.sparse_dense import find_layers, size_report
 
@@ -314,10 +274,12 @@ def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Re
         raise TvmcompError(f"int8 accumulation must be int32 or float32, got {acc!r}")
     quantized = run_range(mod, target, "quantize", "quantize", int8_acc=acc,
                           debug_dump=opts.debug_dump)
+    gate_tuning: dict = {}
     if plan is None:
-        sparse = (plan_sparse(quantized, profile, records.lookup_database(),
-                              opts.sparse_threshold, opts.sparse_min_speedup, opts.progress)
-                  if opts.sparse else None)
+        sparse, gate_tuning = (plan_sparse(quantized, profile, records, opts.sparse_threshold,
+                                           opts.sparse_min_speedup, opts.progress,
+                                           opts.tune_budget_s)
+                               if opts.sparse else (None, {}))
         plan = BuildPlan(profile.name, tuple(batches), acc, sparse, info.sha256, quant)
     else:
         plan.check_applies(profile.name, info.sha256, quant)
@@ -334,46 +296,16 @@ def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Re
             "size": size_report(formed),
             "dense_size": size_report(quantized),
         }
+        if gate_tuning:
+            info_sparse["tuned_before_gate"] = gate_tuning
     fused = fuse(formed, target, debug_dump=opts.debug_dump, start="canonicalize", int8_acc=acc)
     return plan, fused, info_sparse
 
 
-def _checked_database(fused, profile: Profile, records: Records, tuning: dict,
-                      progress: bool):
-    """The records to build with: per task, the best one whose schedule computes correct
-    results (own profile first, then fallback profiles).
-
-    Checking needs the profile to run here: elsewhere each task's best record (own first,
-    then fallback) is applied unchecked and the manifest says so.
-    """
-    from .tune.tuner import extract_tasks
-    from .tune.validate import validated_database
-
-    target = profile.tvm_target()
-    check = profile.runs_here()
-    db, rep = validated_database(records, extract_tasks(fused, target), target, check=check)
-    tuning["schedules_checked"] = check
-    tuning["schedules_rejected"] = rep.rejected
-    tuning["record_source"] = dict(sorted(rep.sources.items()))
-    borrowed = {t: s for t, s in rep.sources.items() if s != profile.name}
-    if check:
-        _say(f"checked tuned schedules against unscheduled kernels: {rep.checked} run, "
-             f"{rep.cached} cached verdicts, {len(rep.rejected)} rejected"
-             + (f" ({', '.join(rep.rejected)})" if rep.rejected else ""), progress)
-    else:
-        _say(f"WARNING: {len(rep.sources)} tuned schedules applied unchecked: this host cannot "
-             f"run {profile.name} (lacks {', '.join(profile.missing_cpu_flags())})", progress)
-    if borrowed:
-        _say(f"using {len(borrowed)} records from {', '.join(sorted(set(borrowed.values())))} "
-             f"(no {profile.name} record yet; "
-             + ("checked correct on this machine)" if check else "unchecked)"), progress)
-    if rep.no_valid_record:
-        _say(f"WARNING: no correct tuned schedule for {', '.join(rep.no_valid_record)}; "
-             "they run untuned", progress)
-    tuning["untuned"] = sorted(set(tuning.get("untuned", [])) | set(rep.no_valid_record))
-    tuning["tuned"] = (tuning["tasks"] - len(tuning["untuned"])
-                       - len(tuning.get("hand_scheduled", [])))
-    return db
+def budget_left(opts: BuildOptions, sparse_info: dict | None) -> float:
+    """The tuning budget left after the sparse gate's tuning."""
+    used = (sparse_info or {}).get("tuned_before_gate", {}).get("used_s", 0.0)
+    return max(0.0, opts.tune_budget_s - used)
 
 
 def _checkpoint_ref(metadata: dict, out_path: Path) -> dict | None:
@@ -444,5 +376,5 @@ def as_batches(text: str) -> tuple[int, ...]:
     return vals
 
 
-__all__ = ["BuildOptions", "build", "as_batches", "constant_bytes", "ensure_tuned",
+__all__ = ["BuildOptions", "build", "as_batches", "constant_bytes",
            "plan_and_fuse", "prepare_model"]

@@ -106,29 +106,52 @@ def _quant_flags(q: dict) -> str:
                                       f"{q.get('num_calib')} calibration images") if v)
 
 
-def plan_sparse(quantized, profile, database, threshold: float, min_speedup: float,
-                progress: bool = True) -> SparsePlan:
+def plan_sparse(quantized, profile, records, threshold: float, min_speedup: float,
+                progress: bool = True, tune_budget_s: float = 0.0) -> tuple[SparsePlan, dict]:
     """Decide, per sparse candidate layer of the quantized module, dense or sparse.
 
-    Where the profile runs here the latency gate measures both forms (``sparse_gate.gate``);
-    elsewhere the static rule keeps every candidate at or above ``threshold`` sparse.
+    Where the profile runs here the latency gate measures both forms (``sparse_gate.gate``)
+    as they would ship: the all-dense module's kernels without records are tuned first,
+    within ``tune_budget_s`` (our sparse kernels are hand-scheduled), and both forms are
+    built with the checked records a build applies. Elsewhere the static rule keeps every
+    candidate at or above ``threshold`` sparse. Returns the plan and what the tuning before
+    the gate did (``{"dense": ..., "sparse": ..., "trials", "used_s"}``, per form a summary
+    of :func:`tvmcomp.tune.apply.ensure_tuned`'s result; empty if none ran).
     """
     from ..passes.sparse_dense import find_layers
 
     if profile.runs_here():
-        from .sparse_gate import gate
+        from ..tune.apply import checked_database, ensure_tuned
+        from .sparse_gate import forms, gate
 
-        decisions = store_once(gate(quantized, profile.tvm_target(), database,
+        target = profile.tvm_target()
+        both = forms(quantized, target, threshold)
+        tuned: dict = {}
+        if both[1] is not None and tune_budget_s > 0:
+            if progress:
+                print("sparse gate: tuning both forms' kernels first, so each is timed as it "
+                      "would ship", flush=True)
+            used = 0.0
+            for form, mod in zip(("dense", "sparse"), both):  # sparse: its int8 epilogues
+                info = ensure_tuned(mod, profile, records, max(0.0, tune_budget_s - used),
+                                    progress)
+                used += info["used_s"]
+                tuned[form] = {k: info[k] for k in ("tasks", "tuned", "untuned", "trials",
+                                                    "used_s", "stopped_by")}
+            tuned.update(trials=sum(tuned[f]["trials"] for f in ("dense", "sparse")),
+                         used_s=round(used, 1))
+        database = checked_database(both, profile, records, progress)
+        decisions = store_once(gate(quantized, target, database,
                                     threshold=threshold, min_speedup=min_speedup,
-                                    progress=progress), min_speedup, progress)
+                                    progress=progress, fused=both), min_speedup, progress)
         return SparsePlan(threshold, min_speedup, {d.key: d.keep_sparse for d in decisions},
-                          "measured", [d.to_dict() for d in decisions])
+                          "measured", [d.to_dict() for d in decisions]), tuned
     keep = {L.key: L.sparsity >= threshold for L in find_layers(quantized) if L.candidate}
     if progress:
         print(f"sparse: {profile.name} cannot run here, so nothing can be measured; static rule: "
               f"{sum(keep.values())}/{len(keep)} matmul layers at sparsity >= {threshold} go "
               "sparse", flush=True)
-    return SparsePlan(threshold, min_speedup, keep, "static rule")
+    return SparsePlan(threshold, min_speedup, keep, "static rule"), {}
 
 
 def store_once(decisions: list, min_speedup: float, progress: bool = True) -> list:

@@ -32,6 +32,7 @@ class GateDecision:
     dense_kernels: tuple[str, ...] = ()
     sparse_kernels: tuple[str, ...] = ()
     dense_tuned: bool = False   # every dense kernel had a (checked or given) tuned schedule
+    sparse_tuned: bool = False  # every sparse-form kernel is hand-scheduled or tuned
     keep_sparse: bool = False
     reason: str = ""
 
@@ -56,13 +57,52 @@ class _Built:
     dev: object    # the device of the target
 
 
-def _build(quantized, target, database, sparse):
-    from ..pipeline import compile_lowered, fuse, kernel_table, schedule_and_lower
+def _build(fused, target, database):
+    from ..pipeline import compile_lowered, kernel_table, schedule_and_lower
 
-    fused = fuse(quantized, target, start="layer_forms", sparse=sparse)
     lowered = schedule_and_lower(fused, target, database)
     return _Built(fused, compile_lowered(lowered, target), kernel_table(lowered, target),
                   device_for(target.kind.name))
+
+
+def _candidates(quantized, threshold: float):
+    """(decisions of layers below ``threshold``, ``(function, match, decision)`` of those at
+    or above it, every candidate key in layer order)."""
+    from tvm import relax
+
+    from ..passes.layers import layer_key
+    from ..passes.sparse_dense import sparse_candidates
+
+    below, timed, order = [], [], []
+    for gv, func in quantized.functions.items():
+        if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
+            continue
+        matches, _, _ = sparse_candidates(func)
+        for m in matches:
+            key = layer_key(gv.name_hint, m.name)
+            order.append(key)
+            sp = 1.0 - np.count_nonzero(m.w) / m.w.size
+            d = GateDecision(key, m.batch, (int(m.w.shape[0]), int(m.w.shape[1])), sp,
+                             float("nan"), float("nan"))
+            if sp < threshold:
+                below.append(dataclasses.replace(d, reason=f"sparsity {sp:.3f} < {threshold}"))
+            else:
+                timed.append((gv.name_hint, m, d))
+    return below, timed, order
+
+
+def forms(quantized, target, threshold: float = DEFAULT_SPARSE_THRESHOLD):
+    """The two fused modules the gate compares: every candidate at or above ``threshold``
+    dense, and every one sparse (None when there is no such candidate). Tune these before
+    :func:`gate` so both forms are timed as they would ship."""
+    from ..pipeline import fuse
+
+    _, timed, _ = _candidates(quantized, threshold)
+    dense = fuse(quantized, target, start="layer_forms")
+    if not timed:
+        return dense, None
+    return dense, fuse(quantized, target, start="layer_forms",
+                       sparse={"threshold": threshold, "keep": {d.key: True for _, _, d in timed}})
 
 
 def _calls(func) -> list:
@@ -164,41 +204,24 @@ def _check_same_outputs(dense: _Built, sparse: _Built, quantized, integer: bool)
 
 
 def gate(quantized, target, database=None, threshold: float = DEFAULT_SPARSE_THRESHOLD,
-         min_speedup: float = 1.0,
-         progress: bool = True, repeat: int = 21) -> list[GateDecision]:
+         min_speedup: float = 1.0, progress: bool = True, repeat: int = 21,
+         fused: tuple | None = None) -> list[GateDecision]:
     """Time dense vs sparse for each SparseDense candidate of ``quantized`` (per function).
 
     ``quantized`` is the module after the pipeline's ``quantize`` phase. Layers below
     ``threshold`` are not timed (kept dense). A timed layer keeps its sparse form when
     ``dense µs / sparse µs >= min_speedup``. Pass ``{d.key: d.keep_sparse for d in
-    decisions}`` to ``SparseDense(keep=...)``.
+    decisions}`` to ``SparseDense(keep=...)``. ``fused``: the two modules of :func:`forms`
+    (default: made here).
     """
-    from tvm import relax
-
     from ..bench import interleaved_us
-    from ..passes.layers import layer_key
-    from ..passes.sparse_dense import sparse_candidates
 
-    out, timed, order = [], [], []
-    for gv, func in quantized.functions.items():
-        if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
-            continue
-        matches, _, _ = sparse_candidates(func)
-        for m in matches:
-            key = layer_key(gv.name_hint, m.name)
-            order.append(key)
-            sp = 1.0 - np.count_nonzero(m.w) / m.w.size
-            d = GateDecision(key, m.batch, (int(m.w.shape[0]), int(m.w.shape[1])), sp,
-                             float("nan"), float("nan"))
-            if sp < threshold:
-                out.append(dataclasses.replace(d, reason=f"sparsity {sp:.3f} < {threshold}"))
-            else:
-                timed.append((gv.name_hint, m, d))
+    out, timed, order = _candidates(quantized, threshold)
     if not timed:
         return out  # already in layer order
-    dense = _build(quantized, target, database, None)
-    sparse = _build(quantized, target, database, {"threshold": threshold,
-                                                   "keep": {d.key: True for _, _, d in timed}})
+    dense_mod, sparse_mod = fused or forms(quantized, target, threshold)
+    dense = _build(dense_mod, target, database)
+    sparse = _build(sparse_mod, target, database)
     integer = any(m.x_dtype != "float32" for _, m, _ in timed)
     _check_same_outputs(dense, sparse, quantized, integer)
     rng = np.random.default_rng(0)
@@ -219,13 +242,17 @@ def gate(quantized, target, database=None, threshold: float = DEFAULT_SPARSE_THR
         dense_us = sum(us[("d", n)] for n in dnames)
         sparse_us = sum(us[("s", n)] for n in snames)
         tuned = all(dense.kernels.get(n) == "tuned" for n in dnames)
+        sparse_tuned = all(sparse.kernels.get(n) in ("tuned", "hand-scheduled") for n in snames)
         keep = dense_us / sparse_us >= min_speedup
+        untuned = " and ".join(f for f, ok in (("dense", tuned), ("sparse", sparse_tuned))
+                               if not ok)
         why = (f"sparse {'+'.join(snames)} {sparse_us:.2f} µs vs dense {'+'.join(dnames)} "
-               f"{dense_us:.2f} µs{'' if tuned else ' (dense untuned)'}: "
+               f"{dense_us:.2f} µs{f' ({untuned} untuned)' if untuned else ''}: "
                + ("sparse kept" if keep else f"below the {min_speedup:g}x gate, dense kept"))
         out.append(dataclasses.replace(d, dense_us=dense_us, sparse_us=sparse_us,
                                        dense_kernels=tuple(dnames), sparse_kernels=tuple(snames),
-                                       dense_tuned=tuned, keep_sparse=keep, reason=why))
+                                       dense_tuned=tuned, sparse_tuned=sparse_tuned,
+                                       keep_sparse=keep, reason=why))
         if progress:
             print(f"sparse gate {d.key} (batch {m.batch}, {d.shape[1]}→{d.shape[0]}, sparsity "
                   f"{d.sparsity:.3f}): {why}", flush=True)

@@ -1,0 +1,106 @@
+"""Apply tuning records to a fused module: tune what has none within a budget, then pick per
+task the best record whose schedule computes correct results (the records that ship)."""
+
+from __future__ import annotations
+
+from ..targets import Profile
+from .records import Records
+from .tuner import task_status, tune_module
+
+
+def _say(msg: str, on: bool = True) -> None:
+    if on:
+        print(msg, flush=True)
+
+
+def ensure_tuned(fused, profile: Profile, records: Records, budget_s: float,
+                 progress: bool = True) -> dict:
+    """Tune the tasks that have no record (own or fallback) within ``budget_s``."""
+    target = profile.tvm_target()
+    status = task_status(fused, target, records)
+    missing = [t.name for t in status if t.best_us is None and not t.hand_scheduled]
+    borrowed = [t for t in status if t.source not in (None, profile.name)]
+    info = {"records_read": records.counts(), "tasks": len(status), "budget_s": budget_s,
+            "used_s": 0.0, "trials": 0, "stopped_by": "not needed"}
+    check = ("checked before use" if profile.runs_here()
+             else f"applied unchecked: this host cannot run {profile.name}")
+    _say(f"{len(status) - len(missing)}/{len(status)} tasks have records"
+         + (f" ({len(borrowed)} only from {', '.join(sorted({t.source for t in borrowed}))}: "
+            f"fallback, {check}; "
+            f"`tvmcomp tune --profile {profile.name}` tunes them for this profile)"
+            if borrowed else ""), progress)
+    if missing and budget_s > 0:
+        if not profile.runs_here():
+            info["stopped_by"] = f"cannot measure {profile.name} here"
+            _say(f"WARNING: {len(missing)} tasks untuned and {profile.name} cannot run on this "
+                 f"machine (lacks {', '.join(profile.missing_cpu_flags())}); untuned kernels "
+                 "are slow", progress)
+        else:
+            _say(f"tuning {len(missing)} untuned tasks, budget {budget_s:.0f} s "
+                 "(--tune-budget; 0 = none)", progress)
+            rep = tune_module(fused, target, records, budget_s=budget_s, only_missing=True,
+                              family=profile.family, cores=profile.cores, progress=progress)
+            info.update(used_s=round(rep.used_s, 1), trials=rep.trials, stopped_by=rep.stopped_by)
+            _say(f"tuning used {rep.used_s:.0f} s of the {budget_s:.0f} s budget, "
+                 f"{rep.trials} trials ({rep.stopped_by}); records in {rep.database}", progress)
+            status = rep.tasks
+    elif missing:
+        info["stopped_by"] = "budget 0"
+    untuned = [t.name for t in status if t.best_us is None and not t.hand_scheduled]
+    hand = [t.name for t in status if t.hand_scheduled]
+    if hand:
+        info["hand_scheduled"] = hand
+    if untuned and profile.family == "cuda":
+        _say(f"{len(untuned)}/{len(status)} kernels have no tuned schedule: DLight's rules "
+             "schedule them", progress)
+    elif untuned:
+        _say(f"WARNING: {len(untuned)}/{len(status)} kernels have no tuned schedule and run "
+             f"naive loops (slow): {', '.join(untuned)}", progress)
+    info["tuned"] = len(status) - len(untuned) - len(hand)
+    info["untuned"] = untuned
+    info["tuned_kernel_us"] = {t.name: round(t.best_us, 3) for t in status if t.best_us}
+    return info
+
+
+def checked_database(fused, profile: Profile, records: Records, progress: bool,
+                     tuning: dict | None = None):
+    """The records to build with: per task of ``fused`` (a fused module, or several), the
+    best one whose schedule computes correct results (own profile first, then fallback
+    profiles). ``tuning`` (:func:`ensure_tuned`'s dict, for the manifest) is updated with
+    what was checked and what stays untuned.
+
+    Checking needs the profile to run here: elsewhere each task's best record (own first,
+    then fallback) is applied unchecked and the manifest says so.
+    """
+    from .tuner import extract_tasks
+    from .validate import validated_database
+
+    target = profile.tvm_target()
+    check = profile.runs_here()
+    mods = fused if isinstance(fused, (tuple, list)) else (fused,)
+    tasks = [t for m in mods if m is not None for t in extract_tasks(m, target)]
+    db, rep = validated_database(records, tasks, target, check=check)
+    tuning = {} if tuning is None else tuning
+    tuning["schedules_checked"] = check
+    tuning["schedules_rejected"] = rep.rejected
+    tuning["record_source"] = dict(sorted(rep.sources.items()))
+    borrowed = {t: s for t, s in rep.sources.items() if s != profile.name}
+    if check:
+        _say(f"checked tuned schedules against unscheduled kernels: {rep.checked} run, "
+             f"{rep.cached} cached verdicts, {len(rep.rejected)} rejected"
+             + (f" ({', '.join(rep.rejected)})" if rep.rejected else ""), progress)
+    else:
+        _say(f"WARNING: {len(rep.sources)} tuned schedules applied unchecked: this host cannot "
+             f"run {profile.name} (lacks {', '.join(profile.missing_cpu_flags())})", progress)
+    if borrowed:
+        _say(f"using {len(borrowed)} records from {', '.join(sorted(set(borrowed.values())))} "
+             f"(no {profile.name} record yet; "
+             + ("checked correct on this machine)" if check else "unchecked)"), progress)
+    if rep.no_valid_record:
+        _say(f"WARNING: no correct tuned schedule for {', '.join(rep.no_valid_record)}; "
+             "they run untuned", progress)
+    if "tasks" in tuning:
+        tuning["untuned"] = sorted(set(tuning.get("untuned", [])) | set(rep.no_valid_record))
+        tuning["tuned"] = (tuning["tasks"] - len(tuning["untuned"])
+                           - len(tuning.get("hand_scheduled", [])))
+    return db
