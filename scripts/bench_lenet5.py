@@ -44,7 +44,8 @@ def main() -> int:
                     help="seconds of tuning, shared by the builds, for kernels without records "
                          "(default 0)")
     ap.add_argument("--prune", type=float, default=0.9, help="global weight sparsity")
-    ap.add_argument("--finetune-epochs", type=int, default=8)
+    ap.add_argument("--finetune-epochs", type=int, default=None,
+                    help="default: tvmcomp compress's default")
     ap.add_argument("--reduced", action="store_true", help="1 epoch, for a smoke test")
     args = ap.parse_args()
 
@@ -62,7 +63,9 @@ def main() -> int:
     model, ckpt, onnx_dense = prepare_lenet5(out, train_set, epochs=1 if args.reduced else 20)
     acc_float = evaluate_torch(model, ev)
     pruned, onnx_pruned = prune_lenet5(out, ckpt, train_set, args.prune,
-                                       epochs=1 if args.reduced else args.finetune_epochs)
+                                       **({"epochs": 1} if args.reduced else
+                                          {"epochs": args.finetune_epochs}
+                                          if args.finetune_epochs else {}))
     acc_pruned = evaluate_torch(pruned, ev)
     from tvmcomp.compress import sparsity_report
 

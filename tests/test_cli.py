@@ -376,3 +376,12 @@ def test_bench_rejects_other_source_model(lenet_artifact, tmp_path, capsys):
     assert cli.main(["bench", str(lenet_artifact.path), "--onnx", str(other), "--batch",
                      "1"]) == 2
     assert "sha256 differs" in capsys.readouterr().err
+
+
+def test_compress_defaults_are_the_finetune_defaults():
+    """`tvmcomp compress --prune S` fine-tunes with FineTune's defaults (chosen by
+    scripts/prune_defaults.py), not with a second copy of them."""
+    from tvmcomp.compress import FineTune
+
+    args = cli.make_parser().parse_args(["compress", "m.pt", "--out", "o.pt", "--prune", "0.9"])
+    assert (args.epochs, args.lr) == (FineTune().epochs, FineTune().lr) == (24, 5e-3)

@@ -442,7 +442,8 @@ class _Parser(argparse.ArgumentParser):
 
 def make_parser() -> argparse.ArgumentParser:
     from . import rpc
-    from .defaults import DEFAULT_BATCHES, DEFAULT_TUNE_BUDGET_S
+    from .defaults import (DEFAULT_BATCHES, DEFAULT_FINETUNE_EPOCHS, DEFAULT_FINETUNE_LR,
+                           DEFAULT_TUNE_BUDGET_S)
 
     ap = _Parser(
         prog="tvmcomp", description="Deployment compiler for compressed CNNs on Apache TVM.",
@@ -474,8 +475,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=_names, default=(), help="comma-separated, e.g. fc1,fc2")
     p.add_argument("--exclude", type=_names, default=())
     p.add_argument("--block", type=_block, default=(1, 1), help="prune ROWSxCOLS blocks")
-    p.add_argument("--epochs", type=int, default=8, help="fine-tune epochs (0 = one shot)")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=DEFAULT_FINETUNE_EPOCHS,
+                   help=f"fine-tune epochs (default {DEFAULT_FINETUNE_EPOCHS}; 0 = one shot)")
+    p.add_argument("--lr", type=float, default=DEFAULT_FINETUNE_LR,
+                   help=f"fine-tune learning rate (default {DEFAULT_FINETUNE_LR:g})")
     p.add_argument("--regularize", default=None, metavar="l1[:S]|group-lasso[:S]")
     p.add_argument("--max-accuracy-drop", type=float, default=100 * DEFAULT_MAX_ACCURACY_DROP,
                    metavar="PT", help="sensitivity: per-layer accuracy budget in points "

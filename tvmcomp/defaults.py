@@ -4,3 +4,6 @@ DEFAULT_BATCHES = (1, 64)
 DEFAULT_TUNE_BUDGET_S = 300.0
 DEFAULT_MAX_ACCURACY_DROP = 0.005  # int8 vs float, as a fraction (0.5 pt)
 DEFAULT_SPARSE_THRESHOLD = 0.7    # weight sparsity from which a layer is a sparse candidate
+# pruning's fine-tuning (compress.FineTune); chosen by scripts/prune_defaults.py
+DEFAULT_FINETUNE_EPOCHS = 24
+DEFAULT_FINETUNE_LR = 5e-3

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .compiler import BuildOptions, build
 from .data.mnist import default_mnist_dir, load_eval_set
-from .defaults import DEFAULT_BATCHES, DEFAULT_TUNE_BUDGET_S
+from .defaults import DEFAULT_BATCHES, DEFAULT_FINETUNE_EPOCHS, DEFAULT_TUNE_BUDGET_S
 from .frontend import export_onnx
 from .frontend.onnx_import import CHECKPOINT_KEY
 from .model import LeNet5, TrainConfig, evaluate_torch, load_checkpoint, save_checkpoint, train
@@ -43,12 +43,13 @@ def prepare_lenet5(out: Path, train_set, epochs: int = 20):
 FORMS = ("fp32", "int8", "sparse", "int8+sparse")
 
 
-def prune_lenet5(out: Path, ckpt: Path, train_set, sparsity: float = 0.9, epochs: int = 8):
+def prune_lenet5(out: Path, ckpt: Path, train_set, sparsity: float = 0.9,
+                 epochs: int = DEFAULT_FINETUNE_EPOCHS):
     """Prune (global magnitude, masked fine-tuning) or reuse ``out/lenet5_pruned.pt``; export
     ``out/lenet5_pruned.onnx``; returns (model, onnx path)."""
     from .compress import FineTune, MagnitudePruneConfig, compress, to_dict
 
-    cfg = MagnitudePruneConfig(sparsity, scope="global", finetune=FineTune(epochs=epochs, lr=2e-3))
+    cfg = MagnitudePruneConfig(sparsity, scope="global", finetune=FineTune(epochs=epochs))
     path = out / "lenet5_pruned.pt"
     model = None
     # reusable: same config, same source, and written after the source was (re)trained
