@@ -213,3 +213,15 @@ def test_import_batches_keeps_helper_functions(tmp_path, x86_host):
     fused = fuse(mod, x86_host.tvm_target())
     names = {gv.name_hint for gv in fused.get_global_vars()}
     assert {"main_b1", "main_b2"} <= names
+
+
+def test_opset_newer_than_known_is_one_line(tmp_path, gemm_onnx):
+    import onnx
+
+    path, _, _ = gemm_onnx(tmp_path / "g.onnx")
+    m = onnx.load(str(path))
+    m.opset_import[0].version = 99
+    onnx.save(m, str(tmp_path / "opset99.onnx"))
+    with pytest.raises(ModelError, match=r"opset 99 is newer than the newest this tvmcomp "
+                                         r"knows \(\d+\); export the model with opset"):
+        load_onnx(tmp_path / "opset99.onnx")

@@ -147,3 +147,17 @@ def test_per_target_choices_are_profile_data():
     assert load_profile("arm_cortex_a72").host_rank == 0
     with pytest.raises(TvmcompError, match="int8_accumulate must be one of int32, float32"):
         parse_profile({**BASE, "int8_accumulate": "int16"}, "p")
+
+
+def test_target_tvm_refuses_is_one_line(tmp_path):
+    """A [target] value of the wrong type (mcpu = 5) is one line naming the file, not a TVM
+    traceback."""
+    src = (TUNING_DIR.parent / "targets" / "x86_avx2.toml").read_text()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(src.replace('mcpu = "core-avx2"', "mcpu = 5"))
+    prof = load_profile(str(bad))
+    with pytest.raises(TvmcompError) as e:
+        prof.tvm_target()
+    msg = str(e.value)
+    assert msg.startswith(f"{bad}: TVM refuses the profile's target:") and "mcpu" in msg
+    assert "\n" not in msg

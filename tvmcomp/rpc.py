@@ -52,10 +52,17 @@ def tracker_summary(host: str, port: int, timeout_s: float = 5.0) -> dict:
         reason = e.strerror or type(e).__name__
         raise TvmcompError(f"cannot reach the RPC tracker at {where} ({reason}); start one with "
                            f"`tvmcomp rpc tracker --port {port}` or check --rpc-tracker") from None
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)  # TVM's tracker client waits forever for an answer
     try:
         return rpc.connect_tracker(host, port).summary()
+    except TimeoutError:
+        raise TvmcompError(f"{where} accepted the connection but sent no answer in "
+                           f"{timeout_s:g} s: not an RPC tracker, or a hung one") from None
     except (RuntimeError, OSError) as e:
         raise TvmcompError(f"{where} is not an RPC tracker ({str(e).strip()[:80]})") from None
+    finally:
+        socket.setdefaulttimeout(old)
 
 
 def server_keys(summary: dict) -> dict[str, int]:

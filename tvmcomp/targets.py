@@ -44,12 +44,18 @@ class Profile:
     host_rank: int = 0
 
     def tvm_target(self):
-        """The ``tvm.target.Target`` (with host, where the profile names one)."""
+        """The ``tvm.target.Target`` (with host, where the profile names one); a [target] or
+        [host] TVM refuses is one :class:`TvmcompError` line naming the profile file."""
         import tvm
 
-        if self.host is not None:
-            return tvm.target.Target(self.target, host=self.host)
-        return tvm.target.Target(self.target)
+        try:
+            if self.host is not None:
+                return tvm.target.Target(self.target, host=self.host)
+            return tvm.target.Target(self.target)
+        except (ValueError, TypeError, RuntimeError) as e:
+            why = str(e).strip().splitlines()[-1].split(". Target creation")[0]
+            raise TvmcompError(f"{self.source or self.name}: TVM refuses the profile's "
+                               f"target: {why}") from None
 
     @property
     def tuning_dir(self) -> Path:

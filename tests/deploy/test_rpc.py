@@ -62,6 +62,29 @@ def test_rpc_list(tracker, server):
     assert r.returncode == 0 and f"{KEY}\t1" in r.stdout
 
 
+def test_silent_tracker_is_one_line_not_a_hang(run_tvmcomp, lenet_artifact):
+    """Something accepts connections at the tracker address and never answers: `bench` gives
+    up after the timeout with one line instead of waiting forever."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind((HOST, 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    held = []
+    threading.Thread(target=lambda: held.append(listener.accept()), daemon=True).start()
+    try:
+        t0 = time.monotonic()
+        r = run_tvmcomp("bench", str(lenet_artifact.path), "--batch", "1", "--rpc-tracker",
+                        f"{HOST}:{port}", timeout=120)
+        assert time.monotonic() - t0 < 60
+        assert r.returncode == 2 and "sent no answer" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    finally:
+        listener.close()
+
+
 def test_unreachable_tracker():
     from tvmcomp.rpc import request_session
 

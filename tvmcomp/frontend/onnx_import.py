@@ -70,6 +70,11 @@ def load_onnx(path: str | os.PathLike):
         raise ModelError(f"{path}: corrupt or truncated ONNX file ({type(e).__name__})") from None
     if not model.graph.node:
         raise ModelError(f"{path}: not an ONNX model (no graph nodes)")
+    newest = onnx.defs.onnx_opset_version()
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset > newest:  # the checker lets it pass; ONNX Runtime's verification would not
+        raise ModelError(f"{path}: ONNX opset {opset} is newer than the newest this tvmcomp "
+                         f"knows ({newest}); export the model with opset {newest} or lower")
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
@@ -106,7 +111,6 @@ def load_onnx(path: str | os.PathLike):
     dtype = _ONNX_DTYPES.get(ttype.elem_type)
     if dtype is None:
         raise ModelError(f"{path}: input {inp.name!r} has unsupported element type {ttype.elem_type}")
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     info = ModelInfo(
         path=str(path.resolve()), sha256=hashlib.sha256(data).hexdigest(),
         name=model.graph.name or path.stem, input_name=inp.name, input_shape=shape,
