@@ -165,7 +165,7 @@ def test_print_pipeline(capsys):
         "1. quantize", "2. layer_forms", "3. canonicalize", "4. dispatch", "5. legalize_fuse",
         "6. schedule", "7. lower"]
     assert lines[0] == "1. quantize: QuantizeInt8(accumulate=float32)"  # AVX2: exact float32
-    assert lines[1] == "2. layer_forms: SparseDense(threshold=0.7)"
+    assert lines[1] == "2. layer_forms: SparseDense(threshold=0.7), CodebookDense(off)"
     assert "MetaScheduleApplyDatabase" in lines[5]
 
 

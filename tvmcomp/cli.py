@@ -93,6 +93,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     s.add_argument("--sparse-min-speedup", type=float, default=1.0,
                    help="keep sparse where the dense kernel takes this many times the sparse "
                         "kernel's time (default 1.0)")
+    p.add_argument("--codebook", action="store_true",
+                   help="keep the weights of float dense layers with at most 256 distinct "
+                        "values (tvmcomp compress --share-bits) as uint8 indices + a codebook "
+                        "in model.so, decoded in the layer's kernel")
     q = p.add_argument_group("int8 quantization")
     q.add_argument("--quantize", choices=["int8"], default=None,
                    help="calibrate on real images and compile int8 kernels")
@@ -237,7 +241,8 @@ def cmd_pipeline(args) -> int:
     profile = _profile(args.profile)
     print("\n".join(describe(make_pipeline(profile.tvm_target(), database=True,
                                            sparse={} if args.sparse else None,
-                                           int8_acc=profile.int8_accumulate))))
+                                           int8_acc=profile.int8_accumulate,
+                                           codebook=args.codebook))))
     return 0
 
 
@@ -265,6 +270,7 @@ def _build_options(args, **kw):
                         max_accuracy_drop=args.max_accuracy_drop / 100.0,
                         sparse=args.sparse, sparse_threshold=args.sparse_threshold,
                         sparse_min_speedup=args.sparse_min_speedup, tuning_dir=args.tuning_dir,
+                        codebook=args.codebook,
                         **kw)
 
 
@@ -319,16 +325,17 @@ def cmd_tune(args) -> int:
             f"{', '.join(profile.missing_cpu_flags())}); run tvmcomp tune on the target"
         )
     plan = _read_plan(args.plan) if args.plan else None
-    if plan is not None and args.sparse:
-        raise TvmcompError("--plan already fixes which layers are sparse; drop --sparse (give "
-                           "only the --quantize flags the artifact was built with)")
+    if plan is not None and (args.sparse or args.codebook):
+        raise TvmcompError("--plan already fixes which layers are sparse or codebook-folded; "
+                           "drop --sparse / --codebook (give only the --quantize flags the "
+                           "artifact was built with)")
     opts = _build_options(args)
     model, info, _, opts = prepare_model(args.model, opts)
     records = Records(RecordPaths.for_profile(profile, args.tuning_dir, commit=args.commit),
                       top_k=TOP_K_TUNE)
     print(records.describe())
-    plan, fused, sparse_info = plan_and_fuse(model, info, profile, opts, records, plan)
-    budget = budget_left(opts, sparse_info)
+    plan, fused, forms = plan_and_fuse(model, info, profile, opts, records, plan)
+    budget = budget_left(opts, forms["sparse"])
     print(f"tune {args.model} | profile {profile.name} | batches {list(plan.batches)} | budget "
           f"{budget:.0f} s | ≤{args.trials_per_task} trials/task")
     rep = tune_module(fused, profile.tvm_target(), records, budget_s=budget,
@@ -511,6 +518,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="print the compilation pipeline's passes, in order")
     p.add_argument("--profile", default=None, help="target profile (default: host x86)")
     p.add_argument("--sparse", action="store_true", help="with the sparse-kernel pass on")
+    p.add_argument("--codebook", action="store_true", help="with the codebook pass on")
     p.set_defaults(fn=cmd_pipeline)
 
     p = sub.add_parser("tune", help="tune a model's kernels into the tuning cache (--commit: tuning_logs/)")

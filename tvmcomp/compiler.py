@@ -51,6 +51,7 @@ class BuildOptions:
     sparse_min_speedup: float = 1.0    # keep sparse only where dense / sparse kernel µs >= this
     tuning_dir: str | None = None      # the tuning cache (default $XDG_CACHE_HOME/tvmcomp/...)
     int8_accumulate: str | None = None  # override the profile's choice ("int32" / "float32")
+    codebook: bool = False             # CodebookDense: shared weights as indices + codebook
 
 
 def _say(msg: str, on: bool = True) -> None:
@@ -119,7 +120,8 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     _say(records.describe(), opts.progress)
     # The plan: every graph rewrite decided and applied once, in pipeline order; the fused
     # module that comes out, and nothing else, is tuned, checked, compiled and described.
-    plan, fused, sparse_info = plan_and_fuse(model, info, profile, opts, records)
+    plan, fused, forms = plan_and_fuse(model, info, profile, opts, records)
+    sparse_info = forms["sparse"]
     tuning = ensure_tuned(fused, profile, records, budget_left(opts, sparse_info),
                           opts.progress)
     before = (sparse_info or {}).get("tuned_before_gate")
@@ -162,7 +164,8 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         "target": profile.target,
         "tvm_version": _tvm_version(),
         "passes": pass_names(make_pipeline(target, db, sparse=sparse_kw,
-                                           int8_acc=plan.int8_accumulate)),
+                                           int8_acc=plan.int8_accumulate,
+                                           codebook=plan.codebook)),
         "plan": PLAN_FILE,
         "kernels": kernels,
         "weight_bytes": weight_bytes,
@@ -173,6 +176,7 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
                              else {"source": "QDQ model given as input"}),
                           "accumulate": plan.int8_accumulate} if int8 else None),
         "sparse": sparse_info,
+        "codebook": forms["codebook"],
     }
     extra = {PLAN_FILE: plan.to_json().encode()}
     if int8:
@@ -212,6 +216,10 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
              "layers kept sparse; "
              f"constants {sparse_info['size']['bytes']['total']:,} B (dense "
              f"{sparse_info['dense_size']['bytes']['total']:,} B)", opts.progress)
+    if forms["codebook"] is not None:
+        cb = forms["codebook"]
+        _say(f"codebook: {len(cb['layers'])} layers as uint8 indices + codebook, "
+             f"{cb['stored_bytes']:,} B (dense {cb['dense_bytes']:,} B)", opts.progress)
     _say(f"wrote {out} (model.so {manifest['library']['bytes']:,} B, weights "
          f"{weight_bytes:,} B) in {time.monotonic() - t0:.0f} s", opts.progress)
     return out, manifest
@@ -254,7 +262,8 @@ def prepare_model(onnx_path: str | Path, opts: BuildOptions):
 
 def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Records,
                   plan: BuildPlan | None = None):
-    """(plan, fused module, sparse info or None): what ``build`` ships, and ``tune`` tunes.
+    """(plan, fused module, ``{"sparse": info or None, "codebook": info or None}``): what
+    ``build`` ships, and ``tune`` tunes.
 
     Runs ``quantize`` once, takes the per-layer decisions on its output (or applies the saved
     ``plan``), runs ``layer_forms`` once with them, then ``canonicalize`` .. ``legalize_fuse``.
@@ -280,11 +289,14 @@ def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Re
                                            opts.sparse_min_speedup, opts.progress,
                                            opts.tune_budget_s)
                                if opts.sparse else (None, {}))
-        plan = BuildPlan(profile.name, tuple(batches), acc, sparse, info.sha256, quant)
+        codebook = opts.codebook and _has_codebook_layers(quantized, info, opts.progress)
+        plan = BuildPlan(profile.name, tuple(batches), acc, sparse, info.sha256, quant,
+                         codebook)
     else:
         plan.check_applies(profile.name, info.sha256, quant)
     formed = run_range(quantized, target, "layer_forms", "layer_forms", int8_acc=acc,
-                       sparse=plan.sparse_args(), debug_dump=opts.debug_dump)
+                       sparse=plan.sparse_args(), codebook=plan.codebook,
+                       debug_dump=opts.debug_dump)
     info_sparse = None
     if plan.sparse is not None:
         sp = plan.sparse
@@ -299,7 +311,39 @@ def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Re
         if gate_tuning:
             info_sparse["tuned_before_gate"] = gate_tuning
     fused = fuse(formed, target, debug_dump=opts.debug_dump, start="canonicalize", int8_acc=acc)
-    return plan, fused, info_sparse
+    forms = {"sparse": info_sparse,
+             "codebook": codebook_info(quantized, formed) if plan.codebook else None}
+    return plan, fused, forms
+
+
+def _has_codebook_layers(quantized, info, progress: bool) -> bool:
+    """Whether ``--codebook`` has a layer to fold; if not, say so (the build goes on dense)."""
+    from .passes.codebook_dense import MAX_CODES, codebook_layers
+
+    if codebook_layers(quantized):
+        return True
+    _say(f"--codebook: no float matmul layer of {Path(info.path).name} has at most {MAX_CODES} "
+         "distinct weight values (share its weights first: tvmcomp compress --share-bits; "
+         "int8 layers are not folded yet); building it dense", progress)
+    return False
+
+
+def codebook_info(quantized, formed) -> dict:
+    """The manifest's codebook section: per layer (its batch entries share the stored
+    arrays), the codebook length and the bytes dense and stored; the kernels that decode."""
+    from .passes.codebook_dense import COMPOSITE, codebook_layers
+
+    folded = {gv.name_hint for gv, f in formed.functions.items()
+              if f.attrs is not None and f.attrs.get("Composite") == COMPOSITE}
+    layers: dict = {}
+    for L in codebook_layers(quantized):
+        fn, name = L.key.split("/", 1)
+        d = layers.setdefault(name, {**L.to_dict(), "key": name, "entries": []})
+        d["entries"].append(fn)
+    layers = list(layers.values())
+    return {"layers": layers, "kernels": len(folded),
+            "dense_bytes": sum(L["dense_bytes"] for L in layers),
+            "stored_bytes": sum(L["index_bytes"] + L["codebook_bytes"] for L in layers)}
 
 
 def budget_left(opts: BuildOptions, sparse_info: dict | None) -> float:

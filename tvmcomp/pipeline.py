@@ -11,7 +11,7 @@ from tvm import relax
 
 from .defaults import DEFAULT_SPARSE_THRESHOLD
 from .kernels.sell import HAND_SCHEDULED
-from .passes import QuantizeInt8, SparseDense
+from .passes import CodebookDense, QuantizeInt8, SparseDense
 from .passes.gpu_default_schedule import GpuDefaultSchedule
 
 
@@ -45,23 +45,24 @@ def _sparse_args(sparse: dict) -> str:
 
 
 def make_pipeline(target, database=None, sparse: dict | None = None,
-                  int8_acc: str = "int32") -> list[Phase]:
+                  int8_acc: str = "int32", codebook: bool = False) -> list[Phase]:
     """The pipeline for ``target``; ``database`` (MetaSchedule) applies tuned schedules.
 
     ``sparse`` (``SparseDense`` keyword arguments: threshold, keep, values) turns on the
     sparse-conversion pass; None leaves dense layers dense. ``int8_acc``: how QuantizeInt8
     accumulates (``"int32"`` / ``"float32"``; the profile's ``int8_accumulate``).
+    ``codebook`` turns on ``CodebookDense`` for the float layers left dense.
 
     The IR after phase 3 is what ``tune`` extracts its tasks from, so build and tune see
     structurally identical PrimFuncs and tuning records are found at build.
     """
     with target:  # MetaScheduleApplyDatabase reads the current target when constructed
         return _phases(database, sparse, gpu="gpu" in list(target.keys),
-                       accumulate=int8_acc)
+                       accumulate=int8_acc, codebook=codebook)
 
 
 def _phases(database, sparse: dict | None = None, gpu: bool = False,
-            accumulate: str = "int32") -> list[Phase]:
+            accumulate: str = "int32", codebook: bool = False) -> list[Phase]:
     return [
         # 1. Quantize, first (before FoldConstant would fold dequantized weights back to
         #    float): QDQ patterns become int8 conv2d/matmul with integer requantization;
@@ -70,10 +71,14 @@ def _phases(database, sparse: dict | None = None, gpu: bool = False,
               args=(("QuantizeInt8", f"accumulate={accumulate}"),)),
         # 2. Per-layer forms the build plan chose (before FoldConstant/LegalizeOps):
         #    SparseDense (with --sparse) turns the sparse constant matmuls it keeps (float, or
-        #    QuantizeInt8's int8 ones) into sparse (SELL) call_tir kernels.
+        #    QuantizeInt8's int8 ones) into sparse (SELL) call_tir kernels; CodebookDense
+        #    (with --codebook) keeps the weights of the float layers left dense that have at
+        #    most 256 distinct values as uint8 indices + a codebook, decoded in the kernel.
         Phase("layer_forms", (
             SparseDense(**sparse) if sparse is not None
             else tvm.transform.Sequential([], name="SparseDense(off)"),
+            CodebookDense() if codebook
+            else tvm.transform.Sequential([], name="CodebookDense(off)"),
         ), args=(("SparseDense", _sparse_args(sparse)),) if sparse is not None else ()),
         # 3. Canonicalise: batch-norm/dropout to inference arithmetic, trivial bindings
         #    removed, constants folded while ops are still high level.
@@ -163,14 +168,14 @@ def split_at_tunable(phases: list[Phase]) -> tuple[list[Phase], list[Phase]]:
 
 
 def run_range(mod, target, first: str, last: str, *, sparse: dict | None = None,
-              int8_acc: str = "int32", debug_dump=None):
+              int8_acc: str = "int32", codebook: bool = False, debug_dump=None):
     """Run the phases ``first`` .. ``last`` (by name, inclusive) of the pipeline on ``mod``.
 
     The build runs the pipeline in pieces, each piece once: ``quantize``; the plan's per-layer
     decisions are taken on its output; ``layer_forms``; then ``canonicalize`` ..
     ``legalize_fuse`` (:func:`fuse`), whose output is what is tuned, checked and compiled.
     """
-    phases = make_pipeline(target, sparse=sparse, int8_acc=int8_acc)
+    phases = make_pipeline(target, sparse=sparse, int8_acc=int8_acc, codebook=codebook)
     names = [ph.name for ph in phases]
     i, j = names.index(first), names.index(last)
     return run_phases(mod, phases[i:j + 1], target, debug_dump=debug_dump, first_index=i + 1)

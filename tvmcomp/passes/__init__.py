@@ -1,6 +1,7 @@
 """Our Relax passes, one per module."""
 
+from .codebook_dense import CodebookDense
 from .quantize_int8 import QuantizeInt8
 from .sparse_dense import SparseDense
 
-__all__ = ["QuantizeInt8", "SparseDense"]
+__all__ = ["CodebookDense", "QuantizeInt8", "SparseDense"]

@@ -50,6 +50,7 @@ class BuildPlan:
     sparse: SparsePlan | None = None
     model_sha256: str = ""          # the ONNX file given to build (before quantization)
     quant: dict | None = None       # QuantConfig.to_dict() of --quantize; None: float
+    codebook: bool = False          # CodebookDense on the float layers left dense
 
     def check_applies(self, profile: str, model_sha256: str, quant: dict | None) -> None:
         """Raise :class:`TvmcompError` (one line) unless this plan was made for exactly this
@@ -92,7 +93,8 @@ class BuildPlan:
             return cls(profile=str(d["profile"]), batches=tuple(int(b) for b in d["batches"]),
                        int8_accumulate=str(d["int8_accumulate"]),
                        sparse=SparsePlan(**sp) if sp is not None else None,
-                       model_sha256=str(d["model_sha256"]), quant=quant)
+                       model_sha256=str(d["model_sha256"]), quant=quant,
+                       codebook=bool(d.get("codebook", False)))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise TvmcompError(f"{source}: not a tvmcomp build plan ({e})") from None
 

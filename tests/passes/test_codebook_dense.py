@@ -1,0 +1,105 @@
+"""CodebookDense: shared weights stay uint8 indices + a codebook through fusion; numerics exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+from tvm import relax  # noqa: E402
+
+from tvmcomp.frontend.onnx_import import import_batches, load_onnx  # noqa: E402
+from tvmcomp.passes.codebook_dense import (COMPOSITE, CodebookDense,  # noqa: E402
+                                           codebook_layers)
+
+TARGET = {"kind": "llvm", "mcpu": "core-avx2", "num-cores": 1}
+
+
+def _shared_gemm(tmp_path, gemm_onnx, codes: int | None, batch="N"):
+    """A one-Gemm ONNX model whose weight takes ``codes`` distinct values (None: random)."""
+    import onnx
+    from onnx import numpy_helper
+
+    path, w, b = gemm_onnx(tmp_path / "g.onnx", k=64, n=24, batch=batch)
+    if codes is not None:
+        levels = np.linspace(-1, 1, codes).astype(np.float32)
+        w = levels[np.random.default_rng(1).integers(0, codes, w.shape)]
+        m = onnx.load(str(path))
+        m.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, "W"))
+        onnx.save(m, str(path))
+    return path, w, b
+
+
+def _constants(mod) -> list[tuple[str, tuple]]:
+    out = []
+
+    def visit(e):
+        if isinstance(e, tvm.ir.Constant) and hasattr(e.value, "numpy"):
+            a = e.value.numpy()
+            out.append((str(a.dtype), tuple(a.shape)))
+
+    for _, f in mod.functions.items():
+        if isinstance(f, relax.Function):
+            relax.analysis.post_order_visit(f, visit)
+    return out
+
+
+def test_rewrite_keeps_indices_and_codebook_through_fusion(tmp_path, gemm_onnx):
+    from tvmcomp.pipeline import compile_fused, fuse
+
+    path, w, b = _shared_gemm(tmp_path, gemm_onnx, codes=16)
+    model, info = load_onnx(path)
+    mod = import_batches(model, info, [3])
+    assert [(L.key, L.codes, L.index_bytes) for L in codebook_layers(mod)] == [
+        ("main_b3/matmul0", 16, 64 * 24)]
+    out = CodebookDense()(mod)
+    composites = [f.attrs["Composite"] for _, f in out.functions.items()
+                  if f.attrs is not None and "Composite" in f.attrs]
+    assert composites == [COMPOSITE]
+    target = tvm.target.Target(TARGET)
+    fused = fuse(out, target)  # FoldConstant runs here: the weight must stay compressed
+    consts = _constants(fused)
+    assert ("uint8", (64, 24)) in consts and ("float32", (16,)) in consts
+    assert ("float32", (64, 24)) not in consts and ("float32", (24, 64)) not in consts
+    vm = relax.VirtualMachine(compile_fused(fused, target), tvm.cpu())
+    x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    got = vm["main_b3"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_allclose(got, x @ w + b, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_with_too_many_values_is_left_alone(tmp_path, gemm_onnx):
+    path, _, _ = _shared_gemm(tmp_path, gemm_onnx, codes=None)  # 1536 distinct values
+    model, info = load_onnx(path)
+    mod = import_batches(model, info, [1])
+    assert codebook_layers(mod) == []
+    assert CodebookDense()(mod).same_as(mod)
+
+
+def test_build_codebook_artifact(tmp_path, gemm_onnx, x86_host, profile_with_db, capsys):
+    """`build --codebook`: the artifact stores indices + codebook, says so, and computes the
+    same as the dense build; without a shared layer it says so and builds dense."""
+    from tvmcomp import runtime
+    from tvmcomp.compiler import BuildOptions, build
+
+    path, w, b = _shared_gemm(tmp_path, gemm_onnx, codes=32)
+    prof = profile_with_db(tmp_path / "db")
+    opts = dict(batches=(1, 4), tune_budget_s=0, progress=False)
+    out, man = build(path, prof, tmp_path / "cb", BuildOptions(codebook=True, **opts))
+    _, dense = build(path, prof, tmp_path / "dense", BuildOptions(**opts))
+    cb = man["codebook"]
+    assert [L["key"] for L in cb["layers"]] == ["matmul0"]
+    assert cb["layers"][0]["entries"] == ["main_b1", "main_b4"] and cb["kernels"] == 2
+    assert cb["stored_bytes"] == 64 * 24 + 32 * 4 and cb["dense_bytes"] == 64 * 24 * 4
+    # indices (shared by both entries) + codebook + bias, against the float weight + bias
+    assert man["weight_bytes"] == 64 * 24 + 32 * 4 + 24 * 4
+    assert dense["weight_bytes"] == 64 * 24 * 4 + 24 * 4 and dense["codebook"] is None
+    assert "layer_forms/CodebookDense" in man["passes"]
+    x = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
+    np.testing.assert_allclose(runtime.load(out)(x), x @ w + b, rtol=1e-5, atol=1e-5)
+    # nothing to fold: one line, a dense build
+    plain, _, _ = gemm_onnx(tmp_path / "plain.onnx", k=64, n=24)
+    capsys.readouterr()
+    _, man = build(plain, prof, tmp_path / "plain", BuildOptions(
+        codebook=True, batches=(1,), tune_budget_s=0))
+    assert "--codebook: no float matmul layer of plain.onnx" in capsys.readouterr().out
+    assert man["codebook"] is None and "layer_forms/CodebookDense" not in man["passes"]
