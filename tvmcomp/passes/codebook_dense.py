@@ -25,16 +25,23 @@ MAX_CODES = 256  # uint8 indices
 COMPOSITE = "tvmcomp.codebook_matmul"
 
 
+def codebook_length(codes: int) -> int:
+    """The stored codebook's length: ``codes`` rounded up to a power of two (the unused
+    entries are zeros), so layers shared to the same bits give the same kernel workload and
+    tuning records carry over between models."""
+    return 1 << max(0, int(codes) - 1).bit_length()
+
+
 @dataclass(frozen=True)
 class CodebookLayer:
     """One float matmul layer with at most :data:`MAX_CODES` distinct weight values."""
 
     key: str                 # "<function>/matmul<k>"
     shape: tuple[int, int]   # [out, in]
-    codes: int               # distinct weight values (the codebook's length)
+    codes: int               # distinct weight values
     dense_bytes: int         # the float32 weight
     index_bytes: int         # uint8 indices
-    codebook_bytes: int      # float32 codebook
+    codebook_bytes: int      # float32 codebook (padded to a power of two)
 
     def to_dict(self) -> dict:
         return {"key": self.key, "shape": list(self.shape), "codes": self.codes,
@@ -57,7 +64,7 @@ def codebook_layers(mod: tvm.IRModule) -> list[CodebookLayer]:
             if codes <= MAX_CODES:
                 out.append(CodebookLayer(layer_key(gv.name_hint, m.name),
                                          (int(m.w.shape[0]), int(m.w.shape[1])), codes,
-                                         m.w.size * 4, m.w.size, codes * 4))
+                                         m.w.size * 4, m.w.size, codebook_length(codes) * 4))
     return out
 
 
@@ -113,12 +120,14 @@ class _Rewriter(PyExprMutator):
         if m is None:
             super().visit_var_binding_(binding)
             return
-        codebook, inverse = np.unique(m.w, return_inverse=True)
+        values, inverse = np.unique(m.w, return_inverse=True)
+        codebook = np.zeros(codebook_length(values.size), np.float32)
+        codebook[: values.size] = values
         indices = inverse.reshape(m.w.shape).T.astype(np.uint8)  # [in, out], as matmul reads
         bb = self.builder_
         idx = bb.emit(relax.op.astype(relax.const(np.ascontiguousarray(indices)), "int32"),
                       f"{m.name}_codes")
-        w = bb.emit(relax.op.take(relax.const(codebook.astype(np.float32)), idx, axis=0,
+        w = bb.emit(relax.op.take(relax.const(codebook), idx, axis=0,
                                   mode="clip"), f"{m.name}_w")
         y = relax.op.matmul(self.visit_expr(m.x), w)
         if m.bias is not None:
