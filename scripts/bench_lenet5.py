@@ -51,7 +51,7 @@ def main() -> int:
 
     from tvmcomp.bench import bench_artifacts, format_table
     from tvmcomp.data.mnist import default_mnist_dir, load_eval_set
-    from tvmcomp.main_job import FORMS, build_forms, prepare_lenet5, prune_lenet5
+    from tvmcomp.main_job import FORMS, build_forms, prepare_lenet5, prune_lenet5, share_lenet5
     from tvmcomp.model import evaluate_torch
     from tvmcomp.targets import host_profile, load_profile
 
@@ -70,8 +70,9 @@ def main() -> int:
     from tvmcomp.compress import sparsity_report
 
     summary = {"sparsity": sparsity_report(pruned)}
+    _, onnx_shared = share_lenet5(out, ckpt, train_set)
     built = build_forms(out, onnx_dense, onnx_pruned, profile, ev, (1, 64),
-                        tune_budget_s=args.tune_budget)
+                        tune_budget_s=args.tune_budget, shared_onnx=onnx_shared)
     arts = {f: a for f, (a, _) in built.items()}
     mans = {f: m for f, (_, m) in built.items()}
     print("== bench (one run, interleaved)", flush=True)

@@ -20,11 +20,13 @@ def test_main_job_builds_every_form_and_writes_the_table(tmp_path, x86_host, pro
     forms = s["forms"]
     assert forms["int8"]["weight_bytes"] < 0.3 * forms["fp32"]["weight_bytes"]
     assert forms["sparse"]["weight_bytes"] < forms["fp32"]["weight_bytes"]
+    # fc weights as uint8 indices + 32-entry codebooks, conv weights and biases float
+    assert forms["codebook"]["weight_bytes"] < 0.3 * forms["fp32"]["weight_bytes"]
     for f in FORMS:
         assert 0.5 < forms[f]["accuracy"] <= 1.0
         assert s["latency_us"]["1"][f] > 0
     assert {"ort_fp32", "torch_fp32"} <= set(s["latency_us"]["1"])
-    assert set(s["stage_seconds"]) == {"train", "prune", "build", "bench"}
+    assert set(s["stage_seconds"]) == {"train", "prune", "share", "build", "bench"}
     md = (tmp_path / "run" / "results.md").read_text()
     assert not re.search(r"#\d", md), "users read no issue-tracker numbers"
     for f in FORMS:
