@@ -226,3 +226,39 @@ def test_as_batches(text, expect):
 def test_as_batches_rejects(text):
     with pytest.raises(TvmcompError):
         as_batches(text)
+
+
+def test_out_that_cannot_be_created_fails_before_compiling(tmp_path, x86_host, gemm_onnx, prof,
+                                                           capsys):
+    """--out under a regular file: one line, before any compiling (it used to fail at the
+    artifact write, after the whole compile, with a traceback)."""
+    from tvmcomp import cli
+
+    a, _, _ = gemm_onnx(tmp_path / "a.onnx")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ArtifactError, match="cannot create .*file for --out"):
+        build(a, prof, tmp_path / "file" / "art", BuildOptions(batches=(1,), **NO_TUNE))
+    assert cli.main(["build", str(a), "--profile", "x86_avx2", "--out",
+                     str(tmp_path / "file" / "art"), "--tune-budget", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tvmcomp build: error: cannot create") and len(err.splitlines()) == 1
+
+
+def test_non_classifier_on_mnist_shaped_input_verifies_outputs_only(tmp_path, x86_host, prof,
+                                                                    eval_set):
+    """An MNIST-shaped model whose output is not class scores (here: a Relu, [N,1,28,28]):
+    outputs are compared, accuracy is not computed (it used to crash in argmax)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="r")], "relu",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 28, 28])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, 28, 28])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "relu.onnx"))
+    _, man = build(tmp_path / "relu.onnx", prof, tmp_path / "art",
+                   BuildOptions(batches=(1,), eval_set=eval_set, **NO_TUNE))
+    v = man["verification"]
+    assert v["passed"] is True and v["accuracy"] is None
+    assert "is not class scores, so no accuracy" in v["inputs"]

@@ -225,3 +225,14 @@ def test_opset_newer_than_known_is_one_line(tmp_path, gemm_onnx):
     with pytest.raises(ModelError, match=r"opset 99 is newer than the newest this tvmcomp "
                                          r"knows \(\d+\); export the model with opset"):
         load_onnx(tmp_path / "opset99.onnx")
+
+
+def test_huge_input_is_one_line_at_load(tmp_path, gemm_onnx):
+    path, _, _ = gemm_onnx(tmp_path / "g.onnx", k=100_000)  # x: [N, 100000]: fine
+    load_onnx(path)
+    m = onnx.load(str(path))
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    dims.add().dim_value = 100_000  # x: [N, 100000, 100000]
+    onnx.save(m, str(tmp_path / "huge.onnx"))
+    with pytest.raises(ModelError, match=r"10,000,000,000 elements per sample, more than"):
+        load_onnx(tmp_path / "huge.onnx")

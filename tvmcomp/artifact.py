@@ -38,11 +38,17 @@ def write_artifact(out_dir: str | os.PathLike, export_library, manifest: dict,
     half-written artifact.
     """
     out = Path(out_dir).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArtifactError(f"cannot create {out.parent}: {e.strerror}") from None
     if out.exists() and not (out / MANIFEST).is_file():
         raise ArtifactError(f"{out} exists and is not a tvmcomp artifact; refusing to replace it")
     sweep_stale_temps(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as e:
+        raise ArtifactError(f"cannot write into {out.parent}: {e.strerror}") from None
     (tmp / OWNER).write_text(str(os.getpid()))
     umask = os.umask(0)
     os.umask(umask)
@@ -67,6 +73,9 @@ def write_artifact(out_dir: str | os.PathLike, export_library, manifest: dict,
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
+    except OSError as e:  # a full or read-only filesystem: nothing half-written is left
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ArtifactError(f"cannot write the artifact {out}: {e.strerror or e}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -110,6 +110,7 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         raise ArtifactError(f"{out_path} exists and is not a tvmcomp artifact; refusing to "
                            "replace it")
     check_cross_compiler(profile)  # one line naming the Debian package, before any work
+    _check_out_writable(out_path)
     model, info, qm, opts = prepare_model(onnx_path, opts)
     int8 = is_qdq(model)
     batches = sorted(set(opts.batches))
@@ -350,6 +351,17 @@ def budget_left(opts: BuildOptions, sparse_info: dict | None) -> float:
     """The tuning budget left after the sparse gate's tuning."""
     used = (sparse_info or {}).get("tuned_before_gate", {}).get("used_s", 0.0)
     return max(0.0, opts.tune_budget_s - used)
+
+
+def _check_out_writable(out_path: Path) -> None:
+    """``--out``'s folder can be created and written, checked before any compiling."""
+    parent = out_path.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArtifactError(f"cannot create {parent} for --out ({e.strerror})") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ArtifactError(f"cannot write into {parent} (--out {out_path}): permission denied")
 
 
 def _checkpoint_ref(metadata: dict, out_path: Path) -> dict | None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelError
 
+MAX_INPUT_ELEMENTS = 1 << 26  # per sample (256 MiB of float32): beyond any CNN we compile
 CHECKPOINT_KEY = "tvmcomp.checkpoint"  # metadata: the PyTorch checkpoint (``tvmcomp export``)
 _ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16"}
 
@@ -108,6 +110,10 @@ def load_onnx(path: str | os.PathLike):
     )
     if any(not isinstance(d, int) for d in shape[1:]):
         raise ModelError(f"{path}: input {inp.name!r} has symbolic non-batch dims {shape}")
+    per_sample = math.prod(shape[1:])
+    if per_sample > MAX_INPUT_ELEMENTS:
+        raise ModelError(f"{path}: input {inp.name!r} {list(shape)} has {per_sample:,} elements "
+                         f"per sample, more than tvmcomp compiles ({MAX_INPUT_ELEMENTS:,})")
     dtype = _ONNX_DTYPES.get(ttype.elem_type)
     if dtype is None:
         raise ModelError(f"{path}: input {inp.name!r} has unsupported element type {ttype.elem_type}")
