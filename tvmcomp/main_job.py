@@ -48,35 +48,28 @@ def prune_lenet5(out: Path, ckpt: Path, train_set, sparsity: float = 0.9,
                  epochs: int = DEFAULT_FINETUNE_EPOCHS):
     """Prune (global magnitude, masked fine-tuning) or reuse ``out/lenet5_pruned.pt``; export
     ``out/lenet5_pruned.onnx``; returns (model, onnx path)."""
-    from .compress import FineTune, MagnitudePruneConfig, compress, to_dict
+    from .compress import FineTune, MagnitudePruneConfig
 
     cfg = MagnitudePruneConfig(sparsity, scope="global", finetune=FineTune(epochs=epochs))
-    path = out / "lenet5_pruned.pt"
-    model = None
-    # reusable: same config, same source, and written after the source was (re)trained
-    if path.is_file() and path.stat().st_mtime >= ckpt.stat().st_mtime:
-        model, meta = load_checkpoint(path)
-        same = (meta.get("compression", {}).get("config") == to_dict(cfg)
-                and meta.get("compressed_from") == str(ckpt))
-        model = model if same else None
-    if model is None:
-        print(f"== prune: {cfg}", flush=True)
-        compress(ckpt, cfg, path, data=train_set)
-        model, _ = load_checkpoint(path)
-    else:
-        print(f"== prune: reusing {path} (same config and source)")
-    onnx_path = export_onnx(model, out / "lenet5_pruned.onnx",
-                            metadata={CHECKPOINT_KEY: str(path.resolve())})
-    return model, onnx_path
+    return _compressed_copy(out, ckpt, train_set, cfg, "pruned", "prune")
 
 
 def share_lenet5(out: Path, ckpt: Path, train_set):
     """Share the fc weights (k-means, centroid fine-tuning) or reuse ``out/lenet5_shared.pt``;
     export ``out/lenet5_shared.onnx``; returns (model, onnx path)."""
-    from .compress import KMeansShareConfig, compress, to_dict
+    from .compress import KMeansShareConfig
 
     cfg = KMeansShareConfig(bits=dict(SHARE_BITS))
-    path = out / "lenet5_shared.pt"
+    return _compressed_copy(out, ckpt, train_set, cfg, "shared", "share")
+
+
+def _compressed_copy(out: Path, ckpt: Path, train_set, cfg, suffix: str, stage: str):
+    """``compress`` ``ckpt`` with ``cfg`` into ``out/lenet5_<suffix>.pt``, or reuse it when it
+    has the same config and source and was written after the source was (re)trained; export
+    ``out/lenet5_<suffix>.onnx``; returns (model, onnx path)."""
+    from .compress import compress, to_dict
+
+    path = out / f"lenet5_{suffix}.pt"
     model = None
     if path.is_file() and path.stat().st_mtime >= ckpt.stat().st_mtime:
         model, meta = load_checkpoint(path)
@@ -84,12 +77,12 @@ def share_lenet5(out: Path, ckpt: Path, train_set):
                 and meta.get("compressed_from") == str(ckpt))
         model = model if same else None
     if model is None:
-        print(f"== share: {cfg}", flush=True)
+        print(f"== {stage}: {cfg}", flush=True)
         compress(ckpt, cfg, path, data=train_set)
         model, _ = load_checkpoint(path)
     else:
-        print(f"== share: reusing {path} (same config and source)")
-    onnx_path = export_onnx(model, out / "lenet5_shared.onnx",
+        print(f"== {stage}: reusing {path} (same config and source)")
+    onnx_path = export_onnx(model, out / f"lenet5_{suffix}.onnx",
                             metadata={CHECKPOINT_KEY: str(path.resolve())})
     return model, onnx_path
 
