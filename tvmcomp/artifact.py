@@ -93,9 +93,12 @@ class FileRef:
     relpath: str  # from the artifact directory
 
     @classmethod
-    def of(cls, path: str | os.PathLike, art_dir: str | os.PathLike) -> FileRef:
+    def of(cls, path: str | os.PathLike, art_dir: str | os.PathLike,
+           sha256: str | None = None) -> FileRef:
+        """``path`` as seen from ``art_dir`` (``sha256``: its hash, if already known)."""
         path = Path(path).resolve()
-        return cls(path.name, sha256_file(path), os.path.relpath(path, Path(art_dir).resolve()))
+        return cls(path.name, sha256 or sha256_file(path),
+                   os.path.relpath(path, Path(art_dir).resolve()))
 
     @classmethod
     def parse(cls, d) -> FileRef | None:

@@ -25,7 +25,7 @@ from .pipeline import (compile_lowered, fuse, kernel_table, make_pipeline,
                        pass_names, run_range, schedule_and_lower)
 from .plan import PLAN_FILE, BuildPlan, plan_sparse
 from .quant import QuantConfig
-from .targets import Profile
+from .targets import INT8_ACCUMULATE, Profile
 from .tune import RecordPaths, Records
 from .tune.apply import checked_database, ensure_tuned
 from .verify import verify
@@ -146,9 +146,7 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         "build_machine": platform.machine(),
         # no host paths: the source files by name, sha256 and a path relative to the artifact
         "model": {"name": info.name,
-                  "source": FileRef(Path(info.path).name, info.sha256,
-                                    os.path.relpath(Path(info.path).resolve(),
-                                                    out_path.resolve())).to_dict(),
+                  "source": FileRef.of(info.path, out_path, info.sha256).to_dict(),
                   "checkpoint": _checkpoint_ref(info.metadata, out_path),
                   "opset": info.opset, "op_types": list(info.op_types),
                   "metadata": {k: v for k, v in info.metadata.items() if k != CHECKPOINT_KEY}},
@@ -268,7 +266,7 @@ def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Re
 
     Runs ``quantize`` once, takes the per-layer decisions on its output (or applies the saved
     ``plan``), runs ``layer_forms`` once with them, then ``canonicalize`` .. ``legalize_fuse``.
-    The sparse gate tunes the dense form's kernels before it decides; what that took is the
+    The sparse gate tunes both forms' kernels before it decides; what that took is the
     sparse info's ``tuned_before_gate`` (its seconds come out of ``opts.tune_budget_s``: see
     :func:`budget_left`).
     """
@@ -280,8 +278,9 @@ def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Re
     mod = import_batches(model, info, batches)
     acc = (plan.int8_accumulate if plan is not None
            else opts.int8_accumulate or profile.int8_accumulate)
-    if acc not in ("int32", "float32"):
-        raise TvmcompError(f"int8 accumulation must be int32 or float32, got {acc!r}")
+    if acc not in INT8_ACCUMULATE:
+        raise TvmcompError(f"int8 accumulation must be one of {', '.join(INT8_ACCUMULATE)}, "
+                           f"got {acc!r}")
     quantized = run_range(mod, target, "quantize", "quantize", int8_acc=acc,
                           debug_dump=opts.debug_dump)
     gate_tuning: dict = {}

@@ -151,9 +151,10 @@ def parse_profile(data: dict, name: str, source: str = "<dict>") -> Profile:
         raise TvmcompError(f"{source}: [target] needs a 'kind' (e.g. \"llvm\" or \"cuda\")")
     if data["cores"] < 1:
         raise TvmcompError(f"{source}: cores must be >= 1")
-    if data.get("int8_accumulate", "int32") not in INT8_ACCUMULATE:
+    acc = data.get("int8_accumulate", INT8_ACCUMULATE[0])
+    if acc not in INT8_ACCUMULATE:
         raise TvmcompError(f"{source}: int8_accumulate must be one of "
-                           f"{', '.join(INT8_ACCUMULATE)}, got {data['int8_accumulate']!r}")
+                           f"{', '.join(INT8_ACCUMULATE)}, got {acc!r}")
     for key in ("requires_cpu_flags", "record_fallback"):
         if not all(isinstance(v, str) for v in data.get(key, ())):
             raise TvmcompError(f"{source}: {key} must be a list of strings")
@@ -167,7 +168,7 @@ def parse_profile(data: dict, name: str, source: str = "<dict>") -> Profile:
         requires_cpu_flags=tuple(data.get("requires_cpu_flags", ())), source=source,
         tuning_db=tdb, board=data.get("board"),
         record_fallback=tuple(data.get("record_fallback", ())),
-        int8_accumulate=data.get("int8_accumulate", "int32"), host_rank=data.get("host_rank", 0),
+        int8_accumulate=acc, host_rank=data.get("host_rank", 0),
     )
 
 

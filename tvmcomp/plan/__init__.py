@@ -61,10 +61,8 @@ class BuildPlan:
             raise TvmcompError(f"the plan was made for another model (sha256 "
                                f"{self.model_sha256[:12]}…, this one {model_sha256[:12]}…)")
         if quant != self.quant:
-            want = ("no --quantize" if self.quant is None else "--quantize int8 with "
-                    + _quant_flags(self.quant))
-            got = "no --quantize" if quant is None else "--quantize int8 with " + _quant_flags(quant)
-            raise TvmcompError(f"the plan was made with {want}; this call has {got}: give the "
+            raise TvmcompError(f"the plan was made with {_quant_flags(self.quant)}; this call "
+                               f"has {_quant_flags(quant)}: give the "
                                "flags the artifact was built with (its quant_config.json: "
                                "--quantize int8 --quant-config FILE)")
 
@@ -99,13 +97,16 @@ class BuildPlan:
             raise TvmcompError(f"{source}: not a tvmcomp build plan ({e})") from None
 
 
-def _quant_flags(q: dict) -> str:
-    """A short description of a QuantConfig dict, e.g. ``minmax, symmetric, per_channel``."""
+def _quant_flags(q: dict | None) -> str:
+    """The precision options a QuantConfig dict (or None: float) stands for, e.g.
+    ``--quantize int8 with minmax, symmetric, per_channel, 256 calibration images``."""
+    if q is None:
+        return "no --quantize"
     cal = q.get("calibration", {})
     w = q.get("weights", {})
-    return ", ".join(str(v) for v in (cal.get("method"), q.get("activations"),
-                                      w.get("granularity"),
-                                      f"{q.get('num_calib')} calibration images") if v)
+    return "--quantize int8 with " + ", ".join(
+        str(v) for v in (cal.get("method"), q.get("activations"), w.get("granularity"),
+                         f"{q.get('num_calib')} calibration images") if v)
 
 
 def plan_sparse(quantized, profile, records, threshold: float, min_speedup: float,
