@@ -217,7 +217,9 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
              f"{sparse_info['dense_size']['bytes']['total']:,} B)", opts.progress)
     if forms["codebook"] is not None:
         cb = forms["codebook"]
-        _say(f"codebook: {len(cb['layers'])} layers as uint8 indices + codebook, "
+        forms_n = {f: sum(L["form"] == f for L in cb["layers"]) for f in ("dense", "sparse")}
+        _say(f"codebook: {forms_n['dense']} dense and {forms_n['sparse']} sparse layers as "
+             "uint8 codes + codebook, "
              f"{cb['stored_bytes']:,} B (dense {cb['dense_bytes']:,} B)", opts.progress)
     _say(f"wrote {out} (model.so {manifest['library']['bytes']:,} B, weights "
          f"{weight_bytes:,} B) in {time.monotonic() - t0:.0f} s", opts.progress)
@@ -312,7 +314,8 @@ def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Re
             info_sparse["tuned_before_gate"] = gate_tuning
     fused = fuse(formed, target, debug_dump=opts.debug_dump, start="canonicalize", int8_acc=acc)
     forms = {"sparse": info_sparse,
-             "codebook": codebook_info(quantized, formed) if plan.codebook else None}
+             "codebook": codebook_info(quantized, formed, plan.sparse_args())
+             if plan.codebook else None}
     return plan, fused, forms
 
 
@@ -328,22 +331,25 @@ def _has_codebook_layers(quantized, info, progress: bool) -> bool:
     return False
 
 
-def codebook_info(quantized, formed) -> dict:
+def codebook_info(quantized, formed, sparse: dict | None = None) -> dict:
     """The manifest's codebook section: per layer (its batch entries share the stored
-    arrays), the codebook length and the bytes dense and stored; the kernels that decode."""
+    arrays), its form (dense indices, or sparse codes where ``sparse``, SparseDense's
+    arguments, made it sparse), the codebook length and the bytes dense and stored; the
+    kernels that decode (dense codebook kernels and sparse kernels with codes)."""
     from .passes.codebook_dense import COMPOSITE, codebook_layers
 
     folded = {gv.name_hint for gv, f in formed.functions.items()
-              if f.attrs is not None and f.attrs.get("Composite") == COMPOSITE}
+              if f.attrs is not None and f.attrs.get("Composite") == COMPOSITE
+              or gv.name_hint.startswith("sell_dense_") and "_cb" in gv.name_hint}
     layers: dict = {}
-    for L in codebook_layers(quantized):
+    for L in codebook_layers(quantized, sparse):
         fn, name = L.key.split("/", 1)
         d = layers.setdefault(name, {**L.to_dict(), "key": name, "entries": []})
         d["entries"].append(fn)
     layers = list(layers.values())
     return {"layers": layers, "kernels": len(folded),
             "dense_bytes": sum(L["dense_bytes"] for L in layers),
-            "stored_bytes": sum(L["index_bytes"] + L["codebook_bytes"] for L in layers)}
+            "stored_bytes": sum(L["stored_bytes"] for L in layers)}
 
 
 def budget_left(opts: BuildOptions, sparse_info: dict | None) -> float:

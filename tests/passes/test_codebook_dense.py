@@ -103,3 +103,39 @@ def test_build_codebook_artifact(tmp_path, gemm_onnx, x86_host, profile_with_db,
         codebook=True, batches=(1,), tune_budget_s=0))
     assert "--codebook: no float matmul layer of plain.onnx" in capsys.readouterr().out
     assert man["codebook"] is None and "layer_forms/CodebookDense" not in man["passes"]
+
+
+def test_sparse_layer_keeps_codes(tmp_path, gemm_onnx, x86_host, profile_with_db):
+    """`build --sparse --codebook` on a pruned, shared layer: the sparse kernel reads uint8
+    codes (+ narrow column indices) and a codebook, exactly as the float sparse build."""
+    import onnx
+    from onnx import numpy_helper
+
+    from tvmcomp import runtime
+    from tvmcomp.compiler import BuildOptions, build
+    from tvmcomp.kernels.sell import sell_codebook_from_dense, sell_from_dense
+
+    path, w, b = _shared_gemm(tmp_path, gemm_onnx, codes=16)
+    w = np.where(np.random.default_rng(3).random(w.shape) < 0.85, 0, w).astype(np.float32)
+    m = onnx.load(str(path))
+    m.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, "W"))  # [k, n] as Gemm reads
+    onnx.save(m, str(path))
+    prof = profile_with_db(tmp_path / "db")
+    opts = dict(batches=(1, 4), tune_budget_s=0, progress=False, sparse=True,
+                sparse_min_speedup=0.0)
+    out, man = build(path, prof, tmp_path / "cb", BuildOptions(codebook=True, **opts))
+    _, plain = build(path, prof, tmp_path / "sp", BuildOptions(**opts))
+    (layer,) = man["codebook"]["layers"]
+    c = sell_codebook_from_dense(w.T)
+    assert layer["form"] == "sparse" and layer["entries"] == ["main_b1", "main_b4"]
+    assert c.data.dtype == np.uint8 and c.indices.dtype == np.uint8  # 64 columns
+    assert layer["index_bytes"] == c.data.nbytes and layer["codebook_bytes"] == 32 * 4
+    by = man["sparse"]["size"]["bytes"]
+    assert by["values"] == c.data.nbytes and by["codebook"] == 32 * 4 and by["row_scales"] == 0
+    # float values (4 B) became codes (1 B); nothing else changed
+    assert plain["weight_bytes"] - man["weight_bytes"] == \
+        sell_from_dense(w.T).data.nbytes - c.data.nbytes + 24 * 4 - 32 * 4
+    assert man["codebook"]["kernels"] == 2 and all(
+        "_cb32" in k for k in man["kernels"] if k.startswith("sell_"))
+    x = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
+    np.testing.assert_allclose(runtime.load(out)(x), x @ w + b, rtol=1e-5, atol=1e-5)

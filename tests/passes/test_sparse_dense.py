@@ -229,6 +229,48 @@ def test_gate_times_the_layers_real_kernels():
     assert not low[0].keep_sparse and "sparsity" in low[0].reason
 
 
+@pytest.mark.parametrize("batch, relu", [(1, True), (5, False), (16, True)])
+def test_codebook_values_are_exact(batch, relu):
+    """values="codebook": uint8 codes into a codebook whose entry 0 is the padding's 0.0;
+    the kernels look the values up and compute what the float kernels compute."""
+    from tvmcomp.kernels.codebook import encode
+    from tvmcomp.kernels.sell import sell_codebook_from_dense
+
+    rng = np.random.default_rng(batch)
+    levels = np.array([-0.75, -0.5, 0.25, 1.5, 3.0], np.float32)
+    w = levels[rng.integers(0, 5, (20, 300))]
+    w[rng.random(w.shape) < 0.8] = 0
+    b = rng.standard_normal(20).astype(np.float32)
+    codebook, codes = encode(w, zero_first=True)
+    np.testing.assert_array_equal(codebook, [0, -0.75, -0.5, 0.25, 1.5, 3.0, 0, 0])
+    np.testing.assert_array_equal(codebook[codes], w)
+    c = sell_codebook_from_dense(w)
+    np.testing.assert_array_equal(c.to_dense(), w)
+    assert c.data.dtype == np.uint8 and c.indices.dtype == np.uint16  # 300 columns
+    assert c.nbytes()["codebook"] == 8 * 4 and "row_scales" not in c.nbytes()
+    out = SparseDense(threshold=0.5, values="codebook")(layer_module(w, b, relu, batch))
+    names = [gv.name_hint for gv in out.functions if gv.name_hint.startswith("sell_")]
+    assert names == [f"sell_dense_b{batch}_300x20{'_relu' if relu else ''}_cb8"]
+    x = rng.standard_normal((batch, 300)).astype(np.float32)
+    ref = x @ w.T + b
+    np.testing.assert_allclose(_run(out, x), np.maximum(ref, 0) if relu else ref,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_codebook_values_fall_back_and_refuse():
+    """A layer with more than 255 distinct non-zeros keeps float32 values; a codebook
+    length outside 1..256 is refused."""
+    w, b = _weight(20, 64, 0.5)
+    out = SparseDense(threshold=0.3, values="codebook")(layer_module(w, b, False, 1))
+    assert [gv.name_hint for gv in out.functions if gv.name_hint.startswith("sell_")] == [
+        "sell_dense_b1_64x20"]
+    with pytest.raises(ValueError, match="codebook_len must be in 1..256"):
+        sell_dense_kernel(1, 8, 8, False, "codebook", 0)
+    with pytest.raises(ValueError, match="do not fit 256 codes"):
+        from tvmcomp.kernels.codebook import encode
+        encode(np.arange(300, dtype=np.float32))
+
+
 def test_size_report_counts_every_array():
     from tvmcomp.passes.sparse_dense import size_report
 

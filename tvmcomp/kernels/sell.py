@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .codebook import MAX_CODES, encode
+
 SLICE = 8        # rows per slice = lanes of the batch-1 kernel's vector accumulators
 WIDTH_PAD = 2    # slice widths are a multiple of this (two accumulators, no tail loop)
 BATCH_TILE = 16  # batched kernels: batch rows per vector accumulator (2 AVX2 registers)
@@ -38,8 +40,10 @@ HAND_SCHEDULED_ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True,
 class SlicedMatrix:
     """A ``[rows, cols]`` matrix in SELL-:data:`SLICE` with rows sorted by length.
 
-    ``data`` is float32, or int8 with a per-row float32 ``scale`` (``W[r] ≈ scale[r] * q[r]``),
-    ``indices``/``slice_ptr``/``row_order`` int32. ``nnz`` counts true non-zeros, ``stored``
+    ``data`` is float32; or int8 with a per-row float32 ``scale`` (``W[r] ≈ scale[r] * q[r]``);
+    or uint8 codes into a float32 ``codebook`` whose entry 0 is 0.0 (``W = codebook[code]``).
+    ``indices`` (column of each entry) in the narrowest type that holds ``cols - 1``
+    (:func:`index_dtype`), ``slice_ptr``/``row_order`` int32. ``nnz`` counts true non-zeros, ``stored``
     the entries including padding.
     """
 
@@ -50,6 +54,7 @@ class SlicedMatrix:
     shape: tuple[int, int]
     nnz: int
     scale: np.ndarray | None = None
+    codebook: np.ndarray | None = None
 
     @property
     def stored(self) -> int:
@@ -70,13 +75,16 @@ class SlicedMatrix:
                "row_order": int(self.row_order.nbytes)}
         if self.scale is not None:
             out["row_scales"] = int(self.scale.nbytes)
+        if self.codebook is not None:
+            out["codebook"] = int(self.codebook.nbytes)
         out["total"] = sum(out.values())
         return out
 
     def to_dense(self) -> np.ndarray:
-        """The matrix this layout stores (int8 values times their row scale)."""
+        """The matrix this layout stores (int8 values times their row scale; codes looked up)."""
         out = np.zeros(self.shape, np.float32)
-        vals = self.data.astype(np.float32)
+        vals = (self.data.astype(np.float32) if self.codebook is None
+                else self.codebook[self.data])
         for s in range(self.slices):
             lo, hi = int(self.slice_ptr[s]), int(self.slice_ptr[s + 1])
             for lane in range(SLICE):
@@ -87,6 +95,12 @@ class SlicedMatrix:
                 scale = 1.0 if self.scale is None else float(self.scale[r])
                 np.add.at(out[r], self.indices[sl], vals[sl] * scale)
         return out
+
+
+def index_dtype(cols: int) -> str:
+    """The column-index type of a matrix with ``cols`` columns: uint8 up to 256 columns,
+    uint16 up to 65,536, else int32 (LeNet-5's fc1 reads 400 inputs: 2 bytes an entry)."""
+    return "uint8" if cols <= 1 << 8 else "uint16" if cols <= 1 << 16 else "int32"
 
 
 def sell_from_dense(w: np.ndarray) -> SlicedMatrix:
@@ -112,7 +126,7 @@ def sell_from_dense(w: np.ndarray) -> SlicedMatrix:
     if slice_ptr[-1] >= 2**31:
         raise ValueError("matrix too large for int32 sparse indices")
     data = np.zeros(int(slice_ptr[-1]), w.dtype)
-    indices = np.zeros(int(slice_ptr[-1]), np.int32)
+    indices = np.zeros(int(slice_ptr[-1]), index_dtype(cols))
     for s in range(n_slices):
         for lane in range(SLICE):
             r = row_order[s * SLICE + lane]
@@ -140,6 +154,16 @@ def sell_int8_from_dense(w: np.ndarray) -> SlicedMatrix:
                         int((w != 0).sum()), scale)
 
 
+def sell_codebook_from_dense(w: np.ndarray) -> SlicedMatrix:
+    """The sliced layout with uint8 codes into a float32 codebook (entry 0 is 0.0, what the
+    padding entries carry); ``w`` must have at most 255 distinct non-zero values. Exact."""
+    w = np.asarray(w, np.float32)
+    codebook, codes = encode(w, zero_first=True)
+    m = sell_from_dense(codes)  # code 0 is exactly the zeros of w
+    return SlicedMatrix(m.data, m.indices, m.slice_ptr, m.row_order, m.shape, m.nnz,
+                        codebook=codebook)
+
+
 def _check_shape(batch: int, in_features: int, out_features: int) -> None:
     for name, v in (("batch", batch), ("in_features", in_features),
                     ("out_features", out_features)):
@@ -148,7 +172,7 @@ def _check_shape(batch: int, in_features: int, out_features: int) -> None:
 
 
 def sell_dense_kernel(batch: int, in_features: int, out_features: int, relu: bool,
-                      values: str = "float32"):
+                      values: str = "float32", codebook_len: int = 0):
     """The PrimFunc ``(x, data, indices, slice_ptr, row_order, bias, scale, y)`` for a layer.
 
     ``batch == 1``: the slice kernel — per slice, two ``float32x8`` accumulators (one lane per
@@ -156,11 +180,17 @@ def sell_dense_kernel(batch: int, in_features: int, out_features: int, relu: boo
     sums. Larger batches: x is transposed tile by tile into ``xt[in, 16]`` and each stored
     entry of a row adds ``data[j] * xt[indices[j], :]`` to 16-wide vector accumulators.
     ``values="int8"``: int8 ``data`` times a per-row float32 ``scale``.
+    ``values="codebook"``: uint8 ``data`` are codes; the ``scale`` argument is the float32
+    codebook of ``codebook_len`` entries, looked up in the kernel (the slice kernel gathers
+    8 values per vector FMA as it gathers the inputs).
     """
     _check_shape(batch, in_features, out_features)
-    if values not in ("float32", "int8"):
-        raise ValueError(f"values must be float32 or int8, got {values!r}")
-    return _kernel(batch, in_features, out_features, "float32", values, relu)
+    if values not in ("float32", "int8", "codebook"):
+        raise ValueError(f"values must be float32, int8 or codebook, got {values!r}")
+    if values == "codebook" and not (isinstance(codebook_len, int)
+                                     and 1 <= codebook_len <= MAX_CODES):
+        raise ValueError(f"codebook_len must be in 1..{MAX_CODES}, got {codebook_len!r}")
+    return _kernel(batch, in_features, out_features, "float32", values, relu, codebook_len)
 
 
 def sell_int_kernel(batch: int, in_features: int, out_features: int, x_dtype: str = "int8"):
@@ -178,11 +208,12 @@ def sell_int_kernel(batch: int, in_features: int, out_features: int, x_dtype: st
     return _kernel(batch, in_features, out_features, x_dtype, "int8", False)
 
 
-def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool):  # noqa: N803
-    """The one template of every SELL kernel: float (``x_dtype`` float32; ``values`` float32
-    or int8 with a per-row scale; bias, optional relu) or integer (``x_dtype`` int8/uint8,
-    int32 result). The loop nests are shared macros; only the signatures and the per-row
-    epilogue differ."""
+def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool,  # noqa: N803
+            codebook_len: int = 0):
+    """The one template of every SELL kernel: float (``x_dtype`` float32; ``values`` float32,
+    int8 with a per-row scale, or codes into a codebook; bias, optional relu) or integer
+    (``x_dtype`` int8/uint8, int32 result). The loop nests are shared macros; only the
+    signatures, the value load and the per-row epilogue differ."""
     import tvm
     from tvm.script import tirx as T
 
@@ -192,12 +223,16 @@ def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool):  # n
     acc_t = "int32" if integer else "float32"
     zero = tvm.tirx.const(0, acc_t)
     scaled = values == "int8" and not integer
+    coded = values == "codebook"
+    idx_t = index_dtype(K)
+    data_t = "uint8" if coded else values
+    S = codebook_len if coded else N  # noqa: N806  (length of the scale / codebook argument)
     nt = (B + TL - 1) // TL
     ragged = B % TL != 0
     vec1, vecb = f"{acc_t}x{C}", f"{acc_t}x{TL}"
 
     @T.macro
-    def slice_loops(x, data, idx, slice_ptr, row_order, acc, xg, y, bias, scale, store):
+    def slice_loops(x, data, idx, slice_ptr, row_order, acc, xg, vg, y, bias, scale, store):
         for s in range(T.int64(NS)):
             for u in T.unroll(U):
                 acc[u] = T.broadcast(zero, C)
@@ -210,8 +245,15 @@ def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool):  # n
                                 "int64", idx[(p * U + u) * C + lane])])
                         else:
                             xg[lane] = x[T.int64(0), T.Cast("int64", idx[(p * U + u) * C + lane])]
-                    acc[u] = acc[u] + T.Cast(vec1, data[T.ramp((p * U + u) * C, T.int64(1), C)]) \
-                        * xg[T.ramp(T.int64(0), T.int64(1), C)]
+                        if coded:  # look the values up as the inputs are gathered
+                            vg[lane] = scale[T.Cast("int64", data[(p * U + u) * C + lane])]
+                    if coded:
+                        acc[u] = acc[u] + vg[T.ramp(T.int64(0), T.int64(1), C)] \
+                            * xg[T.ramp(T.int64(0), T.int64(1), C)]
+                    else:
+                        acc[u] = acc[u] + T.Cast(
+                            vec1, data[T.ramp((p * U + u) * C, T.int64(1), C)]) \
+                            * xg[T.ramp(T.int64(0), T.int64(1), C)]
             xg[T.ramp(T.int64(0), T.int64(1), C)] = acc[0] + acc[1]
             for lane in range(C):
                 if row_order[s * C + lane] >= 0:
@@ -241,10 +283,16 @@ def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool):  # n
                         for p in range(T.Cast("int64", slice_ptr[s]) // (C * U),
                                        T.Cast("int64", slice_ptr[s + 1]) // (C * U)):
                             for u in T.unroll(U):
-                                acc[u] = acc[u] + T.broadcast(
-                                    T.Cast(acc_t, data[(p * U + u) * C + lane]), TL) * xt[
-                                    T.Cast("int64", idx[(p * U + u) * C + lane]),
-                                    T.ramp(T.int64(0), T.int64(1), TL)]
+                                if coded:
+                                    acc[u] = acc[u] + T.broadcast(scale[T.Cast(
+                                        "int64", data[(p * U + u) * C + lane])], TL) * xt[
+                                        T.Cast("int64", idx[(p * U + u) * C + lane]),
+                                        T.ramp(T.int64(0), T.int64(1), TL)]
+                                else:
+                                    acc[u] = acc[u] + T.broadcast(
+                                        T.Cast(acc_t, data[(p * U + u) * C + lane]), TL) * xt[
+                                        T.Cast("int64", idx[(p * U + u) * C + lane]),
+                                        T.ramp(T.int64(0), T.int64(1), TL)]
                         finish(bias, scale, acc, out, r)
                         for t in range(T.int64(TL)):
                             if bt * TL + t < B:
@@ -268,10 +316,10 @@ def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool):  # n
                 T.func_attr(HAND_SCHEDULED_ATTRS)
                 nnz = T.int64()
                 data = T.match_buffer(data_h, (nnz,), "int8")
-                idx = T.match_buffer(idx_h, (nnz,), "int32")
+                idx = T.match_buffer(idx_h, (nnz,), idx_t)
                 acc = T.decl_buffer((U,), vec1, scope="local")
                 xg = T.decl_buffer((C,), "int32", scope="local")
-                slice_loops(x, data, idx, slice_ptr, row_order, acc, xg, y, y, y, store_int)
+                slice_loops(x, data, idx, slice_ptr, row_order, acc, xg, xg, y, y, y, store_int)
 
             return sell_int_b1
 
@@ -283,7 +331,7 @@ def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool):  # n
             T.func_attr(HAND_SCHEDULED_ATTRS)
             nnz = T.int64()
             data = T.match_buffer(data_h, (nnz,), "int8")
-            idx = T.match_buffer(idx_h, (nnz,), "int32")
+            idx = T.match_buffer(idx_h, (nnz,), idx_t)
             xt = T.decl_buffer((T.int64(K), T.int64(TL)), "int32")
             acc = T.decl_buffer((U,), vecb, scope="local")
             out = T.decl_buffer((T.int64(TL),), "int32", scope="local")
@@ -317,15 +365,17 @@ def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool):  # n
                           idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
                           row_order: T.Buffer((T.int64(NS * C),), "int32"),
                           bias: T.Buffer((T.int64(N),), "float32"),
-                          scale: T.Buffer((T.int64(N),), "float32"),
+                          scale: T.Buffer((T.int64(S),), "float32"),
                           y: T.Buffer((T.int64(1), T.int64(N)), "float32")):
             T.func_attr(HAND_SCHEDULED_ATTRS)
             nnz = T.int64()
-            data = T.match_buffer(data_h, (nnz,), values)
-            idx = T.match_buffer(idx_h, (nnz,), "int32")
+            data = T.match_buffer(data_h, (nnz,), data_t)
+            idx = T.match_buffer(idx_h, (nnz,), idx_t)
             acc = T.decl_buffer((U,), vec1, scope="local")
             xg = T.decl_buffer((C,), "float32", scope="local")
-            slice_loops(x, data, idx, slice_ptr, row_order, acc, xg, y, bias, scale, store_float)
+            vg = T.decl_buffer((C,), "float32", scope="local")
+            slice_loops(x, data, idx, slice_ptr, row_order, acc, xg, vg, y, bias, scale,
+                        store_float)
 
         return sell_dense_b1
 
@@ -334,12 +384,12 @@ def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool):  # n
                       idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
                       row_order: T.Buffer((T.int64(NS * C),), "int32"),
                       bias: T.Buffer((T.int64(N),), "float32"),
-                      scale: T.Buffer((T.int64(N),), "float32"),
+                      scale: T.Buffer((T.int64(S),), "float32"),
                       y: T.Buffer((T.int64(B), T.int64(N)), "float32")):
         T.func_attr(HAND_SCHEDULED_ATTRS)
         nnz = T.int64()
-        data = T.match_buffer(data_h, (nnz,), values)
-        idx = T.match_buffer(idx_h, (nnz,), "int32")
+        data = T.match_buffer(data_h, (nnz,), data_t)
+        idx = T.match_buffer(idx_h, (nnz,), idx_t)
         xt = T.decl_buffer((T.int64(K), T.int64(TL)), "float32")
         acc = T.decl_buffer((U,), vecb, scope="local")
         out = T.decl_buffer((T.int64(TL),), "float32", scope="local")

@@ -17,54 +17,69 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from ..kernels.codebook import MAX_CODES, codebook_length, distinct_values, encode
+from ..kernels.sell import sell_codebook_from_dense
 from ._emit import rebind, rewrite_functions
 from .layers import layer_key
-from .sparse_dense import sparse_candidates
+from .sparse_dense import goes_sparse, sparse_candidates
 
-MAX_CODES = 256  # uint8 indices
 COMPOSITE = "tvmcomp.codebook_matmul"
-
-
-def codebook_length(codes: int) -> int:
-    """The stored codebook's length: ``codes`` rounded up to a power of two (the unused
-    entries are zeros), so layers shared to the same bits give the same kernel workload and
-    tuning records carry over between models."""
-    return 1 << max(0, int(codes) - 1).bit_length()
 
 
 @dataclass(frozen=True)
 class CodebookLayer:
-    """One float matmul layer with at most :data:`MAX_CODES` distinct weight values."""
+    """One float matmul layer with at most :data:`MAX_CODES` distinct weight values, in the
+    form it takes: ``dense`` (``CodebookDense``: a uint8 index per weight) or ``sparse``
+    (``SparseDense(values="codebook")``: a uint8 code per stored SELL entry, plus its column
+    indices, slice pointers and row order, counted in ``structure_bytes``)."""
 
     key: str                 # "<function>/matmul<k>"
     shape: tuple[int, int]   # [out, in]
-    codes: int               # distinct weight values
+    codes: int               # distinct weight values (sparse: non-zero ones, plus 0)
     dense_bytes: int         # the float32 weight
-    index_bytes: int         # uint8 indices
+    index_bytes: int         # uint8 indices / codes
     codebook_bytes: int      # float32 codebook (padded to a power of two)
+    form: str = "dense"
+    structure_bytes: int = 0
+
+    @property
+    def stored_bytes(self) -> int:
+        return self.index_bytes + self.codebook_bytes + self.structure_bytes
 
     def to_dict(self) -> dict:
-        return {"key": self.key, "shape": list(self.shape), "codes": self.codes,
-                "dense_bytes": self.dense_bytes, "index_bytes": self.index_bytes,
-                "codebook_bytes": self.codebook_bytes}
+        return {"key": self.key, "form": self.form, "shape": list(self.shape),
+                "codes": self.codes, "dense_bytes": self.dense_bytes,
+                "index_bytes": self.index_bytes, "codebook_bytes": self.codebook_bytes,
+                "structure_bytes": self.structure_bytes, "stored_bytes": self.stored_bytes}
 
 
-def codebook_layers(mod: tvm.IRModule) -> list[CodebookLayer]:
-    """The float matmul layers of ``mod`` (before ``CodebookDense``) whose constant weight has
-    at most :data:`MAX_CODES` distinct values, in function and layer order."""
+def codebook_layers(mod: tvm.IRModule, sparse: dict | None = None) -> list[CodebookLayer]:
+    """The float matmul layers of ``mod`` (before ``layer_forms``) whose constant weight has
+    at most :data:`MAX_CODES` distinct values, in function and layer order. ``sparse``
+    (``SparseDense``'s threshold and keep, or None): the layers it rewrites are counted in
+    their sparse codebook form."""
     out = []
     for gv, func in mod.functions.items():
         if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
             continue
         matches, _, _ = sparse_candidates(func)
         for m in matches:
+            key = layer_key(gv.name_hint, m.name)
             if m.x_dtype != "float32":
                 continue
-            codes = np.unique(m.w).size
+            shape = (int(m.w.shape[0]), int(m.w.shape[1]))
+            if sparse is not None and goes_sparse(key, m.w, sparse.get("threshold", 0.0),
+                                                  sparse.get("keep") or {}):
+                if distinct_values(m.w, zero_first=True) <= MAX_CODES:
+                    b = sell_codebook_from_dense(m.w).nbytes()
+                    out.append(CodebookLayer(key, shape, distinct_values(m.w, True),
+                                             m.w.size * 4, b["values"], b["codebook"], "sparse",
+                                             b["total"] - b["values"] - b["codebook"]))
+                continue
+            codes = distinct_values(m.w)
             if codes <= MAX_CODES:
-                out.append(CodebookLayer(layer_key(gv.name_hint, m.name),
-                                         (int(m.w.shape[0]), int(m.w.shape[1])), codes,
-                                         m.w.size * 4, m.w.size, codebook_length(codes) * 4))
+                out.append(CodebookLayer(key, shape, codes, m.w.size * 4, m.w.size,
+                                         codebook_length(codes) * 4))
     return out
 
 
@@ -120,10 +135,8 @@ class _Rewriter(PyExprMutator):
         if m is None:
             super().visit_var_binding_(binding)
             return
-        values, inverse = np.unique(m.w, return_inverse=True)
-        codebook = np.zeros(codebook_length(values.size), np.float32)
-        codebook[: values.size] = values
-        indices = inverse.reshape(m.w.shape).T.astype(np.uint8)  # [in, out], as matmul reads
+        codebook, codes = encode(m.w)
+        indices = codes.T  # [in, out], as matmul reads
         bb = self.builder_
         idx = bb.emit(relax.op.astype(relax.const(np.ascontiguousarray(indices)), "int32"),
                       f"{m.name}_codes")

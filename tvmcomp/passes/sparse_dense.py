@@ -11,8 +11,10 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..defaults import DEFAULT_SPARSE_THRESHOLD
+from ..kernels.codebook import MAX_CODES, distinct_values
 from ..kernels.sell import (
     SlicedMatrix,
+    sell_codebook_from_dense,
     sell_dense_kernel,
     sell_from_dense,
     sell_int8_from_dense,
@@ -24,7 +26,7 @@ from .layers import INDEXED_OPS, layer_key, layer_name
 R = relax.op
 # what ONNX Conv/Gemm/MatMul import to: the k-th of these is layer "conv<k>"/"matmul<k>",
 # numbered like QuantizeInt8's anchors
-VALUE_DTYPES = ("float32", "int8")
+VALUE_DTYPES = ("float32", "int8", "codebook")
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,10 @@ class SparseDense:
     with the weight in sliced ELLPACK, rows sorted by length (:mod:`tvmcomp.kernels.sell`):
     the slice kernel at batch 1, the batch-vectorised kernel otherwise; both batch entry
     points of a module share the same arrays. ``values="int8"`` stores the values as int8 with
-    a per-row scale (weight-only quantization, 4× smaller values). Layers are numbered
+    a per-row scale (weight-only quantization, 4× smaller values). ``values="codebook"``
+    stores a layer whose non-zeros take at most 255 distinct values (weight sharing) as uint8
+    codes into a float32 codebook passed in the ``scale`` slot (exact; layers with more
+    values keep float32 values). Layers are numbered
     ``k`` over the function's conv/matmul calls in order (fc1 of LeNet-5 is ``matmul2``).
     After ``QuantizeInt8``, an integer ``R.matmul(x_q, W_i8, out_dtype="int32")`` (x int8 or
     uint8, constant int8 ``W`` as ``[in, out]``; or its exact float32-accumulated form
@@ -248,6 +253,12 @@ def find_layers(mod: tvm.IRModule) -> list[LayerSparsity]:
 # ---- rewriting -------------------------------------------------------------------------------
 
 
+def goes_sparse(key: str, w: np.ndarray, threshold: float, keep: dict[str, bool]) -> bool:
+    """Whether ``SparseDense(threshold, keep)`` rewrites the candidate layer ``key`` with
+    weight ``w``: sparse enough, and not vetoed by ``keep``."""
+    return 1.0 - np.count_nonzero(w) / w.size >= threshold and keep.get(key, True)
+
+
 @mutator
 class _Rewriter(PyExprMutator):
     def __init__(self, mod, threshold: float, keep: dict, values: str) -> None:
@@ -261,11 +272,8 @@ class _Rewriter(PyExprMutator):
     def run(self) -> tvm.IRModule:
         def prepare(gv, func) -> bool:
             matches, _, _ = sparse_candidates(func)
-            self.plan = {
-                m.top: m for m in matches
-                if 1.0 - np.count_nonzero(m.w) / m.w.size >= self.threshold
-                and self.keep.get(layer_key(gv.name_hint, m.name), True)
-            }
+            self.plan = {m.top: m for m in matches if goes_sparse(
+                layer_key(gv.name_hint, m.name), m.w, self.threshold, self.keep)}
             return bool(self.plan)
 
         return rewrite_functions(self, self.mod_, prepare)
@@ -279,14 +287,15 @@ class _Rewriter(PyExprMutator):
         if m.x_dtype != "float32":
             self._emit_int(binding, m)
             return
-        key = (m.batch, in_f, out_f, m.relu, self.values)
+        arrays, bias, scale, values = self._consts(m)
+        cb_len = int(scale.value.shape[0]) if values == "codebook" else 0
+        key = (m.batch, in_f, out_f, m.relu, values, cb_len)
         if key not in self.kernels:
-            kern = sell_dense_kernel(m.batch, in_f, out_f, m.relu, self.values)
-            name = f"sell_dense_b{m.batch}_{in_f}x{out_f}{'_relu' if m.relu else ''}" + (
-                "_i8" if self.values == "int8" else "")
+            kern = sell_dense_kernel(m.batch, in_f, out_f, m.relu, values, cb_len)
+            name = f"sell_dense_b{m.batch}_{in_f}x{out_f}{'_relu' if m.relu else ''}" + {
+                "float32": "", "int8": "_i8", "codebook": f"_cb{cb_len}"}[values]
             self.kernels[key] = self.builder_.add_func(kern.with_attr("global_symbol", name),
                                                         name)
-        arrays, bias, scale = self._consts(m)
         call = relax.call_tir(self.kernels[key],
                               [self.visit_expr(m.x), *arrays, bias, scale],
                               relax.TensorType((m.batch, out_f), "float32"))
@@ -310,22 +319,27 @@ class _Rewriter(PyExprMutator):
         rebind(self, binding, call, f"{m.name}_sparse_i32")
 
     def _consts(self, m: _Match):
-        """Relax constants for ``m``'s sparse arrays, shared between functions with equal weights."""
+        """``(arrays, bias, scale or codebook, values)``: Relax constants for ``m``'s sparse
+        arrays (shared between functions with equal weights) and the value form it took."""
         h = hashlib.sha256(m.w.tobytes()).hexdigest()
         if h not in self.consts:
-            c: SlicedMatrix = (sell_int8_from_dense(m.w) if self.values == "int8"
-                               else sell_from_dense(m.w))
-            scale = c.scale if c.scale is not None else np.ones(m.w.shape[0], np.float32)
+            values = self.values
+            if values == "codebook" and distinct_values(m.w, zero_first=True) > MAX_CODES:
+                values = "float32"  # not shared: too many values for uint8 codes
+            c: SlicedMatrix = {"int8": sell_int8_from_dense, "codebook": sell_codebook_from_dense,
+                               "float32": sell_from_dense}[values](m.w)
+            scale = next((a for a in (c.scale, c.codebook) if a is not None),
+                         np.ones(m.w.shape[0], np.float32))
             self.consts[h] = ((relax.const(c.data), relax.const(c.indices),
                                relax.const(c.slice_ptr), relax.const(c.row_order)),
-                              relax.const(scale))
-        arrays, scale = self.consts[h]
+                              relax.const(scale), values)
+        arrays, scale, values = self.consts[h]
         bias = m.bias if m.bias is not None else np.zeros(m.w.shape[0], np.float32)
         bias = np.ascontiguousarray(bias, np.float32)
         hb = "b" + hashlib.sha256(bias.tobytes()).hexdigest()
         if hb not in self.consts:
             self.consts[hb] = relax.const(bias)
-        return arrays, self.consts[hb], scale
+        return arrays, self.consts[hb], scale, values
 
 
 # ---- size accounting -------------------------------------------------------------------------
@@ -365,13 +379,15 @@ def size_report(mod: tvm.IRModule) -> dict:
         for i, call in enumerate(sparse_calls):
             args = list(call.args[1].fields)
             entry = {"kernel": call.args[0].name_hint}
-            for role, a in zip(_SPARSE_ARGS, args[1:]):
+            vals = args[1].value.numpy() if isinstance(args[1], tvm.ir.Constant) else None
+            coded = vals is not None and vals.dtype == np.uint8  # the last slot is a codebook
+            roles = (*_SPARSE_ARGS[:-1], "codebook") if coded else _SPARSE_ARGS
+            for role, a in zip(roles, args[1:]):
                 if isinstance(a, tvm.ir.Constant):
                     k = key(a)
                     nbytes = int(a.value.numpy().nbytes)
                     entry[role] = nbytes
                     seen.setdefault(k, (role, nbytes))
-            vals = args[1].value.numpy() if isinstance(args[1], tvm.ir.Constant) else None
             if vals is not None:
                 entry["stored_entries"] = int(vals.size)
                 entry["value_dtype"] = str(vals.dtype)
@@ -382,7 +398,7 @@ def size_report(mod: tvm.IRModule) -> dict:
                 seen.setdefault(key(e), ("dense_remainder", int(e.value.numpy().nbytes)))
 
         relax.analysis.post_order_visit(func, visit_const)
-    totals = {r: 0 for r in (*_SPARSE_ARGS, "dense_remainder")}
+    totals = {r: 0 for r in (*_SPARSE_ARGS, "codebook", "dense_remainder")}
     for role, nbytes in seen.values():
         totals[role] += nbytes
     totals["total"] = sum(totals.values())

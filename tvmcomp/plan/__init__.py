@@ -70,7 +70,8 @@ class BuildPlan:
         """SparseDense's keyword arguments, or None when no layer goes sparse."""
         if self.sparse is None or not any(self.sparse.keep.values()):
             return None
-        return self.sparse.pass_args()
+        # with --codebook, sparse layers with shared weights store codes, not floats
+        return {**self.sparse.pass_args(), **({"values": "codebook"} if self.codebook else {})}
 
     def to_json(self) -> str:
         d = {"version": PLAN_VERSION, **asdict(self)}

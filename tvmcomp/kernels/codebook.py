@@ -1,0 +1,42 @@
+"""Codebook encoding of a weight with few distinct values: uint8 codes + a float32 table.
+
+Shared by the dense codebook layers (``CodebookDense``) and the sparse (SELL) kernels whose
+stored values are codes (``SparseDense(values="codebook")``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_CODES = 256  # uint8 codes
+
+
+def codebook_length(codes: int) -> int:
+    """The stored codebook's length: ``codes`` rounded up to a power of two (the unused
+    entries are zeros), so layers shared to the same bits give the same kernel workload and
+    tuning records carry over between models."""
+    return 1 << max(0, int(codes) - 1).bit_length()
+
+
+def distinct_values(w: np.ndarray, zero_first: bool = False) -> int:
+    """How many table entries :func:`encode` needs for ``w``."""
+    if not zero_first:
+        return int(np.unique(w).size)
+    return 1 + int(np.unique(w[w != 0]).size)
+
+
+def encode(w: np.ndarray, zero_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(codebook float32 [codebook_length], codes uint8 shaped like w)`` with
+    ``codebook[codes] == w``. ``zero_first``: entry 0 is 0.0 (a sparse layout's padding
+    entries carry code 0 and must add nothing). Raises ValueError past :data:`MAX_CODES`."""
+    w = np.asarray(w, np.float32)
+    values = np.unique(w) if not zero_first else np.concatenate(
+        [np.zeros(1, np.float32), np.unique(w[w != 0])])
+    if values.size > MAX_CODES:
+        raise ValueError(f"{values.size} distinct values do not fit {MAX_CODES} codes")
+    codebook = np.zeros(codebook_length(values.size), np.float32)
+    codebook[: values.size] = values
+    codes = np.searchsorted(values[1:] if zero_first else values, w)
+    if zero_first:
+        codes = np.where(w != 0, codes + 1, 0)
+    return codebook, codes.astype(np.uint8)
