@@ -22,6 +22,9 @@ def test_main_job_builds_every_form_and_writes_the_table(tmp_path, x86_host, pro
     assert forms["sparse"]["weight_bytes"] < forms["fp32"]["weight_bytes"]
     # fc weights as uint8 indices + 32-entry codebooks, conv weights and biases float
     assert forms["codebook"]["weight_bytes"] < 0.3 * forms["fp32"]["weight_bytes"]
+    # pruned, then shared: sparse codes (1 B) + narrow column indices, below both parents
+    assert forms["sparse+codebook"]["weight_bytes"] < min(
+        forms["sparse"]["weight_bytes"], forms["codebook"]["weight_bytes"])
     for f in FORMS:
         assert 0.5 < forms[f]["accuracy"] <= 1.0
         assert s["latency_us"]["1"][f] > 0

@@ -40,8 +40,10 @@ def prepare_lenet5(out: Path, train_set, epochs: int = 20):
     return model, ckpt, onnx_path
 
 
-FORMS = ("fp32", "int8", "sparse", "int8+sparse", "codebook")
-SHARE_BITS = {"fc": 5}  # the codebook form: fc weights shared to 32 values (conv stays dense)
+FORMS = ("fp32", "int8", "sparse", "int8+sparse", "codebook", "sparse+codebook")
+# the codebook forms: fc weights shared to 32 values (conv stays dense); sparse+codebook
+# shares the pruned model's (Deep Compression's order: prune, then share the survivors)
+SHARE_BITS = {"fc": 5}
 
 
 def prune_lenet5(out: Path, ckpt: Path, train_set, sparsity: float = 0.9,
@@ -54,13 +56,19 @@ def prune_lenet5(out: Path, ckpt: Path, train_set, sparsity: float = 0.9,
     return _compressed_copy(out, ckpt, train_set, cfg, "pruned", "prune")
 
 
-def share_lenet5(out: Path, ckpt: Path, train_set):
-    """Share the fc weights (k-means, centroid fine-tuning) or reuse ``out/lenet5_shared.pt``;
-    export ``out/lenet5_shared.onnx``; returns (model, onnx path)."""
+def share_lenet5(out: Path, ckpt: Path, train_set, suffix: str = "shared"):
+    """Share the fc weights of ``ckpt`` (k-means, centroid fine-tuning; a pruned model's
+    zeros stay zero) or reuse ``out/lenet5_<suffix>.pt``; export ``out/lenet5_<suffix>.onnx``;
+    returns (model, onnx path)."""
     from .compress import KMeansShareConfig
 
     cfg = KMeansShareConfig(bits=dict(SHARE_BITS))
-    return _compressed_copy(out, ckpt, train_set, cfg, "shared", "share")
+    return _compressed_copy(out, ckpt, train_set, cfg, suffix, "share")
+
+
+def compressed_path(out: Path, suffix: str) -> Path:
+    """Where the main job keeps LeNet-5's ``suffix`` copy ("pruned", "shared", ...)."""
+    return out / f"lenet5_{suffix}.pt"
 
 
 def _compressed_copy(out: Path, ckpt: Path, train_set, cfg, suffix: str, stage: str):
@@ -69,7 +77,7 @@ def _compressed_copy(out: Path, ckpt: Path, train_set, cfg, suffix: str, stage: 
     ``out/lenet5_<suffix>.onnx``; returns (model, onnx path)."""
     from .compress import compress, to_dict
 
-    path = out / f"lenet5_{suffix}.pt"
+    path = compressed_path(out, suffix)
     model = None
     if path.is_file() and path.stat().st_mtime >= ckpt.stat().st_mtime:
         model, meta = load_checkpoint(path)
@@ -90,10 +98,12 @@ def _compressed_copy(out: Path, ckpt: Path, train_set, cfg, suffix: str, stage: 
 def build_forms(out: Path, dense_onnx: Path, pruned_onnx: Path, profile: Profile, ev,
                 batches=DEFAULT_BATCHES, tune_budget_s: float = DEFAULT_TUNE_BUDGET_S,
                 tuning_dir: str | None = None,
-                progress: bool = True, shared_onnx: Path | None = None) -> dict:
+                progress: bool = True, shared_onnx: Path | None = None,
+                pruned_shared_onnx: Path | None = None) -> dict:
     """``{form: (artifact dir, manifest)}`` for every form `tvmcomp build` makes of LeNet-5:
-    fp32, int8, sparse (the pruned model), int8+sparse and, with ``shared_onnx``, codebook. The
-    tuning budget is shared: each build gets what the builds before it left."""
+    fp32, int8, sparse (the pruned model), int8+sparse, with ``shared_onnx`` codebook and with
+    ``pruned_shared_onnx`` sparse+codebook. The tuning budget is shared: each build gets
+    what the builds before it left."""
     from .quant import QuantConfig
 
     plans = {"fp32": (dense_onnx, {}), "int8": (dense_onnx, {"quant": QuantConfig()}),
@@ -101,6 +111,8 @@ def build_forms(out: Path, dense_onnx: Path, pruned_onnx: Path, profile: Profile
              "int8+sparse": (pruned_onnx, {"quant": QuantConfig(), "sparse": True})}
     if shared_onnx is not None:
         plans["codebook"] = (shared_onnx, {"codebook": True})
+    if pruned_shared_onnx is not None:
+        plans["sparse+codebook"] = (pruned_shared_onnx, {"sparse": True, "codebook": True})
     left, arts = tune_budget_s, {}
     for form, (onnx_path, kw) in plans.items():
         print(f"== build {form} (tuning budget left {left:.0f} s)", flush=True)
@@ -140,9 +152,12 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
     pruned, pruned_onnx = prune_lenet5(out, ckpt, train_set, epochs=prune_epochs)
     stages["prune"] = time.monotonic() - t0 - sum(stages.values())
     shared, shared_onnx = share_lenet5(out, ckpt, train_set)
+    pruned_shared, pruned_shared_onnx = share_lenet5(out, compressed_path(out, "pruned"), train_set,
+                                                     "pruned_shared")
     stages["share"] = time.monotonic() - t0 - sum(stages.values())
     arts = build_forms(out, onnx_path, pruned_onnx, profile, ev, batches, tune_budget_s,
-                       tuning_dir, shared_onnx=shared_onnx)
+                       tuning_dir, shared_onnx=shared_onnx,
+                       pruned_shared_onnx=pruned_shared_onnx)
     stages["build"] = time.monotonic() - t0 - sum(stages.values())
     print("== bench (same run: every form, then each peer)")
     res = bench_artifacts({f: a for f, (a, _) in arts.items()}, batches,
@@ -157,6 +172,7 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
         "accuracy": {"torch_fp32": torch_acc,
                      "torch_pruned": evaluate_torch(pruned, ev),
                      "torch_shared": evaluate_torch(shared, ev),
+                     "torch_pruned_shared": evaluate_torch(pruned_shared, ev),
                      "ort_fp32": fp32["verification"].get("reference_accuracy")},
         "forms": {f: {"accuracy": m["verification"].get("accuracy"),
                       "max_abs_err": m["verification"].get("max_abs_err"),
@@ -188,7 +204,8 @@ def format_results(s: dict) -> str:
              "", f"Accuracy on {s['eval_set']}; PyTorch fp32 {acc0:.2%}, pruned "
              f"{s['accuracy']['torch_pruned']:.2%}, fc weights shared "
              f"({', '.join(f'{k} {v} bits' for k, v in SHARE_BITS.items())}) "
-             f"{s['accuracy']['torch_shared']:.2%}. Latency: median µs per call, same run "
+             f"{s['accuracy']['torch_shared']:.2%}, pruned then shared "
+             f"{s['accuracy']['torch_pruned_shared']:.2%}. Latency: median µs per call, same run "
              "(ours interleaved, each peer in its own block).", "",
              "| form | accuracy | Δ vs float | model.so B | weights B | weights / fp32 | "
              + " | ".join(f"batch {b} µs (/ ORT)" for b in batches) + " |",
@@ -214,7 +231,7 @@ def format_results(s: dict) -> str:
               + f"; total {s['seconds']:.0f} s."]
     lines += [f"note: {n}" for n in s["notes"]]
     lines += ["Not yet in the chain: low-rank factorization; codebooks for conv and int8 "
-              "layers, and sharing combined with pruning."]
+              "layers; sub-byte packed codes."]
     return "\n".join(lines)
 
 
