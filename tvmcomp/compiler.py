@@ -325,8 +325,8 @@ def _has_codebook_layers(quantized, info, progress: bool) -> bool:
 
     if codebook_layers(quantized):
         return True
-    _say(f"--codebook: no float matmul layer of {Path(info.path).name} has at most {MAX_CODES} "
-         "distinct weight values (share its weights first: tvmcomp compress --share-bits; "
+    _say(f"--codebook: no float matmul or conv2d layer of {Path(info.path).name} has at most "
+         f"{MAX_CODES} distinct weight values (share its weights first: tvmcomp compress --share-bits; "
          "int8 layers are not folded yet); building it dense", progress)
     return False
 
@@ -336,10 +336,10 @@ def codebook_info(quantized, formed, sparse: dict | None = None) -> dict:
     arrays), its form (dense indices, or sparse codes where ``sparse``, SparseDense's
     arguments, made it sparse), the codebook length and the bytes dense and stored; the
     kernels that decode (dense codebook kernels and sparse kernels with codes)."""
-    from .passes.codebook_dense import COMPOSITE, codebook_layers
+    from .passes.codebook_dense import COMPOSITES, codebook_layers
 
     folded = {gv.name_hint for gv, f in formed.functions.items()
-              if f.attrs is not None and f.attrs.get("Composite") == COMPOSITE
+              if f.attrs is not None and f.attrs.get("Composite") in COMPOSITES
               or gv.name_hint.startswith("sell_dense_") and "_cb" in gv.name_hint}
     layers: dict = {}
     for L in codebook_layers(quantized, sparse):

@@ -101,7 +101,7 @@ def test_build_codebook_artifact(tmp_path, gemm_onnx, x86_host, profile_with_db,
     capsys.readouterr()
     _, man = build(plain, prof, tmp_path / "plain", BuildOptions(
         codebook=True, batches=(1,), tune_budget_s=0))
-    assert "--codebook: no float matmul layer of plain.onnx" in capsys.readouterr().out
+    assert "--codebook: no float matmul or conv2d layer of plain.onnx" in capsys.readouterr().out
     assert man["codebook"] is None and "layer_forms/CodebookDense" not in man["passes"]
 
 
@@ -139,3 +139,44 @@ def test_sparse_layer_keeps_codes(tmp_path, gemm_onnx, x86_host, profile_with_db
         "_cb32" in k for k in man["kernels"] if k.startswith("sell_"))
     x = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
     np.testing.assert_allclose(runtime.load(out)(x), x @ w + b, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_layers_keep_indices(tmp_path):
+    """LeNet-5 with every weight shared (conv 8 bits, fc 5): conv2d layers too keep uint8
+    indices + a codebook through FoldConstant, fused with their bias and relu; the output
+    equals PyTorch's."""
+    import torch
+
+    from tvmcomp.frontend.onnx_export import export_onnx
+    from tvmcomp.model.lenet import LeNet5
+    from tvmcomp.passes.codebook_dense import COMPOSITE_CONV
+    from tvmcomp.pipeline import compile_fused, fuse
+
+    torch.manual_seed(0)
+    net = LeNet5().eval()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("weight"):
+                levels = torch.linspace(float(p.min()), float(p.max()),
+                                        256 if p.dim() == 4 else 32)
+                p.copy_(levels[(p[..., None] - levels).abs().argmin(-1)])
+    model, info = load_onnx(export_onnx(net, tmp_path / "lenet.onnx"))
+    mod = import_batches(model, info, [2])
+    layers = codebook_layers(mod)
+    assert [(L.key, L.shape, L.index_bytes) for L in layers[:2]] == [
+        ("main_b2/conv0", (6, 1, 5, 5), 150), ("main_b2/conv1", (16, 6, 5, 5), 2400)]
+    assert [L.key for L in layers[2:]] == [f"main_b2/matmul{k}" for k in (2, 3, 4)]
+    out = CodebookDense()(mod)
+    composites = sorted(f.attrs["Composite"] for _, f in out.functions.items()
+                        if f.attrs is not None and "Composite" in f.attrs)
+    assert composites == sorted([COMPOSITE] * 3 + [COMPOSITE_CONV] * 2)
+    target = tvm.target.Target(TARGET)
+    fused = fuse(out, target)
+    consts = _constants(fused)
+    assert ("uint8", (16, 6, 5, 5)) in consts and ("float32", (16, 6, 5, 5)) not in consts
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    vm = relax.VirtualMachine(compile_fused(fused, target), tvm.cpu())
+    got = vm["main_b2"](tvm.runtime.tensor(x)).numpy()
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)

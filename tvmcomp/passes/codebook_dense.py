@@ -9,6 +9,7 @@ indices and the codebook, not the dense weight (TVM's ``FoldConstant`` would oth
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,10 +21,12 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from ..kernels.codebook import MAX_CODES, codebook_length, distinct_values, encode
 from ..kernels.sell import sell_codebook_from_dense
 from ._emit import rebind, rewrite_functions
-from .layers import layer_key
+from .layers import INDEXED_OPS, layer_key, layer_name
 from .sparse_dense import goes_sparse, sparse_candidates
 
 COMPOSITE = "tvmcomp.codebook_matmul"
+COMPOSITE_CONV = "tvmcomp.codebook_conv2d"
+COMPOSITES = (COMPOSITE, COMPOSITE_CONV)
 
 
 @dataclass(frozen=True)
@@ -33,8 +36,8 @@ class CodebookLayer:
     (``SparseDense(values="codebook")``: a uint8 code per stored SELL entry, plus its column
     indices, slice pointers and row order, counted in ``structure_bytes``)."""
 
-    key: str                 # "<function>/matmul<k>"
-    shape: tuple[int, int]   # [out, in]
+    key: str                 # "<function>/matmul<k>" or "<function>/conv<k>"
+    shape: tuple[int, ...]   # matmul [out, in]; conv2d OIHW
     codes: int               # distinct weight values (sparse: non-zero ones, plus 0)
     dense_bytes: int         # the float32 weight
     index_bytes: int         # uint8 indices / codes
@@ -80,6 +83,34 @@ def codebook_layers(mod: tvm.IRModule, sparse: dict | None = None) -> list[Codeb
             if codes <= MAX_CODES:
                 out.append(CodebookLayer(key, shape, codes, m.w.size * 4, m.w.size,
                                          codebook_length(codes) * 4))
+        for _, name, w in float_convs(func):
+            codes = distinct_values(w)
+            if codes <= MAX_CODES:
+                out.append(CodebookLayer(layer_key(gv.name_hint, name), tuple(w.shape), codes,
+                                         w.size * 4, w.size, codebook_length(codes) * 4))
+    return sorted(out, key=lambda L: (L.key.split("/")[0], _layer_index(L.key)))
+
+
+def _layer_index(key: str) -> int:
+    return int(re.search(r"\d+$", key).group())
+
+
+def float_convs(func: relax.Function) -> list[tuple[relax.Var, str, np.ndarray]]:
+    """``(var, "conv<k>", weight)`` of ``func``'s float32 ``conv2d`` calls with a constant
+    weight, numbered like every other layer report (:mod:`tvmcomp.passes.layers`)."""
+    _, _, b = sparse_candidates(func)
+    out, k = [], 0
+    for var in b.order:
+        val = b.value[var]
+        if not (isinstance(val, relax.Call) and isinstance(val.op, tvm.ir.Op)
+                and str(val.op.name) in INDEXED_OPS):
+            continue
+        idx, k = k, k + 1
+        w = val.args[1]
+        if (str(val.op.name) == "relax.nn.conv2d" and isinstance(w, tvm.ir.Constant)
+                and str(w.ty.dtype) == "float32" and str(val.args[0].ty.dtype) == "float32"
+                and str(val.attrs.out_dtype) in ("", "void", "None", "float32")):
+            out.append((var, layer_name(str(val.op.name), idx), w.value.numpy()))
     return out
 
 
@@ -89,7 +120,7 @@ class CodebookDense:
     distinct values into one fused layer that decodes uint8 indices through a codebook.
 
     Expects Relax as ``relax.frontend.onnx.from_onnx`` emits Gemm/MatMul (the forms
-    ``SparseDense`` matches), before ``FoldConstant`` and ``LegalizeOps``; layers
+    ``SparseDense`` matches) and Conv, before ``FoldConstant`` and ``LegalizeOps``; layers
     ``SparseDense`` already made sparse, and int8 layers, are left alone. Emits, per layer, a
     ``Primitive`` function (composite ``tvmcomp.codebook_matmul``)::
 
@@ -97,8 +128,10 @@ class CodebookDense:
         y = [relu](add(R.matmul(x, w), b))
 
     called with the indices (uint8 ``[in, out]``) and the codebook (float32 ``[codes]``) as
-    separate constants; ``LegalizeOps`` .. ``FuseTIR`` turn it into one kernel. A module with no
-    such layer is returned unchanged.
+    separate constants; ``LegalizeOps`` .. ``FuseTIR`` turn it into one kernel. A float
+    ``conv2d`` with such a weight becomes ``conv2d(x, take(codebook, astype(indices)))``
+    (indices uint8 OIHW) fused with the bias add and relu that follow (composite
+    ``tvmcomp.codebook_conv2d``). A module with no such layer is returned unchanged.
     """
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -108,8 +141,12 @@ class CodebookDense:
         decode = is_op("relax.take")(is_const(), is_op("relax.astype")(is_const()))
         mm = is_op("relax.matmul")(wildcard(), decode)
         biased = is_op("relax.add")(mm, is_const())
+        conv = is_op("relax.nn.conv2d")(wildcard(), decode)
+        conv_biased = is_op("relax.add")(conv, wildcard())  # the bias: reshape(const)
         patterns = [(COMPOSITE, is_op("relax.nn.relu")(biased)), (COMPOSITE, biased),
-                    (COMPOSITE, mm)]
+                    (COMPOSITE, mm),
+                    (COMPOSITE_CONV, is_op("relax.nn.relu")(conv_biased)),
+                    (COMPOSITE_CONV, conv_biased), (COMPOSITE_CONV, conv)]
         return relax.transform.FuseOpsByPattern(patterns, bind_constants=False,
                                                 annotate_codegen=False)(rewritten)
 
@@ -120,17 +157,23 @@ class _Rewriter(PyExprMutator):
         super().__init__(mod)
         self.mod_ = mod
         self.plan: dict = {}
+        self.convs: dict = {}
 
     def run(self) -> tvm.IRModule:
         def prepare(gv, func) -> bool:
             matches, _, _ = sparse_candidates(func)
             self.plan = {m.top: m for m in matches
-                         if m.x_dtype == "float32" and np.unique(m.w).size <= MAX_CODES}
-            return bool(self.plan)
+                         if m.x_dtype == "float32" and distinct_values(m.w) <= MAX_CODES}
+            self.convs = {var: (name, w) for var, name, w in float_convs(func)
+                          if distinct_values(w) <= MAX_CODES}
+            return bool(self.plan or self.convs)
 
         return rewrite_functions(self, self.mod_, prepare)
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        if binding.var in self.convs:
+            self._conv(binding, *self.convs[binding.var])
+            return
         m = self.plan.get(binding.var)
         if m is None:
             super().visit_var_binding_(binding)
@@ -138,13 +181,26 @@ class _Rewriter(PyExprMutator):
         codebook, codes = encode(m.w)
         indices = codes.T  # [in, out], as matmul reads
         bb = self.builder_
-        idx = bb.emit(relax.op.astype(relax.const(np.ascontiguousarray(indices)), "int32"),
-                      f"{m.name}_codes")
-        w = bb.emit(relax.op.take(relax.const(codebook), idx, axis=0,
-                                  mode="clip"), f"{m.name}_w")
+        w = self._decode(codebook, indices, m.name)
         y = relax.op.matmul(self.visit_expr(m.x), w)
         if m.bias is not None:
             y = relax.op.add(bb.emit(y, f"{m.name}_mm"), relax.const(m.bias))
         if m.relu:
             y = relax.op.nn.relu(bb.emit(y, f"{m.name}_add"))
         rebind(self, binding, y, f"{m.name}_codebook")
+
+    def _conv(self, binding: relax.VarBinding, name: str, w: np.ndarray) -> None:
+        codebook, codes = encode(w)
+        w_expr = self._decode(codebook, codes, name)
+        val = binding.value
+        call = relax.Call(val.op, [self.visit_expr(val.args[0]), w_expr], val.attrs,
+                          val.ty_args)
+        rebind(self, binding, call, f"{name}_codebook")
+
+    def _decode(self, codebook: np.ndarray, indices: np.ndarray, name: str):
+        """``take(codebook, astype(indices, int32))`` bound in the current block."""
+        bb = self.builder_
+        idx = bb.emit(relax.op.astype(relax.const(np.ascontiguousarray(indices)), "int32"),
+                      f"{name}_codes")
+        return bb.emit(relax.op.take(relax.const(codebook), idx, axis=0, mode="clip"),
+                       f"{name}_w")
