@@ -51,7 +51,7 @@ def test_rewrite_keeps_indices_and_codebook_through_fusion(tmp_path, gemm_onnx):
     model, info = load_onnx(path)
     mod = import_batches(model, info, [3])
     assert [(L.key, L.codes, L.index_bytes) for L in codebook_layers(mod)] == [
-        ("main_b3/matmul0", 16, 64 * 24)]
+        ("main_b3/matmul0", 16, 64 * 24 // 2)]  # 4-bit codes, two to a byte
     out = CodebookDense()(mod)
     composites = [f.attrs["Composite"] for _, f in out.functions.items()
                   if f.attrs is not None and "Composite" in f.attrs]
@@ -59,12 +59,56 @@ def test_rewrite_keeps_indices_and_codebook_through_fusion(tmp_path, gemm_onnx):
     target = tvm.target.Target(TARGET)
     fused = fuse(out, target)  # FoldConstant runs here: the weight must stay compressed
     consts = _constants(fused)
-    assert ("uint8", (64, 24)) in consts and ("float32", (16,)) in consts
+    assert ("uint8", (64 * 24 // 2,)) in consts and ("float32", (16,)) in consts
     assert ("float32", (64, 24)) not in consts and ("float32", (24, 64)) not in consts
     vm = relax.VirtualMachine(compile_fused(fused, target), tvm.cpu())
     x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
     got = vm["main_b3"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_allclose(got, x @ w + b, rtol=1e-5, atol=1e-5)
+
+
+def test_pack_round_trips():
+    from tvmcomp.kernels.codebook import codes_per_byte, pack, stored_code_bytes, unpack
+
+    rng = np.random.default_rng(0)
+    assert [codes_per_byte(b) for b in range(1, 9)] == [8, 4, 2, 2, 1, 1, 1, 1]
+    for bits in range(1, 9):
+        codes = rng.integers(0, 1 << bits, 1001).astype(np.uint8)
+        packed = pack(codes, bits)
+        assert packed.size == stored_code_bytes(1001, 1 << bits) == -(-1001 // (8 // bits))
+        np.testing.assert_array_equal(unpack(packed, bits, 1001), codes)
+    np.testing.assert_array_equal(pack(np.array([1, 2, 3], np.uint8), 2), [0b111001])
+    with pytest.raises(ValueError, match="does not fit 2 bits"):
+        pack(np.array([4], np.uint8), 2)
+
+
+@pytest.mark.parametrize("codes, batch", [(2, 1), (3, 2), (16, 3)])
+def test_packed_codes_are_exact(tmp_path, gemm_onnx, codes, batch):
+    """1-, 2- and 4-bit codes (8, 4, 2 to a byte; 63x10 weights leave a ragged last byte)
+    are unpacked in the kernel: the artifact stores only the packed bytes; output exact."""
+    import onnx
+    from onnx import numpy_helper
+
+    from tvmcomp.pipeline import compile_fused, fuse
+
+    path, w, b = gemm_onnx(tmp_path / "g.onnx", k=63, n=10)
+    levels = np.linspace(-1, 1, codes).astype(np.float32)
+    w = levels[np.random.default_rng(codes).integers(0, codes, w.shape)]
+    m = onnx.load(str(path))
+    m.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, "W"))
+    onnx.save(m, str(path))
+    model, info = load_onnx(path)
+    mod = import_batches(model, info, [batch])
+    (layer,) = codebook_layers(mod)
+    length = 1 << max(0, codes - 1).bit_length()
+    assert layer.index_bytes == -(-630 // (8 // max(1, (length - 1).bit_length())))
+    target = tvm.target.Target(TARGET)
+    fused = fuse(CodebookDense()(mod), target)
+    assert ("uint8", (layer.index_bytes,)) in _constants(fused)
+    vm = relax.VirtualMachine(compile_fused(fused, target), tvm.cpu())
+    x = np.random.default_rng(0).standard_normal((batch, 63)).astype(np.float32)
+    np.testing.assert_allclose(vm[f"main_b{batch}"](tvm.runtime.tensor(x)).numpy(), x @ w + b,
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_layer_with_too_many_values_is_left_alone(tmp_path, gemm_onnx):

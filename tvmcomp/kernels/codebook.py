@@ -40,3 +40,42 @@ def encode(w: np.ndarray, zero_first: bool = False) -> tuple[np.ndarray, np.ndar
     if zero_first:
         codes = np.where(w != 0, codes + 1, 0)
     return codebook, codes.astype(np.uint8)
+
+
+def code_bits(codebook_len: int) -> int:
+    """Bits of one code into a codebook of ``codebook_len`` entries (a power of two)."""
+    return max(1, (int(codebook_len) - 1).bit_length())
+
+
+def codes_per_byte(bits: int) -> int:
+    """How many ``bits``-bit codes one stored byte holds: 8, 4, 2, 2, then 1 from 5 bits
+    (a code never straddles two bytes, so decoding is one shift and one mask)."""
+    return 8 // bits if 1 <= bits <= 8 else 0
+
+
+def pack(codes: np.ndarray, bits: int) -> np.ndarray:
+    """``codes`` (any shape, values < 2**bits) flattened into bytes of
+    :func:`codes_per_byte` codes each, the first code in the low bits; zero-padded."""
+    per = codes_per_byte(bits)
+    if per == 0:
+        raise ValueError(f"bits must be in 1..8, got {bits!r}")
+    flat = np.asarray(codes, np.uint8).reshape(-1)
+    if flat.size and int(flat.max()) >> bits:
+        raise ValueError(f"a code does not fit {bits} bits")
+    flat = np.concatenate([flat, np.zeros((-flat.size) % per, np.uint8)]).reshape(-1, per)
+    shifts = (np.arange(per) * bits).astype(np.uint8)
+    return np.bitwise_or.reduce(flat << shifts, axis=1).astype(np.uint8)
+
+
+def unpack(packed: np.ndarray, bits: int, size: int) -> np.ndarray:
+    """The first ``size`` codes :func:`pack` stored in ``packed`` (flat uint8)."""
+    per = codes_per_byte(bits)
+    shifts = (np.arange(per) * bits).astype(np.uint8)
+    return ((packed[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1)[:size].astype(np.uint8)
+
+
+def stored_code_bytes(size: int, codebook_len: int) -> int:
+    """Bytes of ``size`` codes into a codebook of ``codebook_len`` entries, as :func:`pack`
+    stores them."""
+    per = codes_per_byte(code_bits(codebook_len))
+    return -(-int(size) // per)

@@ -18,7 +18,8 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ..kernels.codebook import MAX_CODES, codebook_length, distinct_values, encode
+from ..kernels.codebook import (MAX_CODES, code_bits, codebook_length, codes_per_byte,
+                                distinct_values, encode, pack, stored_code_bytes)
 from ..kernels.sell import sell_codebook_from_dense
 from ._emit import rebind, rewrite_functions
 from .layers import INDEXED_OPS, layer_key, layer_name
@@ -40,7 +41,7 @@ class CodebookLayer:
     shape: tuple[int, ...]   # matmul [out, in]; conv2d OIHW
     codes: int               # distinct weight values (sparse: non-zero ones, plus 0)
     dense_bytes: int         # the float32 weight
-    index_bytes: int         # uint8 indices / codes
+    index_bytes: int         # codes: packed 8 / bits per byte (dense), uint8 (sparse)
     codebook_bytes: int      # float32 codebook (padded to a power of two)
     form: str = "dense"
     structure_bytes: int = 0
@@ -81,13 +82,16 @@ def codebook_layers(mod: tvm.IRModule, sparse: dict | None = None) -> list[Codeb
                 continue
             codes = distinct_values(m.w)
             if codes <= MAX_CODES:
-                out.append(CodebookLayer(key, shape, codes, m.w.size * 4, m.w.size,
+                out.append(CodebookLayer(key, shape, codes, m.w.size * 4,
+                                         stored_code_bytes(m.w.size, codebook_length(codes)),
                                          codebook_length(codes) * 4))
         for _, name, w in float_convs(func):
             codes = distinct_values(w)
             if codes <= MAX_CODES:
                 out.append(CodebookLayer(layer_key(gv.name_hint, name), tuple(w.shape), codes,
-                                         w.size * 4, w.size, codebook_length(codes) * 4))
+                                         w.size * 4,
+                                         stored_code_bytes(w.size, codebook_length(codes)),
+                                         codebook_length(codes) * 4))
     return sorted(out, key=lambda L: (L.key.split("/")[0], _layer_index(L.key)))
 
 
@@ -138,7 +142,13 @@ class CodebookDense:
         rewritten = _Rewriter(mod).run()
         if rewritten is mod:
             return mod
-        decode = is_op("relax.take")(is_const(), is_op("relax.astype")(is_const()))
+        codes = is_op("relax.astype")(is_const())
+        shifted = is_op("relax.right_shift")(is_op("relax.expand_dims")(codes), is_const())
+        unpacked = is_op("relax.reshape")(is_op("relax.strided_slice")(
+            is_op("relax.reshape")(is_op("relax.bitwise_and")(shifted, is_const()),
+                                   varg_default_wildcard=True),
+            varg_default_wildcard=True), varg_default_wildcard=True)
+        decode = is_op("relax.take")(is_const(), codes | unpacked)
         mm = is_op("relax.matmul")(wildcard(), decode)
         biased = is_op("relax.add")(mm, is_const())
         conv = is_op("relax.nn.conv2d")(wildcard(), decode)
@@ -198,9 +208,22 @@ class _Rewriter(PyExprMutator):
         rebind(self, binding, call, f"{name}_codebook")
 
     def _decode(self, codebook: np.ndarray, indices: np.ndarray, name: str):
-        """``take(codebook, astype(indices, int32))`` bound in the current block."""
-        bb = self.builder_
-        idx = bb.emit(relax.op.astype(relax.const(np.ascontiguousarray(indices)), "int32"),
-                      f"{name}_codes")
-        return bb.emit(relax.op.take(relax.const(codebook), idx, axis=0, mode="clip"),
-                       f"{name}_w")
+        """``take(codebook, codes)`` bound in the current block: ``codes`` is
+        ``astype(indices, int32)``, or, for a codebook of at most 16 entries, the indices
+        packed :func:`~tvmcomp.kernels.codebook.codes_per_byte` to a byte and unpacked with a
+        shift and a mask (all of it fused into the layer's kernel)."""
+        bb, R = self.builder_, relax.op
+        bits = code_bits(codebook.size)
+        per = codes_per_byte(bits)
+        if per == 1:
+            idx = bb.emit(R.astype(relax.const(np.ascontiguousarray(indices)), "int32"),
+                          f"{name}_codes")
+        else:
+            packed = pack(indices, bits)
+            p = bb.emit(R.astype(relax.const(packed), "int32"), f"{name}_packed")
+            shifts = relax.const((np.arange(per) * bits).astype(np.int32))
+            u = bb.emit(R.bitwise_and(R.right_shift(R.expand_dims(p, [1]), shifts),
+                                      relax.const(np.int32((1 << bits) - 1))), f"{name}_unpacked")
+            flat = R.strided_slice(R.reshape(u, [packed.size * per]), [0], [0], [indices.size])
+            idx = bb.emit(R.reshape(flat, list(indices.shape)), f"{name}_codes")
+        return bb.emit(R.take(relax.const(codebook), idx, axis=0, mode="clip"), f"{name}_w")
