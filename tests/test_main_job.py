@@ -20,7 +20,7 @@ def test_main_job_builds_every_form_and_writes_the_table(tmp_path, x86_host, pro
     forms = s["forms"]
     assert forms["int8"]["weight_bytes"] < 0.3 * forms["fp32"]["weight_bytes"]
     assert forms["sparse"]["weight_bytes"] < forms["fp32"]["weight_bytes"]
-    # fc weights as uint8 indices + 32-entry codebooks, conv weights and biases float
+    # conv weights as uint8 indices + 256-entry codebooks, fc + 32-entry ones, biases float
     assert forms["codebook"]["weight_bytes"] < 0.3 * forms["fp32"]["weight_bytes"]
     # pruned, then shared: sparse codes (1 B) + narrow column indices, below both parents
     assert forms["sparse+codebook"]["weight_bytes"] < min(

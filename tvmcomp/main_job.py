@@ -41,9 +41,9 @@ def prepare_lenet5(out: Path, train_set, epochs: int = 20):
 
 
 FORMS = ("fp32", "int8", "sparse", "int8+sparse", "codebook", "sparse+codebook")
-# the codebook forms: fc weights shared to 32 values (conv stays dense); sparse+codebook
-# shares the pruned model's (Deep Compression's order: prune, then share the survivors)
-SHARE_BITS = {"fc": 5}
+# the codebook forms, Deep Compression's bits: conv weights shared to 256 values, fc to 32;
+# sparse+codebook shares the pruned model's (its order: prune, then share the survivors)
+SHARE_BITS = {"conv": 8, "fc": 5}
 
 
 def prune_lenet5(out: Path, ckpt: Path, train_set, sparsity: float = 0.9,
@@ -57,9 +57,9 @@ def prune_lenet5(out: Path, ckpt: Path, train_set, sparsity: float = 0.9,
 
 
 def share_lenet5(out: Path, ckpt: Path, train_set, suffix: str = "shared"):
-    """Share the fc weights of ``ckpt`` (k-means, centroid fine-tuning; a pruned model's
-    zeros stay zero) or reuse ``out/lenet5_<suffix>.pt``; export ``out/lenet5_<suffix>.onnx``;
-    returns (model, onnx path)."""
+    """Share the weights of ``ckpt`` (:data:`SHARE_BITS`; k-means, centroid fine-tuning; a
+    pruned model's zeros stay zero) or reuse ``out/lenet5_<suffix>.pt``; export
+    ``out/lenet5_<suffix>.onnx``; returns (model, onnx path)."""
     from .compress import KMeansShareConfig
 
     cfg = KMeansShareConfig(bits=dict(SHARE_BITS))
@@ -202,7 +202,7 @@ def format_results(s: dict) -> str:
     acc0 = s["accuracy"]["torch_fp32"]
     lines = [f"## LeNet-5, every form — profile {s['profile']}, {s['machine']}, {s['date']}",
              "", f"Accuracy on {s['eval_set']}; PyTorch fp32 {acc0:.2%}, pruned "
-             f"{s['accuracy']['torch_pruned']:.2%}, fc weights shared "
+             f"{s['accuracy']['torch_pruned']:.2%}, weights shared "
              f"({', '.join(f'{k} {v} bits' for k, v in SHARE_BITS.items())}) "
              f"{s['accuracy']['torch_shared']:.2%}, pruned then shared "
              f"{s['accuracy']['torch_pruned_shared']:.2%}. Latency: median µs per call, same run "

@@ -231,30 +231,58 @@ def test_gate_times_the_layers_real_kernels():
 
 @pytest.mark.parametrize("batch, relu", [(1, True), (5, False), (16, True)])
 def test_codebook_values_are_exact(batch, relu):
-    """values="codebook": uint8 codes into a codebook whose entry 0 is the padding's 0.0;
-    the kernels look the values up and compute what the float kernels compute."""
+    """values="codebook": codes into a codebook whose entry 0 is the padding's 0.0 (8 entries:
+    3-bit codes, two to a byte); column steps of one byte, with filler entries across a gap
+    of more than 255 columns; the kernels compute what NumPy computes."""
     from tvmcomp.kernels.codebook import encode
     from tvmcomp.kernels.sell import sell_codebook_from_dense
 
     rng = np.random.default_rng(batch)
     levels = np.array([-0.75, -0.5, 0.25, 1.5, 3.0], np.float32)
-    w = levels[rng.integers(0, 5, (20, 300))]
+    w = levels[rng.integers(0, 5, (20, 700))]
     w[rng.random(w.shape) < 0.8] = 0
+    w[3] = 0
+    w[3, [0, 1, 600, 699]] = 1.5   # a 599-column gap: two fillers
     b = rng.standard_normal(20).astype(np.float32)
     codebook, codes = encode(w, zero_first=True)
     np.testing.assert_array_equal(codebook, [0, -0.75, -0.5, 0.25, 1.5, 3.0, 0, 0])
     np.testing.assert_array_equal(codebook[codes], w)
     c = sell_codebook_from_dense(w)
     np.testing.assert_array_equal(c.to_dense(), w)
-    assert c.data.dtype == np.uint8 and c.indices.dtype == np.uint16  # 300 columns
+    assert c.indices.dtype == np.uint8 and c.indices.max() <= 255
+    assert c.data.dtype == np.uint8 and c.data.size == -(-c.stored // 16) * 8  # 2 steps a byte
     assert c.nbytes()["codebook"] == 8 * 4 and "row_scales" not in c.nbytes()
+    r3 = list(c.row_order).index(3)   # row 3's lane: steps 0, 1, 255, 255, 89, 99
+    lane = slice(c.slice_ptr[r3 // SLICE] + r3 % SLICE, None, SLICE)
+    assert list(c.indices[lane][:6]) == [0, 1, 255, 255, 89, 99]
     out = SparseDense(threshold=0.5, values="codebook")(layer_module(w, b, relu, batch))
     names = [gv.name_hint for gv in out.functions if gv.name_hint.startswith("sell_")]
-    assert names == [f"sell_dense_b{batch}_300x20{'_relu' if relu else ''}_cb8"]
-    x = rng.standard_normal((batch, 300)).astype(np.float32)
+    assert names == [f"sell_dense_b{batch}_700x20{'_relu' if relu else ''}_cb8"]
+    x = rng.standard_normal((batch, 700)).astype(np.float32)
     ref = x @ w.T + b
     np.testing.assert_allclose(_run(out, x), np.maximum(ref, 0) if relu else ref,
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("nonzero_levels, bits", [(1, 1), (3, 2), (15, 4), (40, 6)])
+def test_codebook_codes_packed_by_steps(nonzero_levels, bits):
+    """Codes of 1, 2 and 4 bits are packed 8, 4 and 2 steps to a byte (6 bits: one a byte);
+    the kernels unpack them (batch 1 and batched)."""
+    from tvmcomp.kernels.sell import pack_steps, sell_codebook_from_dense, unpack_steps
+
+    rng = np.random.default_rng(bits)
+    codes = rng.integers(0, 1 << bits, 8 * 37).astype(np.uint8)   # 37 steps: ragged
+    np.testing.assert_array_equal(unpack_steps(pack_steps(codes, bits), bits, codes.size), codes)
+    levels = np.linspace(0.5, 2.0, nonzero_levels).astype(np.float32)
+    w = levels[rng.integers(0, nonzero_levels, (13, 90))]
+    w[rng.random(w.shape) < 0.7] = 0
+    c = sell_codebook_from_dense(w)
+    assert c.code_bits == bits
+    np.testing.assert_array_equal(c.to_dense(), w)
+    for batch in (1, 3):
+        out = SparseDense(threshold=0.5, values="codebook")(layer_module(w, None, False, batch))
+        x = rng.standard_normal((batch, 90)).astype(np.float32)
+        np.testing.assert_allclose(_run(out, x), x @ w.T, rtol=1e-5, atol=1e-5)
 
 
 def test_codebook_values_fall_back_and_refuse():
@@ -282,7 +310,7 @@ def test_size_report_counts_every_array():
     c = sell_from_dense(w)
     by = rep["bytes"]
     assert by["values"] == c.data.nbytes and by["col_indices"] == c.indices.nbytes
-    assert by["slice_pointers"] == 6 * 4 and by["row_order"] == 40 * 4
+    assert by["slice_pointers"] == 6 * 4 and by["row_order"] == 40 * 2  # int16 rows
     assert by["bias"] == b.nbytes
     assert by["row_scales"] == 40 * 4 and by["dense_remainder"] == 0
     assert by["total"] == sum(v for k, v in by.items() if k != "total")

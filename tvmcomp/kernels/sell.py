@@ -6,6 +6,12 @@ row (rounded up to :data:`WIDTH_PAD`) and the entries are stored column-major: e
 of the slice's lane ``l`` is at ``slice_ptr[s] + p * SLICE + l``. ``row_order[s * SLICE + l]``
 is the weight row of that lane (``-1`` for the missing rows of the last slice).
 
+Column indices are stored as one byte each: the distance from the lane's previous entry (the
+first entry's from column 0), so a running column per lane is one vector add; a gap over
+:data:`MAX_GAP` columns takes filler entries of value 0 (Deep Compression's relative
+indices). Codes into a codebook of at most 16 entries are packed 2-8 steps to a byte
+(:func:`pack_steps`).
+
 Why this layout and not plain CSR: at batch 1 one vector FMA advances :data:`SLICE` rows at
 once, so a row never needs a horizontal sum (the CSR row kernel spent most of its time on
 those), and sorting keeps the padding small (LeNet-5 fc1 at 96 % sparsity: 1,920 non-zeros
@@ -24,8 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .codebook import MAX_CODES, encode
+from .codebook import MAX_CODES, code_bits, codes_per_byte, encode
 
+MAX_GAP = 255    # the largest column step one uint8 index entry holds
 SLICE = 8        # rows per slice = lanes of the batch-1 kernel's vector accumulators
 WIDTH_PAD = 2    # slice widths are a multiple of this (two accumulators, no tail loop)
 BATCH_TILE = 16  # batched kernels: batch rows per vector accumulator (2 AVX2 registers)
@@ -41,10 +48,11 @@ class SlicedMatrix:
     """A ``[rows, cols]`` matrix in SELL-:data:`SLICE` with rows sorted by length.
 
     ``data`` is float32; or int8 with a per-row float32 ``scale`` (``W[r] ≈ scale[r] * q[r]``);
-    or uint8 codes into a float32 ``codebook`` whose entry 0 is 0.0 (``W = codebook[code]``).
-    ``indices`` (column of each entry) in the narrowest type that holds ``cols - 1``
-    (:func:`index_dtype`), ``slice_ptr``/``row_order`` int32. ``nnz`` counts true non-zeros, ``stored``
-    the entries including padding.
+    or codes into a float32 ``codebook`` whose entry 0 is 0.0 (``W = codebook[code]``), uint8,
+    packed :func:`~tvmcomp.kernels.codebook.codes_per_byte` to a byte. ``indices``: uint8
+    column steps (see the module); ``slice_ptr`` int32; ``row_order`` int16 (int32 past
+    32,767 rows). ``nnz`` counts true non-zeros, ``stored`` the entries including padding
+    and gap fillers.
     """
 
     data: np.ndarray
@@ -58,7 +66,28 @@ class SlicedMatrix:
 
     @property
     def stored(self) -> int:
-        return int(self.data.shape[0])
+        return int(self.indices.shape[0])
+
+    @property
+    def code_bits(self) -> int:
+        """Bits per stored code (codebook values), else 0."""
+        return code_bits(self.codebook.size) if self.codebook is not None else 0
+
+    def values(self) -> np.ndarray:
+        """Each stored entry's float value (int8 values unscaled)."""
+        if self.codebook is None:
+            return self.data.astype(np.float32)
+        return self.codebook[unpack_steps(self.data, self.code_bits, self.stored)]
+
+    def columns(self) -> np.ndarray:
+        """Each stored entry's column (int64), from the per-lane running sums of the steps."""
+        out = np.zeros(self.stored, np.int64)
+        for s in range(self.slices):
+            lo, hi = int(self.slice_ptr[s]), int(self.slice_ptr[s + 1])
+            for lane in range(SLICE):
+                sl = slice(lo + lane, hi, SLICE)
+                out[sl] = np.cumsum(self.indices[sl].astype(np.int64))
+        return out
 
     @property
     def slices(self) -> int:
@@ -83,8 +112,7 @@ class SlicedMatrix:
     def to_dense(self) -> np.ndarray:
         """The matrix this layout stores (int8 values times their row scale; codes looked up)."""
         out = np.zeros(self.shape, np.float32)
-        vals = (self.data.astype(np.float32) if self.codebook is None
-                else self.codebook[self.data])
+        vals, cols = self.values(), self.columns()
         for s in range(self.slices):
             lo, hi = int(self.slice_ptr[s]), int(self.slice_ptr[s + 1])
             for lane in range(SLICE):
@@ -93,14 +121,28 @@ class SlicedMatrix:
                     continue
                 sl = slice(lo + lane, hi, SLICE)
                 scale = 1.0 if self.scale is None else float(self.scale[r])
-                np.add.at(out[r], self.indices[sl], vals[sl] * scale)
+                np.add.at(out[r], cols[sl], vals[sl] * scale)
         return out
 
 
-def index_dtype(cols: int) -> str:
-    """The column-index type of a matrix with ``cols`` columns: uint8 up to 256 columns,
-    uint16 up to 65,536, else int32 (LeNet-5's fc1 reads 400 inputs: 2 bytes an entry)."""
-    return "uint8" if cols <= 1 << 8 else "uint16" if cols <= 1 << 16 else "int32"
+def row_dtype(rows: int) -> str:
+    """The type of ``row_order`` for a matrix of ``rows`` rows (it holds -1 too)."""
+    return "int16" if rows < 1 << 15 else "int32"
+
+
+def _row_entries(w: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """(column steps, values) of row ``r``'s stored entries: its non-zeros, with a
+    zero-valued filler entry of step :data:`MAX_GAP` for each further :data:`MAX_GAP`
+    columns of a longer gap."""
+    cols = np.flatnonzero(w[r] != 0)
+    gaps = np.diff(cols, prepend=0)
+    fill = np.maximum(0, (gaps - 1) // MAX_GAP)       # fillers before each non-zero
+    at = np.arange(cols.size) + np.cumsum(fill)        # where each non-zero lands
+    steps = np.full(cols.size + int(fill.sum()), MAX_GAP, np.uint8)
+    steps[at] = gaps - fill * MAX_GAP
+    vals = np.zeros(steps.size, w.dtype)
+    vals[at] = w[r, cols]
+    return steps, vals
 
 
 def sell_from_dense(w: np.ndarray) -> SlicedMatrix:
@@ -111,8 +153,8 @@ def sell_from_dense(w: np.ndarray) -> SlicedMatrix:
     rows, cols = w.shape
     if rows == 0 or cols == 0:
         raise ValueError(f"a sparse weight needs rows and columns, got shape {w.shape}")
-    mask = w != 0
-    counts = mask.sum(1)
+    entries = [_row_entries(w, r) for r in range(rows)]
+    counts = np.array([len(st) for st, _ in entries], np.int64)
     order = np.argsort(-counts, kind="stable")
     n_slices = (rows + SLICE - 1) // SLICE
     row_order = np.full(n_slices * SLICE, -1, np.int64)
@@ -126,18 +168,19 @@ def sell_from_dense(w: np.ndarray) -> SlicedMatrix:
     if slice_ptr[-1] >= 2**31:
         raise ValueError("matrix too large for int32 sparse indices")
     data = np.zeros(int(slice_ptr[-1]), w.dtype)
-    indices = np.zeros(int(slice_ptr[-1]), index_dtype(cols))
+    indices = np.zeros(int(slice_ptr[-1]), np.uint8)  # padding: step 0, value 0
     for s in range(n_slices):
         for lane in range(SLICE):
             r = row_order[s * SLICE + lane]
             if r < 0:
                 continue
-            c = np.flatnonzero(mask[r])
-            pos = slice_ptr[s] + np.arange(len(c)) * SLICE + lane
-            data[pos] = w[r, c]
-            indices[pos] = c
-    return SlicedMatrix(data, indices, slice_ptr.astype(np.int32), row_order.astype(np.int32),
-                        (rows, cols), int(counts.sum()))
+            steps, vals = entries[r]
+            pos = slice_ptr[s] + np.arange(len(steps)) * SLICE + lane
+            data[pos] = vals
+            indices[pos] = steps
+    return SlicedMatrix(data, indices, slice_ptr.astype(np.int32),
+                        row_order.astype(row_dtype(rows)), (rows, cols),
+                        int(np.count_nonzero(w)))
 
 
 def sell_int8_from_dense(w: np.ndarray) -> SlicedMatrix:
@@ -160,8 +203,29 @@ def sell_codebook_from_dense(w: np.ndarray) -> SlicedMatrix:
     w = np.asarray(w, np.float32)
     codebook, codes = encode(w, zero_first=True)
     m = sell_from_dense(codes)  # code 0 is exactly the zeros of w
-    return SlicedMatrix(m.data, m.indices, m.slice_ptr, m.row_order, m.shape, m.nnz,
-                        codebook=codebook)
+    return SlicedMatrix(pack_steps(m.data, code_bits(codebook.size)), m.indices, m.slice_ptr,
+                        m.row_order, m.shape, m.nnz, codebook=codebook)
+
+
+def pack_steps(codes: np.ndarray, bits: int) -> np.ndarray:
+    """SELL codes (one per stored entry, ``SLICE`` lanes a step) packed
+    :func:`~tvmcomp.kernels.codebook.codes_per_byte` steps to a byte, lane by lane: byte
+    ``(q // per) * SLICE + lane`` holds step ``q``'s code of that lane at bit
+    ``(q % per) * bits``, so one step's codes are ``SLICE`` adjacent bytes with one shift."""
+    per = codes_per_byte(bits)
+    steps = np.asarray(codes, np.uint8).reshape(-1, SLICE)
+    steps = np.concatenate([steps, np.zeros(((-len(steps)) % per, SLICE), np.uint8)])
+    groups = steps.reshape(-1, per, SLICE)
+    shifts = (np.arange(per) * bits).astype(np.uint8)[None, :, None]
+    return np.bitwise_or.reduce(groups << shifts, axis=1).astype(np.uint8).reshape(-1)
+
+
+def unpack_steps(packed: np.ndarray, bits: int, stored: int) -> np.ndarray:
+    """The ``stored`` codes :func:`pack_steps` packed."""
+    per = codes_per_byte(bits)
+    shifts = (np.arange(per) * bits).astype(np.uint8)[None, :, None]
+    groups = (packed.reshape(-1, 1, SLICE) >> shifts) & ((1 << bits) - 1)
+    return groups.reshape(-1)[:stored].astype(np.uint8)
 
 
 def _check_shape(batch: int, in_features: int, out_features: int) -> None:
@@ -224,7 +288,11 @@ def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool,  # no
     zero = tvm.tirx.const(0, acc_t)
     scaled = values == "int8" and not integer
     coded = values == "codebook"
-    idx_t = index_dtype(K)
+    bits = code_bits(codebook_len) if coded else 8
+    per = codes_per_byte(bits)
+    packed = per > 1           # codes of at most 4 bits, several to a byte
+    mask = (1 << bits) - 1
+    row_t = row_dtype(N)
     data_t = "uint8" if coded else values
     S = codebook_len if coded else N  # noqa: N806  (length of the scale / codebook argument)
     nt = (B + TL - 1) // TL
@@ -232,20 +300,27 @@ def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool,  # no
     vec1, vecb = f"{acc_t}x{C}", f"{acc_t}x{TL}"
 
     @T.macro
-    def slice_loops(x, data, idx, slice_ptr, row_order, acc, xg, vg, y, bias, scale, store):
+    def slice_loops(x, data, idx, slice_ptr, row_order, acc, xg, vg, cv, y, bias, scale,
+                    store):
         for s in range(T.int64(NS)):
             for u in T.unroll(U):
                 acc[u] = T.broadcast(zero, C)
+            for lane in T.vectorized(C):
+                cv[lane] = 0  # each lane's running column
             for p in range(T.Cast("int64", slice_ptr[s]) // (C * U),
                            T.Cast("int64", slice_ptr[s + 1]) // (C * U)):
                 for u in T.unroll(U):
                     for lane in T.vectorized(C):  # gather the inputs these entries index
+                        cv[lane] = cv[lane] + T.Cast("int32", idx[(p * U + u) * C + lane])
                         if integer:
-                            xg[lane] = T.Cast(acc_t, x[T.int64(0), T.Cast(
-                                "int64", idx[(p * U + u) * C + lane])])
+                            xg[lane] = T.Cast(acc_t, x[T.int64(0), T.Cast("int64", cv[lane])])
                         else:
-                            xg[lane] = x[T.int64(0), T.Cast("int64", idx[(p * U + u) * C + lane])]
-                        if coded:  # look the values up as the inputs are gathered
+                            xg[lane] = x[T.int64(0), T.Cast("int64", cv[lane])]
+                        if packed:  # look the values up as the inputs are gathered
+                            vg[lane] = scale[T.Cast("int64", T.bitwise_and(T.shift_right(
+                                data[(p * U + u) // per * C + lane],
+                                T.Cast("uint8", (p * U + u) % per * bits)), T.uint8(mask)))]
+                        elif coded:
                             vg[lane] = scale[T.Cast("int64", data[(p * U + u) * C + lane])]
                     if coded:
                         acc[u] = acc[u] + vg[T.ramp(T.int64(0), T.int64(1), C)] \
@@ -261,7 +336,8 @@ def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool,  # no
                     store(y, bias, scale, xg, lane, r)
 
     @T.macro
-    def batched_loops(x, data, idx, slice_ptr, row_order, xt, acc, out, y, bias, scale, finish):
+    def batched_loops(x, data, idx, slice_ptr, row_order, xt, acc, out, col, y, bias, scale,
+                      finish):
         for bt in range(T.int64(nt)):
             for k in range(T.int64(K)):
                 for t in T.vectorized(T.int64(TL)):
@@ -280,18 +356,28 @@ def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool,  # no
                         r = T.Cast("int64", row_order[s * C + lane])
                         for u in T.unroll(U):
                             acc[u] = T.broadcast(zero, TL)
+                        col[0] = 0
                         for p in range(T.Cast("int64", slice_ptr[s]) // (C * U),
                                        T.Cast("int64", slice_ptr[s + 1]) // (C * U)):
                             for u in T.unroll(U):
-                                if coded:
+                                col[0] = col[0] + T.Cast("int32", idx[(p * U + u) * C + lane])
+                                if packed:
+                                    acc[u] = acc[u] + T.broadcast(scale[T.Cast(
+                                        "int64", T.bitwise_and(T.shift_right(
+                                            data[(p * U + u) // per * C + lane],
+                                            T.Cast("uint8", (p * U + u) % per * bits)),
+                                            T.uint8(mask)))], TL) * xt[
+                                        T.Cast("int64", col[0]),
+                                        T.ramp(T.int64(0), T.int64(1), TL)]
+                                elif coded:
                                     acc[u] = acc[u] + T.broadcast(scale[T.Cast(
                                         "int64", data[(p * U + u) * C + lane])], TL) * xt[
-                                        T.Cast("int64", idx[(p * U + u) * C + lane]),
+                                        T.Cast("int64", col[0]),
                                         T.ramp(T.int64(0), T.int64(1), TL)]
                                 else:
                                     acc[u] = acc[u] + T.broadcast(
                                         T.Cast(acc_t, data[(p * U + u) * C + lane]), TL) * xt[
-                                        T.Cast("int64", idx[(p * U + u) * C + lane]),
+                                        T.Cast("int64", col[0]),
                                         T.ramp(T.int64(0), T.int64(1), TL)]
                         finish(bias, scale, acc, out, r)
                         for t in range(T.int64(TL)):
@@ -311,31 +397,35 @@ def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool,  # no
             @T.prim_func
             def sell_int_b1(x: T.Buffer((T.int64(1), T.int64(K)), x_dtype), data_h: T.handle,
                             idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
-                            row_order: T.Buffer((T.int64(NS * C),), "int32"),
+                            row_order: T.Buffer((T.int64(NS * C),), row_t),
                             y: T.Buffer((T.int64(1), T.int64(N)), "int32")):
                 T.func_attr(HAND_SCHEDULED_ATTRS)
                 nnz = T.int64()
                 data = T.match_buffer(data_h, (nnz,), "int8")
-                idx = T.match_buffer(idx_h, (nnz,), idx_t)
+                idx = T.match_buffer(idx_h, (nnz,), "uint8")
                 acc = T.decl_buffer((U,), vec1, scope="local")
                 xg = T.decl_buffer((C,), "int32", scope="local")
-                slice_loops(x, data, idx, slice_ptr, row_order, acc, xg, xg, y, y, y, store_int)
+                cv = T.decl_buffer((C,), "int32", scope="local")
+                slice_loops(x, data, idx, slice_ptr, row_order, acc, xg, xg, cv, y, y, y,
+                            store_int)
 
             return sell_int_b1
 
         @T.prim_func
         def sell_int_bn(x: T.Buffer((T.int64(B), T.int64(K)), x_dtype), data_h: T.handle,
                         idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
-                        row_order: T.Buffer((T.int64(NS * C),), "int32"),
+                        row_order: T.Buffer((T.int64(NS * C),), row_t),
                         y: T.Buffer((T.int64(B), T.int64(N)), "int32")):
             T.func_attr(HAND_SCHEDULED_ATTRS)
             nnz = T.int64()
             data = T.match_buffer(data_h, (nnz,), "int8")
-            idx = T.match_buffer(idx_h, (nnz,), idx_t)
+            idx = T.match_buffer(idx_h, (nnz,), "uint8")
             xt = T.decl_buffer((T.int64(K), T.int64(TL)), "int32")
             acc = T.decl_buffer((U,), vecb, scope="local")
             out = T.decl_buffer((T.int64(TL),), "int32", scope="local")
-            batched_loops(x, data, idx, slice_ptr, row_order, xt, acc, out, y, y, y, finish_int)
+            col = T.decl_buffer((1,), "int32", scope="local")
+            batched_loops(x, data, idx, slice_ptr, row_order, xt, acc, out, col, y, y, y,
+                          finish_int)
 
         return sell_int_bn
 
@@ -363,18 +453,19 @@ def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool,  # no
         @T.prim_func
         def sell_dense_b1(x: T.Buffer((T.int64(1), T.int64(K)), "float32"), data_h: T.handle,
                           idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
-                          row_order: T.Buffer((T.int64(NS * C),), "int32"),
+                          row_order: T.Buffer((T.int64(NS * C),), row_t),
                           bias: T.Buffer((T.int64(N),), "float32"),
                           scale: T.Buffer((T.int64(S),), "float32"),
                           y: T.Buffer((T.int64(1), T.int64(N)), "float32")):
             T.func_attr(HAND_SCHEDULED_ATTRS)
-            nnz = T.int64()
-            data = T.match_buffer(data_h, (nnz,), data_t)
-            idx = T.match_buffer(idx_h, (nnz,), idx_t)
+            nnz, nbytes = T.int64(), T.int64()
+            data = T.match_buffer(data_h, (nbytes,), data_t)
+            idx = T.match_buffer(idx_h, (nnz,), "uint8")
             acc = T.decl_buffer((U,), vec1, scope="local")
             xg = T.decl_buffer((C,), "float32", scope="local")
             vg = T.decl_buffer((C,), "float32", scope="local")
-            slice_loops(x, data, idx, slice_ptr, row_order, acc, xg, vg, y, bias, scale,
+            cv = T.decl_buffer((C,), "int32", scope="local")
+            slice_loops(x, data, idx, slice_ptr, row_order, acc, xg, vg, cv, y, bias, scale,
                         store_float)
 
         return sell_dense_b1
@@ -382,18 +473,19 @@ def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool,  # no
     @T.prim_func
     def sell_dense_bn(x: T.Buffer((T.int64(B), T.int64(K)), "float32"), data_h: T.handle,
                       idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
-                      row_order: T.Buffer((T.int64(NS * C),), "int32"),
+                      row_order: T.Buffer((T.int64(NS * C),), row_t),
                       bias: T.Buffer((T.int64(N),), "float32"),
                       scale: T.Buffer((T.int64(S),), "float32"),
                       y: T.Buffer((T.int64(B), T.int64(N)), "float32")):
         T.func_attr(HAND_SCHEDULED_ATTRS)
-        nnz = T.int64()
-        data = T.match_buffer(data_h, (nnz,), data_t)
-        idx = T.match_buffer(idx_h, (nnz,), idx_t)
+        nnz, nbytes = T.int64(), T.int64()
+        data = T.match_buffer(data_h, (nbytes,), data_t)
+        idx = T.match_buffer(idx_h, (nnz,), "uint8")
         xt = T.decl_buffer((T.int64(K), T.int64(TL)), "float32")
         acc = T.decl_buffer((U,), vecb, scope="local")
         out = T.decl_buffer((T.int64(TL),), "float32", scope="local")
-        batched_loops(x, data, idx, slice_ptr, row_order, xt, acc, out, y, bias, scale,
+        col = T.decl_buffer((1,), "int32", scope="local")
+        batched_loops(x, data, idx, slice_ptr, row_order, xt, acc, out, col, y, bias, scale,
                       finish_float)
 
     return sell_dense_bn
