@@ -34,6 +34,11 @@ def test_main_job_builds_every_form_and_writes_the_table(tmp_path, x86_host, pro
     assert not re.search(r"#\d", md), "users read no issue-tracker numbers"
     for f in FORMS:
         assert f"| {f} | " in md
+    # the smallest form's weights, layer by layer, add up to what its artifact stores
+    layers = forms["sparse+codebook"]["layers"]
+    assert [r["layer"] for r in layers] == ["conv0", "conv1", "matmul2", "matmul3", "matmul4"]
+    assert {r["form"] for r in layers} <= {"codebook", "sparse codebook"}
+    assert "| weight payload |" in md
     # a rerun reuses the pruned checkpoint (same config, same source)
     from tvmcomp.data import load_train_5k
     from tvmcomp.main_job import prune_lenet5

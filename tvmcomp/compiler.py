@@ -176,6 +176,8 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
                           "accumulate": plan.int8_accumulate} if int8 else None),
         "sparse": sparse_info,
         "codebook": forms["codebook"],
+        # per conv/matmul layer: the form its weight took and the bytes it stores, by role
+        "layers": forms["layers"],
     }
     extra = {PLAN_FILE: plan.to_json().encode()}
     if int8:
@@ -221,6 +223,12 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         _say(f"codebook: {forms_n['dense']} dense and {forms_n['sparse']} sparse layers as "
              "uint8 codes + codebook, "
              f"{cb['stored_bytes']:,} B (dense {cb['dense_bytes']:,} B)", opts.progress)
+    layers = forms["layers"]
+    stored = sum(r["stored_bytes"] for r in layers)
+    _say(f"layer weights: {len(layers)} layers store {stored:,} B "
+         f"({sum(r['fp32_bytes'] for r in layers) / max(1, stored):.1f}x smaller than fp32; "
+         f"forms: {', '.join(sorted({r['form'] for r in layers}))}); with biases and other "
+         f"constants {weight_bytes:,} B", opts.progress)
     _say(f"wrote {out} (model.so {manifest['library']['bytes']:,} B, weights "
          f"{weight_bytes:,} B) in {time.monotonic() - t0:.0f} s", opts.progress)
     return out, manifest
@@ -263,7 +271,8 @@ def prepare_model(onnx_path: str | Path, opts: BuildOptions):
 
 def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Records,
                   plan: BuildPlan | None = None):
-    """(plan, fused module, ``{"sparse": info or None, "codebook": info or None}``): what
+    """(plan, fused module, ``{"sparse": info or None, "codebook": info or None, "layers":
+    per-layer sizes}``): what
     ``build`` ships, and ``tune`` tunes.
 
     Runs ``quantize`` once, takes the per-layer decisions on its output (or applies the saved
@@ -272,6 +281,7 @@ def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Re
     sparse info's ``tuned_before_gate`` (its seconds come out of ``opts.tune_budget_s``: see
     :func:`budget_left`).
     """
+    from .passes.sizes import layer_sizes
     from .passes.sparse_dense import find_layers, size_report
 
     target = profile.tvm_target()
@@ -315,7 +325,8 @@ def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Re
     fused = fuse(formed, target, debug_dump=opts.debug_dump, start="canonicalize", int8_acc=acc)
     forms = {"sparse": info_sparse,
              "codebook": codebook_info(quantized, formed, plan.sparse_args())
-             if plan.codebook else None}
+             if plan.codebook else None,
+             "layers": layer_sizes(quantized, plan.sparse_args(), plan.codebook)}
     return plan, fused, forms
 
 

@@ -16,6 +16,7 @@ from .defaults import DEFAULT_BATCHES, DEFAULT_FINETUNE_EPOCHS, DEFAULT_TUNE_BUD
 from .frontend import export_onnx
 from .frontend.onnx_import import CHECKPOINT_KEY
 from .model import LeNet5, TrainConfig, evaluate_torch, load_checkpoint, save_checkpoint, train
+from .passes.sizes import format_layer_sizes
 from .targets import Profile
 
 
@@ -178,6 +179,7 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
                       "max_abs_err": m["verification"].get("max_abs_err"),
                       "model_so_bytes": m["library"]["bytes"],
                       "weight_bytes": m["weight_bytes"],
+                      "layers": m["layers"],
                       "tuning": {**{k: m["tuning"].get(k) for k in ("tasks", "tuned", "used_s")},
                                  "hand_scheduled": len(m["tuning"].get("hand_scheduled", []))},
                       "record_source": m["tuning"].get("record_source", {})}
@@ -230,6 +232,11 @@ def format_results(s: dict) -> str:
               + ", ".join(f"{k} {v:.0f}" for k, v in s["stage_seconds"].items())
               + f"; total {s['seconds']:.0f} s."]
     lines += [f"note: {n}" for n in s["notes"]]
+    smallest = min(s["forms"], key=lambda f: s["forms"][f]["weight_bytes"])
+    lines += ["", f"Weights of the smallest form, {smallest}, layer by layer (bytes stored in "
+              "model.so; batch entries share them):", "",
+              format_layer_sizes(s["forms"][smallest]["layers"],
+                                 s["forms"][smallest]["weight_bytes"])]
     lines += ["Not yet in the chain: low-rank factorization; codebooks for conv and int8 "
               "layers; sub-byte packed codes."]
     return "\n".join(lines)

@@ -137,6 +137,14 @@ def test_build_codebook_artifact(tmp_path, gemm_onnx, x86_host, profile_with_db,
     # indices (shared by both entries) + codebook + bias, against the float weight + bias
     assert man["weight_bytes"] == 64 * 24 + 32 * 4 + 24 * 4
     assert dense["weight_bytes"] == 64 * 24 * 4 + 24 * 4 and dense["codebook"] is None
+    # the per-layer table: what each layer stores; the bias is the only other constant
+    (row,) = man["layers"]
+    assert (row["layer"], row["form"], row["value_bits"]) == ("matmul0", "codebook", 5)
+    assert row["bytes"] == {"values": 64 * 24, "col_indices": 0, "structure": 0,
+                            "codebook": 32 * 4}
+    assert row["stored_bytes"] + 24 * 4 == man["weight_bytes"]
+    (row,) = dense["layers"]
+    assert row["form"] == "dense float32" and row["stored_bytes"] + 24 * 4 == dense["weight_bytes"]
     assert "layer_forms/CodebookDense" in man["passes"]
     x = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
     np.testing.assert_allclose(runtime.load(out)(x), x @ w + b, rtol=1e-5, atol=1e-5)
@@ -179,6 +187,11 @@ def test_sparse_layer_keeps_codes(tmp_path, gemm_onnx, x86_host, profile_with_db
     # float values (4 B) became codes (1 B); nothing else changed
     assert plain["weight_bytes"] - man["weight_bytes"] == \
         sell_from_dense(w.T).data.nbytes - c.data.nbytes + 24 * 4 - 32 * 4
+    (row,) = man["layers"]
+    assert (row["form"], row["value_bits"], row["nonzeros"]) == (
+        "sparse codebook", 5, np.count_nonzero(w))
+    assert row["bytes"]["values"] == c.data.nbytes and row["bytes"]["col_indices"] == c.stored
+    assert row["stored_bytes"] + 24 * 4 == man["weight_bytes"]   # + the bias
     assert man["codebook"]["kernels"] == 2 and all(
         "_cb32" in k for k in man["kernels"] if k.startswith("sell_"))
     x = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)

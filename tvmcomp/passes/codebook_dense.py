@@ -22,8 +22,8 @@ from ..kernels.codebook import (MAX_CODES, code_bits, codebook_length, codes_per
                                 distinct_values, encode, pack, stored_code_bytes)
 from ..kernels.sell import sell_codebook_from_dense
 from ._emit import rebind, rewrite_functions
-from .layers import INDEXED_OPS, layer_key, layer_name
-from .sparse_dense import goes_sparse, sparse_candidates
+from .layers import layer_key
+from .sparse_dense import goes_sparse, layer_weights, sparse_candidates
 
 COMPOSITE = "tvmcomp.codebook_matmul"
 COMPOSITE_CONV = "tvmcomp.codebook_conv2d"
@@ -103,18 +103,13 @@ def float_convs(func: relax.Function) -> list[tuple[relax.Var, str, np.ndarray]]
     """``(var, "conv<k>", weight)`` of ``func``'s float32 ``conv2d`` calls with a constant
     weight, numbered like every other layer report (:mod:`tvmcomp.passes.layers`)."""
     _, _, b = sparse_candidates(func)
-    out, k = [], 0
-    for var in b.order:
+    out = []
+    for var, name, kind, w in layer_weights(func):
         val = b.value[var]
-        if not (isinstance(val, relax.Call) and isinstance(val.op, tvm.ir.Op)
-                and str(val.op.name) in INDEXED_OPS):
-            continue
-        idx, k = k, k + 1
-        w = val.args[1]
-        if (str(val.op.name) == "relax.nn.conv2d" and isinstance(w, tvm.ir.Constant)
-                and str(w.ty.dtype) == "float32" and str(val.args[0].ty.dtype) == "float32"
+        if (kind == "conv" and str(val.op.name) == "relax.nn.conv2d" and w.dtype == np.float32
+                and str(val.args[0].ty.dtype) == "float32"
                 and str(val.attrs.out_dtype) in ("", "void", "None", "float32")):
-            out.append((var, layer_name(str(val.op.name), idx), w.value.numpy()))
+            out.append((var, name, w))
     return out
 
 

@@ -240,6 +240,27 @@ def sparse_candidates(func: relax.Function) -> tuple[list[_Match], list[LayerSpa
     return matches, layers, b
 
 
+def layer_weights(func: relax.Function) -> list[tuple[relax.Var, str, str, np.ndarray]]:
+    """``(var, name, kind, weight)`` of every conv/matmul call of ``func`` with a constant
+    weight, in layer order: ``kind`` "conv" (weight as stored, e.g. OIHW) or "matmul"
+    (weight as ``[out, in]``)."""
+    b = _Bindings(func)
+    out, k = [], 0
+    for var in b.order:
+        val = b.value[var]
+        op = _op(val)
+        if op not in INDEXED_OPS:
+            continue
+        idx, k = k, k + 1
+        if op == "relax.matmul":
+            w = _weight_of(b, val.args[1])
+        else:
+            w = _const(val.args[1])
+        if w is not None:
+            out.append((var, layer_name(op, idx), "matmul" if op == "relax.matmul" else "conv", w))
+    return out
+
+
 def find_layers(mod: tvm.IRModule) -> list[LayerSparsity]:
     """Every conv/matmul layer with a constant weight in ``mod``'s Relax functions."""
     out = []
