@@ -319,10 +319,22 @@ def cmd_tune(args) -> int:
     from .tune.tuner import NOTHING_TO_TUNE
 
     profile = _profile(args.profile)
-    if not profile.runs_here():
+    remote = None
+    if args.rpc_tracker or args.rpc_key:
+        from .rpc import remote_runner
+
+        if not args.rpc_tracker:
+            raise TvmcompError("--rpc-key needs --rpc-tracker HOST:PORT")
+        remote = remote_runner(args.rpc_tracker, args.rpc_key or profile.name)
+        if profile.cross_compiler:
+            raise TvmcompError(f"tuning {profile.name} over RPC is not supported yet (its "
+                               "candidates must be cross-linked for the board); tune an x86 "
+                               "profile over RPC, or build with the committed records")
+    elif not profile.runs_here():
         raise TvmcompError(
             f"cannot tune {profile.name} on this machine (lacks "
-            f"{', '.join(profile.missing_cpu_flags())}); run tvmcomp tune on the target"
+            f"{', '.join(profile.missing_cpu_flags())}); run tvmcomp tune on the target, or "
+            "measure there over RPC: --rpc-tracker HOST:PORT [--rpc-key KEY]"
         )
     plan = _read_plan(args.plan) if args.plan else None
     if plan is not None and (args.sparse or args.codebook):
@@ -338,9 +350,20 @@ def cmd_tune(args) -> int:
     budget = budget_left(opts, forms["sparse"])
     print(f"tune {args.model} | profile {profile.name} | batches {list(plan.batches)} | budget "
           f"{budget:.0f} s | ≤{args.trials_per_task} trials/task")
+    sessions = records.paths.cache / "rpc_sessions.log"
+    if remote is not None:
+        print(remote.describe())
     rep = tune_module(fused, profile.tvm_target(), records, budget_s=budget,
                       max_trials_per_task=args.trials_per_task, only_missing=not args.all,
-                      family=profile.family, cores=profile.cores)
+                      family=profile.family, cores=profile.cores,
+                      runner=remote.runner(sessions) if remote is not None else None)
+    if remote is not None and rep.trials:
+        from .tune.remote import trials_per_server
+
+        per = trials_per_server(sessions)
+        print(f"trials measured per RPC server ({len(per)} of the {remote.servers} under "
+              f"{remote.key!r}; {rep.used_s:.0f} s wall): "
+              + (", ".join(f"{who} {n}" for who, n in per.items()) or "none"))
     if rep.stopped_by == NOTHING_TO_TUNE:
         print(f"nothing to tune: every kernel already has a {profile.name} record (--all tunes "
               "them again)")
@@ -536,6 +559,8 @@ def make_parser() -> argparse.ArgumentParser:
                         "then add there each kernel's best checked record of this profile "
                         "(also those in your cache) (for maintainers; default: the cache)")
     _add_tuning_dir(p)
+    rpc.add_bench_args(p, "measure the trials on the remote boards (every server under the "
+                          "key)", "the profile name")
     _add_model_options(p)
     p.set_defaults(fn=cmd_tune)
 

@@ -30,6 +30,7 @@ from .targets import profile_from_dict
 DEFAULT_HOST = "127.0.0.1"
 TRACKER_PORT = 9190
 SERVER_PORT = 9090
+SERVER_ID_FUNC = "tvm.rpc.server.tvmcomp_server_id"  # see _register_server_id
 
 
 def parse_addr(text: str) -> tuple[str, int]:
@@ -86,12 +87,7 @@ def request_session(tracker: str, key: str, session_timeout_s: float = 600.0,
     deadline = time.monotonic() + wait_s
     while True:
         summary = tracker_summary(host, port)
-        keys = server_keys(summary)
-        if key not in keys:
-            have = ", ".join(f"{k} ({n})" for k, n in sorted(keys.items())) or "none"
-            raise TvmcompError(
-                f"no RPC server with key {key!r} is registered at {host}:{port} (registered: "
-                f"{have}); start one with `tvmcomp rpc server --tracker {host}:{port} --key {key}`")
+        keys = _servers(summary, host, port, key)
         if summary.get("queue_info", {}).get(key, {}).get("free", 1) > 0:
             break
         if time.monotonic() > deadline:
@@ -104,6 +100,27 @@ def request_session(tracker: str, key: str, session_timeout_s: float = 600.0,
     except (RuntimeError, OSError) as e:
         raise TvmcompError(f"RPC server {key!r} at {host}:{port} refused the session "
                            f"({str(e).strip().splitlines()[-1][:120]})") from None
+
+
+def _servers(summary: dict, host: str, port: int, key: str) -> dict[str, int]:
+    """:func:`server_keys` of ``summary``; one line if none is registered under ``key``."""
+    keys = server_keys(summary)
+    if key not in keys:
+        have = ", ".join(f"{k} ({n})" for k, n in sorted(keys.items())) or "none"
+        raise TvmcompError(
+            f"no RPC server with key {key!r} is registered at {host}:{port} (registered: "
+            f"{have}); start one with `tvmcomp rpc server --tracker {host}:{port} --key {key}`")
+    return keys
+
+
+def remote_runner(tracker: str, key: str):
+    """A :class:`~tvmcomp.tune.remote.RemoteRunner` measuring tuning trials on every server
+    registered at ``tracker`` under ``key`` (one line if there is none)."""
+    from .tune.remote import RemoteRunner
+
+    host, port = parse_addr(tracker)
+    keys = _servers(tracker_summary(host, port), host, port, key)
+    return RemoteRunner(host, port, key, keys[key], SERVER_ID_FUNC)
 
 
 def _last_line(e: Exception) -> str:
@@ -184,18 +201,21 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return s.getsockname()[1]
 
 
-def launch(*args: str, expect: str = "", timeout_s: float = 120.0):
+def launch(*args: str, expect: str = "", timeout_s: float = 120.0, cpus: str | None = None):
     """Start ``python -m tvmcomp.rpc ARGS`` (a tracker or server) in the background.
 
     Returns the ``subprocess.Popen`` once the process printed its first line (it does when
     listening / registered) and that line contains ``expect``; otherwise kills it and raises
-    :class:`TvmcompError` with its output. Stop it with :func:`stop`.
+    :class:`TvmcompError` with its output. ``cpus`` (e.g. ``"1"``) pins it and its workers
+    with ``taskset`` where that exists. Stop it with :func:`stop`.
     """
+    import shutil
     import subprocess
     import threading
 
-    proc = subprocess.Popen([sys.executable, "-m", "tvmcomp.rpc", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    pin = ["taskset", "-c", cpus] if cpus is not None and shutil.which("taskset") else []
+    proc = subprocess.Popen([*pin, sys.executable, "-m", "tvmcomp.rpc", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first: list[str] = []
     reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)
     reader.start()
@@ -243,10 +263,23 @@ def serve_server(tracker: str, key: str, host: str = DEFAULT_HOST, port: int = S
 
     def start():
         return rpc.Server(host, port, port_end or port + 10, key=key,
-                          tracker_addr=(thost, tport), load_library=load_library, silent=silent)
+                          tracker_addr=(thost, tport), load_library=load_library, silent=silent,
+                          server_init_callback=_register_server_id)
 
     return _serve_with_msg(
         start, lambda s: f"RPC server {key!r} on {host}:{s.port}, registered at {tracker}")
+
+
+def _register_server_id() -> None:
+    """In the server process, before it serves: register ``SERVER_ID_FUNC``, which answers
+    ``"<hostname>:<server pid>"`` in every session (sessions are forked from the server), so
+    a client can tell which of several servers under one key it reached."""
+    import os
+
+    import tvm_ffi
+
+    who = f"{socket.gethostname()}:{os.getpid()}"
+    tvm_ffi.register_global_func(SERVER_ID_FUNC, override=True)(lambda: who)
 
 
 def serve_board(board_profile: str, tracker: str, key: str | None = None,
@@ -367,12 +400,14 @@ def add_parsers(sub) -> None:
     q.set_defaults(fn=_cmd_list)
 
 
-def add_bench_args(p: argparse.ArgumentParser) -> None:
-    """``--rpc-tracker HOST:PORT --rpc-key KEY`` for ``tvmcomp bench``."""
+def add_bench_args(p: argparse.ArgumentParser,
+                   what: str = "time the artifact on a remote board",
+                   key_default: str = "the artifact's profile name") -> None:
+    """``--rpc-tracker HOST:PORT --rpc-key KEY`` for ``tvmcomp bench`` (and ``tune``)."""
     p.add_argument("--rpc-tracker", type=_addr, default=None, metavar="HOST:PORT",
-                   help="time the artifact on a remote board found through this RPC tracker")
+                   help=f"{what} found through this RPC tracker")
     p.add_argument("--rpc-key", default=None, metavar="KEY",
-                   help="the remote board's RPC key (default: the artifact's profile name)")
+                   help=f"the remote board's RPC key (default: {key_default})")
 
 
 def _threads(text: str) -> int:

@@ -143,3 +143,70 @@ def test_cli_bench_rpc(lenet_artifact, tracker, server, run_tvmcomp):
                     "--rpc-key", "nope")
     assert r.returncode == 2 and "no RPC server with key 'nope'" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def _fleet(tracker, key: str, n: int):
+    """``n`` RPC servers under ``key``, each pinned to one of this machine's cores."""
+    import os
+
+    from tvmcomp.rpc import parse_addr, server_keys, tracker_summary
+
+    procs = [launch("server", "--tracker", tracker, "--key", key, "--host", HOST, "--port",
+                    str(free_port()), expect="RPC server", cpus=str(i % (os.cpu_count() or 1)))
+             for i in range(n)]
+    deadline = time.monotonic() + 30
+    while server_keys(tracker_summary(*parse_addr(tracker))).get(key, 0) < n:
+        if time.monotonic() > deadline:
+            for p in procs:
+                stop(p)
+            raise RuntimeError("the fleet never registered at the tracker")
+        time.sleep(0.2)
+    return procs
+
+
+@pytest.mark.slow
+def test_tune_over_rpc_spreads_trials_and_survives_a_dead_server(tracker, gemm_onnx, tmp_path):
+    """`tvmcomp tune --rpc-tracker`: two servers under one key measure the trials; killing one
+    mid-tuning costs its in-flight trial, not the run, and the records measured are kept."""
+    import threading
+
+    path, _, _ = gemm_onnx(tmp_path / "g.onnx", k=64, n=32)
+    procs = _fleet(tracker, "fleet", 2)
+    cache = tmp_path / "cache"
+    log = cache / "rpc_sessions.log"
+    cmd = [sys.executable, "-m", "tvmcomp.cli", "tune", str(path), "--profile", "x86_avx2",
+           "--rpc-tracker", tracker, "--rpc-key", "fleet", "--batch", "1",
+           "--tune-budget", "120", "--tuning-dir", str(cache)]
+    try:
+        r = subprocess.run([*cmd, "--trials-per-task", "6"], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert "measuring on 2 RPC servers registered as 'fleet'" in r.stdout
+        line = next(ln for ln in r.stdout.splitlines() if ln.startswith("trials measured per"))
+        counts = [int(c.rsplit(" ", 1)[1]) for c in line.split(": ", 1)[1].split(", ")]
+        assert len(counts) == 2 and sum(counts) == 6 and min(counts) >= 1, line
+        first = len((cache / "database_tuning_record.json").read_text().splitlines())
+        assert first >= 1
+
+        def kill_when_measuring():  # once a few trials are in, kill the first server
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                if log.exists() and len(log.read_text().splitlines()) >= 3:
+                    procs[0].kill()
+                    return
+                time.sleep(0.05)
+
+        killer = threading.Thread(target=kill_when_measuring, daemon=True)
+        killer.start()
+        r = subprocess.run([*cmd, "--trials-per-task", "16", "--all"], capture_output=True,
+                           text=True, timeout=300)
+        killer.join()
+        assert procs[0].poll() is not None          # it did die mid-run
+        assert r.returncode == 0, r.stderr
+        assert "trials measured per RPC server" in r.stdout
+        records = (cache / "database_tuning_record.json").read_text().splitlines()
+        assert len(records) > first                  # measured before and after are kept
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                stop(p)
