@@ -18,12 +18,14 @@ CXX_PKG := g++-aarch64-linux-gnu (scripts/setup_arm.sh)
 AARCH64_ROOT ?= $(REPO)/build/aarch64
 TVM_INCLUDE ?= $(AARCH64_ROOT)/include
 TVM_RUNTIME_LIB ?= $(AARCH64_ROOT)/lib/libtvm_runtime.so
+TVM_EXTRA_LIB ?= $(AARCH64_ROOT)/lib/libtvm_runtime_extra.so
 TVM_FFI_LIB ?= $(AARCH64_ROOT)/lib/libtvm_ffi.so
 else ifeq ($(ARCH),x86_64)
 CXX_PKG := g++
 SITE := $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 TVM_INCLUDE ?= $(SITE)/tvm_ffi/include
 TVM_RUNTIME_LIB ?= $(SITE)/tvm/lib/libtvm_runtime.so
+TVM_EXTRA_LIB ?= $(SITE)/tvm/lib/libtvm_runtime_extra.so
 TVM_FFI_LIB ?= $(SITE)/tvm_ffi/lib/libtvm_ffi.so
 else
 $(error ARCH must be x86_64 or aarch64, got $(ARCH))
@@ -44,6 +46,10 @@ $(OUT)/libtvm_runtime.so: $(TVM_RUNTIME_LIB) | check-deps
 	@mkdir -p $(OUT)
 	cp $< $@
 $(OUT)/libtvm_ffi.so: $(TVM_FFI_LIB) | check-deps
+	@mkdir -p $(OUT)
+	cp $< $@
+$(OUT)/libtvm_runtime_extra.so: $(TVM_EXTRA_LIB) | check-deps
+	@test -f $< || { echo "error: $< not found (ARCH=aarch64: run scripts/setup_arm.sh)" >&2; exit 2; }
 	@mkdir -p $(OUT)
 	cp $< $@
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up aarch64 cross-compilation and emulation on a Debian/Ubuntu x86-64 machine:
 #   1. Debian packages: the aarch64 GNU toolchain and qemu user-mode (needs root or sudo);
-#   2. the aarch64 TVM runtime (libtvm_runtime.so, libtvm_ffi.so + headers) from the aarch64
-#      wheels on PyPI, unpacked into build/aarch64/{lib,include} (ignored by git).
+#   2. the aarch64 TVM runtime (libtvm_runtime.so, libtvm_ffi.so + headers, and
+#      libtvm_runtime_extra.so, which the RPC board server links for tuning measurements) from
+#      the aarch64 wheels on PyPI, unpacked into build/aarch64/{lib,include} (ignored by git).
 # Idempotent: each step is skipped when already done. Usage: scripts/setup_arm.sh [--no-apt]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +28,7 @@ if [[ "${1:-}" != "--no-apt" ]]; then
 fi
 
 if [[ ! -f $DEST/lib/libtvm_runtime.so || ! -f $DEST/lib/libtvm_ffi.so \
-      || ! -f $DEST/include/tvm/ffi/extra/module.h ]]; then
+      || ! -f $DEST/lib/libtvm_runtime_extra.so || ! -f $DEST/include/tvm/ffi/extra/module.h ]]; then
   echo "setup_arm: fetching the aarch64 TVM runtime ($TVM_VERSION) from PyPI into $DEST/"
   mkdir -p $DEST/wheels $DEST/lib $DEST/include
   "$PY" -m pip download -q --no-deps --only-binary=:all: --platform manylinux_2_28_aarch64 \
@@ -41,7 +42,8 @@ dest = Path(sys.argv[1])
 for whl in sorted((dest / "wheels").glob("*.whl")):
     with zipfile.ZipFile(whl) as z:
         for name in z.namelist():
-            if name in ("tvm/lib/libtvm_runtime.so", "tvm_ffi/lib/libtvm_ffi.so"):
+            if name in ("tvm/lib/libtvm_runtime.so", "tvm/lib/libtvm_runtime_extra.so",
+                        "tvm_ffi/lib/libtvm_ffi.so"):
                 (dest / "lib" / Path(name).name).write_bytes(z.read(name))
             elif name.startswith("tvm_ffi/include/") and not name.endswith("/"):
                 out = dest / "include" / name[len("tvm_ffi/include/"):]

@@ -326,10 +326,6 @@ def cmd_tune(args) -> int:
         if not args.rpc_tracker:
             raise TvmcompError("--rpc-key needs --rpc-tracker HOST:PORT")
         remote = remote_runner(args.rpc_tracker, args.rpc_key or profile.name)
-        if profile.cross_compiler:
-            raise TvmcompError(f"tuning {profile.name} over RPC is not supported yet (its "
-                               "candidates must be cross-linked for the board); tune an x86 "
-                               "profile over RPC, or build with the committed records")
     elif not profile.runs_here():
         raise TvmcompError(
             f"cannot tune {profile.name} on this machine (lacks "
@@ -356,14 +352,22 @@ def cmd_tune(args) -> int:
     rep = tune_module(fused, profile.tvm_target(), records, budget_s=budget,
                       max_trials_per_task=args.trials_per_task, only_missing=not args.all,
                       family=profile.family, cores=profile.cores,
-                      runner=remote.runner(sessions) if remote is not None else None)
+                      runner=remote.runner(sessions) if remote is not None else None,
+                      cross_compiler=profile.cross_compiler if remote is not None else None)
     if remote is not None and rep.trials:
         from .tune.remote import trials_per_server
+
+        from .tune.remote import record_origin
+        from .tune.tuner import extract_tasks
 
         per = trials_per_server(sessions)
         print(f"trials measured per RPC server ({len(per)} of the {remote.servers} under "
               f"{remote.key!r}; {rep.used_s:.0f} s wall): "
               + (", ".join(f"{who} {n}" for who, n in per.items()) or "none"))
+        tuned = {t.name for t in rep.tasks if t.best_us is not None}
+        record_origin(records.paths.write_dir,
+                      [t for t in extract_tasks(fused, profile.tvm_target())
+                       if t.task_name in tuned and t.task_name in rep.measured], remote, per)
     if rep.stopped_by == NOTHING_TO_TUNE:
         print(f"nothing to tune: every kernel already has a {profile.name} record (--all tunes "
               "them again)")

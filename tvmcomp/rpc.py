@@ -301,7 +301,7 @@ def serve_board(board_profile: str, tracker: str, key: str | None = None,
     thost, tport = parse_addr(tracker)
     tracker_summary(thost, tport)  # fail fast with one line when the tracker is down
     cmd = server_command(board, tracker, key, host, port, port_end)
-    proc = subprocess.Popen(cmd, env=server_env(threads), preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(cmd, env=server_env(threads, board), preexec_fn=_die_with_parent)
 
     def stop(signum, frame):
         raise KeyboardInterrupt

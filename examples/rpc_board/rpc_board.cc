@@ -421,6 +421,18 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (port_end <= port) port_end = port + 100;
+  {
+    // Which server a client reached: `tvmcomp tune --rpc-tracker` counts trials per server
+    // and records where they were measured. TVMCOMP_BOARD_ORIGIN (set by `tvmcomp rpc server
+    // --board` for an emulated board) says how this server runs.
+    char hn[256] = {0};
+    gethostname(hn, sizeof(hn) - 1);
+    std::string id = std::string(hn) + ":" + std::to_string(getpid()) + " (" + kHostArch;
+    if (const char* origin = std::getenv("TVMCOMP_BOARD_ORIGIN")) id += std::string(", ") + origin;
+    id += ")";
+    ffi::Function::SetGlobal("tvm.rpc.server.tvmcomp_server_id",
+                             ffi::Function::FromTyped([id]() { return ffi::String(id); }), true);
+  }
   signal(SIGTERM, OnSignal);
   signal(SIGINT, OnSignal);
   signal(SIGPIPE, SIG_IGN);

@@ -190,3 +190,30 @@ def test_server_needs_key_or_board():
     r = subprocess.run([sys.executable, "-m", "tvmcomp.rpc", "server", "--tracker",
                         f"{HOST}:9190"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--key KEY (or --board PROFILE)" in r.stderr
+
+
+def test_tune_on_emulated_board_over_rpc(tracker, arm_board, gemm_onnx, tmp_path, run_tvmcomp):
+    """`tvmcomp tune --profile arm_cortex_a72 --rpc-tracker`: candidates cross-linked here,
+    measured on the emulated board (its runtime provides random_fill_for_measure); the records
+    say they came from an emulator, and a build that uses them says so in its manifest."""
+    path, _, _ = gemm_onnx(tmp_path / "g.onnx", k=64, n=32)
+    cache = tmp_path / "cache"
+    r = run_tvmcomp("tune", str(path), "--profile", ARM_KEY, "--rpc-tracker", tracker,
+                    "--batch", "1", "--tune-budget", "120", "--trials-per-task", "3",
+                    "--tuning-dir", str(cache), timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert f"measuring on 1 RPC server registered as '{ARM_KEY}'" in r.stdout
+    assert "(aarch64, emulated by qemu-aarch64-static) 3" in r.stdout
+    records = (cache / "database_tuning_record.json").read_text().splitlines()
+    run_secs = [json.loads(line)[1][1] for line in records]
+    assert len(run_secs) == 3 and all(0 < s < 1 for t in run_secs for s in t)  # measured
+    (origin,) = json.loads((cache / "measured_on.json").read_text()).values()
+    assert origin["emulated"] is True and origin["task"] == "fused_matmul_add"
+    r = run_tvmcomp("build", str(path), "--profile", ARM_KEY, "--batch", "1", "--tune-budget",
+                    "0", "--tuning-dir", str(cache), "--out", str(tmp_path / "art"), timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "1 on an emulated board, so their timings are the emulator's" in r.stdout
+    man = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert man["kernels"] == {"fused_matmul_add": "tuned, unchecked (arm_cortex_a72 cannot run "
+                                                  "on the build host)"}
+    assert man["tuning"]["measured_over_rpc"]["fused_matmul_add"]["emulated"] is True

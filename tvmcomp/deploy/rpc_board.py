@@ -60,7 +60,16 @@ def server_command(board: Board, tracker: str, key: str | None = None,
     return cmd
 
 
-def server_env(threads: int = 1) -> dict[str, str]:
+EMULATED = "emulated"  # the origin an emulated board's server reports (see server_env)
+
+
+def server_env(threads: int = 1, board: Board | None = None) -> dict[str, str]:
     """Environment for the board server: ``TVM_NUM_THREADS`` (emulation is slow; one thread
-    keeps a shared host free)."""
-    return dict(os.environ, TVM_NUM_THREADS=str(threads))
+    keeps a shared host free); for an emulated board ``TVMCOMP_BOARD_ORIGIN``, which the
+    server reports with its identity, so tuning records say they came from an emulator."""
+    env = dict(os.environ, TVM_NUM_THREADS=str(threads))
+    if board is not None and board.kind == "qemu-user":
+        env["TVMCOMP_BOARD_ORIGIN"] = f"{EMULATED} by {board.runner()[0].rsplit('/', 1)[-1]}"
+    else:
+        env.pop("TVMCOMP_BOARD_ORIGIN", None)
+    return env

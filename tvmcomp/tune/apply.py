@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..targets import Profile
 from .records import Records
+from .remote import origins
 from .tuner import task_status, tune_module
 
 
@@ -96,6 +97,14 @@ def checked_database(fused, profile: Profile, records: Records, progress: bool,
         _say(f"using {len(borrowed)} records from {', '.join(sorted(set(borrowed.values())))} "
              f"(no {profile.name} record yet; "
              + ("checked correct on this machine)" if check else "unchecked)"), progress)
+    measured = origins((*records.paths.own, *(d for _, d in records.paths.fallbacks)),
+                       rep.chosen)
+    if measured:
+        tuning["measured_over_rpc"] = measured
+        emulated = sorted(t for t, o in measured.items() if o.get("emulated"))
+        _say(f"{len(measured)} tuned schedules were measured over RPC on boards"
+             + (f"; {len(emulated)} on an emulated board, so their timings are the "
+                "emulator's, not the board's" if emulated else ""), progress)
     if rep.no_valid_record:
         _say(f"WARNING: no correct tuned schedule for {', '.join(rep.no_valid_record)}; "
              "they run untuned", progress)

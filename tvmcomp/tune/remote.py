@@ -75,3 +75,45 @@ class _LoggedSession:
         with open(self.log, "a") as f:
             f.write(who + "\n")
         return sess
+
+
+ORIGIN_FILE = "measured_on.json"  # beside a database: where its RPC-measured records came from
+
+
+def workload_key(mod) -> str:
+    """The key of a tuning task's workload in :data:`ORIGIN_FILE` (its structural hash)."""
+    from tvm_ffi import structural_hash
+
+    return str(structural_hash(mod))
+
+
+def record_origin(folder: Path, tasks, remote: RemoteRunner, per_server: dict[str, int]) -> None:
+    """Note in ``folder``/:data:`ORIGIN_FILE` that the records of ``tasks`` (tuning tasks)
+    written there by this run were measured over RPC by ``per_server``'s servers; a server
+    that reported itself emulated marks them ``emulated`` (MetaSchedule's record format has
+    no field for where a record was measured)."""
+    import datetime as dt
+
+    from .records import update_json
+
+    origin = {"rpc": f"{remote.key}@{remote.host}:{remote.port}", "servers": dict(per_server),
+              "emulated": any("emulated" in who for who in per_server),
+              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    update_json(Path(folder) / ORIGIN_FILE,
+                {workload_key(t.dispatched[0]): {**origin, "task": t.task_name} for t in tasks})
+
+
+def origins(folders, records: dict) -> dict[str, dict]:
+    """``{task: origin}`` for the chosen ``records`` (``{task: TuningRecord}``) whose workload
+    was measured over RPC, from the :data:`ORIGIN_FILE` of ``folders``."""
+    from .records import read_json
+
+    known: dict = {}
+    for folder in folders:
+        known.update(read_json(Path(folder) / ORIGIN_FILE))
+    out = {}
+    for task, rec in records.items():
+        o = known.get(workload_key(rec.workload.mod))
+        if isinstance(o, dict):
+            out[task] = {k: o.get(k) for k in ("rpc", "servers", "emulated", "date")}
+    return out

@@ -34,6 +34,24 @@ def ms_build(mod, target, _params):
     return tvm_build(mod, target=target)
 
 
+class CrossExport:
+    """MetaSchedule ``f_export`` for a board: the candidate linked into a shared library with
+    the profile's cross compiler (the default exports a ``.tar`` for the server to link,
+    which a board server that links only the TVM runtime cannot do)."""
+
+    def __init__(self, cross_compiler: str) -> None:
+        self.cross_compiler = cross_compiler
+
+    def __call__(self, mod) -> str:
+        import tempfile
+
+        from tvm.support import cc
+
+        path = os.path.join(tempfile.mkdtemp(), "candidate.so")
+        mod.export_library(path, fcompile=cc.cross_compiler(self.cross_compiler))
+        return path
+
+
 def _builder_init(family):
     def init():
         load_tensor_intrinsics(family)
@@ -62,6 +80,7 @@ class TuneReport:
     trials: int = 0
     stopped_by: str = "done"
     tasks: list[TaskStatus] = field(default_factory=list)
+    measured: list[str] = field(default_factory=list)  # the tasks this run tuned
 
     @property
     def untuned(self) -> list[str]:
@@ -181,7 +200,8 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
                 max_trials_per_task: int = 64, only_missing: bool = True,
                 trials_per_iter: int = 32, runner=None, seed: int = 0,
                 family: str | None = None, cores: int | None = None, progress: bool = True,
-                names: tuple[str, ...] | None = None) -> TuneReport:
+                names: tuple[str, ...] | None = None,
+                cross_compiler: str | None = None) -> TuneReport:
     """Tune the TIR tasks of a fused Relax module into the database at ``work_dir``.
 
     Parameters
@@ -206,6 +226,9 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
         Tune only the tasks with these names (default: all).
     cores : int, optional
         The profile's cores: the cost model's threads, at most this machine's (default: all).
+    cross_compiler : str, optional
+        The profile's cross compiler: candidates are exported as shared libraries linked with
+        it (:class:`CrossExport`), for a board's RPC server to load.
     """
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.relax_integration import extracted_tasks_to_tune_contexts
@@ -222,6 +245,7 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
               and (names is None or t.task_name in names)
               and (not only_missing or not own.has_workload(t.dispatched[0]))]
     if chosen and budget_s > 0:
+        report.measured = [t.task_name for t in chosen]
         db = records.tuning_database()
         logs = records.paths.cache  # MetaSchedule writes its per-task logs/ here, never committed
         logs.mkdir(parents=True, exist_ok=True)
@@ -232,7 +256,8 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
                     population_size=256, init_measured_ratio=0.2, genetic_num_iters=3),
             )
         builder = ms.builder.LocalBuilder(
-            f_build=ms_build, timeout_sec=60.0, initializer=_builder_init(family))
+            f_build=ms_build, timeout_sec=60.0, initializer=_builder_init(family),
+            f_export=CrossExport(cross_compiler) if cross_compiler else None)
         runner = runner or ms.runner.LocalRunner(
             timeout_sec=30.0,
             evaluator_config=ms.runner.EvaluatorConfig(number=10, repeat=3, min_repeat_ms=20),
