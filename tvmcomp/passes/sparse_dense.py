@@ -182,19 +182,25 @@ def _weight_of(b: _Bindings, arg) -> np.ndarray | None:
     return None
 
 
+def _indexed_calls(b: _Bindings):
+    """``(var, call, op, k)`` of the conv/matmul calls in binding order: the k-th is layer
+    ``conv<k>`` / ``matmul<k>`` (:mod:`tvmcomp.passes.layers`)."""
+    k = 0
+    for var in b.order:
+        val = b.value[var]
+        op = _op(val)
+        if op in INDEXED_OPS:
+            yield var, val, op, k
+            k += 1
+
+
 def sparse_candidates(func: relax.Function) -> tuple[list[_Match], list[LayerSparsity],
                                                       _Bindings]:
     """(layers SparseDense can rewrite, every conv/matmul layer, bindings) of ``func``."""
     b = _Bindings(func)
     fname = ""
     matches, layers = [], []
-    k = 0
-    for var in b.order:
-        val = b.value[var]
-        op = _op(val)
-        if op not in INDEXED_OPS:
-            continue
-        idx, k = k, k + 1
+    for var, val, op, idx in _indexed_calls(b):
         if op != "relax.matmul":
             w = _const(val.args[1])
             if w is not None:
@@ -245,13 +251,8 @@ def layer_weights(func: relax.Function) -> list[tuple[relax.Var, str, str, np.nd
     weight, in layer order: ``kind`` "conv" (weight as stored, e.g. OIHW) or "matmul"
     (weight as ``[out, in]``)."""
     b = _Bindings(func)
-    out, k = [], 0
-    for var in b.order:
-        val = b.value[var]
-        op = _op(val)
-        if op not in INDEXED_OPS:
-            continue
-        idx, k = k, k + 1
+    out = []
+    for var, val, op, idx in _indexed_calls(b):
         if op == "relax.matmul":
             w = _weight_of(b, val.args[1])
         else:
