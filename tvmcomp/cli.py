@@ -315,7 +315,7 @@ def _calib_data(path: str | None):
 def cmd_tune(args) -> int:
     from .compiler import budget_left, plan_and_fuse, prepare_model
     from .tune import RecordPaths, Records, tune_module
-    from .tune.records import TOP_K_TUNE
+    from .tune.records import TOP_K_BUILD, TOP_K_TUNE
     from .tune.tuner import NOTHING_TO_TUNE
 
     profile = _profile(args.profile)
@@ -340,7 +340,9 @@ def cmd_tune(args) -> int:
     opts = _build_options(args)
     model, info, _, opts = prepare_model(args.model, opts)
     records = Records(RecordPaths.for_profile(profile, args.tuning_dir, commit=args.commit),
-                      top_k=TOP_K_TUNE)
+                      # the search seeds from a task's own records: only --all tunes tasks
+                      # that have some (decoding 64 a workload took ~11 s on x86_avx2's)
+                      top_k=TOP_K_TUNE if args.all else TOP_K_BUILD)
     print(records.describe())
     plan, fused, forms = plan_and_fuse(model, info, profile, opts, records, plan)
     budget = budget_left(opts, forms["sparse"])

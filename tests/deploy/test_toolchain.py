@@ -100,3 +100,16 @@ def test_board_overrides_from_profile():
     fake.board = {"ssh": "pi@rpi4"}
     with pytest.raises(TvmcompError, match="unknown \\[board\\] key 'ssh'"):
         board_for(fake)
+
+
+def test_disagreements_list_the_reference_margin():
+    import numpy as np
+
+    from tvmcomp.deploy.compare import disagreements
+
+    ref = np.array([[0.0, 3.0, 2.5], [1.0, 0.0, 0.0], [0.2, 0.1, 0.9]], np.float32)
+    board = ref.copy()
+    board[0] = [0.0, 2.5, 3.0]  # a near-tie flipped
+    assert disagreements(board, ref) == [
+        {"image": 0, "board": 2, "reference": 1, "reference_margin": 0.5}]
+    assert disagreements(ref, ref) == []

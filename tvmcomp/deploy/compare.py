@@ -32,9 +32,20 @@ def mnist_idx(out_dir: str | Path, limit: int | None = None):
     return images, labels, ev.images[:n], ev.labels[:n], ev.source
 
 
+def disagreements(board: np.ndarray, ref: np.ndarray) -> list[dict]:
+    """Images whose top class differs between two logit arrays, each with the reference's
+    logit margin (top-1 minus top-2: how close the reference was to a tie)."""
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    return [{"image": int(i), "board": int(board[i].argmax()), "reference": int(ref[i].argmax()),
+             "reference_margin": float(top2[i, 1] - top2[i, 0])}
+            for i in np.flatnonzero(board.argmax(1) != ref.argmax(1))]
+
+
 def compare(board_art: str | Path, ref_art: str | Path, limit: int = 500, tol: float = 1e-4,
             threads: int = 1) -> dict:
-    """Logits of ``board_art`` on its board vs ``ref_art`` here, on ``limit`` real images."""
+    """Logits of ``board_art`` on its board vs ``ref_art`` here, on ``limit`` real images;
+    each image whose prediction differs is listed with the reference's logit margin (top-1
+    minus top-2: how close it was to a tie)."""
     from .. import runtime
     from ..data import normalize
 
@@ -45,7 +56,8 @@ def compare(board_art: str | Path, ref_art: str | Path, limit: int = 500, tol: f
     diff = float(np.abs(run.logits - ref).max())
     same = int(np.sum(run.predictions == ref.argmax(1)))
     return {"images": len(y), "eval_set": source, "max_abs_diff": diff,
-            "predictions_identical": same, "board_accuracy": run.accuracy,
+            "predictions_identical": same, "disagreements": disagreements(run.logits, ref),
+            "board_accuracy": run.accuracy,
             "reference_accuracy": float(np.mean(ref.argmax(1) == y)),
             "board_latency_us": run.latency_us, "match": diff <= tol and same == len(y)}
 

@@ -35,7 +35,8 @@ def ensure_tuned(fused, profile: Profile, records: Records, budget_s: float,
             info["stopped_by"] = f"cannot measure {profile.name} here"
             _say(f"WARNING: {len(missing)} tasks untuned and {profile.name} cannot run on this "
                  f"machine (lacks {', '.join(profile.missing_cpu_flags())}); untuned kernels "
-                 "are slow", progress)
+                 f"are slow: tune them on the board, `tvmcomp tune MODEL --profile "
+                 f"{profile.name} --rpc-tracker HOST:PORT`", progress)
         else:
             _say(f"tuning {len(missing)} untuned tasks, budget {budget_s:.0f} s "
                  "(--tune-budget; 0 = none)", progress)
