@@ -14,11 +14,14 @@ X86=$($PY -c 'from tvmcomp.targets import host_profile; print(host_profile().nam
 if [[ ${TUNE_BUDGET:-0} != 0 ]]; then
   PORT=$($PY -c 'from tvmcomp.rpc import free_port; print(free_port())')
   $TVMCOMP rpc tracker --port "$PORT" & TRACKER=$!
+  BOARD=""
   trap 'kill $BOARD $TRACKER 2>/dev/null || true' EXIT
-  sleep 3
+  for _ in $(seq 60); do $TVMCOMP rpc list --tracker "127.0.0.1:$PORT" >/dev/null 2>&1 && break; sleep 1; done
   $TVMCOMP rpc server --board "$PROFILE" --tracker "127.0.0.1:$PORT" \
     --port "$($PY -c 'from tvmcomp.rpc import free_port; print(free_port())')" & BOARD=$!
-  sleep 5
+  for _ in $(seq 60); do
+    $TVMCOMP rpc list --tracker "127.0.0.1:$PORT" 2>/dev/null | grep -q "^$PROFILE" && break; sleep 1
+  done
   $TVMCOMP tune "$MODEL" --profile "$PROFILE" --rpc-tracker "127.0.0.1:$PORT" \
     --tune-budget "$TUNE_BUDGET"
 fi

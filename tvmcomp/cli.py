@@ -364,7 +364,8 @@ def cmd_tune(args) -> int:
 
         per = trials_per_server(sessions)
         print(f"trials measured per RPC server ({len(per)} of the {remote.servers} under "
-              f"{remote.key!r}; {rep.used_s:.0f} s wall): "
+              f"{remote.key!r}; {rep.used_s:.0f} s wall; the search measures ahead, so these "
+              "can exceed the trials recorded when the budget stops it): "
               + (", ".join(f"{who} {n}" for who, n in per.items()) or "none"))
         tuned = {t.name for t in rep.tasks if t.best_us is not None}
         record_origin(records.paths.write_dir,

@@ -52,6 +52,19 @@ class CrossExport:
         return path
 
 
+def _drop_queued_runs(runner) -> None:
+    """Cancel the measurements a stopped search left queued in ``runner``'s worker pool and
+    stop its workers: on a slow board (qemu: seconds a trial) they would otherwise keep the
+    board busy, and this process alive, long after the budget ran out."""
+    pool = getattr(runner, "pool", None)
+    if pool is None:
+        return
+    threads = getattr(pool, "_threadpool", None)
+    if threads is not None:
+        threads.shutdown(wait=False, cancel_futures=True)
+    pool.shutdown(wait=False)
+
+
 def _builder_init(family):
     def init():
         load_tensor_intrinsics(family)
@@ -294,6 +307,7 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
             report.stopped_by = "budget"
         finally:
             bar.close()
+            _drop_queued_runs(runner)
         report.used_s = time.monotonic() - start
         report.trials = counter[0]
     elif chosen:
