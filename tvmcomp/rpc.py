@@ -271,13 +271,16 @@ def serve_server(tracker: str, key: str, host: str = DEFAULT_HOST, port: int = S
 
 
 def _register_server_id() -> None:
-    """In the server process, before it serves: register ``SERVER_ID_FUNC``, which answers
-    ``"<hostname>:<server pid>"`` in every session (sessions are forked from the server), so
-    a client can tell which of several servers under one key it reached."""
+    """In the server process (TVM runs it in a worker process of ours), before it serves:
+    register ``SERVER_ID_FUNC``, which answers ``"<hostname>:<server pid>"`` in every session
+    (sessions are forked from the server), so a client can tell which of several servers
+    under one key it reached; and end with its parent, so a ``tvmcomp rpc server`` that is
+    killed outright does not leave its server serving and registered."""
     import os
 
     import tvm_ffi
 
+    _die_with_parent()
     who = f"{socket.gethostname()}:{os.getpid()}"
     tvm_ffi.register_global_func(SERVER_ID_FUNC, override=True)(lambda: who)
 

@@ -211,3 +211,17 @@ def test_tune_over_rpc_spreads_trials_and_survives_a_dead_server(tracker, gemm_o
         for p in procs:
             if p.poll() is None:
                 stop(p)
+
+
+def test_killed_server_leaves_the_tracker(tracker):
+    """`tvmcomp rpc server` killed outright (SIGKILL): its server worker ends with it and the
+    key disappears from the tracker (it used to keep serving, registered, as an orphan)."""
+    from tvmcomp.rpc import parse_addr, server_keys, tracker_summary
+
+    (proc,) = _fleet(tracker, "doomed", 1)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while "doomed" in server_keys(tracker_summary(*parse_addr(tracker))):
+        assert time.monotonic() < deadline, "the killed server's worker is still registered"
+        time.sleep(0.2)
