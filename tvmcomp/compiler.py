@@ -226,7 +226,7 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     layers = forms["layers"]
     stored = sum(r["stored_bytes"] for r in layers)
     _say(f"layer weights: {len(layers)} layers store {stored:,} B "
-         f"({sum(r['fp32_bytes'] for r in layers) / max(1, stored):.1f}x smaller than fp32; "
+         f"(fp32 / stored {sum(r['fp32_bytes'] for r in layers) / max(1, stored):.1f}x; "
          f"forms: {', '.join(sorted({r['form'] for r in layers}))}); with biases and other "
          f"constants {weight_bytes:,} B", opts.progress)
     _say(f"wrote {out} (model.so {manifest['library']['bytes']:,} B, weights "
