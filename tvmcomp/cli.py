@@ -360,7 +360,6 @@ def cmd_tune(args) -> int:
         from .tune.remote import trials_per_server
 
         from .tune.remote import record_origin
-        from .tune.tuner import extract_tasks
 
         per = trials_per_server(sessions)
         print(f"trials measured per RPC server ({len(per)} of the {remote.servers} under "
@@ -369,8 +368,7 @@ def cmd_tune(args) -> int:
               + (", ".join(f"{who} {n}" for who, n in per.items()) or "none"))
         tuned = {t.name for t in rep.tasks if t.best_us is not None}
         record_origin(records.paths.write_dir,
-                      [t for t in extract_tasks(fused, profile.tvm_target())
-                       if t.task_name in tuned and t.task_name in rep.measured], remote, per)
+                      {n: k for n, k in rep.measured.items() if n in tuned}, remote, per)
     if rep.stopped_by == NOTHING_TO_TUNE:
         print(f"nothing to tune: every kernel already has a {profile.name} record (--all tunes "
               "them again)")

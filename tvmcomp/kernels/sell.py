@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .codebook import MAX_CODES, code_bits, codes_per_byte, encode
+from .codebook import MAX_CODES, code_bits, codes_per_byte, encode, pack, unpack
 
 MAX_GAP = 255    # the largest column step one uint8 index entry holds
 SLICE = 8        # rows per slice = lanes of the batch-1 kernel's vector accumulators
@@ -211,21 +211,20 @@ def pack_steps(codes: np.ndarray, bits: int) -> np.ndarray:
     """SELL codes (one per stored entry, ``SLICE`` lanes a step) packed
     :func:`~tvmcomp.kernels.codebook.codes_per_byte` steps to a byte, lane by lane: byte
     ``(q // per) * SLICE + lane`` holds step ``q``'s code of that lane at bit
-    ``(q % per) * bits``, so one step's codes are ``SLICE`` adjacent bytes with one shift."""
+    ``(q % per) * bits``, so one step's codes are ``SLICE`` adjacent bytes with one shift.
+    That is :func:`~tvmcomp.kernels.codebook.pack` of the codes ordered (step group, lane,
+    step in group)."""
     per = codes_per_byte(bits)
     steps = np.asarray(codes, np.uint8).reshape(-1, SLICE)
     steps = np.concatenate([steps, np.zeros(((-len(steps)) % per, SLICE), np.uint8)])
-    groups = steps.reshape(-1, per, SLICE)
-    shifts = (np.arange(per) * bits).astype(np.uint8)[None, :, None]
-    return np.bitwise_or.reduce(groups << shifts, axis=1).astype(np.uint8).reshape(-1)
+    return pack(steps.reshape(-1, per, SLICE).transpose(0, 2, 1), bits)
 
 
 def unpack_steps(packed: np.ndarray, bits: int, stored: int) -> np.ndarray:
     """The ``stored`` codes :func:`pack_steps` packed."""
     per = codes_per_byte(bits)
-    shifts = (np.arange(per) * bits).astype(np.uint8)[None, :, None]
-    groups = (packed.reshape(-1, 1, SLICE) >> shifts) & ((1 << bits) - 1)
-    return groups.reshape(-1)[:stored].astype(np.uint8)
+    grouped = unpack(packed, bits, packed.size * per).reshape(-1, SLICE, per)
+    return grouped.transpose(0, 2, 1).reshape(-1)[:stored]
 
 
 def _check_shape(batch: int, in_features: int, out_features: int) -> None:

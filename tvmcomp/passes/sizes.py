@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.codebook import MAX_CODES, distinct_values
-from ..kernels.sell import sell_codebook_from_dense, sell_from_dense, sell_int8_from_dense
+from ..kernels.codebook import code_bits
 from .codebook_dense import codebook_layers
 from .layers import layer_key
-from .sparse_dense import goes_sparse, layer_weights, sparse_candidates
+from .sparse_dense import goes_sparse, layer_weights, sliced_layout, sparse_candidates
 
 ROLES = ("values", "col_indices", "structure", "codebook")
 
@@ -37,7 +36,7 @@ def layer_sizes(mod, sparse: dict | None = None, codebook: bool = False) -> list
 
     sparse_args = dict(sparse or {})
     values = sparse_args.get("values", "float32")
-    folded = {L.key: L for L in codebook_layers(mod, sparse)} if codebook else {}
+    folded = {L.key: L for L in codebook_layers(mod)} if codebook else {}
     rows: dict[str, dict] = {}
     for gv, func in mod.functions.items():
         if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
@@ -52,34 +51,19 @@ def layer_sizes(mod, sparse: dict | None = None, codebook: bool = False) -> list
                    "weights": int(w.size), "nonzeros": int(np.count_nonzero(w)),
                    "fp32_bytes": int(w.size) * 4}
             by = dict.fromkeys(ROLES, 0)
-            if key in folded:
-                L = folded[key]
-                by.update(values=L.index_bytes, codebook=L.codebook_bytes)
-                if L.form == "sparse":
-                    c = sell_codebook_from_dense(m.w)
-                    by.update(col_indices=c.indices.nbytes,
-                              structure=c.slice_ptr.nbytes + c.row_order.nbytes)
-                    row.update(form="sparse codebook", value_bits=c.code_bits)
-                else:
-                    row.update(form="codebook",
-                               value_bits=max(1, (L.codebook_bytes // 4 - 1).bit_length()))
-            elif sparse is not None and m is not None and goes_sparse(
+            if sparse is not None and m is not None and goes_sparse(
                     key, m.w, sparse_args.get("threshold", 0.0), sparse_args.get("keep") or {}):
-                if m.x_dtype != "float32":
-                    c = sell_from_dense(m.w)  # the integer kernel: int8 values
-                elif values == "int8":
-                    c = sell_int8_from_dense(m.w)
-                elif values == "codebook" and distinct_values(m.w, True) <= MAX_CODES:
-                    c = sell_codebook_from_dense(m.w)
-                else:
-                    c = sell_from_dense(m.w)
+                c, form = sliced_layout(m.w, values, m.x_dtype)
                 b = c.nbytes()
                 by.update(values=b["values"], col_indices=b["col_indices"],
                           structure=b["slice_pointers"] + b["row_order"],
                           codebook=b.get("codebook", 0))
-                bits = c.code_bits or c.data.dtype.itemsize * 8
-                row.update(form=f"sparse {'codebook' if c.code_bits else c.data.dtype}",
-                           value_bits=bits)
+                row.update(form=f"sparse {'codebook' if form == 'codebook' else c.data.dtype}",
+                           value_bits=c.code_bits or c.data.dtype.itemsize * 8)
+            elif key in folded:  # CodebookDense: packed codes + codebook
+                L = folded[key]
+                by.update(values=L.index_bytes, codebook=L.codebook_bytes)
+                row.update(form="codebook", value_bits=code_bits(L.codebook_bytes // 4))
             else:
                 by["values"] = int(w.nbytes)
                 row.update(form=f"dense {w.dtype}", value_bits=w.dtype.itemsize * 8)

@@ -275,6 +275,20 @@ def find_layers(mod: tvm.IRModule) -> list[LayerSparsity]:
 # ---- rewriting -------------------------------------------------------------------------------
 
 
+def sliced_layout(w: np.ndarray, values: str = "float32",
+                  x_dtype: str = "float32") -> tuple[SlicedMatrix, str]:
+    """``(layout, value form)`` SparseDense stores for the ``[out, in]`` weight ``w``: the
+    integer kernel's int8 values for an int8/uint8 ``x``; else by ``values``, a codebook layer
+    with more than 255 distinct non-zeros keeping float32 values."""
+    if x_dtype != "float32":
+        return sell_from_dense(w), "int8"
+    if values == "codebook" and distinct_values(w, zero_first=True) > MAX_CODES:
+        values = "float32"  # not shared: too many values for uint8 codes
+    build = {"int8": sell_int8_from_dense, "codebook": sell_codebook_from_dense,
+             "float32": sell_from_dense}[values]
+    return build(w), values
+
+
 def goes_sparse(key: str, w: np.ndarray, threshold: float, keep: dict[str, bool]) -> bool:
     """Whether ``SparseDense(threshold, keep)`` rewrites the candidate layer ``key`` with
     weight ``w``: sparse enough, and not vetoed by ``keep``."""
@@ -333,7 +347,7 @@ class _Rewriter(PyExprMutator):
                                                         name)
         h = "i" + hashlib.sha256(m.w.tobytes()).hexdigest()
         if h not in self.consts:
-            c = sell_from_dense(m.w)
+            c, _ = sliced_layout(m.w, x_dtype=m.x_dtype)
             self.consts[h] = (relax.const(c.data), relax.const(c.indices),
                               relax.const(c.slice_ptr), relax.const(c.row_order))
         call = relax.call_tir(self.kernels[key], [self.visit_expr(m.x), *self.consts[h]],
@@ -345,11 +359,7 @@ class _Rewriter(PyExprMutator):
         arrays (shared between functions with equal weights) and the value form it took."""
         h = hashlib.sha256(m.w.tobytes()).hexdigest()
         if h not in self.consts:
-            values = self.values
-            if values == "codebook" and distinct_values(m.w, zero_first=True) > MAX_CODES:
-                values = "float32"  # not shared: too many values for uint8 codes
-            c: SlicedMatrix = {"int8": sell_int8_from_dense, "codebook": sell_codebook_from_dense,
-                               "float32": sell_from_dense}[values](m.w)
+            c, values = sliced_layout(m.w, self.values)
             scale = next((a for a in (c.scale, c.codebook) if a is not None),
                          np.ones(m.w.shape[0], np.float32))
             self.consts[h] = ((relax.const(c.data), relax.const(c.indices),

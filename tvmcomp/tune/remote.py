@@ -87,9 +87,10 @@ def workload_key(mod) -> str:
     return str(structural_hash(mod))
 
 
-def record_origin(folder: Path, tasks, remote: RemoteRunner, per_server: dict[str, int]) -> None:
-    """Note in ``folder``/:data:`ORIGIN_FILE` that the records of ``tasks`` (tuning tasks)
-    written there by this run were measured over RPC by ``per_server``'s servers; a server
+def record_origin(folder: Path, tasks: dict[str, str], remote: RemoteRunner,
+                  per_server: dict[str, int]) -> None:
+    """Note in ``folder``/:data:`ORIGIN_FILE` that the records of ``tasks`` (task name →
+    :func:`workload_key`) written there by this run were measured over RPC by ``per_server``'s servers; a server
     that reported itself emulated marks them ``emulated`` (MetaSchedule's record format has
     no field for where a record was measured)."""
     import datetime as dt
@@ -100,7 +101,7 @@ def record_origin(folder: Path, tasks, remote: RemoteRunner, per_server: dict[st
               "emulated": any("emulated" in who for who in per_server),
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     update_json(Path(folder) / ORIGIN_FILE,
-                {workload_key(t.dispatched[0]): {**origin, "task": t.task_name} for t in tasks})
+                {key: {**origin, "task": name} for name, key in tasks.items()})
 
 
 def origins(folders, records: dict) -> dict[str, dict]:

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from ..errors import Interrupted, TvmcompError
 from .intrin import load_tensor_intrinsics
 from .records import Records
+from .remote import workload_key
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class TuneReport:
     trials: int = 0
     stopped_by: str = "done"
     tasks: list[TaskStatus] = field(default_factory=list)
-    measured: list[str] = field(default_factory=list)  # the tasks this run tuned
+    measured: dict[str, str] = field(default_factory=dict)  # task this run tuned → workload key
 
     @property
     def untuned(self) -> list[str]:
@@ -258,7 +259,7 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
               and (names is None or t.task_name in names)
               and (not only_missing or not own.has_workload(t.dispatched[0]))]
     if chosen and budget_s > 0:
-        report.measured = [t.task_name for t in chosen]
+        report.measured = {t.task_name: workload_key(t.dispatched[0]) for t in chosen}
         db = records.tuning_database()
         logs = records.paths.cache  # MetaSchedule writes its per-task logs/ here, never committed
         logs.mkdir(parents=True, exist_ok=True)
