@@ -142,3 +142,71 @@ def test_unfused_module_has_no_tasks(tmp_path, x86_host, gemm_onnx, profile_with
         tune_module(import_batches(model, info, [1]), x86_host.tvm_target(),
                     _records(profile_with_db(tmp_path / "committed"), tmp_path / "db"),
                     budget_s=0, progress=False)
+
+
+
+def _decisions(trace) -> list:
+    """The sampled tile sizes and categorical choices of a trace, in order."""
+    return [[int(v) for v in d] if hasattr(d, "__len__") else int(d)
+            for d in (trace.decisions[i] for i in trace.insts if i in trace.decisions)]
+
+
+def test_codebook_kernel_starts_from_its_dense_twins_schedule(tmp_path, x86_host, gemm_onnx,
+                                                              profile_with_db):
+    """A codebook kernel with no record of its own is scheduled with the best record of its
+    dense twin (same loops after the decode): the twin's sampled decisions replayed, the
+    lookup decoded once at the root, measured and committed before its own search; the
+    schedule computes what the unscheduled kernel does. A kernel without a twin gets none."""
+    import onnx
+    from onnx import numpy_helper
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvmcomp.passes import CodebookDense
+    from tvmcomp.tune.records import append_record
+    from tvmcomp.tune.transfer import carry_over, root_blocks
+    from tvmcomp.tune.tuner import extract_tasks
+
+    target = x86_host.tvm_target()
+    prof, db = profile_with_db(tmp_path / "committed"), tmp_path / "db"
+    dense_path, w, _ = gemm_onnx(tmp_path / "dense.onnx", k=64, n=24)
+    dense = fuse(import_batches(*load_onnx(dense_path), [4]), target)
+    [dense_task] = extract_tasks(dense, target)
+    # the twin's record: a tiled schedule, as if tuned
+    sch = s_tir.Schedule(dense_task.dispatched[0])
+    i, j, k = sch.get_loops(sch.get_sblock("matmul", func_name="main"))
+    sch.reorder(*sch.split(j, sch.sample_perfect_tile(j, n=2, decision=[2, 12])), k)
+    sch.parallel(i)
+    db.mkdir()
+    append_record(db, ms.database.TuningRecord(
+        sch.trace, ms.database.Workload(dense_task.dispatched[0]), [2e-6], target,
+        ms.arg_info.ArgInfo.from_prim_func(dense_task.dispatched[0]["main"])))
+    [(_, dense_best)] = _records(prof, db).candidates(dense_task.dispatched[0], 1)
+
+    levels = np.linspace(-1, 1, 16).astype(np.float32)
+    m = onnx.load(str(dense_path))
+    m.graph.initializer[0].CopyFrom(numpy_helper.from_array(
+        levels[np.random.default_rng(1).integers(0, 16, w.shape)], "W"))
+    onnx.save(m, str(tmp_path / "shared.onnx"))
+    fused = fuse(CodebookDense()(import_batches(*load_onnx(tmp_path / "shared.onnx"), [4, 5])),
+                 target)
+    tasks = extract_tasks(fused, target)
+    records = _records(prof, db)
+    assert len(tasks) == 2 and not any(records.candidates(t.dispatched[0], 1) for t in tasks)
+
+    mem = ms.database.MemoryDatabase()
+    carried = carry_over(tasks, records, target, mem)
+    [name] = carried  # batch 4's kernel has a dense twin, batch 5's has none
+    [rec] = mem.get_all_tuning_records()
+    assert carried[name] > 0 and rec.run_secs
+    assert _decisions(rec.trace) == _decisions(dense_best.trace)
+    sch = s_tir.Schedule(rec.workload.mod)
+    rec.trace.apply_to_schedule(sch, remove_postproc=False)
+    assert [n for n, _ in root_blocks(sch.mod)][0] == "T_take"  # decoded once, at the root
+    ok, detail = validate.check_record(rec, target)
+    assert ok, detail
+
+    # tuning the codebook kernels starts by carrying the schedule over, even with no budget
+    rep = tune_module(fused, target, _records(prof, db), budget_s=0, progress=False)
+    assert list(rep.carried) == [name] and rep.trials == 0
+    assert [t.name for t in rep.tasks if t.best_us is not None] == [name]

@@ -356,6 +356,10 @@ def cmd_tune(args) -> int:
                       family=profile.family, cores=profile.cores,
                       runner=remote.runner(sessions) if remote is not None else None,
                       cross_compiler=profile.cross_compiler if remote is not None else None)
+    if rep.carried:
+        from .tune.transfer import describe_carried
+
+        print(describe_carried(rep.carried))
     if remote is not None and rep.trials:
         from .tune.remote import trials_per_server
 

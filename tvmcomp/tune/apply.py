@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..targets import Profile
 from .records import Records
 from .remote import origins
+from .transfer import describe_carried
 from .tuner import task_status, tune_module
 
 
@@ -30,24 +31,30 @@ def ensure_tuned(fused, profile: Profile, records: Records, budget_s: float,
             f"fallback, {check}; "
             f"`tvmcomp tune --profile {profile.name}` tunes them for this profile)"
             if borrowed else ""), progress)
-    if missing and budget_s > 0:
-        if not profile.runs_here():
-            info["stopped_by"] = f"cannot measure {profile.name} here"
+    if missing and not profile.runs_here():
+        info["stopped_by"] = f"cannot measure {profile.name} here" if budget_s > 0 else "budget 0"
+        if budget_s > 0:
             _say(f"WARNING: {len(missing)} tasks untuned and {profile.name} cannot run on this "
                  f"machine (lacks {', '.join(profile.missing_cpu_flags())}); untuned kernels "
                  f"are slow: tune them on the board, `tvmcomp tune MODEL --profile "
                  f"{profile.name} --rpc-tracker HOST:PORT`", progress)
-        else:
+    elif missing:
+        if budget_s > 0:
             _say(f"tuning {len(missing)} untuned tasks, budget {budget_s:.0f} s "
                  "(--tune-budget; 0 = none)", progress)
-            rep = tune_module(fused, target, records, budget_s=budget_s, only_missing=True,
-                              family=profile.family, cores=profile.cores, progress=progress)
-            info.update(used_s=round(rep.used_s, 1), trials=rep.trials, stopped_by=rep.stopped_by)
+        rep = tune_module(fused, target, records, budget_s=budget_s, only_missing=True,
+                          family=profile.family, cores=profile.cores, progress=progress)
+        if rep.carried:
+            info["carried_from_dense_twin"] = {k: round(v, 3) for k, v in rep.carried.items()}
+            _say(describe_carried(rep.carried), progress)
+        if budget_s > 0:
+            info.update(used_s=round(rep.used_s, 1), trials=rep.trials,
+                        stopped_by=rep.stopped_by)
             _say(f"tuning used {rep.used_s:.0f} s of the {budget_s:.0f} s budget, "
                  f"{rep.trials} trials ({rep.stopped_by}); records in {rep.database}", progress)
-            status = rep.tasks
-    elif missing:
-        info["stopped_by"] = "budget 0"
+        else:
+            info["stopped_by"] = "budget 0"
+        status = rep.tasks
     untuned = [t.name for t in status if t.best_us is None and not t.hand_scheduled]
     hand = [t.name for t in status if t.hand_scheduled]
     if hand:

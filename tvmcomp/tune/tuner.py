@@ -17,6 +17,7 @@ from ..errors import Interrupted, TvmcompError
 from .intrin import load_tensor_intrinsics
 from .records import Records
 from .remote import workload_key
+from .transfer import carry_over
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,21 @@ def _drop_queued_runs(runner) -> None:
     pool.shutdown(wait=False)
 
 
+def _local_builder(**kw):
+    """MetaSchedule's ``LocalBuilder`` without its start-up check, which spawns a pool of
+    workers (each importing TVM, ~6 s on 2 cores) only to see that the build functions
+    resolve; a build function that does not shows as failed builds all the same."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class _UncheckedLocalBuilder(ms.builder.LocalBuilder._cls):
+        def _sanity_check(self) -> None:
+            pass
+
+    return _UncheckedLocalBuilder(**kw)
+
+
 def _builder_init(family):
     def init():
         load_tensor_intrinsics(family)
@@ -95,6 +111,7 @@ class TuneReport:
     stopped_by: str = "done"
     tasks: list[TaskStatus] = field(default_factory=list)
     measured: dict[str, str] = field(default_factory=dict)  # task this run tuned → workload key
+    carried: dict[str, float] = field(default_factory=dict)  # task → µs, from its dense twin
 
     @property
     def untuned(self) -> list[str]:
@@ -218,6 +235,10 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
                 cross_compiler: str | None = None) -> TuneReport:
     """Tune the TIR tasks of a fused Relax module into the database at ``work_dir``.
 
+    Measured here (no ``runner``, no ``cross_compiler``), codebook kernels first take their
+    dense twin's schedule (:mod:`tvmcomp.tune.transfer`), even with no budget; the search
+    then starts from it.
+
     Parameters
     ----------
     mod : IRModule
@@ -258,6 +279,11 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
     chosen = [t for t in all_tasks if not _scheduled(t)
               and (names is None or t.task_name in names)
               and (not only_missing or not own.has_workload(t.dispatched[0]))]
+    start = time.monotonic()
+    if chosen and runner is None and cross_compiler is None:
+        # codebook kernels first take their dense twin's schedule (measured here, like a
+        # local trial; a second or so a kernel, so even without a budget)
+        report.carried = carry_over(chosen, records, target, records.tuning_database(), family)
     if chosen and budget_s > 0:
         report.measured = {t.task_name: workload_key(t.dispatched[0]) for t in chosen}
         db = records.tuning_database()
@@ -269,7 +295,7 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
                 strategy=ms.search_strategy.EvolutionarySearch(
                     population_size=256, init_measured_ratio=0.2, genetic_num_iters=3),
             )
-        builder = ms.builder.LocalBuilder(
+        builder = _local_builder(
             f_build=ms_build, timeout_sec=60.0, initializer=_builder_init(family),
             f_export=CrossExport(cross_compiler) if cross_compiler else None)
         runner = runner or ms.runner.LocalRunner(
@@ -280,10 +306,9 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
         counter, fired = [0], [False]
         bar = tqdm(total=total, desc=f"tune {len(contexts)} tasks", unit="trial",
                    disable=not progress)
-        deadline = time.monotonic() + budget_s
+        deadline = start + budget_s
         callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
         callbacks.append(_make_callback(deadline, bar, counter, fired))
-        start = time.monotonic()
         # Quieten MetaSchedule's per-task INFO logs; our progress bar is the summary.
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
         stop = _StopOnSignal()
