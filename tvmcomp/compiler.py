@@ -23,6 +23,7 @@ from .errors import ArtifactError, TvmcompError
 from .frontend.onnx_import import CHECKPOINT_KEY, entry_name, import_batches, load_onnx
 from .pipeline import (compile_lowered, fuse, kernel_table, make_pipeline,
                        pass_names, run_range, schedule_and_lower)
+from .passes.sizes import format_memory, run_time_memory
 from .plan import PLAN_FILE, BuildPlan, plan_sparse
 from .quant import QuantConfig
 from .targets import INT8_ACCUMULATE, Profile
@@ -178,6 +179,8 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         "codebook": forms["codebook"],
         # per conv/matmul layer: the form its weight took and the bytes it stores, by role
         "layers": forms["layers"],
+        # RAM a call holds: weights + the VM's planned activations + kernel scratch
+        "memory": run_time_memory(lowered, weight_bytes),
     }
     extra = {PLAN_FILE: plan.to_json().encode()}
     if int8:
@@ -229,6 +232,7 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
          f"(fp32 / stored {sum(r['fp32_bytes'] for r in layers) / max(1, stored):.1f}x; "
          f"forms: {', '.join(sorted({r['form'] for r in layers}))}); with biases and other "
          f"constants {weight_bytes:,} B", opts.progress)
+    _say(format_memory(manifest["memory"]), opts.progress)
     _say(f"wrote {out} (model.so {manifest['library']['bytes']:,} B, weights "
          f"{weight_bytes:,} B) in {time.monotonic() - t0:.0f} s", opts.progress)
     return out, manifest

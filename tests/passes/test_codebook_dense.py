@@ -146,6 +146,18 @@ def test_build_codebook_artifact(tmp_path, gemm_onnx, x86_host, profile_with_db,
     (row,) = dense["layers"]
     assert row["form"] == "dense float32" and row["stored_bytes"] + 24 * 4 == dense["weight_bytes"]
     assert "layer_forms/CodebookDense" in man["passes"]
+    # RAM a call holds: the untuned codebook kernel decodes its weight once per call into a
+    # scratch buffer of the dense weight's size; the dense build decodes nothing
+    for m, decoded in ((man, 64 * 24 * 4), (dense, 0)):
+        mem = m["memory"]
+        assert mem["weights"] == m["weight_bytes"] and set(mem["entries"]) == {"main_b1",
+                                                                                "main_b4"}
+        for e in mem["entries"].values():
+            assert e["decoded"] == decoded and e["kernel_scratch"] >= decoded
+            assert e["planned"] > 0 and e["total"] == (mem["weights"] + e["planned"]
+                                                       + e["kernel_scratch"])
+    assert man["memory"]["entries"]["main_b4"]["planned"] \
+        > man["memory"]["entries"]["main_b1"]["planned"]
     x = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
     np.testing.assert_allclose(runtime.load(out)(x), x @ w + b, rtol=1e-5, atol=1e-5)
     # nothing to fold: one line, a dense build

@@ -9,6 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 MAX_CODES = 256  # uint8 codes
+# A codebook layer's lookup, ``take(codebook, codes)``, legalizes into a block of this name
+# writing a buffer named ``T_take_intermediate`` after fusion: the decoded weight, when the
+# kernel decodes once per call instead of inside its loops.
+DECODE_BLOCK = "T_take"
 
 
 def codebook_length(codes: int) -> int:

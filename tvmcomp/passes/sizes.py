@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels.codebook import code_bits
+from ..kernels.codebook import DECODE_BLOCK, code_bits
 from .codebook_dense import codebook_layers
 from .layers import layer_key
 from .sparse_dense import goes_sparse, layer_weights, sliced_layout, sparse_candidates
@@ -96,3 +96,89 @@ def format_layer_sizes(rows: list[dict], weight_bytes: int | None = None) -> str
                      f"{weight_bytes - stored:,} | |")
         lines.append(f"| weight payload | | | | | | | | | | {weight_bytes:,} | |")
     return "\n".join(lines)
+
+
+def run_time_memory(lowered, weight_bytes: int) -> dict:
+    """What a call of each entry point holds in RAM, from the module the VM is built from
+    (after the pipeline's ``lower`` phase)::
+
+        {"weights": 64334,                        # constants, loaded once, shared by entries
+         "entries": {"main_b64": {"planned": ..., "kernel_scratch": ..., "decoded": ...,
+                                  "total": ...}}}
+
+    ``planned``: the VM's statically planned storage (activations) of the entry;
+    ``kernel_scratch``: the largest scratch one of its kernels allocates while it runs (the VM
+    runs one kernel at a time; an upper bound: code generation may keep small ones on the
+    stack); ``decoded``: the largest decoded weight among them (a codebook layer decoded once
+    per call into a buffer, rather than inside its loops); ``total``: weights + planned +
+    kernel_scratch.
+    """
+    import tvm
+    from tvm import relax
+
+    scratch: dict[str, tuple[int, int]] = {}  # kernel -> (scratch bytes, decoded bytes)
+    for gv, f in lowered.functions.items():
+        if isinstance(f, tvm.tirx.PrimFunc):
+            scratch[gv.name_hint] = _kernel_scratch(f, DECODE_BLOCK)
+    entries = {}
+    for gv, f in lowered.functions.items():
+        if not isinstance(f, relax.Function):
+            continue
+        planned, called = [0], set()
+
+        def visit(e, planned=planned, called=called):
+            if not isinstance(e, relax.Call):
+                return
+            if isinstance(e.op, tvm.ir.GlobalVar):
+                called.add(e.op.name_hint)
+            elif isinstance(e.op, tvm.ir.Op) and e.op.name == "relax.vm.alloc_storage":
+                planned[0] += int(np.prod([int(v) for v in e.args[0].values]))
+            for a in e.args:  # call_tir / call_packed name their kernels as arguments
+                if isinstance(a, tvm.ir.GlobalVar):
+                    called.add(a.name_hint)
+
+        relax.analysis.post_order_visit(f, visit)
+        if not planned[0] and not called & set(scratch):
+            continue  # a helper with no storage and no kernels
+        mine = [scratch[k] for k in called if k in scratch]
+        worst = max((s for s, _ in mine), default=0)
+        entries[gv.name_hint] = {"planned": planned[0], "kernel_scratch": worst,
+                                 "decoded": max((d for _, d in mine), default=0),
+                                 "total": weight_bytes + planned[0] + worst}
+    return {"weights": weight_bytes, "entries": dict(sorted(entries.items()))}
+
+
+def _kernel_scratch(func, decoded_name: str) -> tuple[int, int]:
+    """(bytes of the buffers ``func`` allocates at its root block, of which those written by
+    the block ``decoded_name``: a codebook kernel's decoded weight)."""
+    from tvm import s_tir
+
+    try:
+        sch = s_tir.Schedule(func)
+        bufs = sch.get(sch.get_sblock("root", func_name="main")).alloc_buffers
+    except Exception:  # noqa: BLE001 - hand-written kernels without a root block
+        return 0, 0
+    total = decoded = 0
+    for b in bufs:
+        n = int(np.prod([int(d) for d in b.shape])) * tvm_dtype_bytes(str(b.dtype))
+        total += n
+        if str(b.name).startswith(decoded_name + "_"):
+            decoded += n
+    return total, decoded
+
+
+def tvm_dtype_bytes(dtype: str) -> int:
+    """Bytes of one element of ``dtype`` (``float32`` 4, ``uint8`` 1, ``bool`` 1)."""
+    return 1 if dtype == "bool" else max(1, np.dtype(dtype).itemsize)
+
+
+def format_memory(mem: dict) -> str:
+    """One line: RAM per call of each entry point."""
+    def kb(n: int) -> str:
+        return f"{n / 1024:,.1f} KiB"
+
+    parts = [f"{e} {kb(m['total'])} (activations {kb(m['planned'])}, kernel scratch "
+             f"{kb(m['kernel_scratch'])}"
+             + (f" incl. decoded weights {kb(m['decoded'])}" if m["decoded"] else "") + ")"
+             for e, m in mem["entries"].items()]
+    return f"RAM per call, with the weights ({kb(mem['weights'])}): " + "; ".join(parts)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DECODE_BLOCK = "T_take"  # the codebook lookup: the last block of a codebook kernel's prologue
+from ..kernels.codebook import DECODE_BLOCK  # the lookup: the last block of the prologue
 
 
 def root_blocks(mod) -> list[tuple[str, tuple[int, ...]]]:
