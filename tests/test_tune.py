@@ -158,13 +158,14 @@ def test_codebook_kernel_starts_from_its_dense_twins_schedule(tmp_path, x86_host
     lookup decoded once at the root, measured and committed before its own search; the
     schedule computes what the unscheduled kernel does. A kernel without a twin gets none."""
     import onnx
+    import tvm
     from onnx import numpy_helper
     from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 
     from tvmcomp.passes import CodebookDense
     from tvmcomp.tune.records import append_record
-    from tvmcomp.tune.transfer import carry_over, root_blocks
+    from tvmcomp.tune.transfer import apply_postprocs, carry_over, root_blocks
     from tvmcomp.tune.tuner import extract_tasks
 
     target = x86_host.tvm_target()
@@ -203,6 +204,20 @@ def test_codebook_kernel_starts_from_its_dense_twins_schedule(tmp_path, x86_host
     sch = s_tir.Schedule(rec.workload.mod)
     rec.trace.apply_to_schedule(sch, remove_postproc=False)
     assert [n for n, _ in root_blocks(sch.mod)][0] == "T_take"  # decoded once, at the root
+    # as the search replays a record (and mutates its decisions): without its post-processing,
+    # then post-processed again; so the carried trace marks where post-processing starts,
+    # after the twin's instructions and the inlining of the index conversion
+    kinds = [i.kind.name for i in rec.trace.insts]
+    twin_kinds = [i.kind.name for i in dense_best.trace.insts]
+    assert "EnterPostproc" in kinds
+    mine = kinds[:kinds.index("EnterPostproc")]
+    assert mine[:len(twin_kinds)] == twin_kinds
+    assert set(mine[len(twin_kinds):]) == {"GetSBlock", "ComputeInline"}
+    again = s_tir.Schedule(rec.workload.mod)
+    rec.trace.apply_to_schedule(again, remove_postproc=True)
+    again.enter_postproc()
+    assert apply_postprocs(again, rec.workload.mod, target)
+    tvm.ir.assert_structural_equal(again.mod, sch.mod)
     ok, detail = validate.check_record(rec, target)
     assert ok, detail
 

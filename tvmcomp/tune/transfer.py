@@ -104,16 +104,23 @@ def carried_schedule(mod, target, twin: Twin):
         Trace(insts, decisions).apply_to_schedule(sch, remove_postproc=True)
         for name, _ in decode[:-1]:  # index conversion / unpacking: into the lookup
             sch.compute_inline(sch.get_sblock(name, func_name="main"))
-        space = ms.space_generator.PostOrderApply(sch_rules=[], postprocs="llvm",
-                                                  mutator_probs={})
-        ctx = ms.TuneContext(mod=mod, target=target, space_generator=space,
-                             task_name="carry-over")
-        for post in ctx.space_generator.postprocs:
-            if not post.apply(sch):
-                return None
+        # marked as post-processing, as after any trial: the search replays a record without
+        # it and post-processes again
+        sch.enter_postproc()
+        if not apply_postprocs(sch, mod, target):
+            return None
     except Exception:  # noqa: BLE001 - a trace that does not replay is simply not carried over
         return None
     return sch
+
+
+def apply_postprocs(sch, mod, target) -> bool:
+    """Run the target's MetaSchedule post-processors on ``sch`` (a schedule of ``mod``)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    space = ms.space_generator.PostOrderApply(sch_rules=[], postprocs="llvm", mutator_probs={})
+    ctx = ms.TuneContext(mod=mod, target=target, space_generator=space, task_name="postprocs")
+    return all(post.apply(sch) for post in ctx.space_generator.postprocs)
 
 
 def measure(sch, target, repeat: int = 3) -> list[float] | None:
