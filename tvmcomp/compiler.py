@@ -301,11 +301,11 @@ def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Re
                           debug_dump=opts.debug_dump)
     gate_tuning: dict = {}
     if plan is None:
+        codebook = opts.codebook and _has_codebook_layers(quantized, info, opts.progress)
         sparse, gate_tuning = (plan_sparse(quantized, profile, records, opts.sparse_threshold,
                                            opts.sparse_min_speedup, opts.progress,
-                                           opts.tune_budget_s)
+                                           opts.tune_budget_s, codebook)
                                if opts.sparse else (None, {}))
-        codebook = opts.codebook and _has_codebook_layers(quantized, info, opts.progress)
         plan = BuildPlan(profile.name, tuple(batches), acc, sparse, info.sha256, quant,
                          codebook)
     else:

@@ -182,11 +182,11 @@ def run_range(mod, target, first: str, last: str, *, sparse: dict | None = None,
 
 
 def fuse(mod, target, debug_dump=None, sparse: dict | None = None,
-         int8_acc: str = "int32", start: str = "quantize"):
+         int8_acc: str = "int32", start: str = "quantize", codebook: bool = False):
     """The module as tuning sees it: the phases from ``start`` up to the tunable point."""
     front, _ = split_at_tunable(make_pipeline(target, sparse=sparse, int8_acc=int8_acc))
     return run_range(mod, target, start, front[-1].name, sparse=sparse, int8_acc=int8_acc,
-                     debug_dump=debug_dump)
+                     codebook=codebook, debug_dump=debug_dump)
 
 
 def schedule_and_lower(fused, target, database=None, debug_dump=None):

@@ -82,6 +82,22 @@ def test_pack_round_trips():
         pack(np.array([4], np.uint8), 2)
 
 
+@pytest.mark.parametrize("entries", [4, 16, 32])
+def test_decode_reads_stored_codes_packed_or_not(entries):
+    """kernels.codebook.decode gives back the weight from codes stored as the pass stores
+    them (packed below 5 bits), and None from an array that cannot hold them."""
+    from tvmcomp.kernels.codebook import code_bits, decode, encode, pack
+
+    w = np.linspace(-1, 1, entries, dtype=np.float32)[
+        np.random.default_rng(0).integers(0, entries, (7, 9))]
+    cb, codes = encode(w)
+    stored = codes if entries > 16 else pack(codes, code_bits(cb.size))
+    assert stored.ndim == (2 if entries > 16 else 1)
+    np.testing.assert_array_equal(decode(cb, stored, w.shape), w)
+    assert decode(cb, stored[:-1], w.shape) is None
+    assert decode(cb, stored.astype(np.int32), w.shape) is None
+
+
 @pytest.mark.parametrize("codes, batch", [(2, 1), (3, 2), (16, 3)])
 def test_packed_codes_are_exact(tmp_path, gemm_onnx, codes, batch):
     """1-, 2- and 4-bit codes (8, 4, 2 to a byte; 63x10 weights leave a ragged last byte)
@@ -206,6 +222,12 @@ def test_sparse_layer_keeps_codes(tmp_path, gemm_onnx, x86_host, profile_with_db
     assert row["stored_bytes"] + 24 * 4 == man["weight_bytes"]   # + the bias
     assert man["codebook"]["kernels"] == 2 and all(
         "_cb32" in k for k in man["kernels"] if k.startswith("sell_"))
+    # the gate timed the forms this build makes: the dense codebook kernel (decoding codes)
+    # against the sparse kernel with codes, not the float ones of the plain sparse build
+    for g, p in zip(man["sparse"]["gate"], plain["sparse"]["gate"]):
+        (dk,), (sk,) = g["dense_kernels"], g["sparse_kernels"]
+        assert "take" in dk and sk.endswith("_cb32"), g
+        assert "take" not in p["dense_kernels"][0] and "_cb" not in p["sparse_kernels"][0]
     x = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
     np.testing.assert_allclose(runtime.load(out)(x), x @ w + b, rtol=1e-5, atol=1e-5)
 

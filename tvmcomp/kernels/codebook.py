@@ -78,6 +78,23 @@ def unpack(packed: np.ndarray, bits: int, size: int) -> np.ndarray:
     return ((packed[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1)[:size].astype(np.uint8)
 
 
+def decode(codebook: np.ndarray, stored: np.ndarray, shape) -> np.ndarray | None:
+    """The weight of ``shape`` that ``stored`` codes (uint8 of that shape, or packed as
+    :func:`pack` stores a codebook of at most 16 entries) into ``codebook`` stand for; None
+    if ``stored`` cannot hold them."""
+    size = int(np.prod(shape))
+    if stored.dtype != np.uint8 or codebook.ndim != 1:
+        return None
+    if tuple(stored.shape) == tuple(shape):
+        codes = stored
+    elif stored.ndim == 1 and stored.size == stored_code_bytes(size, codebook.size) \
+            and codes_per_byte(code_bits(codebook.size)) > 1:
+        codes = unpack(stored, code_bits(codebook.size), size).reshape(shape)
+    else:
+        return None
+    return codebook[np.minimum(codes, codebook.size - 1)]
+
+
 def stored_code_bytes(size: int, codebook_len: int) -> int:
     """Bytes of ``size`` codes into a codebook of ``codebook_len`` entries, as :func:`pack`
     stores them."""

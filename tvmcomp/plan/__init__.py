@@ -111,7 +111,8 @@ def _quant_flags(q: dict | None) -> str:
 
 
 def plan_sparse(quantized, profile, records, threshold: float, min_speedup: float,
-                progress: bool = True, tune_budget_s: float = 0.0) -> tuple[SparsePlan, dict]:
+                progress: bool = True, tune_budget_s: float = 0.0,
+                codebook: bool = False) -> tuple[SparsePlan, dict]:
     """Decide, per sparse candidate layer of the quantized module, dense or sparse.
 
     Where the profile runs here the latency gate measures both forms (``sparse_gate.gate``)
@@ -120,7 +121,8 @@ def plan_sparse(quantized, profile, records, threshold: float, min_speedup: floa
     built with the checked records a build applies. Elsewhere the static rule keeps every
     candidate at or above ``threshold`` sparse. Returns the plan and what the tuning before
     the gate did (``{"dense": ..., "sparse": ..., "trials", "used_s"}``, per form a summary
-    of :func:`tvmcomp.tune.apply.ensure_tuned`'s result; empty if none ran).
+    of :func:`tvmcomp.tune.apply.ensure_tuned`'s result; empty if none ran). ``codebook``:
+    the build keeps shared weights as codes, so both forms are measured that way.
     """
     from ..passes.sparse_dense import find_layers
 
@@ -129,7 +131,7 @@ def plan_sparse(quantized, profile, records, threshold: float, min_speedup: floa
         from .sparse_gate import forms, gate
 
         target = profile.tvm_target()
-        both = forms(quantized, target, threshold)
+        both = forms(quantized, target, threshold, codebook)
         tuned: dict = {}
         if both[1] is not None and tune_budget_s > 0:
             if progress:

@@ -91,18 +91,22 @@ def _candidates(quantized, threshold: float):
     return below, timed, order
 
 
-def forms(quantized, target, threshold: float = DEFAULT_SPARSE_THRESHOLD):
+def forms(quantized, target, threshold: float = DEFAULT_SPARSE_THRESHOLD,
+          codebook: bool = False):
     """The two fused modules the gate compares: every candidate at or above ``threshold``
     dense, and every one sparse (None when there is no such candidate). Tune these before
-    :func:`gate` so both forms are timed as they would ship."""
+    :func:`gate` so both forms are timed as they would ship. ``codebook`` (``--codebook``):
+    both forms as that build makes them, shared weights kept as codes (dense codebook
+    kernels against sparse kernels with codes)."""
     from ..pipeline import fuse
 
     _, timed, _ = _candidates(quantized, threshold)
-    dense = fuse(quantized, target, start="layer_forms")
+    dense = fuse(quantized, target, start="layer_forms", codebook=codebook)
     if not timed:
         return dense, None
-    return dense, fuse(quantized, target, start="layer_forms",
-                       sparse={"threshold": threshold, "keep": {d.key: True for _, _, d in timed}})
+    sparse = {"threshold": threshold, "keep": {d.key: True for _, _, d in timed},
+              **({"values": "codebook"} if codebook else {})}
+    return dense, fuse(quantized, target, start="layer_forms", sparse=sparse, codebook=codebook)
 
 
 def _calls(func) -> list:
@@ -126,12 +130,22 @@ def _consts(call) -> list[np.ndarray]:
 
 
 def _dense_calls(func, w: np.ndarray) -> list:
-    """The call whose constants hold weight ``w`` ([out, in], as given or transposed)."""
+    """The call whose constants hold weight ``w`` ([out, in], as given or transposed), or
+    its codes and codebook (a codebook kernel)."""
+    from ..kernels.codebook import decode
+
     for _, call in _calls(func):
-        for c in _consts(call):
+        consts = _consts(call)
+        for c in consts:
             if (c.shape == w.shape and np.array_equal(c, w)) or \
                     (c.shape == w.T.shape and np.array_equal(c, w.T)):
                 return [call]
+        books = [c for c in consts if c.dtype == np.float32 and c.ndim == 1]
+        for c in consts:
+            for cb in books:
+                got = decode(cb, c, w.T.shape)
+                if got is not None and np.array_equal(got, w.T):
+                    return [call]
     return []
 
 
@@ -205,21 +219,21 @@ def _check_same_outputs(dense: _Built, sparse: _Built, quantized, integer: bool)
 
 def gate(quantized, target, database=None, threshold: float = DEFAULT_SPARSE_THRESHOLD,
          min_speedup: float = 1.0, progress: bool = True, repeat: int = 21,
-         fused: tuple | None = None) -> list[GateDecision]:
+         fused: tuple | None = None, codebook: bool = False) -> list[GateDecision]:
     """Time dense vs sparse for each SparseDense candidate of ``quantized`` (per function).
 
     ``quantized`` is the module after the pipeline's ``quantize`` phase. Layers below
     ``threshold`` are not timed (kept dense). A timed layer keeps its sparse form when
     ``dense µs / sparse µs >= min_speedup``. Pass ``{d.key: d.keep_sparse for d in
     decisions}`` to ``SparseDense(keep=...)``. ``fused``: the two modules of :func:`forms`
-    (default: made here).
+    (default: made here, with ``codebook``).
     """
     from ..bench import interleaved_us
 
     out, timed, order = _candidates(quantized, threshold)
     if not timed:
         return out  # already in layer order
-    dense_mod, sparse_mod = fused or forms(quantized, target, threshold)
+    dense_mod, sparse_mod = fused or forms(quantized, target, threshold, codebook)
     dense = _build(dense_mod, target, database)
     sparse = _build(sparse_mod, target, database)
     integer = any(m.x_dtype != "float32" for _, m, _ in timed)
