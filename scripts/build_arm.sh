@@ -11,6 +11,7 @@ source "$(dirname "$0")/_model.sh"
 PROFILE=${PROFILE:-arm_cortex_a72}
 scripts/setup_arm.sh
 X86=$($PY -c 'from tvmcomp.targets import host_profile; print(host_profile().name)')
+CHECK_ON_BOARD=()
 if [[ ${TUNE_BUDGET:-0} != 0 ]]; then
   PORT=$($PY -c 'from tvmcomp.rpc import free_port; print(free_port())')
   $TVMCOMP rpc tracker --port "$PORT" & TRACKER=$!
@@ -24,8 +25,10 @@ if [[ ${TUNE_BUDGET:-0} != 0 ]]; then
   done
   $TVMCOMP tune "$MODEL" --profile "$PROFILE" --rpc-tracker "127.0.0.1:$PORT" \
     --tune-budget "$TUNE_BUDGET"
+  CHECK_ON_BOARD=(--rpc-tracker "127.0.0.1:$PORT")  # the build checks the schedules there
 fi
-$TVMCOMP build "$MODEL" --profile "$PROFILE" --out "build/artifacts/$PROFILE" --tune-budget 0
+$TVMCOMP build "$MODEL" --profile "$PROFILE" --out "build/artifacts/$PROFILE" --tune-budget 0 \
+  "${CHECK_ON_BOARD[@]}"
 $TVMCOMP build "$MODEL" --profile "$X86" --out "build/artifacts/$X86" --tune-budget 0
 make -s -C examples/cpp_deploy ARCH=aarch64
 $PY -m tvmcomp.deploy.compare "build/artifacts/$PROFILE" "build/artifacts/$X86" \

@@ -78,7 +78,7 @@ def test_tune_then_build_applies_record(tmp_path, x86_host, gemm_onnx, profile_w
 
     # a record whose schedule computes wrong results is not used: the kernel runs untuned
     (work / "validated.json").unlink()
-    monkeypatch.setattr(validate, "check_record", lambda rec, target: (False, "forced"))
+    monkeypatch.setattr(validate, "check_record", lambda rec, target, **kw: (False, "forced"))
     out, man = build(onnx_path, prof, tmp_path / "art2",
                      BuildOptions(batches=(1,), tune_budget_s=0, progress=False, tuning_dir=work))
     t = man["tuning"]

@@ -256,8 +256,11 @@ def cmd_build(args) -> int:
     # MNIST is the evaluation set of MNIST-shaped models only; others are verified on seeded
     # inputs against ONNX Runtime, and the build says so
     ev = _eval_set(args)[1] if tuple(info.input_shape[1:]) == (1, 28, 28) else None
+    if args.rpc_key and not args.rpc_tracker:
+        raise TvmcompError("--rpc-key needs --rpc-tracker HOST:PORT")
+    board = (args.rpc_tracker, args.rpc_key or profile.name) if args.rpc_tracker else None
     build(args.model, profile, args.out,
-          _build_options(args, eval_set=ev, debug_dump=args.debug_dump))
+          _build_options(args, eval_set=ev, debug_dump=args.debug_dump, board=board))
     return 0
 
 
@@ -544,6 +547,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug-dump", metavar="DIR", help="write the IR after each pipeline phase")
     _add_tuning_dir(p)
     _add_mnist(p)
+    rpc.add_bench_args(p, "check the tuned schedules of a profile this machine cannot run on "
+                          "a board", "the profile name")
     _add_model_options(p)
     p.set_defaults(fn=cmd_build)
 

@@ -53,6 +53,9 @@ class BuildOptions:
     tuning_dir: str | None = None      # the tuning cache (default $XDG_CACHE_HOME/tvmcomp/...)
     int8_accumulate: str | None = None  # override the profile's choice ("int32" / "float32")
     codebook: bool = False             # CodebookDense: shared weights as indices + codebook
+    # (RPC tracker HOST:PORT, key): where a profile this machine cannot run checks its tuned
+    # schedules (None: applied unchecked)
+    board: tuple[str, str] | None = None
 
 
 def _say(msg: str, on: bool = True) -> None:
@@ -130,10 +133,14 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     if before:  # one budget for the build: the gate's tuning counts in it
         tuning.update(budget_s=opts.tune_budget_s, trials=tuning["trials"] + before["trials"],
                       used_s=round(tuning["used_s"] + before["used_s"], 1))
-    db = checked_database(fused, profile, records, opts.progress, tuning)
+    board = _board_check(profile, opts.board)
+    db = checked_database(fused, profile, records, opts.progress, tuning, board)
+    board = None  # ends the RPC session: a board's server takes one at a time
     lowered = schedule_and_lower(fused, target, db, opts.debug_dump)
+    checked_on = tuning.get("checked_on")
     kernels = kernel_table(lowered, target, tuned=(
-        "tuned, checked" if tuning["schedules_checked"]
+        ("tuned, checked" + (f" on {checked_on}" if checked_on != "build host" else ""))
+        if tuning["schedules_checked"]
         else f"tuned, unchecked ({profile.name} cannot run on the build host)"))
     with cuda_codegen(profile):  # CUDA: nvcc fatbin, arch machine code + PTX; no-op otherwise
         ex = compile_lowered(lowered, target)
@@ -236,6 +243,19 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     _say(f"wrote {out} (model.so {manifest['library']['bytes']:,} B, weights "
          f"{weight_bytes:,} B) in {time.monotonic() - t0:.0f} s", opts.progress)
     return out, manifest
+
+
+def _board_check(profile: Profile, board: tuple[str, str] | None):
+    """Where the tuned schedules of a profile this machine cannot run are checked: the board
+    registered as ``board`` = (tracker, key), over RPC; None when it runs here or none given."""
+    if board is None or profile.runs_here():
+        return None
+    from .rpc import request_session
+    from .tune.validate import RemoteCheck
+
+    tracker, key = board
+    return RemoteCheck(request_session(tracker, key), profile.cross_compiler,
+                       f"RPC board {key!r}")
 
 
 def model_batches(info) -> tuple[int, ...]:

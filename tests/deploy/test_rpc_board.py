@@ -217,3 +217,17 @@ def test_tune_on_emulated_board_over_rpc(tracker, arm_board, gemm_onnx, tmp_path
     assert man["kernels"] == {"fused_matmul_add": "tuned, unchecked (arm_cortex_a72 cannot run "
                                                   "on the build host)"}
     assert man["tuning"]["measured_over_rpc"]["fused_matmul_add"]["emulated"] is True
+    # with the board: the tuned schedule is run there against the unscheduled kernel first
+    r = run_tvmcomp("build", str(path), "--profile", ARM_KEY, "--batch", "1", "--tune-budget",
+                    "0", "--tuning-dir", str(cache), "--out", str(tmp_path / "checked"),
+                    "--rpc-tracker", tracker, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert (f"checked tuned schedules against unscheduled kernels on RPC board '{ARM_KEY}': "
+            "1 run, 0 cached verdicts, 0 rejected") in r.stdout
+    man = json.loads((tmp_path / "checked" / "manifest.json").read_text())
+    assert man["kernels"] == {"fused_matmul_add": f"tuned, checked on RPC board '{ARM_KEY}'"}
+    t = man["tuning"]
+    assert t["schedules_checked"] is True and t["checked_on"] == f"RPC board '{ARM_KEY}'"
+    verdicts = json.loads((cache / "validated.json").read_text())
+    assert [(k.split(":")[0], v["ok"], v["task"]) for k, v in verdicts.items()] == [
+        (f"RPC board '{ARM_KEY}'", True, "fused_matmul_add")]

@@ -6,8 +6,8 @@ from __future__ import annotations
 from ..targets import Profile
 from .records import Records
 from .remote import origins
-from .transfer import describe_carried
-from .tuner import task_status, tune_module
+from .transfer import carry_over, describe_carried
+from .tuner import extract_tasks, task_status, tune_module
 
 
 def _say(msg: str, on: bool = True) -> None:
@@ -19,7 +19,8 @@ def ensure_tuned(fused, profile: Profile, records: Records, budget_s: float,
                  progress: bool = True) -> dict:
     """Tune the tasks that have no record (own or fallback) within ``budget_s``."""
     target = profile.tvm_target()
-    status = task_status(fused, target, records)
+    tasks = extract_tasks(fused, target)
+    status = task_status(fused, target, records, tasks)
     missing = [t.name for t in status if t.best_us is None and not t.hand_scheduled]
     borrowed = [t for t in status if t.source not in (None, profile.name)]
     info = {"records_read": records.counts(), "tasks": len(status), "budget_s": budget_s,
@@ -38,23 +39,24 @@ def ensure_tuned(fused, profile: Profile, records: Records, budget_s: float,
                  f"machine (lacks {', '.join(profile.missing_cpu_flags())}); untuned kernels "
                  f"are slow: tune them on the board, `tvmcomp tune MODEL --profile "
                  f"{profile.name} --rpc-tracker HOST:PORT`", progress)
-    elif missing:
-        if budget_s > 0:
-            _say(f"tuning {len(missing)} untuned tasks, budget {budget_s:.0f} s "
-                 "(--tune-budget; 0 = none)", progress)
+    elif missing and budget_s > 0:
+        _say(f"tuning {len(missing)} untuned tasks, budget {budget_s:.0f} s "
+             "(--tune-budget; 0 = none)", progress)
         rep = tune_module(fused, target, records, budget_s=budget_s, only_missing=True,
                           family=profile.family, cores=profile.cores, progress=progress)
-        if rep.carried:
-            info["carried_from_dense_twin"] = {k: round(v, 3) for k, v in rep.carried.items()}
-            _say(describe_carried(rep.carried), progress)
-        if budget_s > 0:
-            info.update(used_s=round(rep.used_s, 1), trials=rep.trials,
-                        stopped_by=rep.stopped_by)
-            _say(f"tuning used {rep.used_s:.0f} s of the {budget_s:.0f} s budget, "
-                 f"{rep.trials} trials ({rep.stopped_by}); records in {rep.database}", progress)
-        else:
-            info["stopped_by"] = "budget 0"
+        _carried(info, rep.carried, progress)
+        info.update(used_s=round(rep.used_s, 1), trials=rep.trials, stopped_by=rep.stopped_by)
+        _say(f"tuning used {rep.used_s:.0f} s of the {budget_s:.0f} s budget, "
+             f"{rep.trials} trials ({rep.stopped_by}); records in {rep.database}", progress)
         status = rep.tasks
+    elif missing:
+        info["stopped_by"] = "budget 0"
+        # no tuning, but codebook kernels still take their dense twin's schedule
+        carried = carry_over([t for t in tasks if t.task_name in missing], records, target,
+                             records.tuning_database(), profile.family)
+        _carried(info, carried, progress)
+        if carried:
+            status = task_status(fused, target, records, tasks)
     untuned = [t.name for t in status if t.best_us is None and not t.hand_scheduled]
     hand = [t.name for t in status if t.hand_scheduled]
     if hand:
@@ -71,40 +73,54 @@ def ensure_tuned(fused, profile: Profile, records: Records, budget_s: float,
     return info
 
 
+def _carried(info: dict, carried: dict, progress: bool) -> None:
+    if carried:
+        info["carried_from_dense_twin"] = {k: round(v, 3) for k, v in carried.items()}
+        _say(describe_carried(carried), progress)
+
+
 def checked_database(fused, profile: Profile, records: Records, progress: bool,
-                     tuning: dict | None = None):
+                     tuning: dict | None = None, remote=None):
     """The records to build with: per task of ``fused`` (a fused module, or several), the
     best one whose schedule computes correct results (own profile first, then fallback
     profiles). ``tuning`` (:func:`ensure_tuned`'s dict, for the manifest) is updated with
     what was checked and what stays untuned.
 
-    Checking needs the profile to run here: elsewhere each task's best record (own first,
-    then fallback) is applied unchecked and the manifest says so.
+    Checking runs here when the profile runs here, else on ``remote`` (a
+    :class:`~tvmcomp.tune.validate.RemoteCheck`: a board over RPC); with neither, each
+    task's best record (own first, then fallback) is applied unchecked and the manifest says
+    so.
     """
     from .tuner import extract_tasks
     from .validate import validated_database
 
     target = profile.tvm_target()
-    check = profile.runs_here()
+    remote = None if profile.runs_here() else remote
+    check = profile.runs_here() or remote is not None
     mods = fused if isinstance(fused, (tuple, list)) else (fused,)
     tasks = [t for m in mods if m is not None for t in extract_tasks(m, target)]
-    db, rep = validated_database(records, tasks, target, check=check)
+    db, rep = validated_database(records, tasks, target, check=check, remote=remote)
     tuning = {} if tuning is None else tuning
     tuning["schedules_checked"] = check
+    tuning["checked_on"] = ("build host" if profile.runs_here()
+                            else remote.label if remote is not None else None)
     tuning["schedules_rejected"] = rep.rejected
     tuning["record_source"] = dict(sorted(rep.sources.items()))
     borrowed = {t: s for t, s in rep.sources.items() if s != profile.name}
     if check:
-        _say(f"checked tuned schedules against unscheduled kernels: {rep.checked} run, "
-             f"{rep.cached} cached verdicts, {len(rep.rejected)} rejected"
+        _say(f"checked tuned schedules against unscheduled kernels"
+             + (f" on {remote.label}" if remote is not None else "")
+             + f": {rep.checked} run, {rep.cached} cached verdicts, {len(rep.rejected)} rejected"
              + (f" ({', '.join(rep.rejected)})" if rep.rejected else ""), progress)
     else:
         _say(f"WARNING: {len(rep.sources)} tuned schedules applied unchecked: this host cannot "
-             f"run {profile.name} (lacks {', '.join(profile.missing_cpu_flags())})", progress)
+             f"run {profile.name} (lacks {', '.join(profile.missing_cpu_flags())}); "
+             "--rpc-tracker HOST:PORT checks them on a board", progress)
     if borrowed:
         _say(f"using {len(borrowed)} records from {', '.join(sorted(set(borrowed.values())))} "
              f"(no {profile.name} record yet; "
-             + ("checked correct on this machine)" if check else "unchecked)"), progress)
+             + (f"checked correct on {tuning['checked_on']})" if check else "unchecked)"),
+             progress)
     measured = origins((*records.paths.own, *(d for _, d in records.paths.fallbacks)),
                        rep.chosen)
     if measured:

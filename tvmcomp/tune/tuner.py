@@ -68,18 +68,53 @@ def _drop_queued_runs(runner) -> None:
 
 
 def _local_builder(**kw):
-    """MetaSchedule's ``LocalBuilder`` without its start-up check, which spawns a pool of
-    workers (each importing TVM, ~6 s on 2 cores) only to see that the build functions
-    resolve; a build function that does not shows as failed builds all the same."""
+    """MetaSchedule's ``LocalBuilder``, with one pool of build workers for the whole run.
+
+    TVM's starts a pool of workers (each importing TVM and the target's intrinsics, ~5 s on 2
+    cores) at construction only to check that the build function resolves, and again for
+    every batch of candidates, to contain a memory leak of long-lived workers. Here the pool
+    is started once, on the first batch, and each worker is replaced after
+    ``WORKER_USES`` builds; a build function that does not resolve shows as failed builds.
+    Call ``close()`` when done."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.builder import local_builder as lb
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
     @derived_object
-    class _UncheckedLocalBuilder(ms.builder.LocalBuilder._cls):
+    class _PooledLocalBuilder(ms.builder.LocalBuilder._cls):
         def _sanity_check(self) -> None:
-            pass
+            self.pool = None
 
-    return _UncheckedLocalBuilder(**kw)
+        def build(self, build_inputs):
+            if self.pool is None:
+                self.pool = PopenPoolExecutor(max_workers=self.max_workers,
+                                              timeout=self.timeout_sec,
+                                              initializer=self.initializer,
+                                              maximum_process_uses=WORKER_USES)
+            jobs = [(self.f_build, self.f_export, b.mod, b.target,
+                     lb._serialize_params(b.params)) for b in build_inputs]
+            out = []
+            for r in self.pool.map_with_error_catching(lambda job: lb._worker_func(*job), jobs):
+                if r.status == StatusKind.COMPLETE:
+                    out.append(ms.builder.BuilderResult(r.value, None))
+                elif r.status == StatusKind.TIMEOUT:
+                    out.append(ms.builder.BuilderResult(
+                        None, f"LocalBuilder: Timeout, killed after {self.timeout_sec} seconds"))
+                else:
+                    out.append(ms.builder.BuilderResult(
+                        None, f"LocalBuilder: An exception occurred\n{r.value}"))
+            return out
+
+        def close(self) -> None:
+            if self.pool is not None:
+                self.pool.shutdown()
+                self.pool = None
+
+    return _PooledLocalBuilder(**kw)
+
+
+WORKER_USES = 64  # builds before a build worker is replaced (TVM's workers leak memory)
 
 
 def _builder_init(family):
@@ -124,10 +159,11 @@ def extract_tasks(mod, target):
     return ms.relax_integration.extract_tasks(mod, target)
 
 
-def task_status(mod, target, records: Records | None) -> list[TaskStatus]:
-    """The tuning tasks of ``mod`` (after fusion) and their best record in ``records``."""
+def task_status(mod, target, records: Records | None, tasks=None) -> list[TaskStatus]:
+    """The tuning tasks of ``mod`` (after fusion; or ``tasks``, already extracted from it)
+    and their best record in ``records``."""
     out = []
-    for t in extract_tasks(mod, target):
+    for t in tasks if tasks is not None else extract_tasks(mod, target):
         if _scheduled(t):
             out.append(TaskStatus(t.task_name, int(t.weight), None, None, hand_scheduled=True))
             continue
@@ -282,7 +318,7 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
     start = time.monotonic()
     if chosen and runner is None and cross_compiler is None:
         # codebook kernels first take their dense twin's schedule (measured here, like a
-        # local trial; a second or so a kernel, so even without a budget)
+        # local trial; well under a second a kernel, so even without a budget)
         report.carried = carry_over(chosen, records, target, records.tuning_database(), family)
     if chosen and budget_s > 0:
         report.measured = {t.task_name: workload_key(t.dispatched[0]) for t in chosen}
@@ -333,6 +369,7 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
             report.stopped_by = "budget"
         finally:
             bar.close()
+            builder.close()
             _drop_queued_runs(runner)
         report.used_s = time.monotonic() - start
         report.trials = counter[0]

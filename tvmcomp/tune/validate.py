@@ -78,18 +78,59 @@ def _run(lib, arrays: list[np.ndarray], dev) -> list[np.ndarray]:
     return [t.numpy() for t in tensors]
 
 
-def check_record(rec, target, seed: int = 0) -> tuple[bool, str]:
-    """(ok, detail): the record's schedule vs the unscheduled kernel on random inputs."""
+class RemoteCheck:
+    """Checks run on a board over RPC: each kernel linked here (with the profile's cross
+    compiler, if it has one) into a shared library the board's server loads.
+
+    ``session``: an RPC session to the board (``tvmcomp.rpc.request_session``); ``label``:
+    the board, as the build reports it (e.g. ``"RPC server 'arm_cortex_a72'"``).
+    """
+
+    def __init__(self, session, cross_compiler: str | None, label: str) -> None:
+        self.session, self.cross_compiler, self.label = session, cross_compiler, label
+        self._n = 0
+
+    def run(self, ex, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        import tempfile
+
+        import tvm
+        from tvm.support import cc
+
+        self._n += 1
+        name = f"tvmcomp_check_{self._n}.so"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = str(Path(tmp) / name)
+            ex.export_library(path, fcompile=cc.cross_compiler(self.cross_compiler)
+                              if self.cross_compiler else None)
+            self.session.upload(path, target=name)
+        lib = self.session.load_module(name)
+        dev = self.session.cpu()
+        tensors = [tvm.runtime.tensor(a.copy(), dev) for a in arrays]
+        lib["main"](*tensors)
+        return [t.numpy() for t in tensors]
+
+
+def check_record(rec, target, seed: int = 0,
+                 remote: RemoteCheck | None = None) -> tuple[bool, str]:
+    """(ok, detail): the record's schedule vs the unscheduled kernel on random inputs, run
+    here or, with ``remote``, on that board."""
     import tvm
 
     mod = rec.workload.mod
     sch = tvm.s_tir.Schedule(mod)
     rec.trace.apply_to_schedule(sch, remove_postproc=False)
-    dev = device_for(target.kind.name)
     args = _random_args(mod["main"], np.random.default_rng(seed))
+    if remote is None:
+        dev = device_for(target.kind.name)
+
+        def run(m):
+            return _run(tvm.compile(m, target=target), args, dev)
+    else:
+        def run(m):
+            return remote.run(tvm.compile(m, target=target), args)
     try:
-        ref = _run(tvm.compile(mod, target=target), args, dev)
-        got = _run(tvm.compile(sch.mod, target=target), args, dev)
+        ref = run(mod)
+        got = run(sch.mod)
     except Exception as e:  # noqa: BLE001 - a schedule that does not build or run is wrong too
         return False, f"failed to build/run: {str(e).strip().splitlines()[-1][:200]}"
     for r, g in zip(ref, got):
@@ -103,14 +144,16 @@ def check_record(rec, target, seed: int = 0) -> tuple[bool, str]:
     return True, "exact" if all(r.dtype.kind != "f" for r in ref) else "close"
 
 
-def validated_database(records, tasks, target, check: bool = True):
+def validated_database(records, tasks, target, check: bool = True,
+                       remote: RemoteCheck | None = None):
     """A MemoryDatabase holding, per task, its best record that passes :func:`check_record`.
 
     Candidates come from :meth:`Records.candidates`: this profile's own records first, then
     the fallback profiles' (only where no own record is correct). Verdicts are cached per
     machine in the tuning cache (``validated.json``, merged under the folder's lock).
     ``check=False`` (the host cannot run the target): each task's first candidate is taken
-    unchecked, in the same order.
+    unchecked, in the same order. ``remote``: the checks run on that board instead (its
+    verdicts cached apart, under its label).
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -127,13 +170,13 @@ def validated_database(records, tasks, target, check: bool = True):
             if not check:
                 chosen = (source, rec)
                 break
-            key = record_key(rec)
+            key = record_key(rec) if remote is None else f"{remote.label}:{record_key(rec)}"
             verdict = cache.get(key)
             if isinstance(verdict, dict) and isinstance(verdict.get("ok"), bool):
                 report.cached += 1
                 ok = verdict["ok"]
             else:
-                ok, detail = check_record(rec, target)
+                ok, detail = check_record(rec, target, remote=remote)
                 new[key] = cache[key] = {"ok": ok, "detail": detail, "task": task.task_name}
                 report.checked += 1
             if ok:
