@@ -225,3 +225,37 @@ def test_codebook_kernel_starts_from_its_dense_twins_schedule(tmp_path, x86_host
     rep = tune_module(fused, target, _records(prof, db), budget_s=0, progress=False)
     assert list(rep.carried) == [name] and rep.trials == 0
     assert [t.name for t in rep.tasks if t.best_us is not None] == [name]
+
+
+def test_build_tunes_a_profile_it_cannot_run_on_the_boards(tmp_path, gemm_onnx, profile_with_db,
+                                                           monkeypatch):
+    """ensure_tuned, for a profile this machine cannot run, given boards and a budget: the
+    kernels without records are tuned there (tune_on_boards, with the profile's cross
+    compiler); without boards it only warns."""
+    import dataclasses
+
+    from tvmcomp.targets import load_profile
+    from tvmcomp.tune import apply, remote
+    from tvmcomp.tune.tuner import TuneReport
+
+    arm = dataclasses.replace(load_profile("arm_cortex_a72"),
+                              tuning_db=str(tmp_path / "committed"), record_fallback=())
+    path, _, _ = gemm_onnx(tmp_path / "g.onnx")
+    fused = fuse(import_batches(*load_onnx(path), [1]), arm.tvm_target())
+    calls = []
+
+    def fake(mod, target, records, boards, **kw):
+        calls.append((boards, kw))
+        return TuneReport(database="db", budget_s=kw["budget_s"], used_s=3.0, trials=2,
+                          tasks=task_status(mod, target, records)), {"board-1": 2}
+
+    monkeypatch.setattr(remote, "tune_on_boards", fake)
+    monkeypatch.setattr(type(arm), "runs_here", lambda self: False)
+    boards = remote.RemoteRunner("127.0.0.1", 9190, "arm_cortex_a72", 1)
+    info = apply.ensure_tuned(fused, arm, _records(arm, tmp_path / "db"), 30, False, boards)
+    [(got, kw)] = calls
+    assert got is boards and kw["cross_compiler"] == arm.cross_compiler == "aarch64-linux-gnu-gcc"
+    assert kw["budget_s"] == 30 and kw["only_missing"] is True
+    assert info["trials"] == 2 and info["trials_per_server"] == {"board-1": 2}
+    info = apply.ensure_tuned(fused, arm, _records(arm, tmp_path / "db"), 30, False)
+    assert len(calls) == 1 and info["stopped_by"] == "cannot measure arm_cortex_a72 here"

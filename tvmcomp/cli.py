@@ -351,31 +351,26 @@ def cmd_tune(args) -> int:
     budget = budget_left(opts, forms["sparse"])
     print(f"tune {args.model} | profile {profile.name} | batches {list(plan.batches)} | budget "
           f"{budget:.0f} s | ≤{args.trials_per_task} trials/task")
-    sessions = records.paths.cache / "rpc_sessions.log"
     if remote is not None:
+        from .tune.remote import tune_on_boards
+
         print(remote.describe())
-    rep = tune_module(fused, profile.tvm_target(), records, budget_s=budget,
-                      max_trials_per_task=args.trials_per_task, only_missing=not args.all,
-                      family=profile.family, cores=profile.cores,
-                      runner=remote.runner(sessions) if remote is not None else None,
-                      cross_compiler=profile.cross_compiler if remote is not None else None)
+    kw = dict(budget_s=budget, max_trials_per_task=args.trials_per_task,
+              only_missing=not args.all, family=profile.family, cores=profile.cores)
+    if remote is None:
+        rep = tune_module(fused, profile.tvm_target(), records, **kw)
+    else:
+        rep, per = tune_on_boards(fused, profile.tvm_target(), records, remote,
+                                  cross_compiler=profile.cross_compiler, **kw)
     if rep.carried:
         from .tune.transfer import describe_carried
 
         print(describe_carried(rep.carried))
     if remote is not None and rep.trials:
-        from .tune.remote import trials_per_server
-
-        from .tune.remote import record_origin
-
-        per = trials_per_server(sessions)
         print(f"trials measured per RPC server ({len(per)} of the {remote.servers} under "
               f"{remote.key!r}; {rep.used_s:.0f} s wall; the search measures ahead, so these "
               "can exceed the trials recorded when the budget stops it): "
               + (", ".join(f"{who} {n}" for who, n in per.items()) or "none"))
-        tuned = {t.name for t in rep.tasks if t.best_us is not None}
-        record_origin(records.paths.write_dir,
-                      {n: k for n, k in rep.measured.items() if n in tuned}, remote, per)
     if rep.stopped_by == NOTHING_TO_TUNE:
         print(f"nothing to tune: every kernel already has a {profile.name} record (--all tunes "
               "them again)")
@@ -547,8 +542,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug-dump", metavar="DIR", help="write the IR after each pipeline phase")
     _add_tuning_dir(p)
     _add_mnist(p)
-    rpc.add_bench_args(p, "check the tuned schedules of a profile this machine cannot run on "
-                          "a board", "the profile name")
+    rpc.add_bench_args(p, "for a profile this machine cannot run: tune the kernels without "
+                          "records (within --tune-budget) and check every tuned schedule on "
+                          "the boards", "the profile name")
     _add_model_options(p)
     p.set_defaults(fn=cmd_build)
 

@@ -128,7 +128,7 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     plan, fused, forms = plan_and_fuse(model, info, profile, opts, records)
     sparse_info = forms["sparse"]
     tuning = ensure_tuned(fused, profile, records, budget_left(opts, sparse_info),
-                          opts.progress)
+                          opts.progress, _boards(profile, opts.board))
     before = (sparse_info or {}).get("tuned_before_gate")
     if before:  # one budget for the build: the gate's tuning counts in it
         tuning.update(budget_s=opts.tune_budget_s, trials=tuning["trials"] + before["trials"],
@@ -243,6 +243,16 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     _say(f"wrote {out} (model.so {manifest['library']['bytes']:,} B, weights "
          f"{weight_bytes:,} B) in {time.monotonic() - t0:.0f} s", opts.progress)
     return out, manifest
+
+
+def _boards(profile: Profile, board: tuple[str, str] | None):
+    """The RPC servers that tune a profile this machine cannot run (``board`` = (tracker,
+    key)); None when it runs here or none given."""
+    if board is None or profile.runs_here():
+        return None
+    from .rpc import remote_runner
+
+    return remote_runner(*board)
 
 
 def _board_check(profile: Profile, board: tuple[str, str] | None):

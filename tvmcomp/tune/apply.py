@@ -16,8 +16,10 @@ def _say(msg: str, on: bool = True) -> None:
 
 
 def ensure_tuned(fused, profile: Profile, records: Records, budget_s: float,
-                 progress: bool = True) -> dict:
-    """Tune the tasks that have no record (own or fallback) within ``budget_s``."""
+                 progress: bool = True, boards=None) -> dict:
+    """Tune the tasks that have no record (own or fallback) within ``budget_s``: here, or
+    for a profile this machine cannot run, on ``boards`` (a
+    :class:`~tvmcomp.tune.remote.RemoteRunner`) when given."""
     target = profile.tvm_target()
     tasks = extract_tasks(fused, target)
     status = task_status(fused, target, records, tasks)
@@ -32,13 +34,27 @@ def ensure_tuned(fused, profile: Profile, records: Records, budget_s: float,
             f"fallback, {check}; "
             f"`tvmcomp tune --profile {profile.name}` tunes them for this profile)"
             if borrowed else ""), progress)
-    if missing and not profile.runs_here():
+    if missing and not profile.runs_here() and boards is not None and budget_s > 0:
+        from .remote import tune_on_boards
+
+        _say(f"tuning {len(missing)} untuned tasks on the board, budget {budget_s:.0f} s: "
+             + boards.describe(), progress)
+        rep, per = tune_on_boards(fused, target, records, boards, budget_s=budget_s,
+                                  only_missing=True, family=profile.family,
+                                  cores=profile.cores, progress=progress,
+                                  cross_compiler=profile.cross_compiler)
+        info.update(used_s=round(rep.used_s, 1), trials=rep.trials, stopped_by=rep.stopped_by,
+                    trials_per_server=per)
+        _say(f"tuning used {rep.used_s:.0f} s of the {budget_s:.0f} s budget, "
+             f"{rep.trials} trials on the board ({rep.stopped_by})", progress)
+        status = rep.tasks
+    elif missing and not profile.runs_here():
         info["stopped_by"] = f"cannot measure {profile.name} here" if budget_s > 0 else "budget 0"
         if budget_s > 0:
             _say(f"WARNING: {len(missing)} tasks untuned and {profile.name} cannot run on this "
                  f"machine (lacks {', '.join(profile.missing_cpu_flags())}); untuned kernels "
-                 f"are slow: tune them on the board, `tvmcomp tune MODEL --profile "
-                 f"{profile.name} --rpc-tracker HOST:PORT`", progress)
+                 f"are slow: tune them on the board, `--rpc-tracker HOST:PORT` (build or "
+                 "tune)", progress)
     elif missing and budget_s > 0:
         _say(f"tuning {len(missing)} untuned tasks, budget {budget_s:.0f} s "
              "(--tune-budget; 0 = none)", progress)

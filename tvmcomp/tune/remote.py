@@ -44,6 +44,23 @@ class RemoteRunner:
             max_workers=self.servers)
 
 
+def tune_on_boards(mod, target, records, remote: RemoteRunner, **tune_kw):
+    """:func:`~tvmcomp.tune.tuner.tune_module` with the trials measured on ``remote``'s
+    servers (``tune_kw``: its other options, e.g. the profile's ``cross_compiler``); the
+    origin of the records it wrote is noted beside them (:func:`record_origin`). Returns
+    ``(report, {server: measurements})``."""
+    from .tuner import tune_module
+
+    sessions = records.paths.cache / "rpc_sessions.log"
+    rep = tune_module(mod, target, records, runner=remote.runner(sessions), **tune_kw)
+    per = trials_per_server(sessions) if rep.trials else {}
+    if rep.trials:
+        tuned = {t.name for t in rep.tasks if t.best_us is not None}
+        record_origin(records.paths.write_dir,
+                      {n: k for n, k in rep.measured.items() if n in tuned}, remote, per)
+    return rep, per
+
+
 def trials_per_server(session_log: str | Path) -> dict[str, int]:
     """``{server: measurement sessions}`` (in order of first use) from a runner's session
     log. Servers started by ``tvmcomp rpc server`` answer ``"<host>:<pid>"``; others (e.g.
@@ -52,7 +69,7 @@ def trials_per_server(session_log: str | Path) -> dict[str, int]:
     try:
         lines = Path(session_log).read_text().splitlines()
     except OSError:
-        return []
+        return counts
     for line in lines:
         if line.strip():
             counts[line.strip()] = counts.get(line.strip(), 0) + 1
