@@ -197,11 +197,21 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         extra[QUANT_CONFIG] = (opts.quant.to_json() + "\n").encode()
 
     def check(lib_path: Path, written: Manifest) -> dict:
-        if not profile.runs_here():
+        ran_on = "build host"
+        if profile.runs_here():
+            model_run = _load_for_check(lib_path, written, profile)
+        elif opts.board is not None:  # on the board, over RPC
+            from .rpc import load_on_board
+            from .runtime import CompiledModel
+
+            vm, dev, _session = load_on_board(lib_path, written, *opts.board)
+            model_run = CompiledModel(lib_path.parent, written, vm, dev)
+            ran_on = f"RPC board {opts.board[1]!r}"
+        else:
             reason = f"{profile.name} cannot run on this machine"
-            _say(f"WARNING: verification skipped: {reason}", opts.progress)
+            _say(f"WARNING: verification skipped: {reason} (--rpc-tracker HOST:PORT verifies "
+                 "on a board)", opts.progress)
             return {"verification": {"passed": None, "skipped": reason}}
-        model_run = _load_for_check(lib_path, written, profile)
         kw = {}
         if int8:
             from .quant import run_qdq_reference
@@ -211,13 +221,15 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
                       max_accuracy_drop=opts.max_accuracy_drop if qm is not None else None)
         res = verify(model_run, info.path, info.input_shape, info.input_dtype, opts.eval_set,
                      fixed_batch=None if info.dynamic_batch else info.input_shape[0], **kw)
-        msg = f"verified vs {res.reference} on {res.inputs}: max |err| {res.max_abs_err:.2e}"
+        msg = (f"verified vs {res.reference} on {res.inputs}"
+               + (f", run on {ran_on}" if ran_on != "build host" else "")
+               + f": max |err| {res.max_abs_err:.2e}")
         if res.accuracy is not None:
             msg += f", accuracy {res.accuracy:.4%} (reference {res.reference_accuracy:.4%})"
         if res.float_accuracy is not None:
             msg += f", float {res.float_accuracy:.4%}"
         _say(msg, opts.progress)
-        return {"verification": res.to_dict()}
+        return {"verification": {**res.to_dict(), "ran_on": ran_on}}
 
     out = write_artifact(out_dir, export_function(profile)(ex), manifest, check, extra)
     manifest = read_manifest(out).data  # as written, checked by the reader's rules

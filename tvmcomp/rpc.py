@@ -128,30 +128,12 @@ def _last_line(e: Exception) -> str:
     return lines[-1][:200] if lines else type(e).__name__
 
 
-def bench_rpc(art_dir: str | Path, tracker: str, key: str, batches=(1,), repeat: int = 10,
-              min_repeat_ms: int = 50, inputs: np.ndarray | None = None,
-              output_batch: int | None = None) -> dict:
-    """Time an artifact's entry points on the remote board registered as ``key``.
-
-    Returns the same shape as :func:`tvmcomp.bench.bench_artifact` (``{"unit": "us",
-    "results": {"<batch>": {"artifact": median_us}}, ...}``); with ``inputs`` (a batch of
-    input arrays) the remote outputs on them come back under ``"outputs"``, computed with the
-    ``output_batch`` entry point (default: the smallest compiled batch).
-    """
-    import tvm
+def load_on_board(lib: Path, man, tracker: str, key: str):
+    """``(vm, device, session)``: an artifact's ``model.so`` (``man``: its manifest) uploaded
+    to the board registered as ``key`` and loaded there into a Relax VM; one line if the
+    board cannot load it. The session lasts as long as the returned objects."""
     from tvm import relax
 
-    art_dir = Path(art_dir)
-    man = read_manifest(art_dir)
-    lib = check_library(art_dir, man)
-    entries = man.entry_points
-    if output_batch is not None and int(output_batch) not in entries:
-        raise TvmcompError(f"{art_dir}: no entry point for batch {output_batch}; compiled: "
-                           f"{sorted(entries)}")
-    for b in batches:
-        if b not in entries:
-            raise TvmcompError(f"{art_dir}: no entry point for batch {b}; compiled: "
-                               f"{sorted(entries)}")
     prof = man.profile
     remote = request_session(tracker, key)
     remote_name = f"tvmcomp_{man.library_sha256[:12]}.so"
@@ -169,7 +151,34 @@ def bench_rpc(art_dir: str | Path, tracker: str, key: str, batches=(1,), repeat:
             f"RPC server {key!r} cannot load {lib} (built for profile {prof.get('name')!r}, "
             f"{triple}): {reason}")
     dev = profile_from_dict(prof).device(remote)
-    vm = relax.VirtualMachine(rlib, dev)
+    return relax.VirtualMachine(rlib, dev), dev, remote
+
+
+def bench_rpc(art_dir: str | Path, tracker: str, key: str, batches=(1,), repeat: int = 10,
+              min_repeat_ms: int = 50, inputs: np.ndarray | None = None,
+              output_batch: int | None = None) -> dict:
+    """Time an artifact's entry points on the remote board registered as ``key``.
+
+    Returns the same shape as :func:`tvmcomp.bench.bench_artifact` (``{"unit": "us",
+    "results": {"<batch>": {"artifact": median_us}}, ...}``); with ``inputs`` (a batch of
+    input arrays) the remote outputs on them come back under ``"outputs"``, computed with the
+    ``output_batch`` entry point (default: the smallest compiled batch).
+    """
+    import tvm
+
+    art_dir = Path(art_dir)
+    man = read_manifest(art_dir)
+    lib = check_library(art_dir, man)
+    entries = man.entry_points
+    if output_batch is not None and int(output_batch) not in entries:
+        raise TvmcompError(f"{art_dir}: no entry point for batch {output_batch}; compiled: "
+                           f"{sorted(entries)}")
+    for b in batches:
+        if b not in entries:
+            raise TvmcompError(f"{art_dir}: no entry point for batch {b}; compiled: "
+                               f"{sorted(entries)}")
+    prof = man.profile
+    vm, dev, remote = load_on_board(lib, man, tracker, key)
     shape = [int(d) for d in man.inputs[0].shape[1:]]
     dtype = man.inputs[0].dtype
     rng = np.random.default_rng(0)

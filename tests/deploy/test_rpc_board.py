@@ -195,7 +195,8 @@ def test_server_needs_key_or_board():
 def test_tune_on_emulated_board_over_rpc(tracker, arm_board, gemm_onnx, tmp_path, run_tvmcomp):
     """`tvmcomp tune --profile arm_cortex_a72 --rpc-tracker`: candidates cross-linked here,
     measured on the emulated board (its runtime provides random_fill_for_measure); the records
-    say they came from an emulator, and a build that uses them says so in its manifest."""
+    say they came from an emulator, and a build that uses them says so in its manifest; with
+    --rpc-tracker the build checks the schedule and verifies the artifact on the board."""
     path, _, _ = gemm_onnx(tmp_path / "g.onnx", k=64, n=32)
     cache = tmp_path / "cache"
     r = run_tvmcomp("tune", str(path), "--profile", ARM_KEY, "--rpc-tracker", tracker,
@@ -228,6 +229,12 @@ def test_tune_on_emulated_board_over_rpc(tracker, arm_board, gemm_onnx, tmp_path
     assert man["kernels"] == {"fused_matmul_add": f"tuned, checked on RPC board '{ARM_KEY}'"}
     t = man["tuning"]
     assert t["schedules_checked"] is True and t["checked_on"] == f"RPC board '{ARM_KEY}'"
+    # and the artifact is verified there against ONNX Runtime here (skipped without a board)
+    v = man["verification"]
+    assert v["passed"] is True and v["ran_on"] == f"RPC board '{ARM_KEY}'", v
+    assert f", run on RPC board '{ARM_KEY}': max |err|" in r.stdout
+    unchecked = json.loads((tmp_path / "art" / "manifest.json").read_text())["verification"]
+    assert unchecked["passed"] is None and "cannot run on this machine" in unchecked["skipped"]
     verdicts = json.loads((cache / "validated.json").read_text())
     assert [(k.split(":")[0], v["ok"], v["task"]) for k, v in verdicts.items()] == [
         (f"RPC board '{ARM_KEY}'", True, "fused_matmul_add")]
