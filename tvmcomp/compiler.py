@@ -127,15 +127,17 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     # module that comes out, and nothing else, is tuned, checked, compiled and described.
     plan, fused, forms = plan_and_fuse(model, info, profile, opts, records)
     sparse_info = forms["sparse"]
+    # a profile this machine cannot run is tuned, checked and verified on the board, if given
+    board = None if profile.runs_here() else opts.board
     tuning = ensure_tuned(fused, profile, records, budget_left(opts, sparse_info),
-                          opts.progress, _boards(profile, opts.board))
+                          opts.progress, _boards(board))
     before = (sparse_info or {}).get("tuned_before_gate")
     if before:  # one budget for the build: the gate's tuning counts in it
         tuning.update(budget_s=opts.tune_budget_s, trials=tuning["trials"] + before["trials"],
                       used_s=round(tuning["used_s"] + before["used_s"], 1))
-    board = _board_check(profile, opts.board)
-    db = checked_database(fused, profile, records, opts.progress, tuning, board)
-    board = None  # ends the RPC session: a board's server takes one at a time
+    remote_check = _board_check(board, profile)
+    db = checked_database(fused, profile, records, opts.progress, tuning, remote_check)
+    remote_check = None  # ends the RPC session: a board's server takes one at a time
     lowered = schedule_and_lower(fused, target, db, opts.debug_dump)
     checked_on = tuning.get("checked_on")
     kernels = kernel_table(lowered, target, tuned=(
@@ -200,13 +202,13 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         ran_on = "build host"
         if profile.runs_here():
             model_run = _load_for_check(lib_path, written, profile)
-        elif opts.board is not None:  # on the board, over RPC
+        elif board is not None:  # on the board, over RPC
             from .rpc import load_on_board
             from .runtime import CompiledModel
 
-            vm, dev, _session = load_on_board(lib_path, written, *opts.board)
+            vm, dev, _session = load_on_board(lib_path, written, *board)
             model_run = CompiledModel(lib_path.parent, written, vm, dev)
-            ran_on = f"RPC board {opts.board[1]!r}"
+            ran_on = _board_label(board)
         else:
             reason = f"{profile.name} cannot run on this machine"
             _say(f"WARNING: verification skipped: {reason} (--rpc-tracker HOST:PORT verifies "
@@ -257,27 +259,29 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     return out, manifest
 
 
-def _boards(profile: Profile, board: tuple[str, str] | None):
-    """The RPC servers that tune a profile this machine cannot run (``board`` = (tracker,
-    key)); None when it runs here or none given."""
-    if board is None or profile.runs_here():
+def _board_label(board: tuple[str, str]) -> str:
+    return f"RPC board {board[1]!r}"
+
+
+def _boards(board: tuple[str, str] | None):
+    """The RPC servers registered as ``board`` = (tracker, key) that tune the kernels; None
+    without a board."""
+    if board is None:
         return None
     from .rpc import remote_runner
 
     return remote_runner(*board)
 
 
-def _board_check(profile: Profile, board: tuple[str, str] | None):
-    """Where the tuned schedules of a profile this machine cannot run are checked: the board
-    registered as ``board`` = (tracker, key), over RPC; None when it runs here or none given."""
-    if board is None or profile.runs_here():
+def _board_check(board: tuple[str, str] | None, profile: Profile):
+    """A session to ``board`` = (tracker, key) where ``profile``'s tuned schedules are
+    checked; None without a board."""
+    if board is None:
         return None
     from .rpc import request_session
     from .tune.validate import RemoteCheck
 
-    tracker, key = board
-    return RemoteCheck(request_session(tracker, key), profile.cross_compiler,
-                       f"RPC board {key!r}")
+    return RemoteCheck(request_session(*board), profile.cross_compiler, _board_label(board))
 
 
 def model_batches(info) -> tuple[int, ...]:

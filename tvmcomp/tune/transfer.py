@@ -62,11 +62,14 @@ def twin_index(records) -> dict[tuple, Twin]:
     from .records import _mean
 
     index: dict[tuple, Twin] = {}
+    blocks_of: dict = {}  # a database's records of one workload share its Workload object
     for source, db in records.sources():
         for rec in db.get_all_tuning_records():
             if not rec.run_secs:
                 continue
-            blocks = root_blocks(rec.workload.mod)
+            if rec.workload not in blocks_of:
+                blocks_of[rec.workload] = root_blocks(rec.workload.mod)
+            blocks = blocks_of[rec.workload]
             if split_decode(blocks) is not None:
                 continue
             key = _shape_key(blocks)
@@ -77,14 +80,13 @@ def twin_index(records) -> dict[tuple, Twin]:
     return index
 
 
-def carried_schedule(mod, target, twin: Twin):
-    """``mod`` (a codebook kernel whose post-decode blocks match ``twin``'s) scheduled with
-    the twin's trace: a :class:`tvm.s_tir.Schedule`, or None if it does not apply."""
+def carried_schedule(mod, target, twin: Twin, decode, rest):
+    """``mod`` (a codebook kernel whose root blocks :func:`split_decode` splits into
+    ``decode`` and ``rest``, the latter matching ``twin``'s) scheduled with the twin's trace:
+    a :class:`tvm.s_tir.Schedule`, or None if it does not apply."""
     from tvm import s_tir
-    from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.schedule import Instruction, Trace
 
-    decode, rest = split_decode(root_blocks(mod))
     rename = dict(zip(twin.names, (n for n, _ in rest)))
     old_trace = twin.record.trace
     insts, decisions = [], {}
@@ -152,25 +154,26 @@ def carry_over(tasks, records, target, database, family: str | None = None) -> d
 
     from .intrin import load_tensor_intrinsics
 
-    load_tensor_intrinsics(family)
+    from .records import _mean
 
-    candidates = [t for t in tasks if split_decode(root_blocks(t.dispatched[0])) is not None]
+    load_tensor_intrinsics(family)
+    candidates = [(t, parts) for t in tasks
+                  if (parts := split_decode(root_blocks(t.dispatched[0]))) is not None]
     if not candidates:
         return {}
     index = twin_index(records)
     out = {}
-    for task in candidates:
+    for task, (decode, rest) in candidates:
         mod = task.dispatched[0]
-        _, rest = split_decode(root_blocks(mod))
         twin = index.get(_shape_key(rest))
-        sch = carried_schedule(mod, target, twin) if twin is not None else None
+        sch = carried_schedule(mod, target, twin, decode, rest) if twin is not None else None
         secs = measure(sch, target) if sch is not None else None
         if not secs:
             continue
         database.commit_tuning_record(ms.database.TuningRecord(
             sch.trace, database.commit_workload(mod), secs, target,
             ArgInfo.from_prim_func(mod["main"])))
-        out[task.task_name] = 1e6 * sum(secs) / len(secs)
+        out[task.task_name] = 1e6 * _mean(secs)
     return out
 
 

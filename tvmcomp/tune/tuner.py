@@ -316,13 +316,13 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
               and (names is None or t.task_name in names)
               and (not only_missing or not own.has_workload(t.dispatched[0]))]
     start = time.monotonic()
+    db = records.tuning_database()
     if chosen and runner is None and cross_compiler is None:
         # codebook kernels first take their dense twin's schedule (measured here, like a
         # local trial; well under a second a kernel, so even without a budget)
-        report.carried = carry_over(chosen, records, target, records.tuning_database(), family)
+        report.carried = carry_over(chosen, records, target, db, family)
     if chosen and budget_s > 0:
         report.measured = {t.task_name: workload_key(t.dispatched[0]) for t in chosen}
-        db = records.tuning_database()
         logs = records.paths.cache  # MetaSchedule writes its per-task logs/ here, never committed
         logs.mkdir(parents=True, exist_ok=True)
         with _unnamed_log_handlers_detached():

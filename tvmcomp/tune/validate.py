@@ -83,7 +83,7 @@ class RemoteCheck:
     compiler, if it has one) into a shared library the board's server loads.
 
     ``session``: an RPC session to the board (``tvmcomp.rpc.request_session``); ``label``:
-    the board, as the build reports it (e.g. ``"RPC server 'arm_cortex_a72'"``).
+    the board, as the build reports it (e.g. ``"RPC board 'arm_cortex_a72'"``).
     """
 
     def __init__(self, session, cross_compiler: str | None, label: str) -> None:
