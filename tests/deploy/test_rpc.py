@@ -145,6 +145,29 @@ def test_cli_bench_rpc(lenet_artifact, tracker, server, run_tvmcomp):
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_build_on_board_bad_input_is_one_line(tracker, gemm_onnx, tmp_path, capsys):
+    """`build --rpc-tracker/--rpc-key`: a key without a tracker, a malformed address and a
+    key no server registered each end in one line, exit 2, with no artifact written."""
+    from tvmcomp import cli
+
+    path, _, _ = gemm_onnx(tmp_path / "g.onnx")
+    out = tmp_path / "art"
+    base = ["build", str(path), "--profile", "arm_cortex_a72", "--batch", "1",
+            "--tune-budget", "0", "--out", str(out)]
+    for extra, said in ((["--rpc-key", "k"], "--rpc-key needs --rpc-tracker HOST:PORT"),
+                        (["--rpc-tracker", "nohost"], "HOST:PORT"),
+                        (["--rpc-tracker", tracker, "--rpc-key", "nope"],
+                         "no RPC server with key 'nope'")):
+        capsys.readouterr()
+        try:
+            rc = cli.main(base + extra)
+        except SystemExit as e:  # argparse's own errors
+            rc = e.code
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(lines) == 1 and said in lines[0], lines
+        assert lines[0].startswith("tvmcomp build: error: ") and not out.exists()
+
+
 def _fleet(tracker, key: str, n: int):
     """``n`` RPC servers under ``key``, each pinned to one of this machine's cores."""
     import os
