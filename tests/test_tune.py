@@ -247,7 +247,8 @@ def test_build_tunes_a_profile_it_cannot_run_on_the_boards(tmp_path, gemm_onnx, 
     def fake(mod, target, records, boards, **kw):
         calls.append((boards, kw))
         return TuneReport(database="db", budget_s=kw["budget_s"], used_s=3.0, trials=2,
-                          tasks=task_status(mod, target, records)), {"board-1": 2}
+                          tasks=task_status(mod, target, records)), \
+            remote.BoardUse({"board-1": 2}, 1.5, 1.0)
 
     monkeypatch.setattr(remote, "tune_on_boards", fake)
     monkeypatch.setattr(type(arm), "runs_here", lambda self: False)
@@ -257,5 +258,22 @@ def test_build_tunes_a_profile_it_cannot_run_on_the_boards(tmp_path, gemm_onnx, 
     assert got is boards and kw["cross_compiler"] == arm.cross_compiler == "aarch64-linux-gnu-gcc"
     assert kw["budget_s"] == 30 and kw["only_missing"] is True
     assert info["trials"] == 2 and info["trials_per_server"] == {"board-1": 2}
+    assert info["board_busy_s"] == 1.5 and info["board_wall_s"] == 1.0
     info = apply.ensure_tuned(fused, arm, _records(arm, tmp_path / "db"), 30, False)
     assert len(calls) == 1 and info["stopped_by"] == "cannot measure arm_cortex_a72 here"
+
+
+def test_board_use_sums_sessions_and_spans_the_wall(tmp_path):
+    """The session log of a fleet: measurements per server, their durations summed (one
+    server taking them back to back) and the wall time they spanned; a session that never
+    closed (its worker killed) still counts, without a duration."""
+    from tvmcomp.tune.remote import board_use
+
+    log = tmp_path / "rpc_sessions.log"
+    log.write_text("a:1\t100.0\nb:2\t100.5\na:1\t100.0\t101.0\nb:2\t100.5\t101.5\n"
+                   "a:1\t101.0\na:1\t101.0\t102.0\n?\t103.0\n\n")
+    use = board_use(log)
+    assert use.trials == {"a:1": 2, "b:2": 1, "?": 1}
+    assert use.busy_s == pytest.approx(3.0) and use.span_s == pytest.approx(2.0)
+    assert "3.0 s in all, in 2.0 s of wall time on 3 servers (1.50x one server" in use.describe()
+    assert board_use(tmp_path / "none.log") == type(use)({}, 0.0, 0.0)

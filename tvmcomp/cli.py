@@ -360,17 +360,16 @@ def cmd_tune(args) -> int:
     if remote is None:
         rep = tune_module(fused, profile.tvm_target(), records, **kw)
     else:
-        rep, per = tune_on_boards(fused, profile.tvm_target(), records, remote,
+        rep, use = tune_on_boards(fused, profile.tvm_target(), records, remote,
                                   cross_compiler=profile.cross_compiler, **kw)
     if rep.carried:
         from .tune.transfer import describe_carried
 
         print(describe_carried(rep.carried))
     if remote is not None and rep.trials:
-        print(f"trials measured per RPC server ({len(per)} of the {remote.servers} under "
-              f"{remote.key!r}; {rep.used_s:.0f} s wall; the search measures ahead, so these "
-              "can exceed the trials recorded when the budget stops it): "
-              + (", ".join(f"{who} {n}" for who, n in per.items()) or "none"))
+        print(f"{use.describe()} ({len(use.trials)} of the {remote.servers} servers under "
+              f"{remote.key!r} measured; the search measures ahead, so these can exceed the "
+              "trials recorded when the budget stops it)")
     if rep.stopped_by == NOTHING_TO_TUNE:
         print(f"nothing to tune: every kernel already has a {profile.name} record (--all tunes "
               "them again)")
@@ -478,9 +477,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from . import rpc
     from .defaults import (DEFAULT_BATCHES, DEFAULT_FINETUNE_EPOCHS, DEFAULT_FINETUNE_LR,
                            DEFAULT_TUNE_BUDGET_S)
+    from .rpc import cli as rpc
 
     ap = _Parser(
         prog="tvmcomp", description="Deployment compiler for compressed CNNs on Apache TVM.",

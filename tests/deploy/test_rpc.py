@@ -204,7 +204,8 @@ def test_tune_over_rpc_spreads_trials_and_survives_a_dead_server(tracker, gemm_o
     def kill_when_measuring():  # once both servers have measured, kill the first one
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if log.exists() and len(set(log.read_text().splitlines())) >= 2:
+            if log.exists() and len({ln.split("\t")[0]
+                                     for ln in log.read_text().splitlines()}) >= 2:
                 for p in (*psutil.Process(procs[0].pid).children(recursive=True), procs[0]):
                     p.kill()  # the server runs in a worker process of its own: kill it too
                 return
@@ -225,13 +226,71 @@ def test_tune_over_rpc_spreads_trials_and_survives_a_dead_server(tracker, gemm_o
             capture_output=True, text=True, timeout=60).stdout   # and left the tracker
         assert r.returncode == 0, r.stderr
         assert "measuring on 2 RPC servers registered as 'fleet'" in r.stdout
-        line = next(ln for ln in r.stdout.splitlines() if ln.startswith("trials measured per"))
-        counts = [int(c.rsplit(" ", 1)[1]) for c in line.split(": ", 1)[1].split(", ")]
+        line = next(ln for ln in r.stdout.splitlines()
+                    if ln.startswith("measurements per RPC server: "))
+        counts = [int(c.rsplit(" ", 1)[1])
+                  for c in line.split(": ", 1)[1].split(";")[0].split(", ")]
         assert len(counts) == 2 and min(counts) >= 1 and sum(counts) <= 8, line
+        assert "s of wall time on 2 servers (" in line and "x one server" in line, line
         records = (cache / "database_tuning_record.json").read_text().splitlines()
         assert len(records) >= sum(counts) - 1       # all but the in-flight trial kept
     finally:
         for p in procs:
+            if p.poll() is None:
+                stop(p)
+
+
+def test_tracker_gone_mid_tuning_is_one_line_and_keeps_the_records(gemm_onnx, tmp_path,
+                                                                   capsys):
+    """`tvmcomp tune --rpc-tracker`: the tracker killed once the first trial has its session
+    ends the run at the end of that batch with one line (exit 2), not 60 s of retries a
+    trial, and the trials measured before it stay in the database."""
+    import threading
+
+    import psutil
+
+    from tvmcomp import cli
+
+    path, _, _ = gemm_onnx(tmp_path / "g.onnx", k=64, n=32)
+    port = free_port()
+    own = launch("tracker", "--host", HOST, "--port", str(port), expect="RPC tracker listening")
+    tracker = f"{HOST}:{port}"
+    (server,) = _fleet(tracker, "lonely", 1)
+    cache = tmp_path / "cache"
+    log = cache / "rpc_sessions.log"
+
+    def kill_tracker_when_measuring():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if log.exists() and log.read_text().strip():
+                for p in (*psutil.Process(own.pid).children(recursive=True), own):
+                    p.kill()
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_tracker_when_measuring, daemon=True)
+    killer.start()
+    try:
+        capsys.readouterr()
+        started = time.monotonic()
+        rc = cli.main(["tune", str(path), "--profile", "x86_avx2", "--rpc-tracker", tracker,
+                       "--rpc-key", "lonely", "--batch", "1", "--tune-budget", "120",
+                       "--trials-per-task", "4", "--tuning-dir", str(cache)])
+        took = time.monotonic() - started
+        killer.join()
+        said = capsys.readouterr().err
+        err = [ln for ln in said.splitlines() if ln.startswith("tvmcomp")]  # not the bar
+        assert own.poll() is not None  # the tracker did die mid-run
+        assert rc == 2 and len(err) == 1 and "Traceback" not in said, said
+        assert err[0].startswith(f"tvmcomp tune: error: the RPC tracker at {tracker} is gone")
+        assert "tuning stopped" in err[0] and took < 60, (err, took)
+        records = [json.loads(ln) for ln in
+                   (cache / "database_tuning_record.json").read_text().splitlines()]
+        measured = [r for r in records  # [workload, [trace, run_secs, ...]]
+                    if r[1][1] and max(float(s) for s in r[1][1]) < 1e9]
+        assert measured and f"the {len(measured)} trials measured" in err[0], (err, records)
+    finally:
+        for p in (server, own):
             if p.poll() is None:
                 stop(p)
 

@@ -39,12 +39,13 @@ def ensure_tuned(fused, profile: Profile, records: Records, budget_s: float,
 
         _say(f"tuning {len(missing)} untuned tasks on the board, budget {budget_s:.0f} s: "
              + boards.describe(), progress)
-        rep, per = tune_on_boards(fused, target, records, boards, budget_s=budget_s,
+        rep, use = tune_on_boards(fused, target, records, boards, budget_s=budget_s,
                                   only_missing=True, family=profile.family,
                                   cores=profile.cores, progress=progress,
                                   cross_compiler=profile.cross_compiler)
         info.update(used_s=round(rep.used_s, 1), trials=rep.trials, stopped_by=rep.stopped_by,
-                    trials_per_server=per)
+                    trials_per_server=use.trials, board_busy_s=round(use.busy_s, 1),
+                    board_wall_s=round(use.span_s, 1))
         _say(f"tuning used {rep.used_s:.0f} s of the {budget_s:.0f} s budget, "
              f"{rep.trials} trials on the board ({rep.stopped_by})", progress)
         status = rep.tasks

@@ -246,7 +246,7 @@ class _StopOnSignal:
         return False
 
 
-def _make_callback(deadline: float, bar: tqdm, counter: list, fired: list):
+def _make_callback(deadline: float, bar: tqdm, counter: list, fired: list, runner_gone=None):
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
@@ -255,7 +255,13 @@ def _make_callback(deadline: float, bar: tqdm, counter: list, fired: list):
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
                   runner_results):
             counter[0] += len(runner_results)
+            counter[1] += sum(1 for r in runner_results if not r.error_msg)
             bar.update(len(runner_results))
+            if runner_gone is not None and any(r.error_msg for r in runner_results):
+                gone = runner_gone()
+                if gone:
+                    fired[0] = gone
+                    raise _Deadline(gone)
             if time.monotonic() > deadline:
                 fired[0] = True
                 raise _Deadline("tuning budget used up")
@@ -265,7 +271,7 @@ def _make_callback(deadline: float, bar: tqdm, counter: list, fired: list):
 
 def tune_module(mod, target, records: Records, *, budget_s: float,
                 max_trials_per_task: int = 64, only_missing: bool = True,
-                trials_per_iter: int = 32, runner=None, seed: int = 0,
+                trials_per_iter: int = 32, runner=None, runner_gone=None, seed: int = 0,
                 family: str | None = None, cores: int | None = None, progress: bool = True,
                 names: tuple[str, ...] | None = None,
                 cross_compiler: str | None = None) -> TuneReport:
@@ -293,6 +299,10 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
         Tune only tasks with no record of this profile's own yet; otherwise all tasks.
     runner : meta_schedule Runner, optional
         Defaults to a ``LocalRunner``; pass an ``RPCRunner`` to measure on a remote board.
+    runner_gone : callable, optional
+        With a remote ``runner``: after a batch with failed runs, returns one line if the
+        runner's tracker is gone (None if not); tuning then stops with that line (a
+        :class:`TvmcompError`), keeping every record measured.
     names : tuple of str, optional
         Tune only the tasks with these names (default: all).
     cores : int, optional
@@ -339,12 +349,12 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
             evaluator_config=ms.runner.EvaluatorConfig(number=10, repeat=3, min_repeat_ms=20),
         )
         total = max_trials_per_task * len(contexts)
-        counter, fired = [0], [False]
+        counter, fired = [0, 0], [False]  # trials, of which measured; why it stopped
         bar = tqdm(total=total, desc=f"tune {len(contexts)} tasks", unit="trial",
                    disable=not progress)
         deadline = start + budget_s
         callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
-        callbacks.append(_make_callback(deadline, bar, counter, fired))
+        callbacks.append(_make_callback(deadline, bar, counter, fired, runner_gone))
         # Quieten MetaSchedule's per-task INFO logs; our progress bar is the summary.
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
         stop = _StopOnSignal()
@@ -361,11 +371,15 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
         except (Exception, KeyboardInterrupt):  # noqa: BLE001 - both come back wrapped by the FFI
             if stop.signalled:
                 bar.close()
-                print(f"interrupted: the {counter[0]} trials measured in this run are kept in "
+                print(f"interrupted: the {counter[1]} trials measured in this run are kept in "
                       f"{work_dir}; run again to resume", file=sys.stderr, flush=True)
                 raise Interrupted(stop.signalled) from None
             if not fired[0]:
                 raise
+            if isinstance(fired[0], str):  # the runner's tracker went away
+                bar.close()
+                raise TvmcompError(f"{fired[0]}: tuning stopped; the {counter[1]} trials "
+                                   f"measured in this run are kept in {work_dir}") from None
             report.stopped_by = "budget"
         finally:
             bar.close()
