@@ -4,7 +4,8 @@
 Starts ``tvmcomp rpc tracker`` on 127.0.0.1, then for N = 1 and N = 2 registers N
 ``tvmcomp rpc server`` processes under one key, each pinned to its own core (``taskset``), and
 runs ``tvmcomp tune MODEL --profile x86_avx2 --rpc-tracker … --rpc-key …`` with a fresh tuning
-cache and the same trial cap: the path users run. It records each run's wall time and the
+cache and the same trial cap, every task tuned (``--all``: the committed records would
+otherwise leave nothing to tune): the path users run. It records each run's wall time and the
 tune command's own summary (measurements per server, the sessions' summed durations, their
 wall time). On 2 shared cores the candidates' builds and the servers share the same CPUs,
 so the point is the mechanism, not a speed-up; a real fleet brings its own CPUs. Writes a
@@ -60,11 +61,11 @@ def _servers(tracker: str, key: str, n: int) -> list:
 def tune(model: Path, tracker: str, key: str, trials: int, work: Path) -> dict:
     cmd = [sys.executable, "-m", "tvmcomp.cli", "tune", str(model), "--profile", "x86_avx2",
            "--rpc-tracker", tracker, "--rpc-key", key, "--batch", "1", "--tune-budget", "900",
-           "--trials-per-task", str(trials), "--tuning-dir", str(work)]
+           "--trials-per-task", str(trials), "--all", "--tuning-dir", str(work)]
     start = time.monotonic()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     wall = time.monotonic() - start
-    if r.returncode != 0:
+    if r.returncode != 0 or "measurements per RPC server" not in r.stdout:
         raise SystemExit(f"tune failed ({r.returncode}): {r.stderr.strip()[-800:]}")
     said = [ln for ln in r.stdout.splitlines()
             if ln.startswith(("measurements per RPC server", "used ", "measuring on"))]

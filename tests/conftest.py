@@ -72,6 +72,38 @@ def gemm_onnx():
     return make_gemm_onnx
 
 
+def share_levels(net, conv_levels: int, fc_levels: int):
+    """``net`` (in place) with each weight rounded to the nearest of ``conv_levels`` (conv)
+    or ``fc_levels`` (fc) evenly spaced values between its min and max: a shared model."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("weight"):
+                levels = torch.linspace(float(p.min()), float(p.max()),
+                                        conv_levels if p.dim() == 4 else fc_levels)
+                p.copy_(levels[(p[..., None] - levels).abs().argmin(-1)])
+    return net
+
+
+@pytest.fixture(scope="session")
+def share_weights():
+    """``share_weights(net, conv_levels, fc_levels) -> net``: see :func:`share_levels`."""
+    return share_levels
+
+
+@pytest.fixture(scope="session")
+def shared_lenet(tmp_path_factory, lenet):
+    """The trained ``lenet`` with shared weights (conv 256 levels, fc 16): model and ONNX."""
+    import copy
+
+    from tvmcomp.frontend import export_onnx
+
+    d = tmp_path_factory.mktemp("shared_lenet")
+    net = share_levels(copy.deepcopy(lenet.model).eval(), 256, 16)
+    return SimpleNamespace(model=net, onnx=export_onnx(net, d / "lenet5_shared.onnx"))
+
+
 @pytest.fixture(scope="session")
 def run_tvmcomp():
     """``run_tvmcomp(*args) -> CompletedProcess`` of ``python -m tvmcomp.cli ARGS``."""

@@ -54,11 +54,12 @@ def test_manifest_kernels_are_the_kernels_in_model_so(lenet_artifact, kernels_in
     assert set(m["kernels"]) == kernels_in_so(lenet_artifact.path)
     assert set(m["kernels"].values()) == {"untuned"}  # budget 0, empty database
     assert set(m["tuning"]["untuned"]) <= set(m["kernels"])
-    assert m["runtime"] == {"threads": lenet_artifact.profile.cores}
+    assert m["runtime"] == {"threads": lenet_artifact.profile.cores, "on_load": None}
     plan = json.loads((lenet_artifact.path / "plan.json").read_text())
     assert plan == {"version": 2, "profile": "x86_avx2", "batches": [1, 8],
                     "int8_accumulate": "float32", "sparse": None,
-                    "model_sha256": sha256_file(lenet.onnx), "quant": None, "codebook": False}
+                    "model_sha256": sha256_file(lenet.onnx), "quant": None, "codebook": False,
+                    "codebook_at_load": []}
 
 
 def test_weight_bytes_are_lenet5_fp32(lenet_artifact, lenet):

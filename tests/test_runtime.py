@@ -69,6 +69,18 @@ def test_manifest_missing_key(art_copy):
         runtime.load(art_copy)
 
 
+@pytest.mark.parametrize("on_load, said", [
+    (42, "runtime.on_load must be a function name or null, got 42"),
+    ("", "runtime.on_load must be a function name or null"),
+    ("decode_weights", "the on-load function 'decode_weights' failed")])
+def test_bad_on_load_function(art_copy, on_load, said):
+    """An edited ``runtime.on_load`` (not a name, or a function model.so does not have) is
+    one clear error at load, not a crash at the first call."""
+    _edit_manifest(art_copy, lambda m: m["runtime"].update(on_load=on_load))
+    with pytest.raises(ArtifactError, match=said):
+        runtime.load(art_copy)
+
+
 def test_tampered_library(art_copy):
     lib = art_copy / "model.so"
     data = bytearray(lib.read_bytes())

@@ -275,5 +275,6 @@ def test_board_use_sums_sessions_and_spans_the_wall(tmp_path):
     use = board_use(log)
     assert use.trials == {"a:1": 2, "b:2": 1, "?": 1}
     assert use.busy_s == pytest.approx(3.0) and use.span_s == pytest.approx(2.0)
-    assert "3.0 s in all, in 2.0 s of wall time on 3 servers (1.50x one server" in use.describe()
+    assert ("3.0 s in all (one server, back to back), within 2.0 s of wall time on 3 servers "
+            "(1.50 measuring at once" in use.describe())
     assert board_use(tmp_path / "none.log") == type(use)({}, 0.0, 0.0)

@@ -155,6 +155,7 @@ class Manifest:
     checkpoint: FileRef | None     # the PyTorch checkpoint named in the ONNX metadata
     reference_model: str | None    # int8: the QDQ ONNX reference beside model.so
     threads: int | None            # runtime.threads: TVM's CPU thread pool size
+    on_load: str | None = None     # runtime.on_load: VM function called once after loading
 
     @property
     def batches(self) -> list[int]:
@@ -208,11 +209,15 @@ class Manifest:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                     or threads < 1):
             raise bad(f"manifest runtime.threads must be an integer >= 1, got {threads!r}")
+        on_load = rt.get("on_load")
+        if on_load is not None and (not isinstance(on_load, str) or not on_load):
+            raise bad(f"manifest runtime.on_load must be a function name or null, got "
+                      f"{on_load!r}")
         return cls(path, data, _specs(data["inputs"], "inputs", bad),
                    _specs(data["outputs"], "outputs", bad), entries, data["profile"],
                    lib["file"], lib["sha256"], precision, FileRef.parse(model.get("source")),
                    FileRef.parse(model.get("checkpoint")), data.get("reference_model"),
-                   threads)
+                   threads, on_load)
 
 
 def _specs(items, key: str, bad) -> tuple[TensorSpec, ...]:

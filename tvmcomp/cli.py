@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .defaults import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_SPARSE_THRESHOLD
+from .defaults import CODEBOOK_DECODE, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_SPARSE_THRESHOLD
 from .errors import Interrupted, TvmcompError
 
 
@@ -97,6 +97,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="keep the weights of float dense layers with at most 256 distinct "
                         "values (tvmcomp compress --share-bits) as uint8 indices + a codebook "
                         "in model.so, decoded in the layer's kernel")
+    p.add_argument("--codebook-decode", choices=CODEBOOK_DECODE, default="kernel",
+                   help="with --codebook, where a layer left dense decodes its codes: in its "
+                        "kernel on every call (default), or once when the artifact is loaded "
+                        "(model.so still stores only the codes; RAM holds the dense weight "
+                        "and the layer runs the float kernel)")
     q = p.add_argument_group("int8 quantization")
     q.add_argument("--quantize", choices=["int8"], default=None,
                    help="calibrate on real images and compile int8 kernels")
@@ -273,7 +278,7 @@ def _build_options(args, **kw):
                         max_accuracy_drop=args.max_accuracy_drop / 100.0,
                         sparse=args.sparse, sparse_threshold=args.sparse_threshold,
                         sparse_min_speedup=args.sparse_min_speedup, tuning_dir=args.tuning_dir,
-                        codebook=args.codebook,
+                        codebook=args.codebook, codebook_decode=args.codebook_decode,
                         **kw)
 
 

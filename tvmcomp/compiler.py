@@ -17,10 +17,11 @@ from .artifact import SCHEMA_VERSION, FileRef, Manifest, read_manifest, write_ar
 from .data import Dataset
 from .deploy.cuda import cuda_codegen
 from .deploy.toolchain import check_cross_compiler
-from .defaults import (DEFAULT_BATCHES, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_SPARSE_THRESHOLD,
-                       DEFAULT_TUNE_BUDGET_S)
+from .defaults import (CODEBOOK_DECODE, DEFAULT_BATCHES, DEFAULT_MAX_ACCURACY_DROP,
+                       DEFAULT_SPARSE_THRESHOLD, DEFAULT_TUNE_BUDGET_S)
 from .errors import ArtifactError, TvmcompError
 from .frontend.onnx_import import CHECKPOINT_KEY, entry_name, import_batches, load_onnx
+from .kernels.codebook import DECODE_FUNCTION
 from .pipeline import (compile_lowered, fuse, kernel_table, make_pipeline,
                        pass_names, run_range, schedule_and_lower)
 from .passes.sizes import format_memory, run_time_memory
@@ -53,6 +54,9 @@ class BuildOptions:
     tuning_dir: str | None = None      # the tuning cache (default $XDG_CACHE_HOME/tvmcomp/...)
     int8_accumulate: str | None = None  # override the profile's choice ("int32" / "float32")
     codebook: bool = False             # CodebookDense: shared weights as indices + codebook
+    # where a codebook layer left dense decodes its codes: "kernel" (in its kernel, every
+    # call) or "load" (once, when the artifact is loaded; RAM then holds the dense weight)
+    codebook_decode: str = "kernel"
     # (RPC tracker HOST:PORT, key): where a profile this machine cannot run checks its tuned
     # schedules (None: applied unchecked)
     board: tuple[str, str] | None = None
@@ -148,6 +152,10 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         ex = compile_lowered(lowered, target)
     weight_bytes, n_weights = constant_bytes(fused)
     sparse_kw = plan.sparse_args()
+    on_load = DECODE_FUNCTION if any(gv.name_hint == DECODE_FUNCTION
+                                     for gv in fused.functions) else None
+    at_load_bytes = sum(r["fp32_bytes"] for r in forms["layers"]
+                        if r["form"].endswith("decoded at load"))
 
     manifest = {
         "schema_version": SCHEMA_VERSION,
@@ -169,12 +177,14 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         "profile": profile.to_dict(),
         # the CPU thread pool the kernels were tuned and timed with: runtime.load and the C++
         # helper (examples/cpp_deploy/tvmcomp_threads.h) size TVM's pool from it
-        "runtime": {"threads": profile.cores},
+        # on_load: called once after loading (layers decoded at load fill the tensor cache)
+        "runtime": {"threads": profile.cores, "on_load": on_load},
         "target": profile.target,
         "tvm_version": _tvm_version(),
         "passes": pass_names(make_pipeline(target, db, sparse=sparse_kw,
                                            int8_acc=plan.int8_accumulate,
-                                           codebook=plan.codebook)),
+                                           codebook=plan.codebook,
+                                           at_load=plan.codebook_at_load)),
         "plan": PLAN_FILE,
         "kernels": kernels,
         "weight_bytes": weight_bytes,
@@ -189,7 +199,7 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         # per conv/matmul layer: the form its weight took and the bytes it stores, by role
         "layers": forms["layers"],
         # RAM a call holds: weights + the VM's planned activations + kernel scratch
-        "memory": run_time_memory(lowered, weight_bytes),
+        "memory": run_time_memory(lowered, weight_bytes, at_load_bytes, on_load),
     }
     extra = {PLAN_FILE: plan.to_json().encode()}
     if int8:
@@ -243,9 +253,12 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
              f"{sparse_info['dense_size']['bytes']['total']:,} B)", opts.progress)
     if forms["codebook"] is not None:
         cb = forms["codebook"]
-        forms_n = {f: sum(L["form"] == f for L in cb["layers"]) for f in ("dense", "sparse")}
+        forms_n = {f: sum(L["form"] == f for L in cb["layers"])
+                   for f in ("dense", "sparse", "at load")}
         _say(f"codebook: {forms_n['dense']} dense and {forms_n['sparse']} sparse layers as "
-             "uint8 codes + codebook, "
+             "uint8 codes + codebook"
+             + (f", {forms_n['at load']} more decoded at load" if forms_n["at load"] else "")
+             + ", "
              f"{cb['stored_bytes']:,} B (dense {cb['dense_bytes']:,} B)", opts.progress)
     layers = forms["layers"]
     stored = sum(r["stored_bytes"] for r in layers)
@@ -348,17 +361,18 @@ def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Re
     gate_tuning: dict = {}
     if plan is None:
         codebook = opts.codebook and _has_codebook_layers(quantized, info, opts.progress)
+        at_load = _decoded_at_load(quantized, opts) if codebook else ()
         sparse, gate_tuning = (plan_sparse(quantized, profile, records, opts.sparse_threshold,
                                            opts.sparse_min_speedup, opts.progress,
-                                           opts.tune_budget_s, codebook)
+                                           opts.tune_budget_s, codebook, at_load)
                                if opts.sparse else (None, {}))
         plan = BuildPlan(profile.name, tuple(batches), acc, sparse, info.sha256, quant,
-                         codebook)
+                         codebook, at_load)
     else:
         plan.check_applies(profile.name, info.sha256, quant)
     formed = run_range(quantized, target, "layer_forms", "layer_forms", int8_acc=acc,
                        sparse=plan.sparse_args(), codebook=plan.codebook,
-                       debug_dump=opts.debug_dump)
+                       at_load=plan.codebook_at_load, debug_dump=opts.debug_dump)
     info_sparse = None
     if plan.sparse is not None:
         sp = plan.sparse
@@ -374,9 +388,10 @@ def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Re
             info_sparse["tuned_before_gate"] = gate_tuning
     fused = fuse(formed, target, debug_dump=opts.debug_dump, start="canonicalize", int8_acc=acc)
     forms = {"sparse": info_sparse,
-             "codebook": codebook_info(quantized, formed, plan.sparse_args())
-             if plan.codebook else None,
-             "layers": layer_sizes(quantized, plan.sparse_args(), plan.codebook)}
+             "codebook": codebook_info(quantized, formed, plan.sparse_args(),
+                                       plan.codebook_at_load) if plan.codebook else None,
+             "layers": layer_sizes(quantized, plan.sparse_args(), plan.codebook,
+                                   plan.codebook_at_load)}
     return plan, fused, forms
 
 
@@ -392,11 +407,25 @@ def _has_codebook_layers(quantized, info, progress: bool) -> bool:
     return False
 
 
-def codebook_info(quantized, formed, sparse: dict | None = None) -> dict:
+def _decoded_at_load(quantized, opts: BuildOptions) -> tuple[str, ...]:
+    """The codebook layers ``opts.codebook_decode`` decodes at load (by layer name)."""
+    from .passes.codebook_dense import codebook_layers
+
+    if opts.codebook_decode not in CODEBOOK_DECODE:
+        raise TvmcompError(f"codebook decode must be one of {', '.join(CODEBOOK_DECODE)}, "
+                           f"got {opts.codebook_decode!r}")
+    if opts.codebook_decode == "kernel":
+        return ()
+    return tuple(sorted({L.key.split("/", 1)[1] for L in codebook_layers(quantized)}))
+
+
+def codebook_info(quantized, formed, sparse: dict | None = None,
+                  at_load: tuple[str, ...] = ()) -> dict:
     """The manifest's codebook section: per layer (its batch entries share the stored
-    arrays), its form (dense indices, or sparse codes where ``sparse``, SparseDense's
-    arguments, made it sparse), the codebook length and the bytes dense and stored; the
-    kernels that decode (dense codebook kernels and sparse kernels with codes)."""
+    arrays), its form (dense indices, decoded ``at load`` where named in ``at_load``, or
+    sparse codes where ``sparse``, SparseDense's arguments, made it sparse), the codebook
+    length and the bytes dense and stored; the kernels that decode (dense codebook kernels
+    and sparse kernels with codes)."""
     from .passes.codebook_dense import COMPOSITES, codebook_layers
 
     folded = {gv.name_hint for gv, f in formed.functions.items()
@@ -406,6 +435,8 @@ def codebook_info(quantized, formed, sparse: dict | None = None) -> dict:
     for L in codebook_layers(quantized, sparse):
         fn, name = L.key.split("/", 1)
         d = layers.setdefault(name, {**L.to_dict(), "key": name, "entries": []})
+        if L.form == "dense" and name in at_load:
+            d["form"] = "at load"
         d["entries"].append(fn)
     layers = list(layers.values())
     return {"layers": layers, "kernels": len(folded),

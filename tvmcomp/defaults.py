@@ -7,3 +7,7 @@ DEFAULT_SPARSE_THRESHOLD = 0.7    # weight sparsity from which a layer is a spar
 # pruning's fine-tuning (compress.FineTune); chosen by scripts/prune_defaults.py
 DEFAULT_FINETUNE_EPOCHS = 24
 DEFAULT_FINETUNE_LR = 5e-3
+
+# Where a codebook layer left dense decodes its codes (build --codebook-decode): in its
+# kernel on every call, or once when the artifact is loaded
+CODEBOOK_DECODE = ("kernel", "load")

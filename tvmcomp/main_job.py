@@ -41,7 +41,8 @@ def prepare_lenet5(out: Path, train_set, epochs: int = 20):
     return model, ckpt, onnx_path
 
 
-FORMS = ("fp32", "int8", "sparse", "int8+sparse", "codebook", "sparse+codebook")
+FORMS = ("fp32", "int8", "sparse", "int8+sparse", "codebook", "sparse+codebook",
+         "sparse+codebook@load")
 # the codebook forms, Deep Compression's bits: conv weights shared to 256 values, fc to 32;
 # sparse+codebook shares the pruned model's (its order: prune, then share the survivors)
 SHARE_BITS = {"conv": 8, "fc": 5}
@@ -103,7 +104,8 @@ def build_forms(out: Path, dense_onnx: Path, pruned_onnx: Path, profile: Profile
                 pruned_shared_onnx: Path | None = None) -> dict:
     """``{form: (artifact dir, manifest)}`` for every form `tvmcomp build` makes of LeNet-5:
     fp32, int8, sparse (the pruned model), int8+sparse, with ``shared_onnx`` codebook and with
-    ``pruned_shared_onnx`` sparse+codebook. The tuning budget is shared: each build gets
+    ``pruned_shared_onnx`` sparse+codebook (decoded in the kernels, and ``@load``: the layers
+    left dense decoded once at load). The tuning budget is shared: each build gets
     what the builds before it left."""
     from .quant import QuantConfig
 
@@ -114,6 +116,9 @@ def build_forms(out: Path, dense_onnx: Path, pruned_onnx: Path, profile: Profile
         plans["codebook"] = (shared_onnx, {"codebook": True})
     if pruned_shared_onnx is not None:
         plans["sparse+codebook"] = (pruned_shared_onnx, {"sparse": True, "codebook": True})
+        # the same, its codebook layers left dense decoded once at load, not in their kernels
+        plans["sparse+codebook@load"] = (pruned_shared_onnx, {"sparse": True, "codebook": True,
+                                                               "codebook_decode": "load"})
     left, arts = tune_budget_s, {}
     for form, (onnx_path, kw) in plans.items():
         print(f"== build {form} (tuning budget left {left:.0f} s)", flush=True)

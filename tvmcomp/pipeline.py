@@ -10,7 +10,7 @@ import tvm
 from tvm import relax
 
 from .defaults import DEFAULT_SPARSE_THRESHOLD
-from .kernels.sell import HAND_SCHEDULED
+from .kernels import HAND_SCHEDULED
 from .passes import CodebookDense, QuantizeInt8, SparseDense
 from .passes.gpu_default_schedule import GpuDefaultSchedule
 
@@ -45,24 +45,27 @@ def _sparse_args(sparse: dict) -> str:
 
 
 def make_pipeline(target, database=None, sparse: dict | None = None,
-                  int8_acc: str = "int32", codebook: bool = False) -> list[Phase]:
+                  int8_acc: str = "int32", codebook: bool = False,
+                  at_load: tuple[str, ...] = ()) -> list[Phase]:
     """The pipeline for ``target``; ``database`` (MetaSchedule) applies tuned schedules.
 
     ``sparse`` (``SparseDense`` keyword arguments: threshold, keep, values) turns on the
     sparse-conversion pass; None leaves dense layers dense. ``int8_acc``: how QuantizeInt8
     accumulates (``"int32"`` / ``"float32"``; the profile's ``int8_accumulate``).
-    ``codebook`` turns on ``CodebookDense`` for the float layers left dense.
+    ``codebook`` turns on ``CodebookDense`` for the float layers left dense; ``at_load``: the
+    names of those it decodes once at load instead of in their kernels.
 
     The IR after phase 3 is what ``tune`` extracts its tasks from, so build and tune see
     structurally identical PrimFuncs and tuning records are found at build.
     """
     with target:  # MetaScheduleApplyDatabase reads the current target when constructed
         return _phases(database, sparse, gpu="gpu" in list(target.keys),
-                       accumulate=int8_acc, codebook=codebook)
+                       accumulate=int8_acc, codebook=codebook, at_load=at_load)
 
 
 def _phases(database, sparse: dict | None = None, gpu: bool = False,
-            accumulate: str = "int32", codebook: bool = False) -> list[Phase]:
+            accumulate: str = "int32", codebook: bool = False,
+            at_load: tuple[str, ...] = ()) -> list[Phase]:
     return [
         # 1. Quantize, first (before FoldConstant would fold dequantized weights back to
         #    float): QDQ patterns become int8 conv2d/matmul with integer requantization;
@@ -77,9 +80,10 @@ def _phases(database, sparse: dict | None = None, gpu: bool = False,
         Phase("layer_forms", (
             SparseDense(**sparse) if sparse is not None
             else tvm.transform.Sequential([], name="SparseDense(off)"),
-            CodebookDense() if codebook
+            CodebookDense(at_load) if codebook
             else tvm.transform.Sequential([], name="CodebookDense(off)"),
-        ), args=(("SparseDense", _sparse_args(sparse)),) if sparse is not None else ()),
+        ), args=((("SparseDense", _sparse_args(sparse)),) if sparse is not None else ())
+            + ((("CodebookDense", f"at_load={','.join(at_load)}"),) if at_load else ())),
         # 3. Canonicalise: batch-norm/dropout to inference arithmetic, trivial bindings
         #    removed, constants folded while ops are still high level.
         Phase("canonicalize", (
@@ -168,25 +172,28 @@ def split_at_tunable(phases: list[Phase]) -> tuple[list[Phase], list[Phase]]:
 
 
 def run_range(mod, target, first: str, last: str, *, sparse: dict | None = None,
-              int8_acc: str = "int32", codebook: bool = False, debug_dump=None):
+              int8_acc: str = "int32", codebook: bool = False, at_load: tuple[str, ...] = (),
+              debug_dump=None):
     """Run the phases ``first`` .. ``last`` (by name, inclusive) of the pipeline on ``mod``.
 
     The build runs the pipeline in pieces, each piece once: ``quantize``; the plan's per-layer
     decisions are taken on its output; ``layer_forms``; then ``canonicalize`` ..
     ``legalize_fuse`` (:func:`fuse`), whose output is what is tuned, checked and compiled.
     """
-    phases = make_pipeline(target, sparse=sparse, int8_acc=int8_acc, codebook=codebook)
+    phases = make_pipeline(target, sparse=sparse, int8_acc=int8_acc, codebook=codebook,
+                           at_load=at_load)
     names = [ph.name for ph in phases]
     i, j = names.index(first), names.index(last)
     return run_phases(mod, phases[i:j + 1], target, debug_dump=debug_dump, first_index=i + 1)
 
 
 def fuse(mod, target, debug_dump=None, sparse: dict | None = None,
-         int8_acc: str = "int32", start: str = "quantize", codebook: bool = False):
+         int8_acc: str = "int32", start: str = "quantize", codebook: bool = False,
+         at_load: tuple[str, ...] = ()):
     """The module as tuning sees it: the phases from ``start`` up to the tunable point."""
     front, _ = split_at_tunable(make_pipeline(target, sparse=sparse, int8_acc=int8_acc))
     return run_range(mod, target, start, front[-1].name, sparse=sparse, int8_acc=int8_acc,
-                     codebook=codebook, debug_dump=debug_dump)
+                     codebook=codebook, at_load=at_load, debug_dump=debug_dump)
 
 
 def schedule_and_lower(fused, target, database=None, debug_dump=None):

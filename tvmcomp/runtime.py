@@ -13,7 +13,8 @@ from .targets import profile_from_dict
 
 
 class CompiledModel:
-    """A loaded artifact: call it with a NumPy batch of any size."""
+    """A loaded artifact: call it with a NumPy batch of any size. ``vm``: the artifact's
+    VM, local or on a board over RPC; its on-load function, if any, is run here, once."""
 
     def __init__(self, art_dir: Path, manifest: Manifest, vm, device, check_finite: bool = True):
         self.path = art_dir
@@ -26,6 +27,7 @@ class CompiledModel:
         self.input_shape = inp.shape  # batch dim symbolic
         self.input_dtype = inp.dtype
         self.batches = manifest.batches
+        run_on_load(vm, manifest)
         self._entries = {}
         for b, name in manifest.entry_points.items():
             try:
@@ -135,3 +137,16 @@ def load(art_dir: str | os.PathLike, check_finite: bool = True,
     except Exception as e:  # noqa: BLE001 - the loader raises bare TVM errors
         raise ArtifactError(f"{lib_path}: cannot load ({str(e).strip().splitlines()[-1]})") from None
     return CompiledModel(art_dir, manifest, vm, device, check_finite)
+
+
+def run_on_load(vm, manifest: Manifest) -> None:
+    """Call the artifact's on-load function once, if it has one (``runtime.on_load``: layers
+    stored compressed and decoded at load put their dense weights in TVM's tensor cache,
+    where the entry points read them). ``vm``: local, or on a board over RPC."""
+    if manifest.on_load is None:
+        return
+    try:
+        vm[manifest.on_load]()
+    except Exception as e:  # noqa: BLE001 - the VM raises bare TVM errors
+        raise ArtifactError(f"{manifest.path.parent}: the on-load function {manifest.on_load!r} "
+                            f"failed ({str(e).strip().splitlines()[-1][:160]})") from None

@@ -80,6 +80,7 @@ struct Manifest {
   std::vector<int64_t> input_shape;  // without the batch dimension
   std::map<int64_t, std::string> entries;  // batch -> VM function name
   int threads = 0;                          // runtime.threads (0: not in the manifest)
+  std::string on_load;                      // runtime.on_load: called once before any entry
   int64_t num_classes = 0;
 };
 
@@ -128,6 +129,10 @@ static Manifest ReadManifest(const std::string& dir) {
     auto rt = AsObject((*rit).second, "runtime");
     auto tit2 = rt.find(ffi::String("threads"));
     if (tit2 != rt.end()) out.threads = static_cast<int>(Int((*tit2).second, "runtime.threads"));
+    auto lit = rt.find(ffi::String("on_load"));
+    if (lit != rt.end() && (*lit).second != nullptr) {
+      out.on_load = Str((*lit).second, "runtime.on_load");
+    }
   }
   return out;
 }
@@ -274,6 +279,13 @@ static int Run(const Args& a) {
     auto f = vm->GetFunction(kv.second);
     if (!f) Fail(lib + ": entry point " + kv.second + " is missing");
     entry[kv.first] = *f;
+  }
+  // Layers stored compressed and decoded at load: their function fills TVM's tensor cache
+  // with the dense weights once, before any entry point reads them.
+  if (!m.on_load.empty()) {
+    auto f = vm->GetFunction(m.on_load);
+    if (!f) Fail(lib + ": the manifest's on-load function " + m.on_load + " is missing");
+    (*f)();
   }
 
   // Run every image, splitting the set over the compiled batch sizes (tail padded with zeros).

@@ -87,3 +87,36 @@ def test_app_pins_the_shipped_sha256(x86_app, lenet_artifact, mnist_idx):
     bad = _run(x86_app, lenet_artifact.path, mnist_idx.images, "--limit", 1,
                "--expect-sha256", "0" * 64)
     _one_line_error(bad, "is not the pinned", "not the model.so you shipped")
+
+
+def test_layers_decoded_at_load_run_in_python_and_cpp(x86_app, shared_lenet, mnist_idx,
+                                                      tmp_path, profile_with_db):
+    """`build --codebook --codebook-decode load`: model.so stores the codes only (the same
+    weight payload as decoding in the kernels), the manifest names the on-load function and
+    counts the decoded weights in RAM; the Python runtime and the C++ app both call it once
+    and give the logits of the build that decodes in its kernels."""
+    from tvmcomp import runtime
+    from tvmcomp.compiler import BuildOptions, build
+    from tvmcomp.data import normalize
+    from tvmcomp.deploy import run_app
+
+    prof = profile_with_db(tmp_path / "db")
+    opts = dict(batches=(1, 8), tune_budget_s=0, progress=False, codebook=True)
+    loaded, man = build(shared_lenet.onnx, prof, tmp_path / "load",
+                        BuildOptions(codebook_decode="load", **opts))
+    kernel, kman = build(shared_lenet.onnx, prof, tmp_path / "kernel", BuildOptions(**opts))
+    assert man["runtime"]["on_load"] == "decode_weights" and kman["runtime"]["on_load"] is None
+    # the same codes and codebooks (decoding in the kernels adds 12 B of unpacking shifts)
+    assert [r["stored_bytes"] for r in man["layers"]] == [r["stored_bytes"]
+                                                          for r in kman["layers"]]
+    assert kman["weight_bytes"] - 12 <= man["weight_bytes"] <= kman["weight_bytes"]
+    fp32 = sum(r["fp32_bytes"] for r in man["layers"])
+    assert {r["form"] for r in man["layers"]} == {"codebook, decoded at load"}
+    assert man["memory"]["decoded_at_load"] == fp32 and "decoded_at_load" in man["memory"]
+    assert set(man["memory"]["entries"]) == {"main_b1", "main_b8"}
+    assert all(e["total"] >= fp32 + man["weight_bytes"] for e in man["memory"]["entries"].values())
+    x = normalize(mnist_idx.raw)
+    ref = runtime.load(kernel)(x)
+    np.testing.assert_allclose(runtime.load(loaded)(x), ref, rtol=1e-5, atol=1e-5)
+    res = run_app(loaded, mnist_idx.images, mnist_idx.labels, repeat=2, app=x86_app)
+    assert np.abs(res.logits.reshape(ref.shape) - ref).max() <= 1e-5

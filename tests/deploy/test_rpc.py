@@ -231,7 +231,7 @@ def test_tune_over_rpc_spreads_trials_and_survives_a_dead_server(tracker, gemm_o
         counts = [int(c.rsplit(" ", 1)[1])
                   for c in line.split(": ", 1)[1].split(";")[0].split(", ")]
         assert len(counts) == 2 and min(counts) >= 1 and sum(counts) <= 8, line
-        assert "s of wall time on 2 servers (" in line and "x one server" in line, line
+        assert "s of wall time on 2 servers (" in line and "measuring at once" in line, line
         records = (cache / "database_tuning_record.json").read_text().splitlines()
         assert len(records) >= sum(counts) - 1       # all but the in-flight trial kept
     finally:

@@ -232,7 +232,7 @@ def test_sparse_layer_keeps_codes(tmp_path, gemm_onnx, x86_host, profile_with_db
     np.testing.assert_allclose(runtime.load(out)(x), x @ w + b, rtol=1e-5, atol=1e-5)
 
 
-def test_conv_layers_keep_indices(tmp_path):
+def test_conv_layers_keep_indices(tmp_path, share_weights):
     """LeNet-5 with every weight shared (conv 8 bits, fc 5): conv2d layers too keep uint8
     indices + a codebook through FoldConstant, fused with their bias and relu; the output
     equals PyTorch's."""
@@ -244,13 +244,7 @@ def test_conv_layers_keep_indices(tmp_path):
     from tvmcomp.pipeline import compile_fused, fuse
 
     torch.manual_seed(0)
-    net = LeNet5().eval()
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith("weight"):
-                levels = torch.linspace(float(p.min()), float(p.max()),
-                                        256 if p.dim() == 4 else 32)
-                p.copy_(levels[(p[..., None] - levels).abs().argmin(-1)])
+    net = share_weights(LeNet5().eval(), 256, 32)
     model, info = load_onnx(export_onnx(net, tmp_path / "lenet.onnx"))
     mod = import_batches(model, info, [2])
     layers = codebook_layers(mod)
@@ -271,3 +265,58 @@ def test_conv_layers_keep_indices(tmp_path):
     with torch.no_grad():
         ref = net(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def _shared_lenet(tmp_path, batch: int, share_weights):
+    """A LeNet-5 whose weights are shared (conv 256, fc 16 levels) and its imported module."""
+    import torch
+
+    from tvmcomp.frontend.onnx_export import export_onnx
+    from tvmcomp.model.lenet import LeNet5
+
+    torch.manual_seed(0)
+    net = share_weights(LeNet5().eval(), 256, 16)
+    model, info = load_onnx(export_onnx(net, tmp_path / "lenet.onnx"))
+    return net, import_batches(model, info, [batch])
+
+
+def test_layers_decoded_at_load_run_the_float_kernels(tmp_path, share_weights):
+    """CodebookDense(at_load=...): conv1 (8-bit codes), fc1 and fc3 (4-bit, packed) are
+    decoded once by the artifact's decode function into the tensor cache (each weight kept
+    alive: a planner reusing one's storage for the next gave wrong outputs); the artifact
+    stores only their codes; their kernels are the float model's own (same workloads, so the
+    same tuning records); the output equals PyTorch's; without the decode call the model
+    refuses to run rather than computing with a missing weight."""
+    import torch
+    from tvm_ffi import structural_hash
+
+    from tvmcomp.kernels.codebook import DECODE_FUNCTION
+    from tvmcomp.pipeline import compile_fused, fuse
+
+    net, mod = _shared_lenet(tmp_path, 2, share_weights)
+    target = tvm.target.Target(TARGET)
+    fused = fuse(CodebookDense(at_load=("conv1", "matmul2", "matmul4"))(mod), target)
+    consts = _constants(fused)
+    assert {("uint8", (2400,)), ("uint8", (24000,)), ("uint8", (420,))} <= set(consts)
+    assert not [c for c in consts if c[0] == "float32" and c[1] in ((16, 6, 5, 5), (400, 120),
+                                                                     (84, 10))]
+
+    def workloads(m):
+        return {structural_hash(f) for _, f in m.functions.items()
+                if isinstance(f, tvm.tirx.PrimFunc)}
+
+    float_kernels = workloads(fuse(mod, target))
+    ours = workloads(fused)
+    # conv1, fc1 and fc3 run float kernels; conv0 and fc2 decode in their kernels
+    assert len(ours & float_kernels) >= 3 and not ours <= float_kernels
+    vm = relax.VirtualMachine(compile_fused(fused, target), tvm.cpu())
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    tvm.get_global_func("vm.builtin.tensor_cache.clear")()
+    with pytest.raises(Exception):  # noqa: B017 - a bare TVM error: the weight is not there
+        vm["main_b2"](tvm.runtime.tensor(x))
+    vm[DECODE_FUNCTION]()
+    got = vm["main_b2"](tvm.runtime.tensor(x)).numpy()
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(vm["main_b2"](tvm.runtime.tensor(x)).numpy(), got)

@@ -30,15 +30,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import HAND_SCHEDULED
 from .codebook import MAX_CODES, code_bits, codes_per_byte, encode, pack, unpack
 
 MAX_GAP = 255    # the largest column step one uint8 index entry holds
 SLICE = 8        # rows per slice = lanes of the batch-1 kernel's vector accumulators
 WIDTH_PAD = 2    # slice widths are a multiple of this (two accumulators, no tail loop)
 BATCH_TILE = 16  # batched kernels: batch rows per vector accumulator (2 AVX2 registers)
-# Our kernels are scheduled by hand: MetaSchedule skips them (tirx.is_scheduled) and the
-# manifest names them as such (HAND_SCHEDULED).
-HAND_SCHEDULED = "tvmcomp.hand_scheduled"
 HAND_SCHEDULED_ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True,
                         HAND_SCHEDULED: "sliced-ELLPACK"}
 

@@ -18,8 +18,9 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ..kernels.codebook import (MAX_CODES, code_bits, codebook_length, codes_per_byte,
-                                distinct_values, encode, pack, stored_code_bytes)
+from ..kernels.codebook import (DECODE_FUNCTION, MAX_CODES, cache_key, code_bits,
+                                codebook_length, codes_per_byte, decode_prim_func,
+                                distinct_values, encode, pack, stored_code_bytes, stored_codes)
 from ..kernels.sell import sell_codebook_from_dense
 from ._emit import rebind, rewrite_functions
 from .layers import layer_key
@@ -131,10 +132,20 @@ class CodebookDense:
     ``conv2d`` with such a weight becomes ``conv2d(x, take(codebook, astype(indices)))``
     (indices uint8 OIHW) fused with the bias add and relu that follow (composite
     ``tvmcomp.codebook_conv2d``). A module with no such layer is returned unchanged.
+
+    ``at_load``: names of layers (``conv0``, ``matmul2``, ..., in every function) decoded once
+    at load instead: the module gains a function :data:`DECODE_FUNCTION` that decodes their
+    stored codes into the TVM tensor cache (a hand-written kernel each, with a tuple output so
+    ``FoldConstant`` leaves it alone), and the layer reads its dense weight from the cache
+    (``vm.builtin.tensor_cache.get``), so it runs the float layer's own kernel. Whoever loads
+    the artifact calls that function once first.
     """
 
+    def __init__(self, at_load: tuple[str, ...] = ()) -> None:
+        self.at_load = tuple(at_load)
+
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        rewritten = _Rewriter(mod).run()
+        rewritten = _Rewriter(mod, self.at_load).run()
         if rewritten is mod:
             return mod
         codes = is_op("relax.astype")(is_const())
@@ -158,11 +169,13 @@ class CodebookDense:
 
 @mutator
 class _Rewriter(PyExprMutator):
-    def __init__(self, mod) -> None:
+    def __init__(self, mod, at_load: tuple[str, ...] = ()) -> None:
         super().__init__(mod)
         self.mod_ = mod
+        self.at_load = set(at_load)
         self.plan: dict = {}
         self.convs: dict = {}
+        self.decoded: dict[str, tuple] = {}  # cache key -> (codebook, stored, shape, bits)
 
     def run(self) -> tvm.IRModule:
         def prepare(gv, func) -> bool:
@@ -173,7 +186,40 @@ class _Rewriter(PyExprMutator):
                           if distinct_values(w) <= MAX_CODES}
             return bool(self.plan or self.convs)
 
-        return rewrite_functions(self, self.mod_, prepare)
+        out = rewrite_functions(self, self.mod_, prepare)
+        return self._add_decoder() if self.decoded else out
+
+    def _add_decoder(self) -> tvm.IRModule:
+        """The module with :data:`DECODE_FUNCTION`: each weight decoded at load, put in the
+        tensor cache under its key. It also returns them: the VM's memory planner does not
+        know the cache keeps a tensor, and would reuse a decoded weight's storage for the
+        next one's unless it lives to the end of the function."""
+        bb, R = self.builder_, relax.op
+        decoded = []
+        with bb.function(DECODE_FUNCTION, [], pure=False):
+            token = bb.emit(R.builtin.alloc_tensor(relax.ShapeExpr([1]), "int32", 0), "token")
+            for i, (key, (codebook, stored, shape, bits)) in enumerate(self.decoded.items()):
+                gv = bb.add_func(decode_prim_func(codebook.size, stored.size, shape, bits),
+                                 f"tvmcomp_decode{i}")
+                w = bb.emit(R.call_tir(gv, relax.Tuple([relax.const(codebook),
+                                                         relax.const(stored), token]),
+                                       relax.TensorType(list(shape), "float32")))
+                bb.emit(relax.Call(relax.ExternFunc("vm.builtin.tensor_cache.update"),
+                                   [tvm.ir.StringImm(key), w, relax.prim_value(True)],
+                                   ty_args=[relax.ObjectType()]))
+                decoded.append(w)
+            bb.emit_func_output(relax.Tuple(decoded))
+        return bb.get()
+
+    def _cached(self, codebook: np.ndarray, codes: np.ndarray, name: str):
+        """The dense weight ``codebook[codes]``, read from the tensor cache where
+        :meth:`_add_decoder`'s function put it at load."""
+        stored = stored_codes(codebook, codes)
+        key = cache_key(codebook, stored, codes.shape)
+        self.decoded[key] = (codebook, stored, tuple(codes.shape), code_bits(codebook.size))
+        return self.builder_.emit(relax.op.call_pure_packed(
+            "vm.builtin.tensor_cache.get", tvm.ir.StringImm(key),
+            ty_args=[relax.TensorType(list(codes.shape), "float32")]), f"{name}_w")
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         if binding.var in self.convs:
@@ -184,9 +230,10 @@ class _Rewriter(PyExprMutator):
             super().visit_var_binding_(binding)
             return
         codebook, codes = encode(m.w)
-        indices = codes.T  # [in, out], as matmul reads
+        indices = np.ascontiguousarray(codes.T)  # [in, out], as matmul reads
         bb = self.builder_
-        w = self._decode(codebook, indices, m.name)
+        w = (self._cached(codebook, indices, m.name) if m.name in self.at_load
+             else self._decode(codebook, indices, m.name))
         y = relax.op.matmul(self.visit_expr(m.x), w)
         if m.bias is not None:
             y = relax.op.add(bb.emit(y, f"{m.name}_mm"), relax.const(m.bias))
@@ -196,7 +243,8 @@ class _Rewriter(PyExprMutator):
 
     def _conv(self, binding: relax.VarBinding, name: str, w: np.ndarray) -> None:
         codebook, codes = encode(w)
-        w_expr = self._decode(codebook, codes, name)
+        w_expr = (self._cached(codebook, codes, name) if name in self.at_load
+                  else self._decode(codebook, codes, name))
         val = binding.value
         call = relax.Call(val.op, [self.visit_expr(val.args[0]), w_expr], val.attrs,
                           val.ty_args)

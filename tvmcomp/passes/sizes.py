@@ -18,10 +18,11 @@ from .sparse_dense import goes_sparse, layer_weights, sliced_layout, sparse_cand
 ROLES = ("values", "col_indices", "structure", "codebook")
 
 
-def layer_sizes(mod, sparse: dict | None = None, codebook: bool = False) -> list[dict]:
+def layer_sizes(mod, sparse: dict | None = None, codebook: bool = False,
+                at_load: tuple[str, ...] = ()) -> list[dict]:
     """One row per conv/matmul layer with a constant weight in ``mod`` (the output of the
     ``quantize`` phase), as ``SparseDense(**sparse)`` (None: off) and ``CodebookDense``
-    (``codebook``) will store it::
+    (``codebook``; ``at_load``: the layers it decodes at load) will store it::
 
         {"layer": "matmul2", "kind": "matmul", "shape": [120, 400], "weights": 48000,
          "nonzeros": 4310, "form": "sparse codebook", "value_bits": 5,
@@ -63,7 +64,8 @@ def layer_sizes(mod, sparse: dict | None = None, codebook: bool = False) -> list
             elif key in folded:  # CodebookDense: packed codes + codebook
                 L = folded[key]
                 by.update(values=L.index_bytes, codebook=L.codebook_bytes)
-                row.update(form="codebook", value_bits=code_bits(L.codebook_bytes // 4))
+                row.update(form="codebook, decoded at load" if name in at_load else "codebook",
+                           value_bits=code_bits(L.codebook_bytes // 4))
             else:
                 by["values"] = int(w.nbytes)
                 row.update(form=f"dense {w.dtype}", value_bits=w.dtype.itemsize * 8)
@@ -98,7 +100,8 @@ def format_layer_sizes(rows: list[dict], weight_bytes: int | None = None) -> str
     return "\n".join(lines)
 
 
-def run_time_memory(lowered, weight_bytes: int) -> dict:
+def run_time_memory(lowered, weight_bytes: int, at_load_bytes: int = 0,
+                    on_load: str | None = None) -> dict:
     """What a call of each entry point holds in RAM, from the module the VM is built from
     (after the pipeline's ``lower`` phase)::
 
@@ -111,7 +114,8 @@ def run_time_memory(lowered, weight_bytes: int) -> dict:
     runs one kernel at a time; an upper bound: code generation may keep small ones on the
     stack); ``decoded``: the largest decoded weight among them (a codebook layer decoded once
     per call into a buffer, rather than inside its loops); ``total``: weights + planned +
-    kernel_scratch.
+    kernel_scratch + ``at_load_bytes`` (the dense weights of the layers decoded once at load,
+    held from load on; the function ``on_load`` that decodes them is not an entry).
     """
     import tvm
     from tvm import relax
@@ -122,7 +126,7 @@ def run_time_memory(lowered, weight_bytes: int) -> dict:
             scratch[gv.name_hint] = _kernel_scratch(f, DECODE_BLOCK)
     entries = {}
     for gv, f in lowered.functions.items():
-        if not isinstance(f, relax.Function):
+        if not isinstance(f, relax.Function) or gv.name_hint == on_load:
             continue
         planned, called = [0], set()
 
@@ -144,8 +148,9 @@ def run_time_memory(lowered, weight_bytes: int) -> dict:
         worst = max((s for s, _ in mine), default=0)
         entries[gv.name_hint] = {"planned": planned[0], "kernel_scratch": worst,
                                  "decoded": max((d for _, d in mine), default=0),
-                                 "total": weight_bytes + planned[0] + worst}
-    return {"weights": weight_bytes, "entries": dict(sorted(entries.items()))}
+                                 "total": weight_bytes + at_load_bytes + planned[0] + worst}
+    return {"weights": weight_bytes, "decoded_at_load": at_load_bytes,
+            "entries": dict(sorted(entries.items()))}
 
 
 def _kernel_scratch(func, decoded_name: str) -> tuple[int, int]:
@@ -181,4 +186,7 @@ def format_memory(mem: dict) -> str:
              f"{kb(m['kernel_scratch'])}"
              + (f" incl. decoded weights {kb(m['decoded'])}" if m["decoded"] else "") + ")"
              for e, m in mem["entries"].items()]
-    return f"RAM per call, with the weights ({kb(mem['weights'])}): " + "; ".join(parts)
+    at_load = mem.get("decoded_at_load", 0)
+    return (f"RAM per call, with the weights ({kb(mem['weights'])}"
+            + (f" and {kb(at_load)} of them decoded at load" if at_load else "") + "): "
+            + "; ".join(parts))

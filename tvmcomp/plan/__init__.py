@@ -51,6 +51,7 @@ class BuildPlan:
     model_sha256: str = ""          # the ONNX file given to build (before quantization)
     quant: dict | None = None       # QuantConfig.to_dict() of --quantize; None: float
     codebook: bool = False          # CodebookDense on the float layers left dense
+    codebook_at_load: tuple[str, ...] = ()  # of those, the layers decoded once at load
 
     def check_applies(self, profile: str, model_sha256: str, quant: dict | None) -> None:
         """Raise :class:`TvmcompError` (one line) unless this plan was made for exactly this
@@ -76,6 +77,7 @@ class BuildPlan:
     def to_json(self) -> str:
         d = {"version": PLAN_VERSION, **asdict(self)}
         d["batches"] = list(self.batches)
+        d["codebook_at_load"] = list(self.codebook_at_load)
         return json.dumps(d, indent=1) + "\n"
 
     @classmethod
@@ -93,7 +95,8 @@ class BuildPlan:
                        int8_accumulate=str(d["int8_accumulate"]),
                        sparse=SparsePlan(**sp) if sp is not None else None,
                        model_sha256=str(d["model_sha256"]), quant=quant,
-                       codebook=bool(d.get("codebook", False)))
+                       codebook=bool(d.get("codebook", False)),
+                       codebook_at_load=tuple(str(n) for n in d.get("codebook_at_load", ())))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise TvmcompError(f"{source}: not a tvmcomp build plan ({e})") from None
 
@@ -112,7 +115,8 @@ def _quant_flags(q: dict | None) -> str:
 
 def plan_sparse(quantized, profile, records, threshold: float, min_speedup: float,
                 progress: bool = True, tune_budget_s: float = 0.0,
-                codebook: bool = False) -> tuple[SparsePlan, dict]:
+                codebook: bool = False,
+                at_load: tuple[str, ...] = ()) -> tuple[SparsePlan, dict]:
     """Decide, per sparse candidate layer of the quantized module, dense or sparse.
 
     Where the profile runs here the latency gate measures both forms (``sparse_gate.gate``)
@@ -131,7 +135,7 @@ def plan_sparse(quantized, profile, records, threshold: float, min_speedup: floa
         from .sparse_gate import forms, gate
 
         target = profile.tvm_target()
-        both = forms(quantized, target, threshold, codebook)
+        both = forms(quantized, target, threshold, codebook, at_load)
         tuned: dict = {}
         if both[1] is not None and tune_budget_s > 0:
             if progress:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..defaults import DEFAULT_SPARSE_THRESHOLD
+from ..kernels.codebook import DECODE_FUNCTION
 from ..targets import device_for
 
 
@@ -92,7 +93,7 @@ def _candidates(quantized, threshold: float):
 
 
 def forms(quantized, target, threshold: float = DEFAULT_SPARSE_THRESHOLD,
-          codebook: bool = False):
+          codebook: bool = False, at_load: tuple[str, ...] = ()):
     """The two fused modules the gate compares: every candidate at or above ``threshold``
     dense, and every one sparse (None when there is no such candidate). Tune these before
     :func:`gate` so both forms are timed as they would ship. ``codebook`` (``--codebook``):
@@ -101,12 +102,13 @@ def forms(quantized, target, threshold: float = DEFAULT_SPARSE_THRESHOLD,
     from ..pipeline import fuse
 
     _, timed, _ = _candidates(quantized, threshold)
-    dense = fuse(quantized, target, start="layer_forms", codebook=codebook)
+    dense = fuse(quantized, target, start="layer_forms", codebook=codebook, at_load=at_load)
     if not timed:
         return dense, None
     sparse = {"threshold": threshold, "keep": {d.key: True for _, _, d in timed},
               **({"values": "codebook"} if codebook else {})}
-    return dense, fuse(quantized, target, start="layer_forms", sparse=sparse, codebook=codebook)
+    return dense, fuse(quantized, target, start="layer_forms", sparse=sparse, codebook=codebook,
+                       at_load=at_load)
 
 
 def _calls(func) -> list:
@@ -123,6 +125,21 @@ def _calls(func) -> list:
     return out
 
 
+def _cache_reads(func) -> dict:
+    """``{var: key}`` of ``func``'s weights read from the tensor cache (decoded at load)."""
+    import tvm
+
+    out = {}
+    for block in func.body.blocks:
+        for b in block.bindings:
+            v = b.value
+            if (isinstance(v, tvm.ir.Call) and getattr(v.op, "name", "") ==
+                    "relax.call_pure_packed" and getattr(v.args[0], "global_symbol", "")
+                    == "vm.builtin.tensor_cache.get"):
+                out[b.var] = str(v.args[1].value)
+    return out
+
+
 def _consts(call) -> list[np.ndarray]:
     import tvm
 
@@ -131,10 +148,15 @@ def _consts(call) -> list[np.ndarray]:
 
 def _dense_calls(func, w: np.ndarray) -> list:
     """The call whose constants hold weight ``w`` ([out, in], as given or transposed), or
-    its codes and codebook (a codebook kernel)."""
-    from ..kernels.codebook import decode
+    its codes and codebook (a codebook kernel), or that reads it decoded at load from the
+    tensor cache."""
+    from ..kernels.codebook import at_load_key, decode
 
+    cached = _cache_reads(func)
+    keys = {at_load_key(w), at_load_key(np.ascontiguousarray(w.T))} if cached else set()
     for _, call in _calls(func):
+        if any(cached.get(a) in keys for a in call.args[1].fields):
+            return [call]
         consts = _consts(call)
         for c in consts:
             if (c.shape == w.shape and np.array_equal(c, w)) or \
@@ -205,6 +227,9 @@ def _check_same_outputs(dense: _Built, sparse: _Built, quantized, integer: bool)
     rng = np.random.default_rng(0)
     dev = dense.dev
     vms = [relax.VirtualMachine(b.ex, dev) for b in (dense, sparse)]
+    for vm in vms:  # layers decoded at load read their weights from the tensor cache
+        if vm.module.implements_function(DECODE_FUNCTION):
+            vm[DECODE_FUNCTION]()
     for gv, func in quantized.functions.items():
         if not isinstance(func, relax.Function) or not gv.name_hint.startswith("main"):
             continue

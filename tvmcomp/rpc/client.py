@@ -121,7 +121,8 @@ def last_line(e: Exception) -> str:
 
 def load_on_board(lib: Path, man, tracker: str, key: str):
     """``(vm, device, session)``: an artifact's ``model.so`` (``man``: its manifest) uploaded
-    to the board registered as ``key`` and loaded there into a Relax VM; one line if the
+    to the board registered as ``key`` and loaded there into a Relax VM (whose on-load
+    function, if any, the caller runs: :func:`tvmcomp.runtime.run_on_load`); one line if the
     board cannot load it. The session lasts as long as the returned objects."""
     from tvm import relax
 
@@ -169,7 +170,10 @@ def bench_rpc(art_dir: str | Path, tracker: str, key: str, batches=(1,), repeat:
             raise TvmcompError(f"{art_dir}: no entry point for batch {b}; compiled: "
                                f"{sorted(entries)}")
     prof = man.profile
+    from ..runtime import run_on_load
+
     vm, dev, remote = load_on_board(lib, man, tracker, key)
+    run_on_load(vm, man)
     shape = [int(d) for d in man.inputs[0].shape[1:]]
     dtype = man.inputs[0].dtype
     rng = np.random.default_rng(0)

@@ -90,10 +90,10 @@ class BoardUse:
         per = ", ".join(f"{who} {k}" for who, k in self.trials.items()) or "none"
         if not n:
             return f"measurements per RPC server: {per}"
-        return (f"measurements per RPC server: {per}; sessions took {self.busy_s:.1f} s in all, "
-                f"in {self.span_s:.1f} s of wall time on {n} server{'s' if n != 1 else ''} "
-                f"({self.busy_s / max(self.span_s, 1e-9):.2f}x one server taking them back to "
-                "back)")
+        return (f"measurements per RPC server: {per}; their sessions took {self.busy_s:.1f} s "
+                f"in all (one server, back to back), within {self.span_s:.1f} s of wall time "
+                f"on {n} server{'s' if n != 1 else ''} "
+                f"({self.busy_s / max(self.span_s, 1e-9):.2f} measuring at once on average)")
 
 
 def board_use(session_log: str | Path) -> BoardUse:
