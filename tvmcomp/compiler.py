@@ -21,7 +21,7 @@ from .defaults import (CODEBOOK_DECODE, DEFAULT_BATCHES, DEFAULT_MAX_ACCURACY_DR
                        DEFAULT_SPARSE_THRESHOLD, DEFAULT_TUNE_BUDGET_S)
 from .errors import ArtifactError, TvmcompError
 from .frontend.onnx_import import CHECKPOINT_KEY, entry_name, import_batches, load_onnx
-from .kernels.codebook import DECODE_FUNCTION
+from .kernels.decode import DECODE_FUNCTION
 from .pipeline import (compile_lowered, fuse, kernel_table, make_pipeline,
                        pass_names, run_range, schedule_and_lower)
 from .passes.sizes import format_memory, run_time_memory
@@ -254,7 +254,8 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     if forms["codebook"] is not None:
         cb = forms["codebook"]
         forms_n = {f: sum(L["form"] == f for L in cb["layers"])
-                   for f in ("dense", "sparse", "at load")}
+                   for f in ("dense", "sparse")}
+        forms_n["at load"] = sum(L["form"].startswith("at load") for L in cb["layers"])
         _say(f"codebook: {forms_n['dense']} dense and {forms_n['sparse']} sparse layers as "
              "uint8 codes + codebook"
              + (f", {forms_n['at load']} more decoded at load" if forms_n["at load"] else "")
@@ -422,8 +423,9 @@ def _decoded_at_load(quantized, opts: BuildOptions) -> tuple[str, ...]:
 def codebook_info(quantized, formed, sparse: dict | None = None,
                   at_load: tuple[str, ...] = ()) -> dict:
     """The manifest's codebook section: per layer (its batch entries share the stored
-    arrays), its form (dense indices, decoded ``at load`` where named in ``at_load``, or
-    sparse codes where ``sparse``, SparseDense's arguments, made it sparse), the codebook
+    arrays), its form (dense indices; decoded ``at load`` where named in ``at_load``, stored
+    dense or ``at load, sparse``; or sparse codes where ``sparse``, SparseDense's arguments,
+    made it sparse), the codebook
     length and the bytes dense and stored; the kernels that decode (dense codebook kernels
     and sparse kernels with codes)."""
     from .passes.codebook_dense import COMPOSITES, codebook_layers
@@ -432,11 +434,9 @@ def codebook_info(quantized, formed, sparse: dict | None = None,
               if f.attrs is not None and f.attrs.get("Composite") in COMPOSITES
               or gv.name_hint.startswith("sell_dense_") and "_cb" in gv.name_hint}
     layers: dict = {}
-    for L in codebook_layers(quantized, sparse):
+    for L in codebook_layers(quantized, sparse, at_load):
         fn, name = L.key.split("/", 1)
         d = layers.setdefault(name, {**L.to_dict(), "key": name, "entries": []})
-        if L.form == "dense" and name in at_load:
-            d["form"] = "at load"
         d["entries"].append(fn)
     layers = list(layers.values())
     return {"layers": layers, "kernels": len(folded),

@@ -290,7 +290,7 @@ def test_layers_decoded_at_load_run_the_float_kernels(tmp_path, share_weights):
     import torch
     from tvm_ffi import structural_hash
 
-    from tvmcomp.kernels.codebook import DECODE_FUNCTION
+    from tvmcomp.kernels.decode import DECODE_FUNCTION
     from tvmcomp.pipeline import compile_fused, fuse
 
     net, mod = _shared_lenet(tmp_path, 2, share_weights)
@@ -320,3 +320,66 @@ def test_layers_decoded_at_load_run_the_float_kernels(tmp_path, share_weights):
         ref = net(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(vm["main_b2"](tvm.runtime.tensor(x)).numpy(), got)
+
+
+def test_pruned_layers_decoded_at_load_store_sparse_codes(tmp_path, share_weights):
+    """A pruned, shared layer decoded at load is stored as sliced-ELLPACK codes (codes for its
+    non-zeros, column steps) where that is smaller than a code per weight, and decoded from
+    them into the dense weight: conv1 and fc1 at 90 % sparsity; the output equals PyTorch's,
+    and the per-layer table counts what is stored."""
+    import torch
+
+    from tvmcomp.frontend.onnx_export import export_onnx
+    from tvmcomp.kernels.decode import DECODE_FUNCTION
+    from tvmcomp.model.lenet import LeNet5
+    from tvmcomp.passes.sizes import layer_sizes
+    from tvmcomp.pipeline import compile_fused, fuse
+
+    torch.manual_seed(0)
+    net = share_weights(LeNet5().eval(), 256, 16)
+    with torch.no_grad():  # then pruned: the survivors keep their shared values
+        for p in (net.conv2.weight, net.fc1.weight):
+            p.mul_((torch.rand_like(p) < 0.1).float())
+    model, info = load_onnx(export_onnx(net, tmp_path / "lenet.onnx"))
+    mod = import_batches(model, info, [2])
+    at_load = ("conv0", "conv1", "matmul2")
+    rows = {r["layer"]: r for r in layer_sizes(mod, codebook=True, at_load=at_load)}
+    assert rows["conv1"]["form"] == rows["matmul2"]["form"] == "sparse codebook, decoded at load"
+    assert rows["conv0"]["form"] == "codebook, decoded at load"  # dense: a code per weight
+    assert rows["matmul2"]["stored_bytes"] < 48000 * 5 // 8 // 2  # far below dense codes
+    target = tvm.target.Target(TARGET)
+    fused = fuse(CodebookDense(at_load=at_load)(mod), target)
+    consts = _constants(fused)
+    assert ("uint8", (24000,)) not in consts and ("uint8", (2400,)) not in consts
+    r = rows["matmul2"]["bytes"]
+    assert ("uint8", (r["col_indices"],)) in consts  # one column step per stored entry
+    vm = relax.VirtualMachine(compile_fused(fused, target), tvm.cpu())
+    vm[DECODE_FUNCTION]()
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(vm["main_b2"](tvm.runtime.tensor(x)).numpy(), ref,
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("levels, transpose, shape", [
+    (3, True, (84, 10)), (15, False, (16, 6, 5, 5)), (200, True, (120, 84))])
+def test_sell_decode_kernel_gives_back_the_weight(levels, transpose, shape):
+    """kernels.decode.sell_decode_kernel: sliced-ELLPACK codes (2-bit packed four to a byte,
+    4-bit two, 8-bit one) decoded into the dense weight or its transpose, over a buffer that
+    held garbage; exact."""
+    from tvmcomp.kernels.decode import sell_decode_kernel
+    from tvmcomp.kernels.sell import sell_codebook_from_dense
+
+    rng = np.random.default_rng(levels)
+    rows = shape[1] if transpose else shape[0]
+    cols = int(np.prod(shape)) // rows
+    w = np.linspace(-1, 1, levels).astype(np.float32)[rng.integers(0, levels, (rows, cols))]
+    w *= rng.random((rows, cols)) < 0.15
+    m = sell_codebook_from_dense(w)
+    func = sell_decode_kernel(m, shape, transpose).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target="llvm")
+    out = tvm.runtime.tensor(np.full(shape, 7.0, np.float32))
+    lib["main"](*(tvm.runtime.tensor(a) for a in (m.codebook, m.data, m.indices, m.slice_ptr,
+                                                   m.row_order, np.zeros(1, np.int32))), out)
+    np.testing.assert_array_equal(out.numpy(), (w.T if transpose else w).reshape(shape))

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import HAND_SCHEDULED
-
 MAX_CODES = 256  # uint8 codes
 # A codebook layer's lookup, ``take(codebook, codes)``, legalizes into a block of this name
 # writing a buffer named ``T_take_intermediate`` after fusion: the decoded weight, when the
@@ -104,61 +102,7 @@ def stored_code_bytes(size: int, codebook_len: int) -> int:
     return -(-int(size) // per)
 
 
-# A layer decoded at load (``CodebookDense(at_load=...)``): the artifact's function of this
-# name, run once when the artifact is loaded, decodes its codes into the process's TVM tensor
-# cache (``vm.builtin.tensor_cache``) under a key derived from the codes and codebook, and
-# the layer's kernel reads the dense weight from there.
-DECODE_FUNCTION = "decode_weights"
-CACHE_PREFIX = "tvmcomp.decoded."
-
-
-def cache_key(codebook: np.ndarray, stored: np.ndarray, shape) -> str:
-    """The tensor-cache key of a weight decoded at load: a hash of what decodes to it, so two
-    artifacts in one process never read each other's weights (and identical ones share)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for part in (np.ascontiguousarray(codebook, np.float32), np.ascontiguousarray(stored),
-                 np.asarray(shape, np.int64)):
-        h.update(part.tobytes())
-    return CACHE_PREFIX + h.hexdigest()[:20]
-
-
 def stored_codes(codebook: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """``codes`` (uint8) as a layer stores them: :func:`pack`-ed up to 4 bits, else flat."""
     bits = code_bits(codebook.size)
     return pack(codes, bits) if codes_per_byte(bits) > 1 else np.ascontiguousarray(codes).ravel()
-
-
-def at_load_key(w: np.ndarray) -> str:
-    """The tensor-cache key under which weight ``w`` (as its layer reads it) is decoded at
-    load (:func:`cache_key` of its codes and codebook)."""
-    codebook, codes = encode(w)
-    return cache_key(codebook, stored_codes(codebook, codes), w.shape)
-
-
-def decode_prim_func(codebook_len: int, stored_len: int, shape, bits: int):
-    """A TIR function ``(codebook f32[codebook_len], stored u8[stored_len], token i32[1]) ->
-    w f32[shape]``: ``w`` (row-major) is ``codebook[code]`` of the codes :func:`pack` stored
-    (one a byte past 4 bits). Naive loops, marked scheduled: it runs once, at load.
-    ``token`` is not read: called with a tensor allocated at run time, the call has an
-    argument that is not a constant, so Relax's ``FoldConstant`` cannot evaluate it at
-    compile time (it would put the decoded weight back into the artifact)."""
-    from tvm import te, tirx
-
-    per = codes_per_byte(bits)
-    cb = te.placeholder((int(codebook_len),), "float32", name="codebook")
-    codes = te.placeholder((int(stored_len),), "uint8", name="stored")
-    token = te.placeholder((1,), "int32", name="token")
-    strides = [int(np.prod(shape[i + 1:])) for i in range(len(shape))]
-
-    def value(*idx):
-        flat = sum((i * s for i, s in zip(idx, strides)), tirx.const(0, "int32"))
-        if per == 1:
-            return cb[codes[flat].astype("int32")]
-        byte = codes[flat // per].astype("int32")
-        return cb[(byte >> ((flat % per) * bits)) & ((1 << bits) - 1)]
-
-    out = te.compute([int(d) for d in shape], value, name="decoded")
-    func = te.create_prim_func([cb, codes, token, out]).without_attr("global_symbol")
-    return func.with_attrs({"tirx.is_scheduled": True, HAND_SCHEDULED: "codebook decode"})

@@ -18,10 +18,10 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ..kernels.codebook import (DECODE_FUNCTION, MAX_CODES, cache_key, code_bits,
-                                codebook_length, codes_per_byte, decode_prim_func,
+from ..kernels.codebook import (MAX_CODES, code_bits, codebook_length, codes_per_byte,
                                 distinct_values, encode, pack, stored_code_bytes, stored_codes)
-from ..kernels.sell import sell_codebook_from_dense
+from ..kernels.decode import DECODE_FUNCTION, cache_key, decode_prim_func, sell_decode_kernel
+from ..kernels.sell import SlicedMatrix, sell_codebook_from_dense
 from ._emit import rebind, rewrite_functions
 from .layers import layer_key
 from .sparse_dense import goes_sparse, layer_weights, sparse_candidates
@@ -58,11 +58,13 @@ class CodebookLayer:
                 "structure_bytes": self.structure_bytes, "stored_bytes": self.stored_bytes}
 
 
-def codebook_layers(mod: tvm.IRModule, sparse: dict | None = None) -> list[CodebookLayer]:
+def codebook_layers(mod: tvm.IRModule, sparse: dict | None = None,
+                    at_load: tuple[str, ...] = ()) -> list[CodebookLayer]:
     """The float matmul layers of ``mod`` (before ``layer_forms``) whose constant weight has
     at most :data:`MAX_CODES` distinct values, in function and layer order. ``sparse``
     (``SparseDense``'s threshold and keep, or None): the layers it rewrites are counted in
-    their sparse codebook form."""
+    their sparse codebook form; ``at_load``: of the others, those decoded at load, counted
+    as :func:`at_load_layout` stores them (form ``"at load"``, or ``"at load, sparse"``)."""
     out = []
     for gv, func in mod.functions.items():
         if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
@@ -81,19 +83,27 @@ def codebook_layers(mod: tvm.IRModule, sparse: dict | None = None) -> list[Codeb
                                              m.w.size * 4, b["values"], b["codebook"], "sparse",
                                              b["total"] - b["values"] - b["codebook"]))
                 continue
-            codes = distinct_values(m.w)
-            if codes <= MAX_CODES:
-                out.append(CodebookLayer(key, shape, codes, m.w.size * 4,
-                                         stored_code_bytes(m.w.size, codebook_length(codes)),
-                                         codebook_length(codes) * 4))
+            if distinct_values(m.w) <= MAX_CODES:
+                out.append(_dense_layer(key, m.w, m.name in at_load))
         for _, name, w in float_convs(func):
-            codes = distinct_values(w)
-            if codes <= MAX_CODES:
-                out.append(CodebookLayer(layer_key(gv.name_hint, name), tuple(w.shape), codes,
-                                         w.size * 4,
-                                         stored_code_bytes(w.size, codebook_length(codes)),
-                                         codebook_length(codes) * 4))
+            if distinct_values(w) <= MAX_CODES:
+                out.append(_dense_layer(layer_key(gv.name_hint, name), w, name in at_load))
     return sorted(out, key=lambda L: (L.key.split("/")[0], _layer_index(L.key)))
+
+
+def _dense_layer(key: str, w: np.ndarray, at_load: bool) -> CodebookLayer:
+    """A layer ``CodebookDense`` keeps dense: a code per weight, or decoded at load as
+    :func:`at_load_layout` stores it."""
+    codes = distinct_values(w)
+    layout = at_load_layout(w.reshape(w.shape[0], -1)) if at_load else "dense"
+    if isinstance(layout, SlicedMatrix):
+        b = layout.nbytes()
+        return CodebookLayer(key, tuple(w.shape), distinct_values(w, True), w.size * 4,
+                             b["values"], b["codebook"], "at load, sparse",
+                             b["total"] - b["values"] - b["codebook"])
+    return CodebookLayer(key, tuple(w.shape), codes, w.size * 4,
+                         stored_code_bytes(w.size, codebook_length(codes)),
+                         codebook_length(codes) * 4, "at load" if at_load else "dense")
 
 
 def _layer_index(key: str) -> int:
@@ -112,6 +122,19 @@ def float_convs(func: relax.Function) -> list[tuple[relax.Var, str, np.ndarray]]
                 and str(val.attrs.out_dtype) in ("", "void", "None", "float32")):
             out.append((var, name, w))
     return out
+
+
+def at_load_layout(w2d: np.ndarray):
+    """How a layer decoded at load stores its ``[rows, cols]`` weight: as sliced-ELLPACK codes
+    (a :class:`~tvmcomp.kernels.sell.SlicedMatrix`, codes only for the non-zeros, plus column
+    steps) where that takes fewer bytes than a code per weight, else ``"dense"``."""
+    distinct = distinct_values(w2d, zero_first=True)
+    dense = stored_code_bytes(w2d.size, codebook_length(distinct_values(w2d))) \
+        + 4 * codebook_length(distinct_values(w2d))
+    if distinct > MAX_CODES or np.count_nonzero(w2d) > w2d.size // 2:
+        return "dense"
+    sparse = sell_codebook_from_dense(w2d)
+    return sparse if sparse.nbytes()["total"] < dense else "dense"
 
 
 @tvm.transform.module_pass(opt_level=0, name="CodebookDense")
@@ -175,7 +198,7 @@ class _Rewriter(PyExprMutator):
         self.at_load = set(at_load)
         self.plan: dict = {}
         self.convs: dict = {}
-        self.decoded: dict[str, tuple] = {}  # cache key -> (codebook, stored, shape, bits)
+        self.decoded: dict[str, tuple] = {}  # cache key -> (decode kernel, its arrays, shape)
 
     def run(self) -> tvm.IRModule:
         def prepare(gv, func) -> bool:
@@ -198,11 +221,10 @@ class _Rewriter(PyExprMutator):
         decoded = []
         with bb.function(DECODE_FUNCTION, [], pure=False):
             token = bb.emit(R.builtin.alloc_tensor(relax.ShapeExpr([1]), "int32", 0), "token")
-            for i, (key, (codebook, stored, shape, bits)) in enumerate(self.decoded.items()):
-                gv = bb.add_func(decode_prim_func(codebook.size, stored.size, shape, bits),
-                                 f"tvmcomp_decode{i}")
-                w = bb.emit(R.call_tir(gv, relax.Tuple([relax.const(codebook),
-                                                         relax.const(stored), token]),
+            for i, (key, (func, arrays, shape)) in enumerate(self.decoded.items()):
+                gv = bb.add_func(func, f"tvmcomp_decode{i}")
+                args = [relax.const(a) for a in arrays] + [token]
+                w = bb.emit(R.call_tir(gv, relax.Tuple(args),
                                        relax.TensorType(list(shape), "float32")))
                 bb.emit(relax.Call(relax.ExternFunc("vm.builtin.tensor_cache.update"),
                                    [tvm.ir.StringImm(key), w, relax.prim_value(True)],
@@ -211,15 +233,26 @@ class _Rewriter(PyExprMutator):
             bb.emit_func_output(relax.Tuple(decoded))
         return bb.get()
 
-    def _cached(self, codebook: np.ndarray, codes: np.ndarray, name: str):
-        """The dense weight ``codebook[codes]``, read from the tensor cache where
-        :meth:`_add_decoder`'s function put it at load."""
-        stored = stored_codes(codebook, codes)
-        key = cache_key(codebook, stored, codes.shape)
-        self.decoded[key] = (codebook, stored, tuple(codes.shape), code_bits(codebook.size))
+    def _cached(self, w: np.ndarray, w2d: np.ndarray, transpose: bool, name: str):
+        """``w`` (as the layer reads it), read from the tensor cache where
+        :meth:`_add_decoder`'s function puts it at load; stored as :func:`at_load_layout`
+        of ``w2d`` (``[rows, cols]``: ``w`` row-major, or its transpose if ``transpose``)."""
+        layout = at_load_layout(w2d)
+        if isinstance(layout, SlicedMatrix):
+            func = sell_decode_kernel(layout, w.shape, transpose)
+            arrays = [layout.codebook, layout.data, layout.indices, layout.slice_ptr,
+                      layout.row_order]
+        else:
+            codebook, codes = encode(w)
+            stored = stored_codes(codebook, codes)
+            func = decode_prim_func(codebook.size, stored.size, w.shape,
+                                    code_bits(codebook.size))
+            arrays = [codebook, stored]
+        key = cache_key(w)
+        self.decoded[key] = (func, arrays, tuple(w.shape))
         return self.builder_.emit(relax.op.call_pure_packed(
             "vm.builtin.tensor_cache.get", tvm.ir.StringImm(key),
-            ty_args=[relax.TensorType(list(codes.shape), "float32")]), f"{name}_w")
+            ty_args=[relax.TensorType(list(w.shape), "float32")]), f"{name}_w")
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         if binding.var in self.convs:
@@ -229,11 +262,12 @@ class _Rewriter(PyExprMutator):
         if m is None:
             super().visit_var_binding_(binding)
             return
-        codebook, codes = encode(m.w)
-        indices = np.ascontiguousarray(codes.T)  # [in, out], as matmul reads
         bb = self.builder_
-        w = (self._cached(codebook, indices, m.name) if m.name in self.at_load
-             else self._decode(codebook, indices, m.name))
+        if m.name in self.at_load:  # [in, out], as matmul reads it; stored [out, in]
+            w = self._cached(np.ascontiguousarray(m.w.T), m.w, True, m.name)
+        else:
+            codebook, codes = encode(m.w)
+            w = self._decode(codebook, np.ascontiguousarray(codes.T), m.name)
         y = relax.op.matmul(self.visit_expr(m.x), w)
         if m.bias is not None:
             y = relax.op.add(bb.emit(y, f"{m.name}_mm"), relax.const(m.bias))
@@ -242,9 +276,10 @@ class _Rewriter(PyExprMutator):
         rebind(self, binding, y, f"{m.name}_codebook")
 
     def _conv(self, binding: relax.VarBinding, name: str, w: np.ndarray) -> None:
-        codebook, codes = encode(w)
-        w_expr = (self._cached(codebook, codes, name) if name in self.at_load
-                  else self._decode(codebook, codes, name))
+        if name in self.at_load:  # stored as [O, I*kh*kw]
+            w_expr = self._cached(w, w.reshape(w.shape[0], -1), False, name)
+        else:
+            w_expr = self._decode(*encode(w), name)
         val = binding.value
         call = relax.Call(val.op, [self.visit_expr(val.args[0]), w_expr], val.attrs,
                           val.ty_args)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels.codebook import DECODE_BLOCK, code_bits
-from .codebook_dense import codebook_layers
+from ..kernels.sell import SlicedMatrix
+from .codebook_dense import at_load_layout, codebook_layers
 from .layers import layer_key
 from .sparse_dense import goes_sparse, layer_weights, sliced_layout, sparse_candidates
 
@@ -61,6 +62,13 @@ def layer_sizes(mod, sparse: dict | None = None, codebook: bool = False,
                           codebook=b.get("codebook", 0))
                 row.update(form=f"sparse {'codebook' if form == 'codebook' else c.data.dtype}",
                            value_bits=c.code_bits or c.data.dtype.itemsize * 8)
+            elif key in folded and name in at_load and isinstance(
+                    layout := at_load_layout(w.reshape(w.shape[0], -1)), SlicedMatrix):
+                b = layout.nbytes()  # decoded at load from sparse codes
+                by.update(values=b["values"], col_indices=b["col_indices"],
+                          structure=b["slice_pointers"] + b["row_order"],
+                          codebook=b["codebook"])
+                row.update(form="sparse codebook, decoded at load", value_bits=layout.code_bits)
             elif key in folded:  # CodebookDense: packed codes + codebook
                 L = folded[key]
                 by.update(values=L.index_bytes, codebook=L.codebook_bytes)

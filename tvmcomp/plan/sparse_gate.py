@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..defaults import DEFAULT_SPARSE_THRESHOLD
-from ..kernels.codebook import DECODE_FUNCTION
+from ..kernels.decode import DECODE_FUNCTION
 from ..targets import device_for
 
 
@@ -150,10 +150,11 @@ def _dense_calls(func, w: np.ndarray) -> list:
     """The call whose constants hold weight ``w`` ([out, in], as given or transposed), or
     its codes and codebook (a codebook kernel), or that reads it decoded at load from the
     tensor cache."""
-    from ..kernels.codebook import at_load_key, decode
+    from ..kernels.codebook import decode
+    from ..kernels.decode import cache_key
 
     cached = _cache_reads(func)
-    keys = {at_load_key(w), at_load_key(np.ascontiguousarray(w.T))} if cached else set()
+    keys = {cache_key(w), cache_key(w.T)} if cached else set()
     for _, call in _calls(func):
         if any(cached.get(a) in keys for a in call.args[1].fields):
             return [call]
