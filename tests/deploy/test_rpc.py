@@ -216,7 +216,7 @@ def test_tune_over_rpc_spreads_trials_and_survives_a_dead_server(tracker, gemm_o
     try:
         r = subprocess.run([sys.executable, "-m", "tvmcomp.cli", "tune", str(path), "--profile",
                             "x86_avx2", "--rpc-tracker", tracker, "--rpc-key", "fleet",
-                            "--batch", "1", "--tune-budget", "120", "--trials-per-task", "8",
+                            "--batch", "1", "--tune-budget", "120", "--trials-per-task", "6",
                             "--tuning-dir", str(cache)], capture_output=True, text=True,
                            timeout=300)
         killer.join()
@@ -230,7 +230,7 @@ def test_tune_over_rpc_spreads_trials_and_survives_a_dead_server(tracker, gemm_o
                     if ln.startswith("measurements per RPC server: "))
         counts = [int(c.rsplit(" ", 1)[1])
                   for c in line.split(": ", 1)[1].split(";")[0].split(", ")]
-        assert len(counts) == 2 and min(counts) >= 1 and sum(counts) <= 8, line
+        assert len(counts) == 2 and min(counts) >= 1 and sum(counts) <= 6, line
         assert "s of wall time on 2 servers (" in line and "measuring at once" in line, line
         records = (cache / "database_tuning_record.json").read_text().splitlines()
         assert len(records) >= sum(counts) - 1       # all but the in-flight trial kept
@@ -275,7 +275,7 @@ def test_tracker_gone_mid_tuning_is_one_line_and_keeps_the_records(gemm_onnx, tm
         started = time.monotonic()
         rc = cli.main(["tune", str(path), "--profile", "x86_avx2", "--rpc-tracker", tracker,
                        "--rpc-key", "lonely", "--batch", "1", "--tune-budget", "120",
-                       "--trials-per-task", "4", "--tuning-dir", str(cache)])
+                       "--trials-per-task", "2", "--tuning-dir", str(cache)])
         took = time.monotonic() - started
         killer.join()
         said = capsys.readouterr().err

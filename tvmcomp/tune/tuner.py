@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -75,7 +76,7 @@ def _local_builder(**kw):
     every batch of candidates, to contain a memory leak of long-lived workers. Here the pool
     is started once, on the first batch, and each worker is replaced after
     ``WORKER_USES`` builds; a build function that does not resolve shows as failed builds.
-    Call ``close()`` when done."""
+    ``close()`` stops the pool (:func:`_kept` keeps one builder for the process)."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.builder import local_builder as lb
@@ -115,6 +116,33 @@ def _local_builder(**kw):
 
 
 WORKER_USES = 64  # builds before a build worker is replaced (TVM's workers leak memory)
+
+# The build-worker pool and the local runner (each worker imports TVM: seconds on 2 cores)
+# are kept for the process, so the several tuning runs of one build (the sparse gate's forms,
+# then the build's own) start them once; dropped after an interrupted or failed run.
+_KEPT: dict = {}
+
+
+def _kept(key: tuple, make):
+    if key not in _KEPT:
+        _KEPT[key] = make()
+    return _KEPT[key]
+
+
+def _drop_kept(key: tuple) -> None:
+    obj = _KEPT.pop(key, None)
+    if obj is None:
+        return
+    if hasattr(obj, "close"):
+        obj.close()
+    else:
+        _drop_queued_runs(obj)
+
+
+@atexit.register
+def _close_kept() -> None:
+    for key in list(_KEPT):
+        _drop_kept(key)
 
 
 def _builder_init(family):
@@ -341,13 +369,16 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
                 strategy=ms.search_strategy.EvolutionarySearch(
                     population_size=256, init_measured_ratio=0.2, genetic_num_iters=3),
             )
-        builder = _local_builder(
+        builder_key = ("builder", family, cross_compiler)
+        builder = _kept(builder_key, lambda: _local_builder(
             f_build=ms_build, timeout_sec=60.0, initializer=_builder_init(family),
-            f_export=CrossExport(cross_compiler) if cross_compiler else None)
-        runner = runner or ms.runner.LocalRunner(
+            f_export=CrossExport(cross_compiler) if cross_compiler else None))
+        local = runner is None
+        runner = runner or _kept(("runner",), lambda: ms.runner.LocalRunner(
             timeout_sec=30.0,
             evaluator_config=ms.runner.EvaluatorConfig(number=10, repeat=3, min_repeat_ms=20),
-        )
+        ))
+        finished = False
         total = max_trials_per_task * len(contexts)
         counter, fired = [0, 0], [False]  # trials, of which measured; why it stopped
         bar = tqdm(total=total, desc=f"tune {len(contexts)} tasks", unit="trial",
@@ -381,10 +412,17 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
                 raise TvmcompError(f"{fired[0]}: tuning stopped; the {counter[1]} trials "
                                    f"measured in this run are kept in {work_dir}") from None
             report.stopped_by = "budget"
+            finished = True
+        else:
+            finished = True
         finally:
             bar.close()
-            builder.close()
-            _drop_queued_runs(runner)
+            if not finished:  # interrupted or failed: the workers may be mid-job
+                _drop_kept(builder_key)
+                if local:
+                    _drop_kept(("runner",))
+            if not local:  # a remote runner is this run's: stop it and its queue
+                _drop_queued_runs(runner)
         report.used_s = time.monotonic() - start
         report.trials = counter[0]
     elif chosen:
