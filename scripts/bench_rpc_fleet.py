@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from tvmcomp.main_job import _cpu_name
-from tvmcomp.rpc import free_port, launch, parse_addr, server_keys, stop, tracker_summary
+from tvmcomp.rpc import free_port, launch, launch_servers, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -42,20 +42,6 @@ def _lenet_onnx(path: Path) -> Path:
 
     torch.manual_seed(0)
     return export_onnx(LeNet5(), path)
-
-
-def _servers(tracker: str, key: str, n: int) -> list:
-    procs = [launch("server", "--tracker", tracker, "--key", key, "--host", HOST, "--port",
-                    str(free_port()), expect="RPC server", cpus=str(i % (os.cpu_count() or 1)))
-             for i in range(n)]
-    deadline = time.monotonic() + 60
-    while server_keys(tracker_summary(*parse_addr(tracker))).get(key, 0) < n:
-        if time.monotonic() > deadline:
-            for p in procs:
-                stop(p)
-            raise SystemExit(f"the {n} RPC servers never registered at the tracker")
-        time.sleep(0.2)
-    return procs
 
 
 def tune(model: Path, tracker: str, key: str, trials: int, work: Path) -> dict:
@@ -85,7 +71,7 @@ def main() -> None:
     runs = {}
     try:
         for n in (1, 2):
-            procs = _servers(tracker, f"fleet{n}", n)
+            procs = launch_servers(tracker, f"fleet{n}", n)
             try:
                 runs[n] = tune(model, tracker, f"fleet{n}", args.trials, work / f"cache{n}")
             finally:

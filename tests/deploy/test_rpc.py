@@ -170,21 +170,9 @@ def test_build_on_board_bad_input_is_one_line(tracker, gemm_onnx, tmp_path, caps
 
 def _fleet(tracker, key: str, n: int):
     """``n`` RPC servers under ``key``, each pinned to one of this machine's cores."""
-    import os
+    from tvmcomp.rpc import launch_servers
 
-    from tvmcomp.rpc import parse_addr, server_keys, tracker_summary
-
-    procs = [launch("server", "--tracker", tracker, "--key", key, "--host", HOST, "--port",
-                    str(free_port()), expect="RPC server", cpus=str(i % (os.cpu_count() or 1)))
-             for i in range(n)]
-    deadline = time.monotonic() + 30
-    while server_keys(tracker_summary(*parse_addr(tracker))).get(key, 0) < n:
-        if time.monotonic() > deadline:
-            for p in procs:
-                stop(p)
-            raise RuntimeError("the fleet never registered at the tracker")
-        time.sleep(0.2)
-    return procs
+    return launch_servers(tracker, key, n, HOST, timeout_s=30)
 
 
 @pytest.mark.slow

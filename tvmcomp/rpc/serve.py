@@ -19,7 +19,7 @@ import time
 
 from ..errors import TvmcompError
 from .client import (DEFAULT_HOST, SERVER_ID_FUNC, SERVER_PORT, TRACKER_PORT, last_line,
-                     parse_addr, tracker_summary)
+                     parse_addr, server_keys, tracker_summary)
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -55,6 +55,29 @@ def launch(*args: str, expect: str = "", timeout_s: float = 120.0, cpus: str | N
         raise TvmcompError(f"rpc {args[0] if args else ''} did not start: {line.strip()!r} "
                            f"{(err or '').strip()[-500:]}")
     return proc
+
+
+def launch_servers(tracker: str, key: str, n: int, host: str = DEFAULT_HOST,
+                   timeout_s: float = 60.0) -> list:
+    """``n`` ``tvmcomp rpc server`` processes under ``key`` at ``tracker`` (a loopback fleet),
+    each pinned to one of this machine's cores in turn, returned once all ``n`` are
+    registered; if they are not within ``timeout_s``, stops them and raises
+    :class:`TvmcompError`. Stop each with :func:`stop`."""
+    import os
+
+    thost, tport = parse_addr(tracker)
+    procs = [launch("server", "--tracker", tracker, "--key", key, "--host", host, "--port",
+                    str(free_port(host)), expect="RPC server", cpus=str(i % (os.cpu_count() or 1)))
+             for i in range(n)]
+    deadline = time.monotonic() + timeout_s
+    while server_keys(tracker_summary(thost, tport)).get(key, 0) < n:
+        if time.monotonic() > deadline:
+            for p in procs:
+                stop(p)
+            raise TvmcompError(f"the {n} RPC servers under {key!r} never all registered at "
+                               f"{tracker}")
+        time.sleep(0.2)
+    return procs
 
 
 def stop(proc, timeout_s: float = 20.0) -> None:
