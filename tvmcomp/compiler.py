@@ -253,8 +253,7 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
              f"{sparse_info['dense_size']['bytes']['total']:,} B)", opts.progress)
     if forms["codebook"] is not None:
         cb = forms["codebook"]
-        forms_n = {f: sum(L["form"] == f for L in cb["layers"])
-                   for f in ("dense", "sparse")}
+        forms_n = {f: sum(L["form"] == f for L in cb["layers"]) for f in ("dense", "sparse")}
         forms_n["at load"] = sum(L["form"].startswith("at load") for L in cb["layers"])
         _say(f"codebook: {forms_n['dense']} dense and {forms_n['sparse']} sparse layers as "
              "uint8 codes + codebook"
@@ -425,9 +424,8 @@ def codebook_info(quantized, formed, sparse: dict | None = None,
     """The manifest's codebook section: per layer (its batch entries share the stored
     arrays), its form (dense indices; decoded ``at load`` where named in ``at_load``, stored
     dense or ``at load, sparse``; or sparse codes where ``sparse``, SparseDense's arguments,
-    made it sparse), the codebook
-    length and the bytes dense and stored; the kernels that decode (dense codebook kernels
-    and sparse kernels with codes)."""
+    made it sparse), the codebook length and the bytes dense and stored; the kernels that
+    decode (dense codebook kernels and sparse kernels with codes)."""
     from .passes.codebook_dense import COMPOSITES, codebook_layers
 
     folded = {gv.name_hint for gv, f in formed.functions.items()

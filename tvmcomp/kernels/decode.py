@@ -62,8 +62,7 @@ def decode_prim_func(codebook_len: int, stored_len: int, shape, bits: int):
 
 def sell_decode_kernel(m: SlicedMatrix, out_shape: tuple[int, ...], transpose: bool = False):
     """The PrimFunc ``(codebook, data, indices, slice_ptr, row_order, token) -> w`` that
-    decodes ``m`` (codes into a codebook, :func:`~tvmcomp.kernels.sell
-    .sell_codebook_from_dense`) into the dense
+    decodes ``m`` (codes into a codebook: ``sell_codebook_from_dense``) into the dense
     float32 ``w`` of ``out_shape``: ``m``'s ``[rows, cols]`` matrix row-major (e.g. a conv
     weight ``[O, I, kh, kw]`` from ``[O, I*kh*kw]``), or with ``transpose`` its ``[cols,
     rows]`` transpose (a matmul weight as the layer reads it). Zero-fills ``w``, then walks

@@ -128,11 +128,11 @@ def at_load_layout(w2d: np.ndarray):
     """How a layer decoded at load stores its ``[rows, cols]`` weight: as sliced-ELLPACK codes
     (a :class:`~tvmcomp.kernels.sell.SlicedMatrix`, codes only for the non-zeros, plus column
     steps) where that takes fewer bytes than a code per weight, else ``"dense"``."""
-    distinct = distinct_values(w2d, zero_first=True)
-    dense = stored_code_bytes(w2d.size, codebook_length(distinct_values(w2d))) \
-        + 4 * codebook_length(distinct_values(w2d))
-    if distinct > MAX_CODES or np.count_nonzero(w2d) > w2d.size // 2:
+    if distinct_values(w2d, zero_first=True) > MAX_CODES \
+            or np.count_nonzero(w2d) > w2d.size // 2:
         return "dense"
+    entries = codebook_length(distinct_values(w2d))
+    dense = stored_code_bytes(w2d.size, entries) + 4 * entries
     sparse = sell_codebook_from_dense(w2d)
     return sparse if sparse.nbytes()["total"] < dense else "dense"
 
@@ -158,8 +158,8 @@ class CodebookDense:
 
     ``at_load``: names of layers (``conv0``, ``matmul2``, ..., in every function) decoded once
     at load instead: the module gains a function :data:`DECODE_FUNCTION` that decodes their
-    stored codes into the TVM tensor cache (a hand-written kernel each, with a tuple output so
-    ``FoldConstant`` leaves it alone), and the layer reads its dense weight from the cache
+    stored codes (:func:`at_load_layout`) into the TVM tensor cache (a hand-written kernel
+    each, :mod:`tvmcomp.kernels.decode`), and the layer reads its dense weight from the cache
     (``vm.builtin.tensor_cache.get``), so it runs the float layer's own kernel. Whoever loads
     the artifact calls that function once first.
     """

@@ -158,6 +158,8 @@ def bench_rpc(art_dir: str | Path, tracker: str, key: str, batches=(1,), repeat:
     """
     import tvm
 
+    from ..runtime import run_on_load
+
     art_dir = Path(art_dir)
     man = read_manifest(art_dir)
     lib = check_library(art_dir, man)
@@ -170,8 +172,6 @@ def bench_rpc(art_dir: str | Path, tracker: str, key: str, batches=(1,), repeat:
             raise TvmcompError(f"{art_dir}: no entry point for batch {b}; compiled: "
                                f"{sorted(entries)}")
     prof = man.profile
-    from ..runtime import run_on_load
-
     vm, dev, remote = load_on_board(lib, man, tracker, key)
     run_on_load(vm, man)
     shape = [int(d) for d in man.inputs[0].shape[1:]]
