@@ -42,9 +42,9 @@ def test_main_job_builds_every_form_and_writes_the_table(tmp_path, x86_host, pro
     load = forms["sparse+codebook@load"]
     assert {r["form"] for r in load["layers"]} <= {
         "codebook, decoded at load", "sparse codebook, decoded at load", "sparse codebook"}
-    for a, b in zip(load["layers"], layers):  # a code per weight: the same bytes
+    for a, b in zip(load["layers"], layers):  # a code per weight: bit-packed, never more
         if a["form"] == "codebook, decoded at load" and b["form"] == "codebook":
-            assert a["stored_bytes"] == b["stored_bytes"], (a, b)
+            assert a["stored_bytes"] <= b["stored_bytes"], (a, b)
         elif a["form"] == "sparse codebook, decoded at load":  # stored sparse where smaller
             assert a["stored_bytes"] < b["stored_bytes"] or b["form"] == "sparse codebook"
     assert abs(load["accuracy"] - forms["sparse+codebook"]["accuracy"]) <= 0.001

@@ -323,10 +323,10 @@ def test_layers_decoded_at_load_run_the_float_kernels(tmp_path, share_weights):
 
 
 def test_pruned_layers_decoded_at_load_store_sparse_codes(tmp_path, share_weights):
-    """A pruned, shared layer decoded at load is stored as sliced-ELLPACK codes (codes for its
-    non-zeros, column steps) where that is smaller than a code per weight, and decoded from
-    them into the dense weight: conv1 and fc1 at 90 % sparsity; the output equals PyTorch's,
-    and the per-layer table counts what is stored."""
+    """A pruned, shared layer decoded at load is stored as a code stream with zero-run lengths
+    (an entry per non-zero, plus fillers) where that is smaller than a code per weight, and
+    decoded from it into the dense weight: conv1 and fc1 at 90 % sparsity; the output equals
+    PyTorch's, and the per-layer table counts what is stored."""
     import torch
 
     from tvmcomp.frontend.onnx_export import export_onnx
@@ -352,7 +352,8 @@ def test_pruned_layers_decoded_at_load_store_sparse_codes(tmp_path, share_weight
     consts = _constants(fused)
     assert ("uint8", (24000,)) not in consts and ("uint8", (2400,)) not in consts
     r = rows["matmul2"]["bytes"]
-    assert ("uint8", (r["col_indices"],)) in consts  # one column step per stored entry
+    assert r["col_indices"] > 0  # zero-run lengths, in one stream with the codes
+    assert ("uint8", (r["values"] + r["col_indices"],)) in consts
     vm = relax.VirtualMachine(compile_fused(fused, target), tvm.cpu())
     vm[DECODE_FUNCTION]()
     x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
@@ -362,24 +363,29 @@ def test_pruned_layers_decoded_at_load_store_sparse_codes(tmp_path, share_weight
                                rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("levels, transpose, shape", [
-    (3, True, (84, 10)), (15, False, (16, 6, 5, 5)), (200, True, (120, 84))])
-def test_sell_decode_kernel_gives_back_the_weight(levels, transpose, shape):
-    """kernels.decode.sell_decode_kernel: sliced-ELLPACK codes (2-bit packed four to a byte,
-    4-bit two, 8-bit one) decoded into the dense weight or its transpose, over a buffer that
-    held garbage; exact."""
-    from tvmcomp.kernels.decode import sell_decode_kernel
-    from tvmcomp.kernels.sell import sell_codebook_from_dense
+@pytest.mark.parametrize("levels, density, shape, gap_bits", [
+    (3, 0.15, (84, 10), None), (15, 1.0, (16, 6, 5, 5), None), (200, 0.03, (400, 120), None),
+    (16, 0.02, (400, 120), 3), (5, 0.5, (7,), 1), (4, 0.0, (10, 10), None)])
+def test_code_stream_decode_kernel_gives_back_the_weight(levels, density, shape, gap_bits):
+    """kernels.decode: a weight as a code stream (2-, 4-, 8-bit codes; a code per weight, or
+    zero-run lengths with fillers for runs longer than they hold; an all-zero weight) decoded
+    by the TIR kernel over a buffer that held garbage, and by NumPy: exact. The gap width
+    chosen stores the fewest bytes of all widths."""
+    from tvmcomp.kernels.decode import MAX_GAP_BITS, code_stream, stream_decode_kernel
 
     rng = np.random.default_rng(levels)
-    rows = shape[1] if transpose else shape[0]
-    cols = int(np.prod(shape)) // rows
-    w = np.linspace(-1, 1, levels).astype(np.float32)[rng.integers(0, levels, (rows, cols))]
-    w *= rng.random((rows, cols)) < 0.15
-    m = sell_codebook_from_dense(w)
-    func = sell_decode_kernel(m, shape, transpose).with_attr("global_symbol", "main")
+    w = np.linspace(-1, 1, levels).astype(np.float32)[rng.integers(0, levels, shape)]
+    w *= rng.random(shape) < density
+    s = code_stream(w, gap_bits)
+    if gap_bits is None:
+        assert s.nbytes()["total"] == min(code_stream(w, g).nbytes()["total"]
+                                          for g in range(MAX_GAP_BITS + 1))
+    if 0 < density < 0.1:
+        assert s.gap_bits > 0 and s.nbytes()["total"] < w.size * s.code_bits // 8
+    np.testing.assert_array_equal(s.to_dense(), w)
+    func = stream_decode_kernel(s).with_attr("global_symbol", "main")
     lib = tvm.compile(tvm.IRModule({"main": func}), target="llvm")
     out = tvm.runtime.tensor(np.full(shape, 7.0, np.float32))
-    lib["main"](*(tvm.runtime.tensor(a) for a in (m.codebook, m.data, m.indices, m.slice_ptr,
-                                                   m.row_order, np.zeros(1, np.int32))), out)
-    np.testing.assert_array_equal(out.numpy(), (w.T if transpose else w).reshape(shape))
+    lib["main"](*(tvm.runtime.tensor(a) for a in (s.codebook, s.data, np.zeros(1, np.int32))),
+                out)
+    np.testing.assert_array_equal(out.numpy(), w)

@@ -1,19 +1,20 @@
 """Kernels that decode a compressed weight once, at load, into the TVM tensor cache.
 
-``CodebookDense(at_load=...)`` stores such a layer's codes (a code per weight, or
-sliced-ELLPACK codes for a pruned one) and gives the artifact a function,
-:data:`DECODE_FUNCTION`, that runs these kernels once and puts each dense weight in TVM's
-tensor cache (``vm.builtin.tensor_cache``) under :func:`cache_key`; the layer's kernel reads
-it from there. The kernels are naive loops, scheduled by hand (never tuned): they run once.
+``CodebookDense(at_load=...)`` stores such a layer's codes as a :class:`CodeStream` (a code
+per weight, or for a pruned layer a code and a zero-run length per non-zero) and gives the
+artifact a function, :data:`DECODE_FUNCTION`, that runs these kernels once and puts each dense
+weight in TVM's tensor cache (``vm.builtin.tensor_cache``) under :func:`cache_key`; the
+layer's kernel reads it from there. The kernels are naive loops, scheduled by hand (never
+tuned): they run once.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from . import HAND_SCHEDULED
-from .codebook import codes_per_byte
-from .sell import SLICE, SlicedMatrix
 
 # the artifact's function that decodes the weights at load (manifest runtime.on_load)
 DECODE_FUNCTION = "decode_weights"
@@ -32,89 +33,133 @@ def cache_key(w: np.ndarray) -> str:
     return CACHE_PREFIX + h.hexdigest()[:20]
 
 
-def decode_prim_func(codebook_len: int, stored_len: int, shape, bits: int):
-    """A TIR function ``(codebook f32[codebook_len], stored u8[stored_len], token i32[1]) ->
-    w f32[shape]``: ``w`` (row-major) is ``codebook[code]`` of the codes
-    :func:`~tvmcomp.kernels.codebook.pack` stored (one a byte past 4 bits). Naive loops,
-    marked scheduled: it runs once, at load.
-    ``token`` is not read: called with a tensor allocated at run time, the call has an
-    argument that is not a constant, so Relax's ``FoldConstant`` cannot evaluate it at
-    compile time (it would put the decoded weight back into the artifact)."""
-    from tvm import te, tirx
+@dataclass(frozen=True)
+class CodeStream:
+    """A weight decoded at load, stored as Deep Compression stores a pruned layer: a stream of
+    entries, each a gap (how many zeros to skip, ``gap_bits``) and a code into ``codebook``
+    (``code_bits``), packed ``gap_bits + code_bits`` bits each, least significant bit first.
 
-    per = codes_per_byte(bits)
-    cb = te.placeholder((int(codebook_len),), "float32", name="codebook")
-    codes = te.placeholder((int(stored_len),), "uint8", name="stored")
-    token = te.placeholder((1,), "int32", name="token")
-    strides = [int(np.prod(shape[i + 1:])) for i in range(len(shape))]
+    Decoding walks the weight in row-major order: each entry moves the position on by its gap
+    plus one and writes ``codebook[code]`` there. A run of more zeros than a gap holds takes
+    filler entries (the largest gap, code 0, and ``codebook[0]`` is 0.0). With ``gap_bits``
+    0 the stream is a code per weight (a dense layer; the codebook need not hold 0.0).
+    """
 
-    def value(*idx):
-        flat = sum((i * s for i, s in zip(idx, strides)), tirx.const(0, "int32"))
-        if per == 1:
-            return cb[codes[flat].astype("int32")]
-        byte = codes[flat // per].astype("int32")
-        return cb[(byte >> ((flat % per) * bits)) & ((1 << bits) - 1)]
+    codebook: np.ndarray   # float32, exactly as long as the codes need
+    data: np.ndarray       # uint8
+    entries: int
+    gap_bits: int
+    code_bits: int
+    shape: tuple[int, ...]
 
-    out = te.compute([int(d) for d in shape], value, name="decoded")
-    func = te.create_prim_func([cb, codes, token, out]).without_attr("global_symbol")
-    return func.with_attrs({"tirx.is_scheduled": True, HAND_SCHEDULED: "codebook decode"})
+    def nbytes(self) -> dict[str, int]:
+        """Stored bytes by role: ``codes`` (the codes' share of the stream), ``gaps`` (the
+        rest of it) and ``codebook``; ``total``."""
+        codes = -(-self.entries * self.code_bits // 8)
+        out = {"codes": codes, "gaps": int(self.data.size) - codes,
+               "codebook": int(self.codebook.nbytes)}
+        return {**out, "total": sum(out.values())}
+
+    def to_dense(self) -> np.ndarray:
+        """The weight (NumPy; what :func:`stream_decode_kernel` computes)."""
+        bits = np.unpackbits(self.data, bitorder="little")
+        e = self.gap_bits + self.code_bits
+        fields = bits[: self.entries * e].reshape(self.entries, e).astype(np.int64)
+        v = fields @ (1 << np.arange(e, dtype=np.int64))
+        pos = np.cumsum((v & ((1 << self.gap_bits) - 1)) + 1) - 1
+        out = np.zeros(int(np.prod(self.shape)), np.float32)
+        out[pos] = self.codebook[v >> self.gap_bits]
+        return out.reshape(self.shape)
 
 
-def sell_decode_kernel(m: SlicedMatrix, out_shape: tuple[int, ...], transpose: bool = False):
-    """The PrimFunc ``(codebook, data, indices, slice_ptr, row_order, token) -> w`` that
-    decodes ``m`` (codes into a codebook: ``sell_codebook_from_dense``) into the dense
-    float32 ``w`` of ``out_shape``: ``m``'s ``[rows, cols]`` matrix row-major (e.g. a conv
-    weight ``[O, I, kh, kw]`` from ``[O, I*kh*kw]``), or with ``transpose`` its ``[cols,
-    rows]`` transpose (a matmul weight as the layer reads it). Zero-fills ``w``, then walks
-    each row's stored entries, its column a running sum of the steps. Serial loops: it runs
-    once, at load. ``token`` is not read (see :func:`decode_prim_func`)."""
-    import tvm
+MAX_GAP_BITS = 8
+
+
+def code_stream(w: np.ndarray, gap_bits: int | None = None) -> CodeStream:
+    """``w`` (at most 256 distinct values; the shape and order its layer reads it in) as a
+    :class:`CodeStream`, with ``gap_bits`` (0..8) or, by default, whichever stores it in the
+    fewest bytes."""
+    w = np.ascontiguousarray(w, np.float32)
+    if gap_bits is None:
+        gap_bits = min(range(MAX_GAP_BITS + 1), key=lambda g: _stream_bytes(w, g))
+    values = _values(w, gap_bits)
+    bits = max(1, (values.size - 1).bit_length())
+    if gap_bits:  # 0.0 first, then the sorted non-zero values
+        codes = np.where(w.ravel() != 0, np.searchsorted(values[1:], w.ravel()) + 1, 0)
+        pos = np.flatnonzero(codes)
+        run = np.diff(pos, prepend=-1) - 1  # zeros skipped before each non-zero
+        fill = run >> gap_bits
+        at = np.cumsum(fill + 1) - 1  # where each non-zero's entry lands among all entries
+        n = int(pos.size + fill.sum())
+        gaps = np.full(n, (1 << gap_bits) - 1, np.int64)
+        gaps[at] = run - (fill << gap_bits)
+        entry_codes = np.zeros(n, np.int64)
+        entry_codes[at] = codes[pos]
+    else:
+        codes = np.searchsorted(values, w.ravel()).astype(np.int64)
+        n, gaps, entry_codes = codes.size, np.zeros(codes.size, np.int64), codes
+    e = gap_bits + bits
+    v = gaps | (entry_codes << gap_bits)
+    stream = np.packbits(((v[:, None] >> np.arange(e)) & 1).astype(np.uint8).ravel(),
+                         bitorder="little")
+    data = stream if stream.size else np.zeros(1, np.uint8)  # a buffer is never empty
+    return CodeStream(values.astype(np.float32), data, n, gap_bits, bits, tuple(w.shape))
+
+
+def _values(w: np.ndarray, gap_bits: int) -> np.ndarray:
+    """The codebook: ``w``'s distinct values; with gaps, 0.0 first and the non-zero ones."""
+    if not gap_bits:
+        return np.unique(w)
+    return np.concatenate([np.zeros(1, np.float32), np.unique(w[w != 0])])
+
+
+def _stream_bytes(w: np.ndarray, gap_bits: int) -> int:
+    """Bytes :func:`code_stream` stores ``w`` in with ``gap_bits``, without building it."""
+    values = _values(w, gap_bits)
+    bits = max(1, (values.size - 1).bit_length())
+    if gap_bits:
+        run = np.diff(np.flatnonzero(w.ravel()), prepend=-1) - 1
+        n = int(run.size + (run >> gap_bits).sum())
+    else:
+        n = w.size
+    return max(1, -(-n * (gap_bits + bits) // 8)) + 4 * values.size
+
+
+def stream_decode_kernel(s: CodeStream):
+    """The PrimFunc ``(codebook, data, token) -> w`` that decodes ``s`` into its dense
+    float32 weight: zero-fills ``w``, then walks the entries, each read from the (at most)
+    three bytes of the stream it spans. A serial loop: it runs once, at load. ``token`` is
+    not read: called with a tensor allocated at run time, the call has an argument that is not
+    a constant, so Relax's ``FoldConstant`` cannot evaluate it at compile time (it would put
+    the decoded weight back into the artifact)."""
     from tvm.script import tirx as T
 
-    if m.codebook is None:
-        raise ValueError("sell_decode_kernel decodes a layout of codes (a codebook layer)")
-    rows, cols = m.shape
-    if int(np.prod(out_shape)) != rows * cols:
-        raise ValueError(f"out_shape {out_shape} does not hold a {rows}x{cols} matrix")
-    C = SLICE  # noqa: N806
-    NS, NE, ND, CB = m.slices, m.stored, int(m.data.size), int(m.codebook.size)  # noqa: N806
-    bits = m.code_bits
-    per = codes_per_byte(bits)
-    mask = (1 << bits) - 1
-    row_t = str(m.row_order.dtype)
-    total = rows * cols
-    shape = [T.int64(int(d)) for d in out_shape]
+    NE, ND, CB = s.entries, int(s.data.size), int(s.codebook.size)  # noqa: N806
+    G, E = s.gap_bits, s.gap_bits + s.code_bits  # noqa: N806
+    total = int(np.prod(s.shape))
+    shape = [T.int64(int(d)) for d in s.shape]
 
     @T.prim_func(private=True, s_tir=True)
     def decode(codebook: T.Buffer((T.int64(CB),), "float32"),
                data: T.Buffer((T.int64(ND),), "uint8"),
-               idx: T.Buffer((T.int64(NE),), "uint8"),
-               slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
-               row_order: T.Buffer((T.int64(NS * C),), row_t),
                token: T.Buffer((T.int64(1),), "int32"),
                w: T.Buffer(shape, "float32")):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
-                     HAND_SCHEDULED: "sliced-ELLPACK decode"})
+                     HAND_SCHEDULED: "codebook stream decode"})
         flat = T.decl_buffer((T.int64(total),), "float32", data=w.data)
-        col = T.decl_buffer((1,), "int32", scope="local")
+        pos = T.decl_buffer((1,), "int64", scope="local")
         for i in range(T.int64(total)):
             flat[i] = T.float32(0)
-        for s in range(T.int64(NS)):
-            for lane in range(T.int64(C)):
-                if row_order[s * C + lane] >= T.Cast(row_t, 0):
-                    col[0] = 0
-                    for j in range(T.Cast("int64", slice_ptr[s]) // C,
-                                   T.Cast("int64", slice_ptr[s + 1]) // C):
-                        col[0] = col[0] + T.Cast("int32", idx[j * C + lane])
-                        code = T.bitwise_and(T.shift_right(
-                            data[j // per * C + lane], T.Cast("uint8", j % per * bits)),
-                            T.uint8(mask))
-                        if code != T.uint8(0):
-                            r = T.Cast("int64", row_order[s * C + lane])
-                            c = T.Cast("int64", col[0])
-                            if transpose:
-                                flat[c * rows + r] = codebook[T.Cast("int64", code)]
-                            else:
-                                flat[r * cols + c] = codebook[T.Cast("int64", code)]
+        pos[0] = T.int64(-1)
+        for k in range(T.int64(NE)):
+            b = k * E // 8
+            # bytes past the end hold no bits of the entry: read the last one instead
+            word = T.bitwise_or(T.bitwise_or(
+                T.Cast("int32", data[b]),
+                T.shift_left(T.Cast("int32", data[T.min(b + 1, ND - 1)]), 8)),
+                T.shift_left(T.Cast("int32", data[T.min(b + 2, ND - 1)]), 16))
+            v = T.bitwise_and(T.shift_right(word, T.Cast("int32", k * E % 8)), (1 << E) - 1)
+            pos[0] = pos[0] + T.Cast("int64", T.bitwise_and(v, (1 << G) - 1)) + T.int64(1)
+            flat[pos[0]] = codebook[T.Cast("int64", T.shift_right(v, G))]
 
     return decode

@@ -20,8 +20,8 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..kernels.codebook import (MAX_CODES, code_bits, codebook_length, codes_per_byte,
                                 distinct_values, encode, pack, stored_code_bytes, stored_codes)
-from ..kernels.decode import DECODE_FUNCTION, cache_key, decode_prim_func, sell_decode_kernel
-from ..kernels.sell import SlicedMatrix, sell_codebook_from_dense
+from ..kernels.decode import DECODE_FUNCTION, cache_key, code_stream, stream_decode_kernel
+from ..kernels.sell import sell_codebook_from_dense
 from ._emit import rebind, rewrite_functions
 from .layers import layer_key
 from .sparse_dense import goes_sparse, layer_weights, sparse_candidates
@@ -36,14 +36,16 @@ class CodebookLayer:
     """One float matmul layer with at most :data:`MAX_CODES` distinct weight values, in the
     form it takes: ``dense`` (``CodebookDense``: a uint8 index per weight) or ``sparse``
     (``SparseDense(values="codebook")``: a uint8 code per stored SELL entry, plus its column
-    indices, slice pointers and row order, counted in ``structure_bytes``)."""
+    indices, slice pointers and row order, counted in ``structure_bytes``); decoded at load,
+    ``at load`` or ``at load, sparse`` (a :func:`~tvmcomp.kernels.decode.code_stream` without
+    or with zero-run lengths, counted in ``structure_bytes``)."""
 
     key: str                 # "<function>/matmul<k>" or "<function>/conv<k>"
-    shape: tuple[int, ...]   # matmul [out, in]; conv2d OIHW
-    codes: int               # distinct weight values (sparse: non-zero ones, plus 0)
+    shape: tuple[int, ...]   # matmul [out, in] (decoded at load: [in, out]); conv2d OIHW
+    codes: int               # codebook entries in use (sparse: non-zero values, plus 0)
     dense_bytes: int         # the float32 weight
     index_bytes: int         # codes: packed 8 / bits per byte (dense), uint8 (sparse)
-    codebook_bytes: int      # float32 codebook (padded to a power of two)
+    codebook_bytes: int      # float32 codebook (in a kernel: padded to a power of two)
     form: str = "dense"
     structure_bytes: int = 0
 
@@ -64,7 +66,8 @@ def codebook_layers(mod: tvm.IRModule, sparse: dict | None = None,
     at most :data:`MAX_CODES` distinct values, in function and layer order. ``sparse``
     (``SparseDense``'s threshold and keep, or None): the layers it rewrites are counted in
     their sparse codebook form; ``at_load``: of the others, those decoded at load, counted
-    as :func:`at_load_layout` stores them (form ``"at load"``, or ``"at load, sparse"``)."""
+    as their :func:`~tvmcomp.kernels.decode.code_stream` (form ``"at load"``, or ``"at load,
+    sparse"`` where it stores zero-run lengths)."""
     out = []
     for gv, func in mod.functions.items():
         if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
@@ -84,7 +87,7 @@ def codebook_layers(mod: tvm.IRModule, sparse: dict | None = None,
                                              b["total"] - b["values"] - b["codebook"]))
                 continue
             if distinct_values(m.w) <= MAX_CODES:
-                out.append(_dense_layer(key, m.w, m.name in at_load))
+                out.append(_dense_layer(key, m.w.T, m.name in at_load))
         for _, name, w in float_convs(func):
             if distinct_values(w) <= MAX_CODES:
                 out.append(_dense_layer(layer_key(gv.name_hint, name), w, name in at_load))
@@ -92,18 +95,18 @@ def codebook_layers(mod: tvm.IRModule, sparse: dict | None = None,
 
 
 def _dense_layer(key: str, w: np.ndarray, at_load: bool) -> CodebookLayer:
-    """A layer ``CodebookDense`` keeps dense: a code per weight, or decoded at load as
-    :func:`at_load_layout` stores it."""
+    """A layer ``CodebookDense`` keeps dense (``w`` as the layer reads it: a matmul's ``[in,
+    out]``): a code per weight, or decoded at load from a :func:`code_stream`."""
     codes = distinct_values(w)
-    layout = at_load_layout(w.reshape(w.shape[0], -1)) if at_load else "dense"
-    if isinstance(layout, SlicedMatrix):
-        b = layout.nbytes()
-        return CodebookLayer(key, tuple(w.shape), distinct_values(w, True), w.size * 4,
-                             b["values"], b["codebook"], "at load, sparse",
-                             b["total"] - b["values"] - b["codebook"])
+    if at_load:
+        s = code_stream(w)
+        b = s.nbytes()
+        return CodebookLayer(key, tuple(w.shape), s.codebook.size, w.size * 4, b["codes"],
+                             b["codebook"], "at load, sparse" if s.gap_bits else "at load",
+                             b["gaps"])
     return CodebookLayer(key, tuple(w.shape), codes, w.size * 4,
                          stored_code_bytes(w.size, codebook_length(codes)),
-                         codebook_length(codes) * 4, "at load" if at_load else "dense")
+                         codebook_length(codes) * 4, "dense")
 
 
 def _layer_index(key: str) -> int:
@@ -122,19 +125,6 @@ def float_convs(func: relax.Function) -> list[tuple[relax.Var, str, np.ndarray]]
                 and str(val.attrs.out_dtype) in ("", "void", "None", "float32")):
             out.append((var, name, w))
     return out
-
-
-def at_load_layout(w2d: np.ndarray):
-    """How a layer decoded at load stores its ``[rows, cols]`` weight: as sliced-ELLPACK codes
-    (a :class:`~tvmcomp.kernels.sell.SlicedMatrix`, codes only for the non-zeros, plus column
-    steps) where that takes fewer bytes than a code per weight, else ``"dense"``."""
-    if distinct_values(w2d, zero_first=True) > MAX_CODES \
-            or np.count_nonzero(w2d) > w2d.size // 2:
-        return "dense"
-    entries = codebook_length(distinct_values(w2d))
-    dense = stored_code_bytes(w2d.size, entries) + 4 * entries
-    sparse = sell_codebook_from_dense(w2d)
-    return sparse if sparse.nbytes()["total"] < dense else "dense"
 
 
 @tvm.transform.module_pass(opt_level=0, name="CodebookDense")
@@ -158,8 +148,8 @@ class CodebookDense:
 
     ``at_load``: names of layers (``conv0``, ``matmul2``, ..., in every function) decoded once
     at load instead: the module gains a function :data:`DECODE_FUNCTION` that decodes their
-    stored codes (:func:`at_load_layout`) into the TVM tensor cache (a hand-written kernel
-    each, :mod:`tvmcomp.kernels.decode`), and the layer reads its dense weight from the cache
+    stored codes (a :func:`~tvmcomp.kernels.decode.code_stream` each, by a hand-written kernel)
+    into the TVM tensor cache, and the layer reads its dense weight from the cache
     (``vm.builtin.tensor_cache.get``), so it runs the float layer's own kernel. Whoever loads
     the artifact calls that function once first.
     """
@@ -233,23 +223,12 @@ class _Rewriter(PyExprMutator):
             bb.emit_func_output(relax.Tuple(decoded))
         return bb.get()
 
-    def _cached(self, w: np.ndarray, w2d: np.ndarray, transpose: bool, name: str):
+    def _cached(self, w: np.ndarray, name: str):
         """``w`` (as the layer reads it), read from the tensor cache where
-        :meth:`_add_decoder`'s function puts it at load; stored as :func:`at_load_layout`
-        of ``w2d`` (``[rows, cols]``: ``w`` row-major, or its transpose if ``transpose``)."""
-        layout = at_load_layout(w2d)
-        if isinstance(layout, SlicedMatrix):
-            func = sell_decode_kernel(layout, w.shape, transpose)
-            arrays = [layout.codebook, layout.data, layout.indices, layout.slice_ptr,
-                      layout.row_order]
-        else:
-            codebook, codes = encode(w)
-            stored = stored_codes(codebook, codes)
-            func = decode_prim_func(codebook.size, stored.size, w.shape,
-                                    code_bits(codebook.size))
-            arrays = [codebook, stored]
+        :meth:`_add_decoder`'s function puts it at load, decoded from a :func:`code_stream`."""
+        s = code_stream(w)
         key = cache_key(w)
-        self.decoded[key] = (func, arrays, tuple(w.shape))
+        self.decoded[key] = (stream_decode_kernel(s), [s.codebook, s.data], tuple(w.shape))
         return self.builder_.emit(relax.op.call_pure_packed(
             "vm.builtin.tensor_cache.get", tvm.ir.StringImm(key),
             ty_args=[relax.TensorType(list(w.shape), "float32")]), f"{name}_w")
@@ -263,8 +242,8 @@ class _Rewriter(PyExprMutator):
             super().visit_var_binding_(binding)
             return
         bb = self.builder_
-        if m.name in self.at_load:  # [in, out], as matmul reads it; stored [out, in]
-            w = self._cached(np.ascontiguousarray(m.w.T), m.w, True, m.name)
+        if m.name in self.at_load:  # [in, out], as matmul reads it
+            w = self._cached(np.ascontiguousarray(m.w.T), m.name)
         else:
             codebook, codes = encode(m.w)
             w = self._decode(codebook, np.ascontiguousarray(codes.T), m.name)
@@ -276,8 +255,8 @@ class _Rewriter(PyExprMutator):
         rebind(self, binding, y, f"{m.name}_codebook")
 
     def _conv(self, binding: relax.VarBinding, name: str, w: np.ndarray) -> None:
-        if name in self.at_load:  # stored as [O, I*kh*kw]
-            w_expr = self._cached(w, w.reshape(w.shape[0], -1), False, name)
+        if name in self.at_load:
+            w_expr = self._cached(w, name)
         else:
             w_expr = self._decode(*encode(w), name)
         val = binding.value

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels.codebook import DECODE_BLOCK, code_bits
-from ..kernels.sell import SlicedMatrix
-from .codebook_dense import at_load_layout, codebook_layers
+from ..kernels.decode import code_stream
+from .codebook_dense import codebook_layers
 from .layers import layer_key
 from .sparse_dense import goes_sparse, layer_weights, sliced_layout, sparse_candidates
 
@@ -30,7 +30,8 @@ def layer_sizes(mod, sparse: dict | None = None, codebook: bool = False,
          "bytes": {"values": ..., "col_indices": ..., "structure": ..., "codebook": ...},
          "stored_bytes": ..., "fp32_bytes": 192000}
 
-    ``values``: the weights, codes or sparse values; ``col_indices``: sparse column steps;
+    ``values``: the weights, codes or sparse values; ``col_indices``: sparse column steps (a
+    layer decoded at load: its code stream's zero-run lengths);
     ``structure``: slice pointers and row order; ``codebook``: the codebook. Biases, scales and
     every other constant are not in a layer's row (the artifact's ``weight_bytes`` holds all).
     """
@@ -62,18 +63,16 @@ def layer_sizes(mod, sparse: dict | None = None, codebook: bool = False,
                           codebook=b.get("codebook", 0))
                 row.update(form=f"sparse {'codebook' if form == 'codebook' else c.data.dtype}",
                            value_bits=c.code_bits or c.data.dtype.itemsize * 8)
-            elif key in folded and name in at_load and isinstance(
-                    layout := at_load_layout(w.reshape(w.shape[0], -1)), SlicedMatrix):
-                b = layout.nbytes()  # decoded at load from sparse codes
-                by.update(values=b["values"], col_indices=b["col_indices"],
-                          structure=b["slice_pointers"] + b["row_order"],
-                          codebook=b["codebook"])
-                row.update(form="sparse codebook, decoded at load", value_bits=layout.code_bits)
+            elif key in folded and name in at_load:  # decoded at load from a code stream
+                s = code_stream(w.T if kind == "matmul" else w)
+                b = s.nbytes()
+                by.update(values=b["codes"], col_indices=b["gaps"], codebook=b["codebook"])
+                row.update(form=("sparse codebook" if s.gap_bits else "codebook")
+                           + ", decoded at load", value_bits=s.code_bits)
             elif key in folded:  # CodebookDense: packed codes + codebook
                 L = folded[key]
                 by.update(values=L.index_bytes, codebook=L.codebook_bytes)
-                row.update(form="codebook, decoded at load" if name in at_load else "codebook",
-                           value_bits=code_bits(L.codebook_bytes // 4))
+                row.update(form="codebook", value_bits=code_bits(L.codebook_bytes // 4))
             else:
                 by["values"] = int(w.nbytes)
                 row.update(form=f"dense {w.dtype}", value_bits=w.dtype.itemsize * 8)
