@@ -9,7 +9,12 @@ For every configuration: accuracy on the MNIST test set (the build's verificatio
 per-layer table of the smallest. Also the seed article's three steps side by side with its
 claims, as ratios to fp32. Writes Markdown, JSON and a PNG plot of accuracy vs payload.
 
-    .venv/bin/python scripts/codebook_sizes.py [--profile x86_avx2]
+    .venv/bin/python scripts/codebook_sizes.py [--profile x86_avx2] [--codebook-decode kernel]
+
+``--codebook-decode load`` (the default) builds the shared models with every codebook layer
+decoded at load (``tvmcomp build --codebook --codebook-decode load``: a bit-packed code
+stream per layer, the smallest form); ``kernel`` builds them ``--sparse --codebook`` (codes
+decoded in the kernels, every sparse candidate kept sparse).
 """
 
 from __future__ import annotations
@@ -34,6 +39,10 @@ CONFIGS = [
      {"sparse": True, "codebook": True}),
     ("95% pruned, conv 5 / fc 4 bits", 0.95, {"conv": 5, "fc": 4},
      {"sparse": True, "codebook": True}),
+    ("95% pruned, conv 5 / fc 5 bits", 0.95, {"conv": 5, "fc": 5},
+     {"sparse": True, "codebook": True}),
+    ("96% pruned, conv 5 / fc 5 bits", 0.96, {"conv": 5, "fc": 5},
+     {"sparse": True, "codebook": True}),
     ("97% pruned, conv 4 / fc 4 bits", 0.97, {"conv": 4, "fc": 4},
      {"sparse": True, "codebook": True}),
 ]
@@ -48,6 +57,8 @@ def main() -> int:
     ap.add_argument("--out-dir", default=str(REPO / "build" / "bench_lenet5"))
     ap.add_argument("--results-dir", default=str(REPO / "scripts" / "results"))
     ap.add_argument("--profile", default=None, help="target profile (default: host x86)")
+    ap.add_argument("--codebook-decode", choices=("load", "kernel"), default="load",
+                    help="where the shared models' codebook layers are decoded")
     args = ap.parse_args()
 
     from bench_lenet5 import machine
@@ -82,6 +93,8 @@ def main() -> int:
         opts = dict(kw)
         if opts.pop("quant", False):
             opts["quant"] = QuantConfig()
+        if opts.get("codebook") and args.codebook_decode == "load":
+            opts.update(sparse=False, codebook_decode="load")
         print(f"== {name}", flush=True)
         art, man = build(onnx_path, profile, out / "sizes" / name.split(":")[0].replace(" ", "_")
                          .replace("%", "").replace(",", "").replace("/", ""),
@@ -96,7 +109,11 @@ def main() -> int:
     stamp = dt.datetime.now(dt.timezone.utc)
     fp32 = rows[0]
     report = {"date": stamp.isoformat(timespec="seconds"), "machine": machine(),
-              "profile": profile.name, "eval_set": ev.source, "configs": rows}
+              "profile": profile.name, "eval_set": ev.source,
+              "codebook_decode": args.codebook_decode, "configs": rows}
+    how = ("`--codebook --codebook-decode load` (every codebook layer stored as a bit-packed "
+           "code stream, decoded once at load)" if args.codebook_decode == "load" else
+           "`--sparse --codebook` (every sparse candidate kept sparse)")
     name = f"{stamp:%Y-%m-%d_%H%M}_codebook_sizes_{profile.name}"
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
@@ -108,8 +125,7 @@ def main() -> int:
              f"Machine: {report['machine']}; profile {profile.name}. Accuracy on {ev.source} "
              "(the build's verification). Pruning: global magnitude with the default masked "
              "fine-tuning; sharing: k-means (linear init, centroid fine-tuning) after pruning, "
-             "zeros kept; builds with `--sparse --codebook` (every sparse candidate kept sparse), "
-             "no tuning. Payload: every constant `model.so` stores (codes, codebooks, sparse "
+             f"zeros kept; builds with {how}, no tuning. Payload: every constant `model.so` stores (codes, codebooks, sparse "
              "structure, biases); `model.so` also holds the code of two batch entries (1, 64). "
              "Produced by `scripts/codebook_sizes.py`.", "",
              "| configuration | accuracy | Δ vs fp32 | model.so B | payload B | "

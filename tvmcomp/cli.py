@@ -216,7 +216,8 @@ def cmd_compress(args) -> int:
         from .compress.share import parse_bits
 
         share = KMeansShareConfig(bits=parse_bits(args.share_bits), init=args.share_init,
-                                  group_size=args.share_group, epochs=args.share_epochs)
+                                  group_size=args.share_group, epochs=args.share_epochs,
+                                  fp16=not args.share_fp32)
         cfg = share if cfg is None else [cfg, share]
     print(f"compress {args.checkpoint} → {args.out}: {cfg}")
     out, summary = compress(args.checkpoint, cfg, args.out, data=train_set)
@@ -535,6 +536,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="output channels per codebook (default 0: one per tensor)")
     w.add_argument("--share-epochs", type=int, default=2,
                    help="centroid fine-tuning epochs (default 2; 0 = none)")
+    w.add_argument("--share-fp32", action="store_true",
+                   help="keep the shared values in float32 (default: rounded to float16, "
+                        "so a codebook stores 2 bytes an entry)")
     _add_mnist(p)
     p.set_defaults(fn=cmd_compress)
 

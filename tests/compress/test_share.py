@@ -117,6 +117,14 @@ def test_prune_then_share_keeps_zeros_and_codebooks_through_finetuning(lenet_ckp
             bits = 6 if name.startswith("conv") else 3
             assert len(np.unique(w)) <= 2 ** bits             # still shared after training
             assert share["layers"][name]["max_distinct_per_group"] <= 2 ** bits
+            # rounded to float16 by default: a codebook at load stores 2 bytes an entry
+            np.testing.assert_array_equal(w.astype(np.float16).astype(np.float32), w)
+            assert share["layers"][name]["values_dtype"] == "float16"
+    fp32, _ = compress(lenet_ckpt, [cfg[0], KMeansShareConfig(bits={"fc": 3}, epochs=1,
+                                                              fp16=False)],
+                       tmp_path / "f.pt", data=small_train, progress=False)
+    w = load_checkpoint(fp32)[0].fc1.weight.detach().numpy()
+    assert not np.array_equal(w.astype(np.float16).astype(np.float32), w)  # kept as trained
 
 
 def test_unknown_layer_in_bits(lenet_ckpt, tmp_path, small_train):

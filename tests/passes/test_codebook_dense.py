@@ -370,13 +370,17 @@ def test_code_stream_decode_kernel_gives_back_the_weight(levels, density, shape,
     """kernels.decode: a weight as a code stream (2-, 4-, 8-bit codes; a code per weight, or
     zero-run lengths with fillers for runs longer than they hold; an all-zero weight) decoded
     by the TIR kernel over a buffer that held garbage, and by NumPy: exact. The gap width
-    chosen stores the fewest bytes of all widths."""
+    chosen stores the fewest bytes of all widths; the codebook is float16 where that holds
+    the values exactly (e.g. -1, -0.5, 0, 0.5, 1), else float32."""
     from tvmcomp.kernels.decode import MAX_GAP_BITS, code_stream, stream_decode_kernel
 
     rng = np.random.default_rng(levels)
     w = np.linspace(-1, 1, levels).astype(np.float32)[rng.integers(0, levels, shape)]
     w *= rng.random(shape) < density
     s = code_stream(w, gap_bits)
+    exact16 = np.array_equal(w.astype(np.float16).astype(np.float32), w)
+    assert s.codebook.dtype == (np.float16 if exact16 else np.float32)
+    assert exact16 == (levels in (3, 4, 5))
     if gap_bits is None:
         assert s.nbytes()["total"] == min(code_stream(w, g).nbytes()["total"]
                                           for g in range(MAX_GAP_BITS + 1))

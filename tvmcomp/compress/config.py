@@ -260,6 +260,9 @@ class KMeansShareConfig:
     epochs, lr : int, float
         Centroid fine-tuning: every weight of a cluster gets the cluster's summed gradient, so
         assignments stay fixed and shared values stay shared; exact zeros stay zero.
+    fp16 : bool
+        Round the shared values to float16 after fine-tuning (the accuracy is measured after),
+        so a codebook decoded at load stores 2 bytes an entry; False keeps float32.
     """
 
     bits: dict = field(default_factory=lambda: {"conv": 8, "fc": 5})
@@ -270,6 +273,7 @@ class KMeansShareConfig:
     lr: float = 1e-4
     batch_size: int = 64
     seed: int = 0
+    fp16: bool = True
     method = "kmeans_share"
 
     def __post_init__(self) -> None:
@@ -288,10 +292,12 @@ class KMeansShareConfig:
         _num("lr", self.lr, 0.0, 1.0, lo_open=True)
         _int("batch_size", self.batch_size, 1)
         _int("seed", self.seed, 0)
+        if not isinstance(self.fp16, bool):
+            raise CompressConfigError(f"fp16 must be true or false, got {self.fp16!r}")
 
     def __hash__(self) -> int:
         return hash((tuple(sorted(self.bits.items())), self.init, self.group_size, self.unique,
-                     self.epochs, self.lr, self.batch_size, self.seed))
+                     self.epochs, self.lr, self.batch_size, self.seed, self.fp16))
 
     def bits_for(self, name: str, module) -> int | None:
         """Bits of layer ``name`` (a torch module): by name, else by kind, else None."""
@@ -305,7 +311,7 @@ class KMeansShareConfig:
     def params(self) -> dict:
         return {"bits": dict(self.bits), "init": self.init, "group_size": self.group_size,
                 "unique": self.unique, "epochs": self.epochs, "lr": self.lr,
-                "batch_size": self.batch_size, "seed": self.seed}
+                "batch_size": self.batch_size, "seed": self.seed, "fp16": self.fp16}
 
 
 CONFIGS = {c.method: c for c in (MagnitudePruneConfig, SensitivityConfig, KMeansShareConfig)}

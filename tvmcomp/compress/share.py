@@ -52,6 +52,10 @@ def share_model(model: nn.Module, cfg: KMeansShareConfig, data: Dataset,
         raise CompressError("--share-bits matched no layer")
     if cfg.epochs:
         _finetune_centroids(model, {n: layers[n] for n in shared}, shared, cfg, data, progress)
+    if cfg.fp16:  # each cluster's value, so the values stay shared (two may merge)
+        with torch.no_grad():
+            for n in shared:
+                layers[n].weight.copy_(layers[n].weight.half().float())
     return {"method": "kmeans_share", "layers": {n: _layer_summary(layers[n], s)
                                                  for n, s in shared.items()}}
 
@@ -104,4 +108,5 @@ def _layer_summary(m: nn.Module, s: SharedWeight) -> dict:
     return {"bits": s.bits, "groups": len(per_group), "group_size": s.group_size,
             "max_distinct_per_group": max(per_group), "zero_reserved": s.zero,
             "unique": s.unique, "sparsity": round(float(np.mean(w == 0)), 6),
+            "values_dtype": "float16" if np.array_equal(w.astype(np.float16), w) else "float32",
             "weights": int(w.size)}

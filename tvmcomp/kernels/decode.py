@@ -43,9 +43,11 @@ class CodeStream:
     plus one and writes ``codebook[code]`` there. A run of more zeros than a gap holds takes
     filler entries (the largest gap, code 0, and ``codebook[0]`` is 0.0). With ``gap_bits``
     0 the stream is a code per weight (a dense layer; the codebook need not hold 0.0).
+    The codebook is float16 where that holds every value exactly (``tvmcomp compress
+    --share-bits`` rounds centroids to float16), else float32.
     """
 
-    codebook: np.ndarray   # float32, exactly as long as the codes need
+    codebook: np.ndarray   # float16 or float32, exactly as long as the codes need
     data: np.ndarray       # uint8
     entries: int
     gap_bits: int
@@ -68,7 +70,7 @@ class CodeStream:
         v = fields @ (1 << np.arange(e, dtype=np.int64))
         pos = np.cumsum((v & ((1 << self.gap_bits) - 1)) + 1) - 1
         out = np.zeros(int(np.prod(self.shape)), np.float32)
-        out[pos] = self.codebook[v >> self.gap_bits]
+        out[pos] = self.codebook.astype(np.float32)[v >> self.gap_bits]
         return out.reshape(self.shape)
 
 
@@ -103,7 +105,13 @@ def code_stream(w: np.ndarray, gap_bits: int | None = None) -> CodeStream:
     stream = np.packbits(((v[:, None] >> np.arange(e)) & 1).astype(np.uint8).ravel(),
                          bitorder="little")
     data = stream if stream.size else np.zeros(1, np.uint8)  # a buffer is never empty
-    return CodeStream(values.astype(np.float32), data, n, gap_bits, bits, tuple(w.shape))
+    return CodeStream(_narrowed(values), data, n, gap_bits, bits, tuple(w.shape))
+
+
+def _narrowed(values: np.ndarray) -> np.ndarray:
+    """``values`` (float32) as float16 if that holds each of them exactly."""
+    half = values.astype(np.float16)
+    return half if np.array_equal(half.astype(np.float32), values) else values
 
 
 def _values(w: np.ndarray, gap_bits: int) -> np.ndarray:
@@ -122,7 +130,7 @@ def _stream_bytes(w: np.ndarray, gap_bits: int) -> int:
         n = int(run.size + (run >> gap_bits).sum())
     else:
         n = w.size
-    return max(1, -(-n * (gap_bits + bits) // 8)) + 4 * values.size
+    return max(1, -(-n * (gap_bits + bits) // 8)) + _narrowed(values).nbytes
 
 
 def stream_decode_kernel(s: CodeStream):
@@ -135,12 +143,13 @@ def stream_decode_kernel(s: CodeStream):
     from tvm.script import tirx as T
 
     NE, ND, CB = s.entries, int(s.data.size), int(s.codebook.size)  # noqa: N806
+    cb_t = str(s.codebook.dtype)
     G, E = s.gap_bits, s.gap_bits + s.code_bits  # noqa: N806
     total = int(np.prod(s.shape))
     shape = [T.int64(int(d)) for d in s.shape]
 
     @T.prim_func(private=True, s_tir=True)
-    def decode(codebook: T.Buffer((T.int64(CB),), "float32"),
+    def decode(codebook: T.Buffer((T.int64(CB),), cb_t),
                data: T.Buffer((T.int64(ND),), "uint8"),
                token: T.Buffer((T.int64(1),), "int32"),
                w: T.Buffer(shape, "float32")):
@@ -160,6 +169,6 @@ def stream_decode_kernel(s: CodeStream):
                 T.shift_left(T.Cast("int32", data[T.min(b + 2, ND - 1)]), 16))
             v = T.bitwise_and(T.shift_right(word, T.Cast("int32", k * E % 8)), (1 << E) - 1)
             pos[0] = pos[0] + T.Cast("int64", T.bitwise_and(v, (1 << G) - 1)) + T.int64(1)
-            flat[pos[0]] = codebook[T.Cast("int64", T.shift_right(v, G))]
+            flat[pos[0]] = T.Cast("float32", codebook[T.Cast("int64", T.shift_right(v, G))])
 
     return decode
