@@ -125,7 +125,8 @@ def main() -> int:
              f"Machine: {report['machine']}; profile {profile.name}. Accuracy on {ev.source} "
              "(the build's verification). Pruning: global magnitude with the default masked "
              "fine-tuning; sharing: k-means (linear init, centroid fine-tuning) after pruning, "
-             f"zeros kept; builds with {how}, no tuning. Payload: every constant `model.so` stores (codes, codebooks, sparse "
+             f"zeros kept; builds with {how}, no tuning. Payload: every constant `model.so` "
+             "stores (codes, codebooks, sparse "
              "structure, biases); `model.so` also holds the code of two batch entries (1, 64). "
              "Produced by `scripts/codebook_sizes.py`.", "",
              "| configuration | accuracy | Δ vs fp32 | model.so B | payload B | "
