@@ -154,8 +154,9 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     sparse_kw = plan.sparse_args()
     on_load = DECODE_FUNCTION if any(gv.name_hint == DECODE_FUNCTION
                                      for gv in fused.functions) else None
-    at_load_bytes = sum(r["fp32_bytes"] for r in forms["layers"]
-                        if r["form"].endswith("decoded at load"))
+    from .passes.codebook_dense import decoded_bytes
+
+    at_load_bytes = decoded_bytes(fused)
 
     manifest = {
         "schema_version": SCHEMA_VERSION,

@@ -325,8 +325,9 @@ def test_layers_decoded_at_load_run_the_float_kernels(tmp_path, share_weights):
 def test_pruned_layers_decoded_at_load_store_sparse_codes(tmp_path, share_weights):
     """A pruned, shared layer decoded at load is stored as a code stream with zero-run lengths
     (an entry per non-zero, plus fillers) where that is smaller than a code per weight, and
-    decoded from it into the dense weight: conv1 and fc1 at 90 % sparsity; the output equals
-    PyTorch's, and the per-layer table counts what is stored."""
+    decoded from it into the dense weight: conv1 and fc1 at 90 % sparsity; fc1's bias, which
+    float16 holds exactly, is stored in float16 and widened at load, fc2's (not exact) stays
+    float32; the output equals PyTorch's, and the per-layer table counts what is stored."""
     import torch
 
     from tvmcomp.frontend.onnx_export import export_onnx
@@ -340,9 +341,10 @@ def test_pruned_layers_decoded_at_load_store_sparse_codes(tmp_path, share_weight
     with torch.no_grad():  # then pruned: the survivors keep their shared values
         for p in (net.conv2.weight, net.fc1.weight):
             p.mul_((torch.rand_like(p) < 0.1).float())
+        net.fc1.bias.copy_(net.fc1.bias.half().float())
     model, info = load_onnx(export_onnx(net, tmp_path / "lenet.onnx"))
     mod = import_batches(model, info, [2])
-    at_load = ("conv0", "conv1", "matmul2")
+    at_load = ("conv0", "conv1", "matmul2", "matmul3")
     rows = {r["layer"]: r for r in layer_sizes(mod, codebook=True, at_load=at_load)}
     assert rows["conv1"]["form"] == rows["matmul2"]["form"] == "sparse codebook, decoded at load"
     assert rows["conv0"]["form"] == "codebook, decoded at load"  # dense: a code per weight
@@ -354,6 +356,8 @@ def test_pruned_layers_decoded_at_load_store_sparse_codes(tmp_path, share_weight
     r = rows["matmul2"]["bytes"]
     assert r["col_indices"] > 0  # zero-run lengths, in one stream with the codes
     assert ("uint8", (r["values"] + r["col_indices"],)) in consts
+    assert ("float16", (120,)) in consts and ("float32", (120,)) not in consts  # fc1's bias
+    assert ("float32", (84,)) in consts and ("float16", (84,)) not in consts  # fc2's
     vm = relax.VirtualMachine(compile_fused(fused, target), tvm.cpu())
     vm[DECODE_FUNCTION]()
     x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)

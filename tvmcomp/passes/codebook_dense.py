@@ -20,7 +20,8 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..kernels.codebook import (MAX_CODES, code_bits, codebook_length, codes_per_byte,
                                 distinct_values, encode, pack, stored_code_bytes, stored_codes)
-from ..kernels.decode import DECODE_FUNCTION, cache_key, code_stream, stream_decode_kernel
+from ..kernels.decode import (DECODE_FUNCTION, cache_key, code_stream, stream_decode_kernel,
+                              widen_kernel)
 from ..kernels.sell import sell_codebook_from_dense
 from ._emit import rebind, rewrite_functions
 from .layers import layer_key
@@ -127,6 +128,15 @@ def float_convs(func: relax.Function) -> list[tuple[relax.Var, str, np.ndarray]]
     return out
 
 
+def decoded_bytes(mod: tvm.IRModule) -> int:
+    """Bytes of the float32 values :data:`DECODE_FUNCTION` of ``mod`` (if any) decodes at
+    load: held in RAM from load on."""
+    for gv, f in mod.functions.items():
+        if gv.name_hint == DECODE_FUNCTION:
+            return sum(4 * int(np.prod([int(d) for d in t.shape])) for t in f.ret_ty.fields)
+    return 0
+
+
 @tvm.transform.module_pass(opt_level=0, name="CodebookDense")
 class CodebookDense:
     """Rewrite float ``[relu](add(matmul(x, W), b))`` whose constant ``W`` has at most 256
@@ -148,8 +158,8 @@ class CodebookDense:
 
     ``at_load``: names of layers (``conv0``, ``matmul2``, ..., in every function) decoded once
     at load instead: the module gains a function :data:`DECODE_FUNCTION` that decodes their
-    stored codes (a :func:`~tvmcomp.kernels.decode.code_stream` each, by a hand-written kernel)
-    into the TVM tensor cache, and the layer reads its dense weight from the cache
+    stored codes (a :func:`~tvmcomp.kernels.decode.code_stream` each, by a hand-written kernel;
+    a matmul's bias too, from float16 where that holds it exactly) into the TVM tensor cache, and the layer reads its dense weight from the cache
     (``vm.builtin.tensor_cache.get``), so it runs the float layer's own kernel. Whoever loads
     the artifact calls that function once first.
     """
@@ -203,7 +213,7 @@ class _Rewriter(PyExprMutator):
         return self._add_decoder() if self.decoded else out
 
     def _add_decoder(self) -> tvm.IRModule:
-        """The module with :data:`DECODE_FUNCTION`: each weight decoded at load, put in the
+        """The module with :data:`DECODE_FUNCTION`: each value decoded at load, put in the
         tensor cache under its key. It also returns them: the VM's memory planner does not
         know the cache keeps a tensor, and would reuse a decoded weight's storage for the
         next one's unless it lives to the end of the function."""
@@ -227,11 +237,25 @@ class _Rewriter(PyExprMutator):
         """``w`` (as the layer reads it), read from the tensor cache where
         :meth:`_add_decoder`'s function puts it at load, decoded from a :func:`code_stream`."""
         s = code_stream(w)
-        key = cache_key(w)
-        self.decoded[key] = (stream_decode_kernel(s), [s.codebook, s.data], tuple(w.shape))
+        return self._from_cache(w, stream_decode_kernel(s), [s.codebook, s.data], f"{name}_w")
+
+    def _bias(self, m):
+        """``m``'s bias: a constant, or for a layer decoded at load whose bias float16 holds
+        exactly (``tvmcomp compress --share-bits`` rounds it so), stored in float16 and
+        widened into the tensor cache at load."""
+        half = m.bias.astype(np.float16)
+        if m.name in self.at_load and np.array_equal(half.astype(np.float32), m.bias):
+            return self._from_cache(m.bias, widen_kernel(m.bias.shape), [half], f"{m.name}_b")
+        return relax.const(m.bias)
+
+    def _from_cache(self, value: np.ndarray, kernel, arrays: list, name: str):
+        """``value`` read from the tensor cache, where :data:`DECODE_FUNCTION` puts it at
+        load by calling ``kernel`` on ``arrays`` (what the artifact stores)."""
+        key = cache_key(value)
+        self.decoded[key] = (kernel, arrays, tuple(value.shape))
         return self.builder_.emit(relax.op.call_pure_packed(
             "vm.builtin.tensor_cache.get", tvm.ir.StringImm(key),
-            ty_args=[relax.TensorType(list(w.shape), "float32")]), f"{name}_w")
+            ty_args=[relax.TensorType(list(value.shape), "float32")]), name)
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         if binding.var in self.convs:
@@ -249,7 +273,7 @@ class _Rewriter(PyExprMutator):
             w = self._decode(codebook, np.ascontiguousarray(codes.T), m.name)
         y = relax.op.matmul(self.visit_expr(m.x), w)
         if m.bias is not None:
-            y = relax.op.add(bb.emit(y, f"{m.name}_mm"), relax.const(m.bias))
+            y = relax.op.add(bb.emit(y, f"{m.name}_mm"), self._bias(m))
         if m.relu:
             y = relax.op.nn.relu(bb.emit(y, f"{m.name}_add"))
         rebind(self, binding, y, f"{m.name}_codebook")
