@@ -159,8 +159,9 @@ class CodebookDense:
     ``at_load``: names of layers (``conv0``, ``matmul2``, ..., in every function) decoded once
     at load instead: the module gains a function :data:`DECODE_FUNCTION` that decodes their
     stored codes (a :func:`~tvmcomp.kernels.decode.code_stream` each, by a hand-written kernel;
-    a matmul's bias too, from float16 where that holds it exactly) into the TVM tensor cache, and the layer reads its dense weight from the cache
-    (``vm.builtin.tensor_cache.get``), so it runs the float layer's own kernel. Whoever loads
+    a matmul's bias too, from float16 where that holds it exactly) into the TVM tensor cache,
+    and the layer reads its dense weight from the cache (``vm.builtin.tensor_cache.get``), so
+    it runs the float layer's own kernel. Whoever loads
     the artifact calls that function once first.
     """
 
