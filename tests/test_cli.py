@@ -385,3 +385,28 @@ def test_compress_defaults_are_the_finetune_defaults():
 
     args = cli.make_parser().parse_args(["compress", "m.pt", "--out", "o.pt", "--prune", "0.9"])
     assert (args.epochs, args.lr) == (FineTune().epochs, FineTune().lr) == (24, 5e-3)
+
+
+def test_compress_prunes_named_layers_to_their_own_sparsities(lenet, tmp_path, capsys):
+    """`--prune NAME=S,...`: each named layer pruned to its sparsity, the others untouched;
+    a name that is no layer, or a malformed list, is one line and exit 2."""
+    import numpy as np
+
+    from tvmcomp.model import load_checkpoint
+
+    out = tmp_path / "p.pt"
+    assert cli.main(["compress", str(lenet.checkpoint), "--out", str(out), "--prune",
+                     "conv2=0.5,fc1=0.96", "--epochs", "0"]) == 0
+    model = dict(load_checkpoint(out)[0].named_modules())
+    zeros = {n: float(np.mean(model[n].weight.detach().numpy() == 0))
+             for n in ("conv1", "conv2", "fc1", "fc2")}
+    assert abs(zeros["conv2"] - 0.5) < 0.01 and abs(zeros["fc1"] - 0.96) < 0.001
+    assert zeros["conv1"] == zeros["fc2"] == 0.0
+    capsys.readouterr()
+    assert cli.main(["compress", str(lenet.checkpoint), "--out", str(tmp_path / "q.pt"),
+                     "--prune", "fc9=0.5", "--epochs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tvmcomp compress: error:") and "fc9" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit):
+        cli.main(["compress", "m.pt", "--out", "o.pt", "--prune", "fc1=,conv2=0.5"])
+    assert "NAME=SPARSITY" in capsys.readouterr().err

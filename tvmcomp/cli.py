@@ -42,6 +42,19 @@ def _sparsity(text: str) -> float:
     return v
 
 
+def _sparsities(text: str) -> float | dict[str, float]:
+    """``--prune``: one sparsity, or ``NAME=S,...`` per layer (e.g. ``fc1=0.96,conv2=0.75``)."""
+    if "=" not in text:
+        return _sparsity(text)
+    out = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, v = part.partition("=")
+        if not name.strip() or not v.strip():
+            raise argparse.ArgumentTypeError(f"expected NAME=SPARSITY,..., got {text!r}")
+        out[name.strip()] = _sparsity(v.strip())
+    return out
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
@@ -211,7 +224,14 @@ def cmd_compress(args) -> int:
             if args.prune is None:
                 raise TvmcompError("--prune SPARSITY is required for --method magnitude "
                                    "(or give --share-bits alone)")
-            cfg = MagnitudePruneConfig(args.prune, scope=args.scope, **common)
+            if isinstance(args.prune, dict):  # per layer: only the named ones
+                if args.layers:
+                    raise TvmcompError("--prune NAME=SPARSITY,... names the layers it prunes; "
+                                       "drop --layers")
+                common["layers"] = tuple(args.prune)
+                cfg = MagnitudePruneConfig(0.0, scope="layer", per_layer=args.prune, **common)
+            else:
+                cfg = MagnitudePruneConfig(args.prune, scope=args.scope, **common)
     if args.share_bits:
         from .compress.share import parse_bits
 
@@ -510,8 +530,9 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compress", help="prune and/or weight-share a checkpoint (fine-tuned)")
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True, help="checkpoint file to write")
-    p.add_argument("--prune", type=_sparsity, metavar="SPARSITY",
-                   help="target fraction of zero weights, in [0, 1) (magnitude)")
+    p.add_argument("--prune", type=_sparsities, metavar="SPARSITY",
+                   help="target fraction of zero weights, in [0, 1) (magnitude); or per layer, "
+                        "NAME=SPARSITY,... (only the named layers are pruned)")
     p.add_argument("--method", choices=["magnitude", "sensitivity"], default="magnitude")
     p.add_argument("--scope", choices=["global", "layer"], default="global")
     p.add_argument("--layers", type=_names, default=(), help="comma-separated, e.g. fc1,fc2")
