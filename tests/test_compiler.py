@@ -59,7 +59,7 @@ def test_manifest_kernels_are_the_kernels_in_model_so(lenet_artifact, kernels_in
     assert plan == {"version": 2, "profile": "x86_avx2", "batches": [1, 8],
                     "int8_accumulate": "float32", "sparse": None,
                     "model_sha256": sha256_file(lenet.onnx), "quant": None, "codebook": False,
-                    "codebook_at_load": []}
+                    "codebook_at_load": [], "codebook_gate": None}
 
 
 def test_weight_bytes_are_lenet5_fp32(lenet_artifact, lenet):
@@ -263,3 +263,33 @@ def test_non_classifier_on_mnist_shaped_input_verifies_outputs_only(tmp_path, x8
     v = man["verification"]
     assert v["passed"] is True and v["accuracy"] is None
     assert "is not class scores, so no accuracy" in v["inputs"]
+
+
+def test_codebook_decode_auto_measures_where_each_layer_decodes(shared_lenet, tmp_path,
+                                                                profile_with_db):
+    """`build --codebook --codebook-decode auto`: each shared layer's kernels that decode its
+    codes are timed against the float kernels reading it decoded at load (one run); a layer
+    decodes at load where the former are slower by more than the margin; the manifest and
+    the plan record timings, kernels and decision, the layer forms follow the decisions, and
+    the artifact passes verification."""
+    from tvmcomp.compiler import BuildOptions, build
+    from tvmcomp.defaults import CODEBOOK_LOAD_MARGIN
+
+    prof = profile_with_db(tmp_path / "db")
+    art, man = build(shared_lenet.onnx, prof, tmp_path / "auto",
+                     BuildOptions(batches=(1, 8), tune_budget_s=0, progress=False,
+                                  codebook=True, codebook_decode="auto"))
+    gate = man["codebook"]["decode_gate"]
+    assert [d["layer"] for d in gate] == ["conv0", "conv1", "matmul2", "matmul3", "matmul4"]
+    for d in gate:
+        assert d["kernel_us"] > 0 and d["load_us"] > 0
+        assert len(d["kernels"]) == len(d["load_kernels"]) == 2  # batch 1 and 8
+        assert set(d["kernels"]).isdisjoint(d["load_kernels"])
+        assert d["at_load"] == (d["kernel_us"] > d["load_us"] * (1 + CODEBOOK_LOAD_MARGIN))
+    forms = {r["layer"]: r["form"] for r in man["layers"]}
+    assert {d["layer"]: forms[d["layer"]] for d in gate} == {
+        d["layer"]: "codebook, decoded at load" if d["at_load"] else "codebook" for d in gate}
+    plan = json.loads((art / "plan.json").read_text())
+    assert plan["codebook_gate"] == gate
+    assert plan["codebook_at_load"] == [d["layer"] for d in gate if d["at_load"]]
+    assert man["verification"]["passed"]

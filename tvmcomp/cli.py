@@ -112,9 +112,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "in model.so, decoded in the layer's kernel")
     p.add_argument("--codebook-decode", choices=CODEBOOK_DECODE, default="kernel",
                    help="with --codebook, where a layer left dense decodes its codes: in its "
-                        "kernel on every call (default), or once when the artifact is loaded "
+                        "kernel on every call (default), once when the artifact is loaded "
                         "(model.so still stores only the codes; RAM holds the dense weight "
-                        "and the layer runs the float kernel)")
+                        "and the layer runs the float kernel), or auto: per layer, at load "
+                        "where its kernels that decode are measured slower than the float "
+                        "kernel")
     q = p.add_argument_group("int8 quantization")
     q.add_argument("--quantize", choices=["int8"], default=None,
                    help="calibrate on real images and compile int8 kernels")

@@ -362,13 +362,14 @@ def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Re
     gate_tuning: dict = {}
     if plan is None:
         codebook = opts.codebook and _has_codebook_layers(quantized, info, opts.progress)
-        at_load = _decoded_at_load(quantized, opts) if codebook else ()
+        at_load, decode_gate = (_decoded_at_load(quantized, opts, profile, records)
+                                if codebook else ((), None))
         sparse, gate_tuning = (plan_sparse(quantized, profile, records, opts.sparse_threshold,
                                            opts.sparse_min_speedup, opts.progress,
                                            opts.tune_budget_s, codebook, at_load)
                                if opts.sparse else (None, {}))
         plan = BuildPlan(profile.name, tuple(batches), acc, sparse, info.sha256, quant,
-                         codebook, at_load)
+                         codebook, at_load, decode_gate)
     else:
         plan.check_applies(profile.name, info.sha256, quant)
     formed = run_range(quantized, target, "layer_forms", "layer_forms", int8_acc=acc,
@@ -389,8 +390,10 @@ def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Re
             info_sparse["tuned_before_gate"] = gate_tuning
     fused = fuse(formed, target, debug_dump=opts.debug_dump, start="canonicalize", int8_acc=acc)
     forms = {"sparse": info_sparse,
-             "codebook": codebook_info(quantized, formed, plan.sparse_args(),
-                                       plan.codebook_at_load) if plan.codebook else None,
+             "codebook": ({**codebook_info(quantized, formed, plan.sparse_args(),
+                                          plan.codebook_at_load),
+                           **({"decode_gate": plan.codebook_gate} if plan.codebook_gate
+                              else {})} if plan.codebook else None),
              "layers": layer_sizes(quantized, plan.sparse_args(), plan.codebook,
                                    plan.codebook_at_load)}
     return plan, fused, forms
@@ -408,16 +411,22 @@ def _has_codebook_layers(quantized, info, progress: bool) -> bool:
     return False
 
 
-def _decoded_at_load(quantized, opts: BuildOptions) -> tuple[str, ...]:
-    """The codebook layers ``opts.codebook_decode`` decodes at load (by layer name)."""
+def _decoded_at_load(quantized, opts: BuildOptions, profile: Profile,
+                     records: Records) -> tuple[tuple[str, ...], list | None]:
+    """The codebook layers ``opts.codebook_decode`` decodes at load (by layer name), and
+    with ``auto`` the measured decisions (``plan_codebook_decode``)."""
     from .passes.codebook_dense import codebook_layers
+    from .plan import plan_codebook_decode
 
     if opts.codebook_decode not in CODEBOOK_DECODE:
         raise TvmcompError(f"codebook decode must be one of {', '.join(CODEBOOK_DECODE)}, "
                            f"got {opts.codebook_decode!r}")
     if opts.codebook_decode == "kernel":
-        return ()
-    return tuple(sorted({L.key.split("/", 1)[1] for L in codebook_layers(quantized)}))
+        return (), None
+    layers = tuple(sorted({L.key.split("/", 1)[1] for L in codebook_layers(quantized)}))
+    if opts.codebook_decode == "load":
+        return layers, None
+    return plan_codebook_decode(quantized, profile, records, layers, progress=opts.progress)
 
 
 def codebook_info(quantized, formed, sparse: dict | None = None,

@@ -9,5 +9,8 @@ DEFAULT_FINETUNE_EPOCHS = 24
 DEFAULT_FINETUNE_LR = 5e-3
 
 # Where a codebook layer left dense decodes its codes (build --codebook-decode): in its
-# kernel on every call, or once when the artifact is loaded
-CODEBOOK_DECODE = ("kernel", "load")
+# kernel on every call, once when the artifact is loaded, or per layer, measured ("auto":
+# at load where the kernels that decode are slower than the float kernel by more than the
+# margin)
+CODEBOOK_DECODE = ("kernel", "load", "auto")
+CODEBOOK_LOAD_MARGIN = 0.05

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from ..defaults import CODEBOOK_LOAD_MARGIN
 from ..errors import TvmcompError
 
 PLAN_FILE = "plan.json"
@@ -52,6 +53,7 @@ class BuildPlan:
     quant: dict | None = None       # QuantConfig.to_dict() of --quantize; None: float
     codebook: bool = False          # CodebookDense on the float layers left dense
     codebook_at_load: tuple[str, ...] = ()  # of those, the layers decoded once at load
+    codebook_gate: list | None = None  # --codebook-decode auto: DecodeDecision dicts
 
     def check_applies(self, profile: str, model_sha256: str, quant: dict | None) -> None:
         """Raise :class:`TvmcompError` (one line) unless this plan was made for exactly this
@@ -96,7 +98,8 @@ class BuildPlan:
                        sparse=SparsePlan(**sp) if sp is not None else None,
                        model_sha256=str(d["model_sha256"]), quant=quant,
                        codebook=bool(d.get("codebook", False)),
-                       codebook_at_load=tuple(str(n) for n in d.get("codebook_at_load", ())))
+                       codebook_at_load=tuple(str(n) for n in d.get("codebook_at_load", ())),
+                       codebook_gate=d.get("codebook_gate"))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise TvmcompError(f"{source}: not a tvmcomp build plan ({e})") from None
 
@@ -162,6 +165,31 @@ def plan_sparse(quantized, profile, records, threshold: float, min_speedup: floa
               f"{sum(keep.values())}/{len(keep)} matmul layers at sparsity >= {threshold} go "
               "sparse", flush=True)
     return SparsePlan(threshold, min_speedup, keep, "static rule"), {}
+
+
+def plan_codebook_decode(quantized, profile, records, layers: tuple[str, ...],
+                         margin: float = CODEBOOK_LOAD_MARGIN,
+                         progress: bool = True) -> tuple[tuple[str, ...], list | None]:
+    """``--codebook-decode auto``: of the codebook ``layers`` (by name), those decoded at
+    load, and the measured decisions (``codebook_gate.decode_gate``; None where the profile
+    cannot run here: then every layer decodes at load, the form that runs the float
+    kernels). Both forms are timed with the records at hand, the kernels that decode with
+    their dense twins' schedules, as the build would ship them (nothing is tuned here)."""
+    if not profile.runs_here():
+        if progress:
+            print(f"codebook decode: {profile.name} cannot run here, so nothing can be "
+                  "measured; every codebook layer decodes at load", flush=True)
+        return tuple(layers), None
+    from ..tune.apply import checked_database, ensure_tuned
+    from .codebook_gate import decode_gate, forms
+
+    target = profile.tvm_target()
+    both = forms(quantized, target, layers)
+    ensure_tuned(both[0], profile, records, 0.0, progress)  # carries the twins' schedules
+    database = checked_database(both, profile, records, progress)
+    decisions = decode_gate(quantized, target, database, both, margin, progress)
+    return (tuple(d.layer for d in decisions if d.at_load),
+            [d.to_dict() for d in decisions])
 
 
 def store_once(decisions: list, min_speedup: float, progress: bool = True) -> list:

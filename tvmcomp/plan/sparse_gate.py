@@ -147,9 +147,9 @@ def _consts(call) -> list[np.ndarray]:
 
 
 def _dense_calls(func, w: np.ndarray) -> list:
-    """The call whose constants hold weight ``w`` ([out, in], as given or transposed), or
-    its codes and codebook (a codebook kernel), or that reads it decoded at load from the
-    tensor cache."""
+    """The call whose constants hold weight ``w`` (a matmul's [out, in] or a conv's OIHW, as
+    given or transposed), or its codes and codebook (a codebook kernel), or that reads it
+    decoded at load from the tensor cache."""
     from ..kernels.codebook import decode
     from ..kernels.decode import cache_key
 
@@ -166,9 +166,10 @@ def _dense_calls(func, w: np.ndarray) -> list:
         books = [c for c in consts if c.dtype == np.float32 and c.ndim == 1]
         for c in consts:
             for cb in books:
-                got = decode(cb, c, w.T.shape)
-                if got is not None and np.array_equal(got, w.T):
-                    return [call]
+                for ref in (w.T, w):  # a matmul's codes are [in, out]; a conv's OIHW
+                    got = decode(cb, c, ref.shape)
+                    if got is not None and np.array_equal(got, ref):
+                        return [call]
     return []
 
 
@@ -220,7 +221,8 @@ def _timer(built: _Built, call, rng):
     return evaluator(lib, name, args, max_number=20000)
 
 
-def _check_same_outputs(dense: _Built, sparse: _Built, quantized, integer: bool) -> None:
+def _check_same_outputs(dense: _Built, sparse: _Built, quantized, integer: bool,
+                        what: str = "the sparse build") -> None:
     """Both whole models on the same random inputs: equal (integer layers) or close."""
     import tvm
     from tvm import relax
@@ -239,7 +241,7 @@ def _check_same_outputs(dense: _Built, sparse: _Built, quantized, integer: bool)
         a, b = (vm[gv.name_hint](tvm.runtime.tensor(x, dev)).numpy() for vm in vms)
         tol = 0.0 if integer else 1e-4 * max(1.0, float(np.abs(a).max()))
         if not np.abs(a.astype(np.float64) - b).max() <= tol:
-            raise ValueError(f"{gv.name_hint}: the sparse build disagrees with the dense one "
+            raise ValueError(f"{gv.name_hint}: {what} disagrees with the dense one "
                              f"(max |diff| {np.abs(a.astype(np.float64) - b).max():.3g})")
 
 

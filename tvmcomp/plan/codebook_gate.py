@@ -1,0 +1,97 @@
+"""Where each codebook layer decodes, measured (``build --codebook --codebook-decode auto``).
+
+A shared layer can decode its codes inside its kernel, on every call (``model.so`` and RAM
+hold only the codes), or once at load into the tensor cache (RAM holds the dense weight; the
+layer runs the float model's own kernel). Like the sparse gate, this measures what would
+ship: the quantized model is fused twice, every codebook layer decoded in its kernel and
+every one decoded at load, both built with the checked tuning records (codebook kernels take
+their dense twin's schedule), the two whole models checked to agree, and each layer's
+kernels timed alone with its real arguments, the two forms interleaved. A layer decodes at
+load where its kernels are slower than the float kernel by more than ``margin``, summed over
+the batch entries (a layer's entries share one stored form).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .sparse_gate import _build, _check_same_outputs, _dense_calls, _timer
+
+
+@dataclass(frozen=True)
+class DecodeDecision:
+    """A codebook layer's timings (median µs of its kernels alone, summed over the batch
+    entries, both forms interleaved in one run) and where it decodes."""
+
+    layer: str                      # "conv0", "matmul2", ... (every batch entry)
+    kernel_us: float                # its kernels decoding the codes on every call
+    load_us: float                  # the float kernels reading the weight decoded at load
+    kernels: tuple[str, ...] = ()
+    load_kernels: tuple[str, ...] = ()
+    at_load: bool = False
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(kernel_us=round(self.kernel_us, 3), load_us=round(self.load_us, 3),
+                 kernels=list(self.kernels), load_kernels=list(self.load_kernels))
+        return d
+
+
+def forms(quantized, target, layers: tuple[str, ...]):
+    """The two fused modules the gate compares: every codebook layer (``layers``, by name)
+    decoded in its kernel, and every one decoded at load."""
+    from ..pipeline import fuse
+
+    return (fuse(quantized, target, start="layer_forms", codebook=True),
+            fuse(quantized, target, start="layer_forms", codebook=True, at_load=layers))
+
+
+def decode_gate(quantized, target, database, fused, margin: float, progress: bool = True,
+                repeat: int = 21) -> list[DecodeDecision]:
+    """Time each codebook layer of ``quantized`` decoding in its kernel against decoding at
+    load (``fused``: the two modules of :func:`forms`), one decision per layer name."""
+    from tvm import relax
+
+    from ..bench import interleaved_us
+    from ..passes.codebook_dense import codebook_layers
+    from ..passes.sparse_dense import layer_weights
+
+    names = {L.key.split("/", 1)[1] for L in codebook_layers(quantized)}
+    kernel, load = (_build(m, target, database) for m in fused)
+    _check_same_outputs(kernel, load, quantized, False, "decoding at load")
+    rng = np.random.default_rng(0)
+    timers: dict = {}
+    calls: dict[str, tuple[list, list]] = {}  # layer -> (kernel-form names, load-form names)
+    for gv, func in quantized.functions.items():
+        if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
+            continue
+        for _, name, _, w in layer_weights(func):
+            if name not in names:
+                continue
+            kc = _dense_calls(kernel.fused[gv.name_hint], w)
+            lc = _dense_calls(load.fused[gv.name_hint], w)
+            if not kc or not lc:
+                raise ValueError(f"{gv.name_hint}/{name}: cannot find its kernels in the "
+                                 "fused modules")
+            mine = calls.setdefault(name, ([], []))
+            for tag, built, cs, into in (("k", kernel, kc, mine[0]), ("l", load, lc, mine[1])):
+                for c in cs:
+                    timers.setdefault((tag, c.args[0].name_hint), _timer(built, c, rng))
+                    into.append(c.args[0].name_hint)
+    us = interleaved_us(timers, repeat)
+    out = []
+    for name in sorted(calls, key=lambda n: int(re.search(r"\d+$", n).group())):
+        kn, ln = calls[name]
+        k_us, l_us = sum(us[("k", n)] for n in kn), sum(us[("l", n)] for n in ln)
+        at_load = k_us > l_us * (1.0 + margin)
+        why = (f"decoding in its kernels {k_us:.2f} µs vs at load {l_us:.2f} µs: "
+               + ("decoded at load" if at_load else
+                  f"within {margin:.0%}, decoded in its kernels (RAM keeps only the codes)"))
+        out.append(DecodeDecision(name, k_us, l_us, tuple(kn), tuple(ln), at_load, why))
+        if progress:
+            print(f"codebook decode {name}: {why}", flush=True)
+    return out
