@@ -51,8 +51,9 @@ def main() -> int:
 
     from tvmcomp.bench import bench_artifacts, format_table
     from tvmcomp.data.mnist import default_mnist_dir, load_eval_set
-    from tvmcomp.main_job import (FORMS, build_forms, compressed_path, prepare_lenet5,
-                                  prune_lenet5, share_lenet5)
+    from tvmcomp.main_job import (FORMS, SMALLEST_BITS, build_forms, compressed_path,
+                                  prepare_lenet5, prune_lenet5, prune_lenet5_smallest,
+                                  share_lenet5)
     from tvmcomp.model import evaluate_torch
     from tvmcomp.targets import host_profile, load_profile
 
@@ -74,9 +75,12 @@ def main() -> int:
     _, onnx_shared = share_lenet5(out, ckpt, train_set)
     _, onnx_pruned_shared = share_lenet5(out, compressed_path(out, "pruned"), train_set,
                                          "pruned_shared")
+    prune_lenet5_smallest(out, ckpt, train_set, **({"epochs": 1} if args.reduced else {}))
+    _, onnx_smallest = share_lenet5(out, compressed_path(out, "pruned95"), train_set, "smallest",
+                                    SMALLEST_BITS)
     built = build_forms(out, onnx_dense, onnx_pruned, profile, ev, (1, 64),
                         tune_budget_s=args.tune_budget, shared_onnx=onnx_shared,
-                        pruned_shared_onnx=onnx_pruned_shared)
+                        pruned_shared_onnx=onnx_pruned_shared, smallest_onnx=onnx_smallest)
     arts = {f: a for f, (a, _) in built.items()}
     mans = {f: m for f, (_, m) in built.items()}
     print("== bench (one run, interleaved)", flush=True)

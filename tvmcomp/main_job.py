@@ -266,7 +266,7 @@ def format_results(s: dict) -> str:
               "model.so; batch entries share them):", "",
               format_layer_sizes(s["forms"][smallest]["layers"],
                                  s["forms"][smallest]["weight_bytes"])]
-    lines += ["Not yet in the chain: low-rank factorization; int8 codebooks (scales folded "
+    lines += ["", "Not yet in the chain: low-rank factorization; int8 codebooks (scales folded "
               "in); codes below 5 bits (built packed, not in this job's bits)."]
     return "\n".join(lines)
 
