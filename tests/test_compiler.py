@@ -277,13 +277,13 @@ def test_codebook_decode_auto_measures_where_each_layer_decodes(shared_lenet, tm
 
     prof = profile_with_db(tmp_path / "db")
     art, man = build(shared_lenet.onnx, prof, tmp_path / "auto",
-                     BuildOptions(batches=(1, 8), tune_budget_s=0, progress=False,
+                     BuildOptions(batches=(1,), tune_budget_s=0, progress=False,
                                   codebook=True, codebook_decode="auto"))
     gate = man["codebook"]["decode_gate"]
     assert [d["layer"] for d in gate] == ["conv0", "conv1", "matmul2", "matmul3", "matmul4"]
     for d in gate:
         assert d["kernel_us"] > 0 and d["load_us"] > 0
-        assert len(d["kernels"]) == len(d["load_kernels"]) == 2  # batch 1 and 8
+        assert len(d["kernels"]) == len(d["load_kernels"]) == 1  # batch 1's
         assert set(d["kernels"]).isdisjoint(d["load_kernels"])
         assert d["at_load"] == (d["kernel_us"] > d["load_us"] * (1 + CODEBOOK_LOAD_MARGIN))
     forms = {r["layer"]: r["form"] for r in man["layers"]}

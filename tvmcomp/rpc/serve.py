@@ -37,13 +37,24 @@ def launch(*args: str, expect: str = "", timeout_s: float = 120.0, cpus: str | N
     :class:`TvmcompError` with its output. ``cpus`` (e.g. ``"1"``) pins it and its workers
     with ``taskset`` where that exists. Stop it with :func:`stop`.
     """
+    return started(spawn(*args, cpus=cpus), args, expect, timeout_s)
+
+
+def spawn(*args: str, cpus: str | None = None):
+    """``python -m tvmcomp.rpc ARGS`` started in the background (see :func:`launch`)."""
     import shutil
     import subprocess
-    import threading
 
     pin = ["taskset", "-c", cpus] if cpus is not None and shutil.which("taskset") else []
-    proc = subprocess.Popen([*pin, sys.executable, "-m", "tvmcomp.rpc", *args],
+    return subprocess.Popen([*pin, sys.executable, "-m", "tvmcomp.rpc", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def started(proc, args, expect: str = "", timeout_s: float = 120.0):
+    """``proc`` (from :func:`spawn`) once its first line contains ``expect`` (see
+    :func:`launch`)."""
+    import threading
+
     first: list[str] = []
     reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)
     reader.start()
@@ -66,9 +77,23 @@ def launch_servers(tracker: str, key: str, n: int, host: str = DEFAULT_HOST,
     import os
 
     thost, tport = parse_addr(tracker)
-    procs = [launch("server", "--tracker", tracker, "--key", key, "--host", host, "--port",
-                    str(free_port(host)), expect="RPC server", cpus=str(i % (os.cpu_count() or 1)))
-             for i in range(n)]
+    ports: list[int] = []
+    while len(ports) < n:  # distinct: none is bound before all are spawned
+        if (p := free_port(host)) not in ports:
+            ports.append(p)
+    args = [("server", "--tracker", tracker, "--key", key, "--host", host, "--port", str(p))
+            for p in ports]
+    spawned = [spawn(*a, cpus=str(i % (os.cpu_count() or 1))) for i, a in enumerate(args)]
+    procs = []  # all start at once (each imports TVM, twice: seconds), then are waited for
+    try:
+        for p, a in zip(spawned, args):
+            procs.append(started(p, a, expect="RPC server", timeout_s=timeout_s))
+    except TvmcompError:
+        for p in spawned[len(procs):]:
+            p.kill()
+        for p in procs:
+            stop(p)
+        raise
     deadline = time.monotonic() + timeout_s
     while server_keys(tracker_summary(thost, tport)).get(key, 0) < n:
         if time.monotonic() > deadline:
