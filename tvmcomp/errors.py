@@ -27,3 +27,11 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int = 2):
         super().__init__(signum)
         self.signum = int(signum)
+
+
+def reject_unknown(d: dict, valid, what: str, error: type[Exception] = TvmcompError) -> None:
+    """Raise ``error`` naming the first key of ``d`` (a config read from JSON) that is not in
+    ``valid``, with the valid ones."""
+    unknown = sorted(set(d) - set(valid))
+    if unknown:
+        raise error(f"unknown {what} key {unknown[0]!r}; valid keys: {', '.join(sorted(valid))}")

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field, fields
 
 from ..defaults import DEFAULT_FINETUNE_EPOCHS, DEFAULT_FINETUNE_LR
+from ..errors import reject_unknown
 from .errors import CompressConfigError
 
 CONFIG_FORMAT = "tvmcomp.compress"
@@ -349,14 +350,16 @@ def from_dict(d: dict) -> PruneConfig:
         raise CompressConfigError(f"method must be one of {', '.join(CONFIGS)}, "
                                   f"got {d.get('method')!r}")
     body = {k: v for k, v in d.items() if k not in ("format", "version", "method")}
-    _reject_unknown(body, {f.name for f in fields(cls)}, f"{cls.method} config")
+    reject_unknown(body, {f.name for f in fields(cls)}, f"{cls.method} config",
+                   CompressConfigError)
     if cls is KMeansShareConfig:
         return cls(**body)
     for key in ("layers", "exclude", "sparsities", "block"):
         if isinstance(body.get(key), list):
             body[key] = tuple(body[key])
     if isinstance(body.get("finetune"), dict):
-        _reject_unknown(body["finetune"], {f.name for f in fields(FineTune)}, "finetune")
+        reject_unknown(body["finetune"], {f.name for f in fields(FineTune)}, "finetune",
+                       CompressConfigError)
         body["finetune"] = FineTune(**body["finetune"])
     if isinstance(body.get("regularizer"), dict):
         r = dict(body["regularizer"])
@@ -364,7 +367,8 @@ def from_dict(d: dict) -> PruneConfig:
         if rcls is None:
             raise CompressConfigError(f"regularizer method must be one of "
                                       f"{', '.join(REGULARIZERS)}, got {body['regularizer']!r}")
-        _reject_unknown(r, {f.name for f in fields(rcls)}, f"regularizer ({rcls.method})")
+        reject_unknown(r, {f.name for f in fields(rcls)}, f"regularizer ({rcls.method})",
+                       CompressConfigError)
         if isinstance(r.get("block"), list):
             r["block"] = tuple(r["block"])
         body["regularizer"] = rcls(**r)
@@ -377,10 +381,3 @@ def from_json(text: str) -> PruneConfig:
     except json.JSONDecodeError as e:
         raise CompressConfigError(f"compress config is not valid JSON: {e}") from None
     return from_dict(d)
-
-
-def _reject_unknown(d: dict, valid: set[str], what: str) -> None:
-    unknown = sorted(set(d) - valid)
-    if unknown:
-        raise CompressConfigError(
-            f"unknown {what} key {unknown[0]!r}; valid keys: {', '.join(sorted(valid))}")

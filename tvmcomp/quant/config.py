@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 
+from ..errors import reject_unknown
 from .errors import QuantConfigError
 
 CONFIG_FORMAT = "tvmcomp.quant"
@@ -179,7 +180,7 @@ class QuantConfig:
                 f"version {d.get('version')!r})"
             )
         body = {k: v for k, v in d.items() if k not in ("format", "version")}
-        _reject_unknown(body, {f.name for f in fields(cls)}, "quant config")
+        reject_unknown(body, {f.name for f in fields(cls)}, "quant config", QuantConfigError)
         if "calibration" in body:
             body["calibration"] = _sub(body["calibration"], "method", CALIBRATIONS, "calibration")
         if "weights" in body:
@@ -204,14 +205,6 @@ def _check_bins(bins, low: int) -> None:
         raise QuantConfigError(f"histogram bins must be an integer >= {low}, got {bins!r}")
 
 
-def _reject_unknown(d: dict, valid: set[str], what: str) -> None:
-    unknown = sorted(set(d) - valid)
-    if unknown:
-        raise QuantConfigError(
-            f"unknown {what} key {unknown[0]!r}; valid keys: {', '.join(sorted(valid))}"
-        )
-
-
 def _sub(d, key: str, table: dict, what: str):
     if not isinstance(d, dict) or d.get(key) not in table:
         raise QuantConfigError(
@@ -219,7 +212,7 @@ def _sub(d, key: str, table: dict, what: str):
         )
     cls = table[d[key]]
     body = {k: v for k, v in d.items() if k != key}
-    _reject_unknown(body, {f.name for f in fields(cls)}, f"{what} ({d[key]})")
+    reject_unknown(body, {f.name for f in fields(cls)}, f"{what} ({d[key]})", QuantConfigError)
     return cls(**body)
 
 
