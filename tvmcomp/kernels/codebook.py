@@ -100,9 +100,3 @@ def stored_code_bytes(size: int, codebook_len: int) -> int:
     stores them."""
     per = codes_per_byte(code_bits(codebook_len))
     return -(-int(size) // per)
-
-
-def stored_codes(codebook: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """``codes`` (uint8) as a layer stores them: :func:`pack`-ed up to 4 bits, else flat."""
-    bits = code_bits(codebook.size)
-    return pack(codes, bits) if codes_per_byte(bits) > 1 else np.ascontiguousarray(codes).ravel()

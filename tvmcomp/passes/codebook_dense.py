@@ -9,7 +9,6 @@ indices and the codebook, not the dense weight (TVM's ``FoldConstant`` would oth
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,12 +18,12 @@ from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..kernels.codebook import (MAX_CODES, code_bits, codebook_length, codes_per_byte,
-                                distinct_values, encode, pack, stored_code_bytes, stored_codes)
+                                distinct_values, encode, pack, stored_code_bytes)
 from ..kernels.decode import (DECODE_FUNCTION, cache_key, code_stream, stream_decode_kernel,
                               widen_kernel)
 from ..kernels.sell import sell_codebook_from_dense
 from ._emit import rebind, rewrite_functions
-from .layers import layer_key
+from .layers import layer_index, layer_key
 from .sparse_dense import goes_sparse, layer_weights, sparse_candidates
 
 COMPOSITE = "tvmcomp.codebook_matmul"
@@ -42,7 +41,7 @@ class CodebookLayer:
     or with zero-run lengths, counted in ``structure_bytes``)."""
 
     key: str                 # "<function>/matmul<k>" or "<function>/conv<k>"
-    shape: tuple[int, ...]   # matmul [out, in] (decoded at load: [in, out]); conv2d OIHW
+    shape: tuple[int, ...]   # matmul [out, in]; conv2d OIHW
     codes: int               # codebook entries in use (sparse: non-zero values, plus 0)
     dense_bytes: int         # the float32 weight
     index_bytes: int         # codes: packed 8 / bits per byte (dense), uint8 (sparse)
@@ -88,30 +87,27 @@ def codebook_layers(mod: tvm.IRModule, sparse: dict | None = None,
                                              b["total"] - b["values"] - b["codebook"]))
                 continue
             if distinct_values(m.w) <= MAX_CODES:
-                out.append(_dense_layer(key, m.w.T, m.name in at_load))
+                out.append(_dense_layer(key, m.w, m.w.T, m.name in at_load))
         for _, name, w in float_convs(func):
             if distinct_values(w) <= MAX_CODES:
-                out.append(_dense_layer(layer_key(gv.name_hint, name), w, name in at_load))
-    return sorted(out, key=lambda L: (L.key.split("/")[0], _layer_index(L.key)))
+                out.append(_dense_layer(layer_key(gv.name_hint, name), w, w, name in at_load))
+    return sorted(out, key=lambda L: (L.key.split("/")[0], layer_index(L.key)))
 
 
-def _dense_layer(key: str, w: np.ndarray, at_load: bool) -> CodebookLayer:
-    """A layer ``CodebookDense`` keeps dense (``w`` as the layer reads it: a matmul's ``[in,
-    out]``): a code per weight, or decoded at load from a :func:`code_stream`."""
-    codes = distinct_values(w)
+def _dense_layer(key: str, w: np.ndarray, read: np.ndarray, at_load: bool) -> CodebookLayer:
+    """A layer ``CodebookDense`` keeps dense (``w`` as stored, ``read`` as the layer reads it:
+    a matmul's ``[in, out]``): a code per weight, or decoded at load from the
+    :func:`code_stream` of ``read``."""
     if at_load:
-        s = code_stream(w)
+        s = code_stream(read)
         b = s.nbytes()
         return CodebookLayer(key, tuple(w.shape), s.codebook.size, w.size * 4, b["codes"],
                              b["codebook"], "at load, sparse" if s.gap_bits else "at load",
                              b["gaps"])
+    codes = distinct_values(w)
     return CodebookLayer(key, tuple(w.shape), codes, w.size * 4,
                          stored_code_bytes(w.size, codebook_length(codes)),
                          codebook_length(codes) * 4, "dense")
-
-
-def _layer_index(key: str) -> int:
-    return int(re.search(r"\d+$", key).group())
 
 
 def float_convs(func: relax.Function) -> list[tuple[relax.Var, str, np.ndarray]]:

@@ -17,6 +17,11 @@ def layer_name(op: str, k: int) -> str:
     return f"{'matmul' if op == 'relax.matmul' else 'conv'}{k}"
 
 
+def layer_index(name: str) -> int:
+    """``k`` of a layer name or key (``"matmul2"``, ``"main_b1/conv0"``)."""
+    return int(name[len(name.rstrip("0123456789")):])
+
+
 def layer_key(function: str, name: str) -> str:
     """``"<function>/<layer name>"``: the key of a layer across a module."""
     return f"{function}/{name}"

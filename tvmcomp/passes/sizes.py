@@ -11,12 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels.codebook import DECODE_BLOCK, code_bits
-from ..kernels.decode import code_stream
 from .codebook_dense import codebook_layers
 from .layers import layer_key
 from .sparse_dense import goes_sparse, layer_weights, sliced_layout, sparse_candidates
 
 ROLES = ("values", "col_indices", "structure", "codebook")
+# a CodebookDense layer's form (codebook_layers) as the table names it
+CODEBOOK_FORMS = {"dense": "codebook", "at load": "codebook, decoded at load",
+                  "at load, sparse": "sparse codebook, decoded at load"}
 
 
 def layer_sizes(mod, sparse: dict | None = None, codebook: bool = False,
@@ -39,7 +41,7 @@ def layer_sizes(mod, sparse: dict | None = None, codebook: bool = False,
 
     sparse_args = dict(sparse or {})
     values = sparse_args.get("values", "float32")
-    folded = {L.key: L for L in codebook_layers(mod)} if codebook else {}
+    folded = {L.key: L for L in codebook_layers(mod, at_load=at_load)} if codebook else {}
     rows: dict[str, dict] = {}
     for gv, func in mod.functions.items():
         if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
@@ -63,16 +65,11 @@ def layer_sizes(mod, sparse: dict | None = None, codebook: bool = False,
                           codebook=b.get("codebook", 0))
                 row.update(form=f"sparse {'codebook' if form == 'codebook' else c.data.dtype}",
                            value_bits=c.code_bits or c.data.dtype.itemsize * 8)
-            elif key in folded and name in at_load:  # decoded at load from a code stream
-                s = code_stream(w.T if kind == "matmul" else w)
-                b = s.nbytes()
-                by.update(values=b["codes"], col_indices=b["gaps"], codebook=b["codebook"])
-                row.update(form=("sparse codebook" if s.gap_bits else "codebook")
-                           + ", decoded at load", value_bits=s.code_bits)
-            elif key in folded:  # CodebookDense: packed codes + codebook
-                L = folded[key]
-                by.update(values=L.index_bytes, codebook=L.codebook_bytes)
-                row.update(form="codebook", value_bits=code_bits(L.codebook_bytes // 4))
+            elif key in folded:  # CodebookDense: codes + codebook, in the kernel or at load
+                L = folded[key]  # at load: a code stream's codes and zero-run lengths
+                by.update(values=L.index_bytes, col_indices=L.structure_bytes,
+                          codebook=L.codebook_bytes)
+                row.update(form=CODEBOOK_FORMS[L.form], value_bits=code_bits(L.codes))
             else:
                 by["values"] = int(w.nbytes)
                 row.update(form=f"dense {w.dtype}", value_bits=w.dtype.itemsize * 8)

@@ -187,7 +187,7 @@ def plan_codebook_decode(quantized, profile, records, layers: tuple[str, ...],
     both = forms(quantized, target, layers)
     ensure_tuned(both[0], profile, records, 0.0, progress)  # carries the twins' schedules
     database = checked_database(both, profile, records, progress)
-    decisions = decode_gate(quantized, target, database, both, margin, progress)
+    decisions = decode_gate(quantized, target, database, both, layers, margin, progress)
     return (tuple(d.layer for d in decisions if d.at_load),
             [d.to_dict() for d in decisions])
 

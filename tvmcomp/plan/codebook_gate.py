@@ -13,7 +13,6 @@ the batch entries (a layer's entries share one stored form).
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -50,17 +49,18 @@ def forms(quantized, target, layers: tuple[str, ...]):
             fuse(quantized, target, start="layer_forms", codebook=True, at_load=layers))
 
 
-def decode_gate(quantized, target, database, fused, margin: float, progress: bool = True,
-                repeat: int = 21) -> list[DecodeDecision]:
-    """Time each codebook layer of ``quantized`` decoding in its kernel against decoding at
-    load (``fused``: the two modules of :func:`forms`), one decision per layer name."""
+def decode_gate(quantized, target, database, fused, layers: tuple[str, ...], margin: float,
+                progress: bool = True, repeat: int = 21) -> list[DecodeDecision]:
+    """Time each codebook layer of ``quantized`` (``layers``, by name) decoding in its kernel
+    against decoding at load (``fused``: the two modules of :func:`forms`), one decision per
+    layer name."""
     from tvm import relax
 
     from ..bench import interleaved_us
-    from ..passes.codebook_dense import codebook_layers
+    from ..passes.layers import layer_index
     from ..passes.sparse_dense import layer_weights
 
-    names = {L.key.split("/", 1)[1] for L in codebook_layers(quantized)}
+    names = set(layers)
     kernel, load = (_build(m, target, database) for m in fused)
     _check_same_outputs(kernel, load, quantized, False, "decoding at load")
     rng = np.random.default_rng(0)
@@ -84,7 +84,7 @@ def decode_gate(quantized, target, database, fused, margin: float, progress: boo
                     into.append(c.args[0].name_hint)
     us = interleaved_us(timers, repeat)
     out = []
-    for name in sorted(calls, key=lambda n: int(re.search(r"\d+$", n).group())):
+    for name in sorted(calls, key=layer_index):
         kn, ln = calls[name]
         k_us, l_us = sum(us[("k", n)] for n in kn), sum(us[("l", n)] for n in ln)
         at_load = k_us > l_us * (1.0 + margin)
