@@ -99,8 +99,7 @@ def main() -> int:
             steps = []
             ft = FineTune(epochs=epochs)
             if isinstance(sparsity, dict):  # per layer: only the named ones
-                steps.append(MagnitudePruneConfig(0.0, scope="layer", per_layer=sparsity,
-                                                  layers=tuple(sparsity), finetune=ft))
+                steps.append(MagnitudePruneConfig.of_layers(sparsity, finetune=ft))
             elif sparsity is not None:
                 steps.append(MagnitudePruneConfig(sparsity, scope="global", finetune=ft))
             if bits is not None:

@@ -230,8 +230,8 @@ def cmd_compress(args) -> int:
                 if args.layers:
                     raise TvmcompError("--prune NAME=SPARSITY,... names the layers it prunes; "
                                        "drop --layers")
-                common["layers"] = tuple(args.prune)
-                cfg = MagnitudePruneConfig(0.0, scope="layer", per_layer=args.prune, **common)
+                del common["layers"]
+                cfg = MagnitudePruneConfig.of_layers(args.prune, **common)
             else:
                 cfg = MagnitudePruneConfig(args.prune, scope=args.scope, **common)
     if args.share_bits:

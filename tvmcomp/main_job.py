@@ -79,8 +79,7 @@ def prune_lenet5_smallest(out: Path, ckpt: Path, train_set,
     or reuse ``out/lenet5_pruned95.pt``; export it; returns (model, onnx path)."""
     from .compress import FineTune, MagnitudePruneConfig
 
-    cfg = MagnitudePruneConfig(0.0, scope="layer", per_layer=dict(SMALLEST_PRUNE),
-                               layers=tuple(SMALLEST_PRUNE), finetune=FineTune(epochs=epochs))
+    cfg = MagnitudePruneConfig.of_layers(SMALLEST_PRUNE, finetune=FineTune(epochs=epochs))
     return _compressed_copy(out, ckpt, train_set, cfg, "pruned95", "prune")
 
 

@@ -168,6 +168,13 @@ class MagnitudePruneConfig:
         return hash((self.sparsity, self.scope, tuple(sorted(self.per_layer.items())),
                      self.layers, self.exclude, self.block, self.finetune, self.regularizer))
 
+    @classmethod
+    def of_layers(cls, sparsities: dict[str, float], **kw) -> MagnitudePruneConfig:
+        """Prune exactly the named layers, each to its own sparsity (``--prune
+        NAME=S,...``); ``kw``: the other fields."""
+        return cls(0.0, scope="layer", per_layer=dict(sparsities), layers=tuple(sparsities),
+                   **kw)
+
     def sparsity_for(self, names) -> float | dict[str, float]:
         """What the mask functions take: one float, or a per-layer dict for scope "layer"."""
         if self.scope == "layer" and self.per_layer:
