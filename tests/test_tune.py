@@ -278,3 +278,24 @@ def test_board_use_sums_sessions_and_spans_the_wall(tmp_path):
     assert ("3.0 s in all (one server, back to back), within 2.0 s of wall time on 3 servers "
             "(1.50 measuring at once" in use.describe())
     assert board_use(tmp_path / "none.log") == type(use)({}, 0.0, 0.0)
+
+
+def test_workers_start_without_torch(monkeypatch):
+    """A process started inside without_torch (as MetaSchedule's workers are) imports TVM's
+    FFI (which tries PyTorch first) without PyTorch, though it is installed; the user's
+    PYTHONPATH is kept and restored."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    from tvmcomp.tune.workers import NO_TORCH, without_torch
+
+    probe = [sys.executable, "-c", "import sys, tvm_ffi; print(sys.modules.get('torch'))"]
+    monkeypatch.setenv("PYTHONPATH", "/users/own/path")
+    with without_torch():
+        assert os.environ["PYTHONPATH"].split(os.pathsep) == [str(NO_TORCH), "/users/own/path"]
+        inside = subprocess.run(probe, capture_output=True, text=True, check=True).stdout
+    assert os.environ["PYTHONPATH"] == "/users/own/path"
+    assert importlib.util.find_spec("torch") is not None  # installed, yet:
+    assert inside.strip() == "None"

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .workers import without_torch
+
 
 @dataclass(frozen=True)
 class RemoteRunner:
@@ -40,13 +42,14 @@ class RemoteRunner:
 
         Path(session_log).parent.mkdir(parents=True, exist_ok=True)
         Path(session_log).write_text("")
-        return ms.runner.RPCRunner(
-            rpc_config=ms.runner.RPCConfig(
-                tracker_host=self.host, tracker_port=self.port, tracker_key=self.key,
-                session_priority=1, session_timeout_sec=int(self.session_timeout_s)),
-            evaluator_config=ms.runner.EvaluatorConfig(number=10, repeat=3, min_repeat_ms=20),
-            f_create_session=_LoggedSession(str(session_log), self.server_id_func),
-            f_cleanup=_LoggedCleanup(str(session_log)), max_workers=self.servers)
+        with without_torch():  # it starts a worker at construction
+            return ms.runner.RPCRunner(
+                rpc_config=ms.runner.RPCConfig(
+                    tracker_host=self.host, tracker_port=self.port, tracker_key=self.key,
+                    session_priority=1, session_timeout_sec=int(self.session_timeout_s)),
+                evaluator_config=ms.runner.EvaluatorConfig(number=10, repeat=3, min_repeat_ms=20),
+                f_create_session=_LoggedSession(str(session_log), self.server_id_func),
+                f_cleanup=_LoggedCleanup(str(session_log)), max_workers=self.servers)
 
 
 TRIALS_PER_SERVER_PER_BATCH = 8

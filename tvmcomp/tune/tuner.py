@@ -19,6 +19,7 @@ from .intrin import load_tensor_intrinsics
 from .records import Records
 from .remote import workload_key
 from .transfer import carry_over
+from .workers import without_torch
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,8 @@ _KEPT: dict = {}
 
 def _kept(key: tuple, make):
     if key not in _KEPT:
-        _KEPT[key] = make()
+        with without_torch():  # a runner starts its worker at construction
+            _KEPT[key] = make()
     return _KEPT[key]
 
 
@@ -390,7 +392,7 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
         stop = _StopOnSignal()
         try:
-            with stop:
+            with stop, without_torch():  # the workers started while tuning
                 ms.tune.tune_tasks(
                     tasks=contexts, task_weights=weights, work_dir=str(logs),
                     max_trials_global=total, max_trials_per_task=max_trials_per_task,
