@@ -55,6 +55,23 @@ def _sparsities(text: str) -> float | dict[str, float]:
     return out
 
 
+def _ranks(text: str) -> dict[str, int]:
+    """``--lowrank``: ``NAME=RANK,...`` (e.g. ``fc1=16,conv2=8``)."""
+    out = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, _, v = part.partition("=")
+        try:
+            out[name.strip()] = int(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected NAME=RANK,... (e.g. fc1=16,conv2=8), "
+                                             f"got {text!r}") from None
+        if not name.strip():
+            raise argparse.ArgumentTypeError(f"expected NAME=RANK,..., got {text!r}")
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected NAME=RANK,..., got {text!r}")
+    return out
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
@@ -210,10 +227,11 @@ def cmd_compress(args) -> int:
                            compress, from_json)
 
     train_set, _ = _eval_set(args)
+    lowrank = _lowrank_config(args)
     if args.config:
         cfg = from_json(Path(args.config).read_text())
-    elif args.prune is None and args.method == "magnitude" and args.share_bits:
-        cfg = None  # sharing alone
+    elif args.prune is None and args.method == "magnitude" and (args.share_bits or lowrank):
+        cfg = None  # sharing and/or factorizing alone
     else:
         ft = FineTune(epochs=args.epochs, lr=args.lr) if args.epochs else None
         reg = _regularizer(args.regularize, args.block) if args.regularize else None
@@ -241,9 +259,18 @@ def cmd_compress(args) -> int:
                                   group_size=args.share_group, epochs=args.share_epochs,
                                   fp16=not args.share_fp32)
         cfg = share if cfg is None else [cfg, share]
+    if lowrank is not None:
+        cfg = lowrank if cfg is None else [lowrank, *(cfg if isinstance(cfg, list) else [cfg])]
     print(f"compress {args.checkpoint} → {args.out}: {cfg}")
     out, summary = compress(args.checkpoint, cfg, args.out, data=train_set)
     for step in summary.get("steps", [summary]):
+        if step["method"] == "lowrank":
+            for name, L in step["layers"].items():
+                print(f"factorized {name}: rank {L['rank']} of {L['max_rank']} (keeps "
+                      f"{L['energy_kept']:.3f} of the energy), weights {L['params'][0]:,} → "
+                      f"{L['params'][1]:,}, MACs/image {L['macs'][0]:,} → {L['macs'][1]:,}")
+            for name, why in step.get("skipped", {}).items():
+                print(f"left whole {name}: {why}")
         if step["method"] != "kmeans_share":
             continue
         for name, L in step["layers"].items():
@@ -255,6 +282,34 @@ def cmd_compress(args) -> int:
           + ", ".join(f"{k} {v['sparsity']:.3f}" for k, v in rep["layers"].items()))
     print(f"wrote {out}")
     return 0
+
+
+def _lowrank_config(args):
+    """The LowRankConfig the --lowrank* options ask for, or None."""
+    from .compress import FineTune, LowRankConfig
+    from .defaults import DEFAULT_LOWRANK_LR
+
+    given = [o for o, v in (("--lowrank", args.lowrank), ("--lowrank-energy", args.lowrank_energy),
+                            ("--lowrank-budget", args.lowrank_budget)) if v is not None]
+    if not given:
+        if args.lowrank_layers or args.lowrank_plot:
+            raise TvmcompError("--lowrank-layers / --lowrank-plot need --lowrank-energy or "
+                               "--lowrank-budget")
+        return None
+    if len(given) > 1:
+        raise TvmcompError(f"give one of --lowrank, --lowrank-energy, --lowrank-budget, "
+                           f"not {' and '.join(given)}")
+    if args.lowrank and args.lowrank_layers:
+        raise TvmcompError("--lowrank NAME=RANK,... names its layers; drop --lowrank-layers")
+    if args.lowrank_plot and args.lowrank_budget is None:
+        raise TvmcompError("--lowrank-plot needs --lowrank-budget (it plots the rank sweep)")
+    ft = FineTune(epochs=args.lowrank_epochs, lr=DEFAULT_LOWRANK_LR) if args.lowrank_epochs \
+        else None
+    return LowRankConfig(
+        ranks=args.lowrank or {}, energy=args.lowrank_energy,
+        max_accuracy_drop=(args.lowrank_budget / 100.0 if args.lowrank_budget is not None
+                           else None),
+        layers=args.lowrank_layers, finetune=ft, plot=args.lowrank_plot)
 
 
 def _profile(name: str | None):
@@ -506,7 +561,7 @@ class _Parser(argparse.ArgumentParser):
 
 def make_parser() -> argparse.ArgumentParser:
     from .defaults import (DEFAULT_BATCHES, DEFAULT_FINETUNE_EPOCHS, DEFAULT_FINETUNE_LR,
-                           DEFAULT_TUNE_BUDGET_S)
+                           DEFAULT_LOWRANK_EPOCHS, DEFAULT_TUNE_BUDGET_S)
     from .rpc import cli as rpc
 
     ap = _Parser(
@@ -562,6 +617,23 @@ def make_parser() -> argparse.ArgumentParser:
     w.add_argument("--share-fp32", action="store_true",
                    help="keep the shared values in float32 (default: rounded to float16, "
                         "so a codebook stores 2 bytes an entry)")
+    r = p.add_argument_group("low-rank factorization (truncated SVD; first, before pruning "
+                             "and sharing)")
+    r.add_argument("--lowrank", type=_ranks, default=None, metavar="NAME=RANK,...",
+                   help="factorize the named layers at these ranks, e.g. fc1=16,conv2=8")
+    r.add_argument("--lowrank-energy", type=float, default=None, metavar="E",
+                   help="each layer at the smallest rank keeping this fraction (0, 1] of its "
+                        "singular-value energy, where that saves weights")
+    r.add_argument("--lowrank-budget", type=float, default=None, metavar="PT",
+                   help="ranks chosen greedily (least accuracy per MAC saved) while the "
+                        "held-out accuracy loss stays within PT points")
+    r.add_argument("--lowrank-layers", type=_names, default=(),
+                   help="with --lowrank-energy/-budget: only these layers (default: all)")
+    r.add_argument("--lowrank-epochs", type=int, default=DEFAULT_LOWRANK_EPOCHS,
+                   help="fine-tune epochs after factorizing (default "
+                        f"{DEFAULT_LOWRANK_EPOCHS}; 0 = none)")
+    r.add_argument("--lowrank-plot", default=None, metavar="PNG",
+                   help="with --lowrank-budget: held-out accuracy loss against rank per layer")
     _add_mnist(p)
     p.set_defaults(fn=cmd_compress)
 

@@ -7,6 +7,10 @@ DEFAULT_SPARSE_THRESHOLD = 0.7    # weight sparsity from which a layer is a spar
 # pruning's fine-tuning (compress.FineTune); chosen by scripts/prune_defaults.py
 DEFAULT_FINETUNE_EPOCHS = 24
 DEFAULT_FINETUNE_LR = 5e-3
+# fine-tuning after low-rank factorization (compress.LowRankConfig): the factors start at the
+# layer's best approximation, so fewer epochs at a gentler rate than pruning's
+DEFAULT_LOWRANK_EPOCHS = 8
+DEFAULT_LOWRANK_LR = 1e-3
 
 # Where a codebook layer left dense decodes its codes (build --codebook-decode): in its
 # kernel on every call, once when the artifact is loaded, or per layer, measured ("auto":

@@ -1,5 +1,5 @@
 """Torch-side compression: magnitude / sensitivity pruning, sparse regularization, fine-tuning,
-k-means weight sharing."""
+k-means weight sharing, low-rank factorization."""
 
 from .api import HANDLERS, compress, prune_model
 from .config import (
@@ -7,6 +7,7 @@ from .config import (
     GroupLasso,
     KMeansShareConfig,
     L1,
+    LowRankConfig,
     MagnitudePruneConfig,
     SensitivityConfig,
     from_dict,
@@ -19,7 +20,7 @@ from .masks import magnitude_masks, poly_sparsity, sparsity_report
 
 __all__ = [
     "HANDLERS", "CompressConfigError", "CompressError", "FineTune", "GroupLasso",
-    "KMeansShareConfig", "L1",
+    "KMeansShareConfig", "L1", "LowRankConfig",
     "MagnitudePruneConfig", "SensitivityConfig", "compress", "from_dict", "from_json",
     "magnitude_masks", "poly_sparsity", "prune_model", "sparsity_report", "to_dict", "to_json",
 ]

@@ -13,8 +13,8 @@ from ..data import Dataset, load_train_5k
 from ..data.mnist import split_holdout
 from ..model import load_checkpoint, save_checkpoint
 from . import sensitivity
-from .config import (KMeansShareConfig, MagnitudePruneConfig, PruneConfig, SensitivityConfig,
-                     to_dict)
+from .config import (KMeansShareConfig, LowRankConfig, MagnitudePruneConfig, PruneConfig,
+                     SensitivityConfig, to_dict)
 from .errors import CompressConfigError, CompressError
 from .finetune import prune_finetune
 from .masks import prunable, sparsity_report
@@ -66,6 +66,12 @@ def _sensitivity(model, cfg: SensitivityConfig, data: Dataset, progress: bool) -
             "plot": cfg.plot}
 
 
+def _lowrank(model, cfg: LowRankConfig, data: Dataset, progress: bool) -> dict:
+    from .lowrank import lowrank_model
+
+    return lowrank_model(model, cfg, data, progress)
+
+
 def _share(model, cfg: KMeansShareConfig, data: Dataset, progress: bool) -> dict:
     from .share import share_model
 
@@ -73,7 +79,7 @@ def _share(model, cfg: KMeansShareConfig, data: Dataset, progress: bool) -> dict
 
 
 HANDLERS = {MagnitudePruneConfig: _magnitude, SensitivityConfig: _sensitivity,
-            KMeansShareConfig: _share}
+            KMeansShareConfig: _share, LowRankConfig: _lowrank}
 
 
 def compress(checkpoint: str | os.PathLike, config: PruneConfig | list[PruneConfig],
@@ -87,8 +93,8 @@ def compress(checkpoint: str | os.PathLike, config: PruneConfig | list[PruneConf
     checkpoint, out : path
         tvmcomp checkpoints (:func:`tvmcomp.model.save_checkpoint`); the output's ``meta``
         holds the source, the config (versioned JSON) and the sparsity report.
-    config : MagnitudePruneConfig | SensitivityConfig | KMeansShareConfig, or a list of them
-        applied in order (prune, then share: zeros stay zero).
+    config : LowRankConfig | MagnitudePruneConfig | SensitivityConfig | KMeansShareConfig, or
+        a list of them applied in order (factorize, prune, then share: zeros stay zero).
     data : Dataset, optional
         Fine-tuning / sensitivity data (default: the 5,000 shipped MNIST training images).
     threads : int, optional
@@ -103,6 +109,9 @@ def compress(checkpoint: str | os.PathLike, config: PruneConfig | list[PruneConf
     if threads is not None:
         torch.set_num_threads(threads)
     steps = list(config) if isinstance(config, (list, tuple)) else [config]
+    if any(isinstance(c, LowRankConfig) for c in steps[1:]):
+        raise CompressConfigError("low-rank factorization comes first: the factors of a "
+                                  "pruned or shared layer are dense, unshared values")
     try:
         summaries = [prune_model(model, c, data, progress) for c in steps]
     finally:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 
-from ..defaults import DEFAULT_FINETUNE_EPOCHS, DEFAULT_FINETUNE_LR
+from ..defaults import (DEFAULT_FINETUNE_EPOCHS, DEFAULT_FINETUNE_LR,
+                        DEFAULT_LOWRANK_EPOCHS, DEFAULT_LOWRANK_LR)
 from ..errors import reject_unknown
 from .errors import CompressConfigError
 
@@ -323,13 +324,85 @@ class KMeansShareConfig:
                 "batch_size": self.batch_size, "seed": self.seed, "fp16": self.fp16}
 
 
-CONFIGS = {c.method: c for c in (MagnitudePruneConfig, SensitivityConfig, KMeansShareConfig)}
-PruneConfig = MagnitudePruneConfig | SensitivityConfig | KMeansShareConfig
+@dataclass(frozen=True)
+class LowRankConfig:
+    """Factorize Conv2d/Linear layers by truncated SVD (:mod:`tvmcomp.model.lowrank`), then
+    fine-tune the whole model. The ranks come from exactly one of:
+
+    ``ranks``
+        ``{layer: rank}``, as given (each in 1 .. min(out, in·kh·kw) − 1).
+    ``energy``
+        In (0, 1]: for each layer of ``layers`` (default: every Conv2d/Linear), the smallest
+        rank whose singular values keep that fraction of ``Σσ²``; a layer whose rank would
+        not save parameters stays whole.
+    ``max_accuracy_drop``
+        A fraction (0.003 = 0.3 points): AIMET-style greedy selection. Each layer alone is
+        factorized at each candidate rank that saves parameters and its accuracy measured on
+        a held-out ``val_fraction`` of the training data; then the rank step that costs the
+        least accuracy per MAC saved is taken, again and again, while the model with every
+        step taken stays within the budget (each step checked on the held-out data).
+
+    ``plot`` names a PNG of held-out accuracy against rank for each layer tried.
+    """
+
+    ranks: dict = field(default_factory=dict)
+    energy: float | None = None
+    max_accuracy_drop: float | None = None
+    layers: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    val_fraction: float = 0.2
+    finetune: FineTune | None = field(default_factory=lambda: FineTune(
+        epochs=DEFAULT_LOWRANK_EPOCHS, lr=DEFAULT_LOWRANK_LR))
+    plot: str | None = None
+    method = "lowrank"
+
+    def __post_init__(self) -> None:
+        chosen = [k for k, v in (("ranks", self.ranks or None), ("energy", self.energy),
+                                 ("max_accuracy_drop", self.max_accuracy_drop))
+                  if v is not None]
+        if len(chosen) != 1:
+            raise CompressConfigError("low-rank needs exactly one of ranks, energy or "
+                                      f"max_accuracy_drop, got {chosen or 'none'}")
+        if not isinstance(self.ranks, dict):
+            raise CompressConfigError(f"ranks must map layer names to ranks, got {self.ranks!r}")
+        for name, r in self.ranks.items():
+            _names("ranks", (name,))
+            _int(f"rank of {name}", r, 1)
+        if self.ranks and (self.layers or self.exclude):
+            raise CompressConfigError("ranks names its layers; drop layers / exclude")
+        if self.energy is not None:
+            _num("energy", self.energy, 0.0, 1.0, lo_open=True)
+        if self.max_accuracy_drop is not None:
+            _num("max_accuracy_drop", self.max_accuracy_drop, 0.0, 1.0, lo_open=True)
+        _num("val_fraction", self.val_fraction, 0.0, 0.9, lo_open=True)
+        if self.plot is not None and (not isinstance(self.plot, str) or not self.plot):
+            raise CompressConfigError(f"plot must be a file path, got {self.plot!r}")
+        object.__setattr__(self, "layers", _names("layers", self.layers))
+        object.__setattr__(self, "exclude", _names("exclude", self.exclude))
+        if self.finetune is not None and not isinstance(self.finetune, FineTune):
+            raise CompressConfigError(f"finetune must be FineTune(...) or None, "
+                                      f"got {self.finetune!r}")
+
+    def __hash__(self) -> int:
+        return hash((tuple(sorted(self.ranks.items())), self.energy, self.max_accuracy_drop,
+                     self.layers, self.exclude, self.val_fraction, self.finetune, self.plot))
+
+    def params(self) -> dict:
+        return {"ranks": dict(self.ranks), "energy": self.energy,
+                "max_accuracy_drop": self.max_accuracy_drop, "layers": list(self.layers),
+                "exclude": list(self.exclude), "val_fraction": self.val_fraction,
+                "finetune": self.finetune.params() if self.finetune is not None else None,
+                "plot": self.plot}
+
+
+CONFIGS = {c.method: c for c in (MagnitudePruneConfig, SensitivityConfig, KMeansShareConfig,
+                                 LowRankConfig)}
+PruneConfig = MagnitudePruneConfig | SensitivityConfig | KMeansShareConfig | LowRankConfig
 
 
 def to_dict(cfg: PruneConfig) -> dict:
     """The versioned JSON object of a compression config."""
-    if isinstance(cfg, KMeansShareConfig):
+    if isinstance(cfg, (KMeansShareConfig, LowRankConfig)):
         return {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "method": cfg.method,
                 **cfg.params()}
     d = {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "method": cfg.method,

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, TvmcompError
+from .lowrank import apply_ranks, ranks_of
 
 CHECKPOINT_FORMAT = "tvmcomp.checkpoint/1"
 
@@ -39,18 +40,20 @@ ARCHITECTURES = {"lenet5": LeNet5}
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) -> None:
-    """Write ``{"format", "arch", "state_dict", "meta"}``; tensors and plain types only."""
+    """Write ``{"format", "arch", "state_dict", "meta"}``, and ``"lowrank"`` (``{layer:
+    rank}``) for a model with factorized layers; tensors and plain types only."""
     arch = next((k for k, v in ARCHITECTURES.items() if type(model) is v), None)
     if arch is None:
         raise ModelError(f"no checkpoint architecture name for {type(model).__name__}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(
-        {"format": CHECKPOINT_FORMAT, "arch": arch, "state_dict": model.state_dict(),
-         "meta": dict(meta or {})},
-        tmp,
-    )
+    ckpt = {"format": CHECKPOINT_FORMAT, "arch": arch, "state_dict": model.state_dict(),
+            "meta": dict(meta or {})}
+    ranks = ranks_of(model)
+    if ranks:
+        ckpt["lowrank"] = ranks
+    torch.save(ckpt, tmp)
     os.replace(tmp, path)
 
 
@@ -75,6 +78,13 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     if not isinstance(meta, dict):
         raise ModelError(f"{path}: 'meta' must be a mapping, got {type(meta).__name__}")
     model = ARCHITECTURES[arch]()
+    ranks = ckpt.get("lowrank", {})
+    if not isinstance(ranks, dict):
+        raise ModelError(f"{path}: 'lowrank' must map layer names to ranks")
+    try:
+        apply_ranks(model, ranks)
+    except TvmcompError as e:
+        raise ModelError(f"{path}: {e}") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

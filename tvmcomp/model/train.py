@@ -45,7 +45,7 @@ def _augment(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def train(model: nn.Module, data: Dataset, cfg: TrainConfig = TrainConfig(),
-          progress: bool = True) -> nn.Module:
+          progress: bool = True, desc: str = "train") -> nn.Module:
     """Train ``model`` in place with Adam and a cosine learning-rate schedule; returns it."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -56,7 +56,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig = TrainConfig(),
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    bar = tqdm(total=steps, desc="train", unit="step", disable=not progress, leave=False)
+    bar = tqdm(total=steps, desc=desc, unit="step", disable=not progress, leave=False)
     for epoch in range(cfg.epochs):
         order = torch.randperm(len(data), generator=gen)
         total, correct, loss_sum = 0, 0, 0.0
