@@ -162,11 +162,12 @@ def test_print_pipeline(capsys):
     assert cli.main(["pipeline", "--profile", "x86_avx2", "--sparse"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == [
-        "1. quantize", "2. layer_forms", "3. canonicalize", "4. dispatch", "5. legalize_fuse",
-        "6. schedule", "7. lower"]
+        "1. quantize", "2. lowrank", "3. layer_forms", "4. canonicalize", "5. dispatch",
+        "6. legalize_fuse", "7. schedule", "8. lower"]
     assert lines[0] == "1. quantize: QuantizeInt8(accumulate=float32)"  # AVX2: exact float32
-    assert lines[1] == "2. layer_forms: SparseDense(threshold=0.7), CodebookDense(off)"
-    assert "MetaScheduleApplyDatabase" in lines[5]
+    assert lines[1] == "2. lowrank: LowRankFold(off)"
+    assert lines[2] == "3. layer_forms: SparseDense(threshold=0.7), CodebookDense(off)"
+    assert "MetaScheduleApplyDatabase" in lines[6]
 
 
 def test_targets_console_script():

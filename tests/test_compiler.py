@@ -39,8 +39,9 @@ def test_manifest_fields(lenet_artifact, lenet):
     assert m["target"] == lenet_artifact.profile.target
     assert m["tvm_version"] == tvm.__version__
     assert m["passes"][0] == "quantize/QuantizeInt8(accumulate=float32)"  # x86 without VNNI
-    assert m["passes"][1:3] == ["layer_forms/SparseDense(off)", "layer_forms/CodebookDense(off)"]
-    assert m["passes"][3].startswith("canonicalize/")
+    assert m["passes"][1:4] == ["lowrank/LowRankFold(off)", "layer_forms/SparseDense(off)",
+                                "layer_forms/CodebookDense(off)"]
+    assert m["passes"][4].startswith("canonicalize/")
     assert "legalize_fuse/FuseOps" in m["passes"] and "legalize_fuse/FuseTIR" in m["passes"]
     assert m["passes"].index("legalize_fuse/LegalizeOps") < m["passes"].index(
         "lower/VMShapeLower")
@@ -59,7 +60,8 @@ def test_manifest_kernels_are_the_kernels_in_model_so(lenet_artifact, kernels_in
     assert plan == {"version": 2, "profile": "x86_avx2", "batches": [1, 8],
                     "int8_accumulate": "float32", "sparse": None,
                     "model_sha256": sha256_file(lenet.onnx), "quant": None, "codebook": False,
-                    "codebook_at_load": [], "codebook_gate": None}
+                    "codebook_at_load": [], "codebook_gate": None, "lowrank_fold": [],
+                    "lowrank_gate": None}
 
 
 def test_weight_bytes_are_lenet5_fp32(lenet_artifact, lenet):

@@ -431,7 +431,7 @@ def cmd_tune(args) -> int:
                       top_k=TOP_K_TUNE if args.all else TOP_K_BUILD)
     print(records.describe())
     plan, fused, forms = plan_and_fuse(model, info, profile, opts, records, plan)
-    budget = budget_left(opts, forms["sparse"])
+    budget = budget_left(opts, forms)
     print(f"tune {args.model} | profile {profile.name} | batches {list(plan.batches)} | budget "
           f"{budget:.0f} s | ≤{args.trials_per_task} trials/task")
     if remote is not None:

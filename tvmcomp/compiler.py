@@ -25,7 +25,7 @@ from .kernels.decode import DECODE_FUNCTION
 from .pipeline import (compile_lowered, fuse, kernel_table, make_pipeline,
                        pass_names, run_range, schedule_and_lower)
 from .passes.sizes import format_memory, run_time_memory
-from .plan import PLAN_FILE, BuildPlan, plan_sparse
+from .plan import PLAN_FILE, BuildPlan, plan_lowrank, plan_sparse
 from .quant import QuantConfig
 from .targets import INT8_ACCUMULATE, Profile
 from .tune import RecordPaths, Records
@@ -133,10 +133,10 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     sparse_info = forms["sparse"]
     # a profile this machine cannot run is tuned, checked and verified on the board, if given
     board = None if profile.runs_here() else opts.board
-    tuning = ensure_tuned(fused, profile, records, budget_left(opts, sparse_info),
+    tuning = ensure_tuned(fused, profile, records, budget_left(opts, forms),
                           opts.progress, _boards(board))
-    before = (sparse_info or {}).get("tuned_before_gate")
-    if before:  # one budget for the build: the gate's tuning counts in it
+    before = tuned_before_gates(forms)
+    if before["trials"] or before["used_s"]:  # one budget for the build: the gates' count
         tuning.update(budget_s=opts.tune_budget_s, trials=tuning["trials"] + before["trials"],
                       used_s=round(tuning["used_s"] + before["used_s"], 1))
     remote_check = _board_check(board, profile)
@@ -185,7 +185,8 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         "passes": pass_names(make_pipeline(target, db, sparse=sparse_kw,
                                            int8_acc=plan.int8_accumulate,
                                            codebook=plan.codebook,
-                                           at_load=plan.codebook_at_load)),
+                                           at_load=plan.codebook_at_load,
+                                           lowrank_fold=plan.lowrank_fold)),
         "plan": PLAN_FILE,
         "kernels": kernels,
         "weight_bytes": weight_bytes,
@@ -195,6 +196,7 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         "quantization": ({**(qm.summary() if qm is not None
                              else {"source": "QDQ model given as input"}),
                           "accumulate": plan.int8_accumulate} if int8 else None),
+        "lowrank": forms["lowrank"],
         "sparse": sparse_info,
         "codebook": forms["codebook"],
         # per conv/matmul layer: the form its weight took and the bytes it stores, by role
@@ -339,11 +341,12 @@ def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Re
     per-layer sizes}``): what
     ``build`` ships, and ``tune`` tunes.
 
-    Runs ``quantize`` once, takes the per-layer decisions on its output (or applies the saved
+    Runs ``quantize`` once, decides which factorized layers fold back into one and runs
+    ``lowrank`` with that, takes the per-layer decisions on its output (or applies the saved
     ``plan``), runs ``layer_forms`` once with them, then ``canonicalize`` .. ``legalize_fuse``.
     The sparse gate tunes both forms' kernels before it decides; what that took is the
-    sparse info's ``tuned_before_gate`` (its seconds come out of ``opts.tune_budget_s``: see
-    :func:`budget_left`).
+    sparse info's ``tuned_before_gate``, and the low-rank gate's likewise (their seconds come
+    out of ``opts.tune_budget_s``: see :func:`budget_left`).
     """
     from .passes.sizes import layer_sizes
     from .passes.sparse_dense import find_layers, size_report
@@ -359,19 +362,27 @@ def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Re
                            f"got {acc!r}")
     quantized = run_range(mod, target, "quantize", "quantize", int8_acc=acc,
                           debug_dump=opts.debug_dump)
-    gate_tuning: dict = {}
+    gate_tuning, lowrank_tuning = {}, {}
     if plan is None:
+        fold, lowrank_gate, lowrank_tuning = plan_lowrank(quantized, profile, records,
+                                                          opts.progress, opts.tune_budget_s)
+    else:
+        plan.check_applies(profile.name, info.sha256, quant)
+        fold, lowrank_gate = plan.lowrank_fold, plan.lowrank_gate
+    # every later decision names the layers of the module with the folds applied
+    quantized = run_range(quantized, target, "lowrank", "lowrank", lowrank_fold=fold,
+                          debug_dump=opts.debug_dump)
+    if plan is None:
+        budget = max(0.0, opts.tune_budget_s - lowrank_tuning.get("used_s", 0.0))
         codebook = opts.codebook and _has_codebook_layers(quantized, info, opts.progress)
         at_load, decode_gate = (_decoded_at_load(quantized, opts, profile, records)
                                 if codebook else ((), None))
         sparse, gate_tuning = (plan_sparse(quantized, profile, records, opts.sparse_threshold,
                                            opts.sparse_min_speedup, opts.progress,
-                                           opts.tune_budget_s, codebook, at_load)
+                                           budget, codebook, at_load)
                                if opts.sparse else (None, {}))
         plan = BuildPlan(profile.name, tuple(batches), acc, sparse, info.sha256, quant,
-                         codebook, at_load, decode_gate)
-    else:
-        plan.check_applies(profile.name, info.sha256, quant)
+                         codebook, at_load, decode_gate, fold, lowrank_gate)
     formed = run_range(quantized, target, "layer_forms", "layer_forms", int8_acc=acc,
                        sparse=plan.sparse_args(), codebook=plan.codebook,
                        at_load=plan.codebook_at_load, debug_dump=opts.debug_dump)
@@ -389,7 +400,8 @@ def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Re
         if gate_tuning:
             info_sparse["tuned_before_gate"] = gate_tuning
     fused = fuse(formed, target, debug_dump=opts.debug_dump, start="canonicalize", int8_acc=acc)
-    forms = {"sparse": info_sparse,
+    forms = {"lowrank": _lowrank_info(plan, lowrank_tuning),
+             "sparse": info_sparse,
              "codebook": ({**codebook_info(quantized, formed, plan.sparse_args(),
                                           plan.codebook_at_load),
                            **({"decode_gate": plan.codebook_gate} if plan.codebook_gate
@@ -397,6 +409,17 @@ def plan_and_fuse(model, info, profile: Profile, opts: BuildOptions, records: Re
              "layers": layer_sizes(quantized, plan.sparse_args(), plan.codebook,
                                    plan.codebook_at_load)}
     return plan, fused, forms
+
+
+def _lowrank_info(plan: BuildPlan, tuning: dict) -> dict | None:
+    """The manifest's ``lowrank`` section: each factorized layer's size, timings and
+    whether it was folded back into one layer (None: the model has none)."""
+    if not plan.lowrank_gate:
+        return None
+    measured = any(d.get("factorized_us") is not None for d in plan.lowrank_gate)
+    return {"decided_by": "measured" if measured else "static rule",
+            "folded": list(plan.lowrank_fold), "gate": plan.lowrank_gate,
+            **({"tuned_before_gate": tuning} if tuning else {})}
 
 
 def _has_codebook_layers(quantized, info, progress: bool) -> bool:
@@ -452,10 +475,17 @@ def codebook_info(quantized, formed, sparse: dict | None = None,
             "stored_bytes": sum(L["stored_bytes"] for L in layers)}
 
 
-def budget_left(opts: BuildOptions, sparse_info: dict | None) -> float:
-    """The tuning budget left after the sparse gate's tuning."""
-    used = (sparse_info or {}).get("tuned_before_gate", {}).get("used_s", 0.0)
-    return max(0.0, opts.tune_budget_s - used)
+def tuned_before_gates(forms: dict) -> dict:
+    """``{"trials", "used_s"}`` the gates' tuning took (low-rank, sparse), summed."""
+    runs = [(f or {}).get("tuned_before_gate") or {} for f in (forms["lowrank"],
+                                                               forms["sparse"])]
+    return {"trials": sum(r.get("trials", 0) for r in runs),
+            "used_s": round(sum(r.get("used_s", 0.0) for r in runs), 1)}
+
+
+def budget_left(opts: BuildOptions, forms: dict) -> float:
+    """The tuning budget left after the gates' tuning."""
+    return max(0.0, opts.tune_budget_s - tuned_before_gates(forms)["used_s"])
 
 
 def _check_out_writable(out_path: Path) -> None:

@@ -11,7 +11,7 @@ from tvm import relax
 
 from .defaults import DEFAULT_SPARSE_THRESHOLD
 from .kernels import HAND_SCHEDULED
-from .passes import CodebookDense, QuantizeInt8, SparseDense
+from .passes import CodebookDense, LowRankFold, QuantizeInt8, SparseDense
 from .passes.gpu_default_schedule import GpuDefaultSchedule
 
 
@@ -46,32 +46,42 @@ def _sparse_args(sparse: dict) -> str:
 
 def make_pipeline(target, database=None, sparse: dict | None = None,
                   int8_acc: str = "int32", codebook: bool = False,
-                  at_load: tuple[str, ...] = ()) -> list[Phase]:
+                  at_load: tuple[str, ...] = (),
+                  lowrank_fold: tuple[str, ...] = ()) -> list[Phase]:
     """The pipeline for ``target``; ``database`` (MetaSchedule) applies tuned schedules.
 
     ``sparse`` (``SparseDense`` keyword arguments: threshold, keep, values) turns on the
     sparse-conversion pass; None leaves dense layers dense. ``int8_acc``: how QuantizeInt8
     accumulates (``"int32"`` / ``"float32"``; the profile's ``int8_accumulate``).
     ``codebook`` turns on ``CodebookDense`` for the float layers left dense; ``at_load``: the
-    names of those it decodes once at load instead of in their kernels.
+    names of those it decodes once at load instead of in their kernels. ``lowrank_fold``: the
+    factorized layers (by their first factor's name) folded back into one layer.
 
     The IR after phase 3 is what ``tune`` extracts its tasks from, so build and tune see
     structurally identical PrimFuncs and tuning records are found at build.
     """
     with target:  # MetaScheduleApplyDatabase reads the current target when constructed
         return _phases(database, sparse, gpu="gpu" in list(target.keys),
-                       accumulate=int8_acc, codebook=codebook, at_load=at_load)
+                       accumulate=int8_acc, codebook=codebook, at_load=at_load,
+                       lowrank_fold=lowrank_fold)
 
 
 def _phases(database, sparse: dict | None = None, gpu: bool = False,
             accumulate: str = "int32", codebook: bool = False,
-            at_load: tuple[str, ...] = ()) -> list[Phase]:
+            at_load: tuple[str, ...] = (), lowrank_fold: tuple[str, ...] = ()) -> list[Phase]:
     return [
         # 1. Quantize, first (before FoldConstant would fold dequantized weights back to
         #    float): QDQ patterns become int8 conv2d/matmul with integer requantization;
         #    float graphs pass through unchanged.
         Phase("quantize", (QuantizeInt8(accumulate),),
               args=(("QuantizeInt8", f"accumulate={accumulate}"),)),
+        # 1b. Factorized layers (compress --lowrank) the build plan folds back into one
+        #    layer (its gate measured the two kernels slower), before any per-layer decision
+        #    is taken on layer names.
+        Phase("lowrank", (LowRankFold(lowrank_fold) if lowrank_fold
+                          else tvm.transform.Sequential([], name="LowRankFold(off)"),),
+              args=(("LowRankFold", f"fold={','.join(lowrank_fold)}"),) if lowrank_fold
+              else ()),
         # 2. Per-layer forms the build plan chose (before FoldConstant/LegalizeOps):
         #    SparseDense (with --sparse) turns the sparse constant matmuls it keeps (float, or
         #    QuantizeInt8's int8 ones) into sparse (SELL) call_tir kernels; CodebookDense
@@ -173,15 +183,16 @@ def split_at_tunable(phases: list[Phase]) -> tuple[list[Phase], list[Phase]]:
 
 def run_range(mod, target, first: str, last: str, *, sparse: dict | None = None,
               int8_acc: str = "int32", codebook: bool = False, at_load: tuple[str, ...] = (),
-              debug_dump=None):
+              lowrank_fold: tuple[str, ...] = (), debug_dump=None):
     """Run the phases ``first`` .. ``last`` (by name, inclusive) of the pipeline on ``mod``.
 
-    The build runs the pipeline in pieces, each piece once: ``quantize``; the plan's per-layer
-    decisions are taken on its output; ``layer_forms``; then ``canonicalize`` ..
+    The build runs the pipeline in pieces, each piece once: ``quantize``; the plan's low-rank
+    decisions are taken on its output; ``lowrank``; the plan's per-layer decisions are taken
+    on that; ``layer_forms``; then ``canonicalize`` ..
     ``legalize_fuse`` (:func:`fuse`), whose output is what is tuned, checked and compiled.
     """
     phases = make_pipeline(target, sparse=sparse, int8_acc=int8_acc, codebook=codebook,
-                           at_load=at_load)
+                           at_load=at_load, lowrank_fold=lowrank_fold)
     names = [ph.name for ph in phases]
     i, j = names.index(first), names.index(last)
     return run_phases(mod, phases[i:j + 1], target, debug_dump=debug_dump, first_index=i + 1)

@@ -54,6 +54,8 @@ class BuildPlan:
     codebook: bool = False          # CodebookDense on the float layers left dense
     codebook_at_load: tuple[str, ...] = ()  # of those, the layers decoded once at load
     codebook_gate: list | None = None  # --codebook-decode auto: DecodeDecision dicts
+    lowrank_fold: tuple[str, ...] = ()  # factorized layers folded back into one (first name)
+    lowrank_gate: list | None = None   # FoldDecision dicts, one per factorized layer
 
     def check_applies(self, profile: str, model_sha256: str, quant: dict | None) -> None:
         """Raise :class:`TvmcompError` (one line) unless this plan was made for exactly this
@@ -80,6 +82,7 @@ class BuildPlan:
         d = {"version": PLAN_VERSION, **asdict(self)}
         d["batches"] = list(self.batches)
         d["codebook_at_load"] = list(self.codebook_at_load)
+        d["lowrank_fold"] = list(self.lowrank_fold)
         return json.dumps(d, indent=1) + "\n"
 
     @classmethod
@@ -99,7 +102,9 @@ class BuildPlan:
                        model_sha256=str(d["model_sha256"]), quant=quant,
                        codebook=bool(d.get("codebook", False)),
                        codebook_at_load=tuple(str(n) for n in d.get("codebook_at_load", ())),
-                       codebook_gate=d.get("codebook_gate"))
+                       codebook_gate=d.get("codebook_gate"),
+                       lowrank_fold=tuple(str(n) for n in d.get("lowrank_fold", ())),
+                       lowrank_gate=d.get("lowrank_gate"))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise TvmcompError(f"{source}: not a tvmcomp build plan ({e})") from None
 
@@ -192,6 +197,49 @@ def plan_codebook_decode(quantized, profile, records, layers: tuple[str, ...],
             [d.to_dict() for d in decisions])
 
 
+def plan_lowrank(quantized, profile, records, progress: bool = True,
+                 tune_budget_s: float = 0.0) -> tuple[tuple[str, ...], list | None, dict]:
+    """Of the factorized layers of ``quantized`` (``tvmcomp compress --lowrank``), those
+    folded back into one layer, the decisions (``lowrank_gate.fold_gate``; None without any
+    factorized layer) and what the tuning before the gate did (as :func:`plan_sparse`).
+
+    Where the profile runs here, both forms' kernels without records are tuned first, within
+    ``tune_budget_s``, then measured: a factorization stays where its two kernels are faster.
+    Elsewhere every factorization stays (fewer MACs), unmeasured."""
+    from .lowrank_gate import pairs_of, unmeasured
+
+    pairs = pairs_of(quantized)
+    if not pairs:
+        return (), None, {}
+    if not profile.runs_here():
+        why = f"{profile.name} cannot run here, so nothing was measured: kept (fewer MACs)"
+        if progress:
+            print(f"low-rank: {why}", flush=True)
+        return (), [d.to_dict() for d in unmeasured(pairs, why)], {}
+    from ..tune.apply import checked_database, ensure_tuned
+    from .lowrank_gate import fold_gate, forms
+
+    target = profile.tvm_target()
+    both = forms(quantized, target, tuple(pairs))
+    tuned: dict = {}
+    if tune_budget_s > 0:
+        if progress:
+            print(f"low-rank gate: tuning both forms' kernels of {len(pairs)} factorized "
+                  "layers first, so each is timed as it would ship", flush=True)
+        used = 0.0
+        for form, mod in zip(("factorized", "whole"), both):
+            info = ensure_tuned(mod, profile, records, max(0.0, tune_budget_s - used), progress)
+            used += info["used_s"]
+            tuned[form] = {k: info[k] for k in ("tasks", "tuned", "untuned", "trials",
+                                                "used_s", "stopped_by")}
+        tuned.update(trials=sum(tuned[f]["trials"] for f in ("factorized", "whole")),
+                     used_s=round(used, 1))
+    database = checked_database(both, profile, records, progress)
+    decisions = fold_gate(quantized, target, database, both, progress)
+    return (tuple(d.layer for d in decisions if d.folded), [d.to_dict() for d in decisions],
+            tuned)
+
+
 def store_once(decisions: list, min_speedup: float, progress: bool = True) -> list:
     """One form per weight. The batch entry points of a layer (``main_b1/matmul2``,
     ``main_b64/matmul2``) share its weight; where the gate chose differently per entry, the
@@ -223,4 +271,5 @@ def store_once(decisions: list, min_speedup: float, progress: bool = True) -> li
     return [change.get(d.key, d) for d in decisions]
 
 
-__all__ = ["BuildPlan", "PLAN_FILE", "SparsePlan", "plan_sparse", "store_once"]
+__all__ = ["BuildPlan", "PLAN_FILE", "SparsePlan", "plan_lowrank", "plan_sparse",
+           "store_once"]

@@ -1,0 +1,128 @@
+"""Whether each factorized layer stays two kernels, measured (``build`` of a model from
+``tvmcomp compress --lowrank``).
+
+Two small kernels do fewer MACs than one large one, but on a 2-core CPU they need not be
+faster: each has its own loop overheads, its intermediate goes through memory, and either may
+tune worse. Like the sparse gate, this measures what would ship: the model is fused twice,
+every factorized layer as its two kernels and every one folded back into one (the product
+weight, :class:`~tvmcomp.passes.lowrank_fold.LowRankFold`), both built with the checked tuning
+records, the two whole models checked to agree, and each layer's kernels timed alone with
+their real arguments, the two forms interleaved, summed over the batch entries (the entries
+share one stored form). A factorization is kept only where its kernels are faster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .sparse_gate import _build, _check_same_outputs, _dense_calls, _timer
+
+
+@dataclass(frozen=True)
+class FoldDecision:
+    """A factorized layer: its size, its timings (median µs of its kernels alone, summed over
+    the batch entries, both forms interleaved in one run; None where nothing was measured)
+    and whether it is folded back into one layer."""
+
+    layer: str                      # the first factor's name: "matmul4" (every batch entry)
+    second: str                     # the second factor's: "matmul5"
+    kind: str                       # "matmul" or "conv"
+    rank: int
+    weights: tuple[int, int]        # factorized, whole
+    macs: tuple[int, int]           # per image: factorized, whole
+    factorized_us: float | None = None
+    whole_us: float | None = None
+    kernels: tuple[str, ...] = ()
+    whole_kernels: tuple[str, ...] = ()
+    folded: bool = False
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(weights=list(self.weights), macs=list(self.macs), kernels=list(self.kernels),
+                 whole_kernels=list(self.whole_kernels),
+                 factorized_us=None if self.factorized_us is None else round(
+                     self.factorized_us, 3),
+                 whole_us=None if self.whole_us is None else round(self.whole_us, 3))
+        return d
+
+
+def pairs_of(mod) -> dict:
+    """``{first factor's name: LowRankPair}`` over ``mod``'s Relax functions (the batch
+    entries name the same layers)."""
+    from tvm import relax
+
+    from ..passes.lowrank_fold import lowrank_pairs
+
+    out = {}
+    for _, func in mod.functions.items():
+        if isinstance(func, relax.Function) and not (func.attrs and "Primitive" in func.attrs):
+            for p in lowrank_pairs(func):
+                out.setdefault(p.first, p)
+    return out
+
+
+def forms(quantized, target, layers: tuple[str, ...]):
+    """The two fused modules the gate compares: every factorized layer as two kernels, and
+    every one of ``layers`` folded into one."""
+    from ..passes.lowrank_fold import LowRankFold
+    from ..pipeline import fuse
+
+    return (fuse(quantized, target, start="layer_forms"),
+            fuse(LowRankFold(layers)(quantized), target, start="layer_forms"))
+
+
+def unmeasured(pairs: dict, why: str) -> list[FoldDecision]:
+    """Every factorized layer kept, with ``why`` (nothing could be measured)."""
+    return [FoldDecision(n, p.second, p.kind, p.rank, p.weights(), p.macs(), reason=why)
+            for n, p in pairs.items()]
+
+
+def fold_gate(quantized, target, database, fused, progress: bool = True,
+              repeat: int = 21) -> list[FoldDecision]:
+    """Time each factorized layer of ``quantized`` as its two kernels against folded into
+    one (``fused``: the two modules of :func:`forms`); one decision per layer."""
+    from tvm import relax
+
+    from ..bench import interleaved_us
+    from ..passes.layers import layer_index
+    from ..passes.lowrank_fold import lowrank_pairs
+
+    two, one = (_build(m, target, database) for m in fused)
+    _check_same_outputs(two, one, quantized, False, "the folded build")
+    rng = np.random.default_rng(0)
+    timers: dict = {}
+    calls: dict[str, tuple[list, list]] = {}  # layer -> (its two kernels, the whole one)
+    pairs = {}
+    for gv, func in quantized.functions.items():
+        if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
+            continue
+        fname = gv.name_hint
+        for p in lowrank_pairs(func):
+            pairs.setdefault(p.first, p)
+            tc = _dense_calls(two.fused[fname], p.a) + _dense_calls(two.fused[fname], p.b)
+            oc = _dense_calls(one.fused[fname], p.whole())
+            if len(tc) != 2 or tc[0].same_as(tc[1]) or not oc:
+                raise ValueError(f"{fname}/{p.first}: cannot find its kernels in the fused "
+                                 "modules")
+            mine = calls.setdefault(p.first, ([], []))
+            for tag, built, cs, into in (("2", two, tc, mine[0]), ("1", one, oc, mine[1])):
+                for c in cs:
+                    timers.setdefault((tag, c.args[0].name_hint), _timer(built, c, rng))
+                    into.append(c.args[0].name_hint)
+    us = interleaved_us(timers, repeat)
+    out = []
+    for name in sorted(calls, key=layer_index):
+        p, (tn, on) = pairs[name], calls[name]
+        t_us, o_us = sum(us[("2", n)] for n in tn), sum(us[("1", n)] for n in on)
+        folded = not t_us < o_us
+        why = (f"rank {p.rank}, MACs/image {p.macs()[0]:,} vs {p.macs()[1]:,}: two kernels "
+               f"{t_us:.2f} µs vs one {o_us:.2f} µs: "
+               + ("folded back into one layer" if folded else "kept factorized"))
+        out.append(FoldDecision(name, p.second, p.kind, p.rank, p.weights(), p.macs(), t_us,
+                                o_us, tuple(tn), tuple(on), folded, why))
+        if progress:
+            print(f"low-rank gate {name}+{p.second}: {why}", flush=True)
+    return out
