@@ -73,6 +73,18 @@ def share_lenet5(out: Path, ckpt: Path, train_set, suffix: str = "shared",
     return _compressed_copy(out, ckpt, train_set, cfg, suffix, "share")
 
 
+def lowrank_lenet5(out: Path, ckpt: Path, train_set, max_drop_pt: float = 0.3,
+                   plot: Path | None = None):
+    """Factorize ``ckpt``'s layers by truncated SVD under a held-out accuracy budget of
+    ``max_drop_pt`` points (greedy, then fine-tuning) or reuse ``out/lenet5_lowrank.pt``;
+    export ``out/lenet5_lowrank.onnx``; returns (model, onnx path)."""
+    from .compress import LowRankConfig
+
+    cfg = LowRankConfig(max_accuracy_drop=max_drop_pt / 100.0,
+                        plot=str(plot) if plot is not None else None)
+    return _compressed_copy(out, ckpt, train_set, cfg, "lowrank", "low-rank")
+
+
 def prune_lenet5_smallest(out: Path, ckpt: Path, train_set,
                           epochs: int = 2 * DEFAULT_FINETUNE_EPOCHS):
     """Prune each layer to its :data:`SMALLEST_PRUNE` sparsity (masked fine-tuning, ``epochs``)

@@ -25,6 +25,7 @@ from ..model.train import TrainConfig, evaluate_torch, train
 from .config import LowRankConfig
 from .errors import CompressConfigError, CompressError
 from .masks import prunable
+from .sensitivity import save_figure
 
 
 def factorizable(model: nn.Module, layers=(), exclude=()) -> dict[str, nn.Module]:
@@ -174,6 +175,8 @@ def lowrank_model(model: nn.Module, cfg: LowRankConfig, data: Dataset,
         ranks, seen = choose_ranks(model, cfg, data, progress)
     except TvmcompError as e:
         raise CompressConfigError(str(e)) from None
+    order = [n for n, _ in model.named_modules()]
+    ranks = dict(sorted(ranks.items(), key=lambda kv: order.index(kv[0])))  # model order
     if not ranks:
         raise CompressError("no layer was factorized: "
                             + ("; ".join(f"{n}: {why}" for n, why in seen["skipped"].items())
@@ -230,14 +233,8 @@ def plot(base: float, curves: dict[str, dict[int, float]], chosen: dict[str, int
     if max_drop:
         ax.axhline(100 * max_drop, color="r", lw=0.8, ls=":", label="budget")
     ax.set_xscale("log", base=2)
+    ax.set_yscale("symlog", linthresh=1.0)  # the budget's tenths of a point, and the cliff
     ax.set_xlabel("rank (layer factorized alone, before fine-tuning)")
     ax.set_ylabel("held-out accuracy loss (points)")
     ax.set_title("Low-rank sensitivity (★ = chosen)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, ax, path)

@@ -75,6 +75,13 @@ def plot(base: float, curves: dict[str, dict], chosen: dict[str, float], max_dro
     lo = min(min(c.values()) for c in curves.values())
     ax.set_ylim(max(0.0, 100 * lo - 1), 100 * base + 0.5)
     ax.set_title("Pruning sensitivity (★ = chosen)")
+    return save_figure(fig, ax, path)
+
+
+def save_figure(fig, ax, path: str | Path) -> Path:
+    """Legend, grid, tight layout; ``fig`` written to ``path`` (a PNG) and closed."""
+    import matplotlib.pyplot as plt
+
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -121,6 +121,23 @@ def _quant_flags(q: dict | None) -> str:
                          f"{q.get('num_calib')} calibration images") if v)
 
 
+def tune_forms(forms: dict, profile, records, budget_s: float, progress: bool = True) -> dict:
+    """Tune the kernels without records of each fused module of ``forms`` (``{form name:
+    module}``, in order) within one budget, before a gate times them as they would ship.
+    Returns ``{form: summary of ensure_tuned's result, "trials", "used_s"}``."""
+    from ..tune.apply import ensure_tuned
+
+    tuned: dict = {}
+    used = 0.0
+    for form, mod in forms.items():
+        info = ensure_tuned(mod, profile, records, max(0.0, budget_s - used), progress)
+        used += info["used_s"]
+        tuned[form] = {k: info[k] for k in ("tasks", "tuned", "untuned", "trials", "used_s",
+                                            "stopped_by")}
+    tuned.update(trials=sum(tuned[f]["trials"] for f in forms), used_s=round(used, 1))
+    return tuned
+
+
 def plan_sparse(quantized, profile, records, threshold: float, min_speedup: float,
                 progress: bool = True, tune_budget_s: float = 0.0,
                 codebook: bool = False,
@@ -139,7 +156,7 @@ def plan_sparse(quantized, profile, records, threshold: float, min_speedup: floa
     from ..passes.sparse_dense import find_layers
 
     if profile.runs_here():
-        from ..tune.apply import checked_database, ensure_tuned
+        from ..tune.apply import checked_database
         from .sparse_gate import forms, gate
 
         target = profile.tvm_target()
@@ -149,15 +166,9 @@ def plan_sparse(quantized, profile, records, threshold: float, min_speedup: floa
             if progress:
                 print("sparse gate: tuning both forms' kernels first, so each is timed as it "
                       "would ship", flush=True)
-            used = 0.0
-            for form, mod in zip(("dense", "sparse"), both):  # sparse: its int8 epilogues
-                info = ensure_tuned(mod, profile, records, max(0.0, tune_budget_s - used),
-                                    progress)
-                used += info["used_s"]
-                tuned[form] = {k: info[k] for k in ("tasks", "tuned", "untuned", "trials",
-                                                    "used_s", "stopped_by")}
-            tuned.update(trials=sum(tuned[f]["trials"] for f in ("dense", "sparse")),
-                         used_s=round(used, 1))
+            # the sparse form's too: its int8 epilogues
+            tuned = tune_forms(dict(zip(("dense", "sparse"), both)), profile, records,
+                               tune_budget_s, progress)
         database = checked_database(both, profile, records, progress)
         decisions = store_once(gate(quantized, target, database,
                                     threshold=threshold, min_speedup=min_speedup,
@@ -216,7 +227,7 @@ def plan_lowrank(quantized, profile, records, progress: bool = True,
         if progress:
             print(f"low-rank: {why}", flush=True)
         return (), [d.to_dict() for d in unmeasured(pairs, why)], {}
-    from ..tune.apply import checked_database, ensure_tuned
+    from ..tune.apply import checked_database
     from .lowrank_gate import fold_gate, forms
 
     target = profile.tvm_target()
@@ -226,14 +237,8 @@ def plan_lowrank(quantized, profile, records, progress: bool = True,
         if progress:
             print(f"low-rank gate: tuning both forms' kernels of {len(pairs)} factorized "
                   "layers first, so each is timed as it would ship", flush=True)
-        used = 0.0
-        for form, mod in zip(("factorized", "whole"), both):
-            info = ensure_tuned(mod, profile, records, max(0.0, tune_budget_s - used), progress)
-            used += info["used_s"]
-            tuned[form] = {k: info[k] for k in ("tasks", "tuned", "untuned", "trials",
-                                                "used_s", "stopped_by")}
-        tuned.update(trials=sum(tuned[f]["trials"] for f in ("factorized", "whole")),
-                     used_s=round(used, 1))
+        tuned = tune_forms(dict(zip(("factorized", "whole"), both)), profile, records,
+                           tune_budget_s, progress)
     database = checked_database(both, profile, records, progress)
     decisions = fold_gate(quantized, target, database, both, progress)
     return (tuple(d.layer for d in decisions if d.folded), [d.to_dict() for d in decisions],

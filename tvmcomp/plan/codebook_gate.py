@@ -13,11 +13,11 @@ the batch entries (a layer's entries share one stored form).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
-from .sparse_gate import _build, _check_same_outputs, _dense_calls, _timer
+from .sparse_gate import _build, _check_same_outputs, _dense_calls, _timer, timed_dict
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,7 @@ class DecodeDecision:
     reason: str = ""
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d.update(kernel_us=round(self.kernel_us, 3), load_us=round(self.load_us, 3),
-                 kernels=list(self.kernels), load_kernels=list(self.load_kernels))
-        return d
+        return timed_dict(self)
 
 
 def forms(quantized, target, layers: tuple[str, ...]):

@@ -13,11 +13,11 @@ share one stored form). A factorization is kept only where its kernels are faste
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
-from .sparse_gate import _build, _check_same_outputs, _dense_calls, _timer
+from .sparse_gate import _build, _check_same_outputs, _dense_calls, _timer, timed_dict
 
 
 @dataclass(frozen=True)
@@ -40,13 +40,7 @@ class FoldDecision:
     reason: str = ""
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d.update(weights=list(self.weights), macs=list(self.macs), kernels=list(self.kernels),
-                 whole_kernels=list(self.whole_kernels),
-                 factorized_us=None if self.factorized_us is None else round(
-                     self.factorized_us, 3),
-                 whole_us=None if self.whole_us is None else round(self.whole_us, 3))
-        return d
+        return timed_dict(self)
 
 
 def pairs_of(mod) -> dict:

@@ -42,12 +42,20 @@ class GateDecision:
         return self.dense_us / self.sparse_us if self.sparse_us > 0 else float("nan")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d.update(shape=list(self.shape), sparsity=round(self.sparsity, 6),
-                 dense_us=round(self.dense_us, 3), sparse_us=round(self.sparse_us, 3),
-                 dense_kernels=list(self.dense_kernels),
-                 sparse_kernels=list(self.sparse_kernels), speedup=round(self.speedup, 3))
-        return d
+        return {**timed_dict(self), "sparsity": round(self.sparsity, 6),
+                "speedup": round(self.speedup, 3)}
+
+
+def timed_dict(decision, digits: int = 3) -> dict:
+    """A gate decision (a dataclass) as JSON: tuples as lists, timings (fields ending in
+    ``_us``) rounded to ``digits``."""
+    d = asdict(decision)
+    for k, v in d.items():
+        if isinstance(v, tuple):
+            d[k] = list(v)
+        elif k.endswith("_us") and isinstance(v, float):
+            d[k] = round(v, digits)
+    return d
 
 
 @dataclass(frozen=True)
