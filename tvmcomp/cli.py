@@ -714,12 +714,20 @@ def _terminate(signum, frame):
     raise Interrupted(signum)
 
 
+# Commands that never run PyTorch. ``import tvm`` imports PyTorch when it is installed (tvm_ffi
+# tries it first, and goes on without it): 2.3 s of a 2-core Zen 3's start-up. A process
+# started for one of these marks PyTorch absent before anything imports TVM.
+TORCH_FREE = frozenset({"build", "eval", "tune", "targets", "pipeline"})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # reported by the command's own parser, so the hint names its --help
         commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    if argv is None and args.command in TORCH_FREE:  # this process is the command's own
+        sys.modules.setdefault("torch", None)
     signal.signal(signal.SIGTERM, _terminate)  # as Ctrl-C: clean up, keep tuning records
     try:
         return args.fn(args)
@@ -729,6 +737,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:  # Ctrl-C: 130; SIGTERM: 143 (128 + the signal number)
         print("interrupted", file=sys.stderr)
         return 128 + int(getattr(e, "signum", signal.SIGINT))
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as cat does
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":
