@@ -210,6 +210,17 @@ def test_build_unknown_profile(tmp_path, lenet, run_tvmcomp):
     assert not out.exists()
 
 
+def test_build_bad_codebook_decode_is_a_usage_error(tmp_path, capsys, lenet):
+    """`--codebook-decode` takes kernel, load or auto; anything else is refused before any
+    work, naming the choices."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["build", str(lenet.onnx), "--out", str(tmp_path / "art"), "--codebook",
+                  "--codebook-decode", "disk"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "invalid choice: 'disk'" in err
+    assert "'kernel', 'load', 'auto'" in err and not (tmp_path / "art").exists()
+
+
 def test_build_corrupt_onnx(tmp_path, lenet, run_tvmcomp):
     raw = lenet.onnx.read_bytes()
     bad = tmp_path / "half.onnx"

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tvmcomp.compress import (CompressConfigError, CompressError, KMeansShareConfig,
-                              MagnitudePruneConfig, compress, from_json, to_json)
+                              MagnitudePruneConfig, compress, from_dict, from_json, to_dict,
+                              to_json)
 from tvmcomp.compress.kmeans import init_centroids, kmeans_1d, share_weight
 
 
@@ -141,3 +142,13 @@ def test_cli_share_bits_errors(capsys, lenet_ckpt, tmp_path):
                          "--share-bits", bits]) == 2
         err = capsys.readouterr().err
         assert err.startswith("tvmcomp compress: error:") and expect in err
+
+
+@pytest.mark.parametrize("fp16", ["yes", 1, None])
+def test_fp16_must_be_a_boolean(fp16):
+    """A saved config with ``"fp16": 1`` is refused, not taken as true."""
+    with pytest.raises(CompressConfigError, match="fp16 must be true or false"):
+        KMeansShareConfig(fp16=fp16)
+    d = to_dict(KMeansShareConfig())
+    with pytest.raises(CompressConfigError, match="fp16 must be true or false"):
+        from_dict({**d, "fp16": fp16})
