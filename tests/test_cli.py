@@ -439,3 +439,59 @@ def test_compress_prunes_named_layers_to_their_own_sparsities(lenet, tmp_path, c
     with pytest.raises(SystemExit):
         cli.main(["compress", "m.pt", "--out", "o.pt", "--prune", "fc1=,conv2=0.5"])
     assert "NAME=SPARSITY" in capsys.readouterr().err
+
+
+def test_build_and_eval_on_the_users_own_inputs(tmp_path, capsys, gemm_onnx, monkeypatch,
+                                                profile_with_db):
+    """A model that is not MNIST-shaped is verified and evaluated on the user's .npy inputs
+    and labels: the accuracy `eval` reports is the one numpy gets from the model's weights."""
+    import numpy as np
+
+    from tvmcomp import targets
+
+    # the host profile with an empty committed database: nothing of the 4,680 records to read
+    empty = profile_with_db(tmp_path / "db")
+    monkeypatch.setattr(targets, "host_profile", lambda: empty)
+    onnx_path, w, b = gemm_onnx(tmp_path / "gemm.onnx")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((20, 32)).astype(np.float64)  # float64: cast to the model's
+    y = rng.integers(0, 16, 20)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    art = tmp_path / "art"
+    data = ["--eval-data", str(tmp_path / "x.npy"), "--eval-labels", str(tmp_path / "y.npy")]
+    assert cli.main(["build", str(onnx_path), "--out", str(art), "--tune-budget", "0",
+                     "--batch", "4", "--tuning-dir", str(tmp_path / "c"), *data]) == 0
+    out = capsys.readouterr().out
+    assert "evaluation set: 20 inputs from x.npy with labels y.npy" in out and "MNIST" not in out
+    v = json.loads((art / "manifest.json").read_text())["verification"]
+    expect = float(np.mean((x.astype(np.float32) @ w + b).argmax(1) == y))
+    assert v["passed"] and v["n"] == 20 and v["accuracy"] == pytest.approx(expect)
+    assert cli.main(["eval", str(art), "--json", *data]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["accuracy"] == pytest.approx(expect) and got["n"] == 20
+
+
+def test_users_inputs_that_do_not_fit_are_one_line(tmp_path, capsys, gemm_onnx):
+    import numpy as np
+
+    onnx_path, _, _ = gemm_onnx(tmp_path / "gemm.onnx")
+    bad = {"wide.npy": np.zeros((5, 31), np.float32), "nan.npy": np.full((5, 32), np.nan),
+           "ok.npy": np.zeros((5, 32), np.float32), "short.npy": np.zeros(4, np.int64)}
+    for name, a in bad.items():
+        np.save(tmp_path / name, a)
+    (tmp_path / "junk.npy").write_text("not numpy")
+    for args, expect in (
+            (["--eval-data", "wide.npy"], "the model takes ['N', 32], got an array of shape"),
+            (["--eval-data", "nan.npy"], "holds NaN or infinite values"),
+            (["--eval-data", "junk.npy"], "not a readable .npy array"),
+            (["--eval-data", "ok.npy", "--eval-labels", "short.npy"],
+             "one integer class per input wanted (5)"),
+            (["--eval-labels", "short.npy"], "--eval-labels needs --eval-data")):
+        args = [str(tmp_path / a) if a.endswith(".npy") else a for a in args]
+        assert cli.main(["build", str(onnx_path), "--out", str(tmp_path / "art"),
+                         "--tune-budget", "0", *args]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("tvmcomp build: error: ")
+        assert expect in err[0], (args, err)
+        assert not (tmp_path / "art").exists()

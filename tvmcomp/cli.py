@@ -102,6 +102,28 @@ def _add_mnist(p: argparse.ArgumentParser) -> None:
                         "held-out split of the shipped 5k images)")
 
 
+def _add_eval_data(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--eval-data", default=None, metavar="NPY",
+                   help=f"{what} on these inputs (a .npy array [N, ...] as the model takes "
+                        "them) instead of MNIST or seeded random ones")
+    p.add_argument("--eval-labels", default=None, metavar="NPY",
+                   help="their classes (a .npy array of N integers): accuracy too")
+
+
+def _user_inputs(args, info_shape: tuple, dtype: str):
+    """The InputSet of --eval-data / --eval-labels, or None; says what it is."""
+    if args.eval_data is None:
+        if args.eval_labels is not None:
+            raise TvmcompError("--eval-labels needs --eval-data")
+        return None
+    from .verify import load_input_set
+
+    inputs = load_input_set(args.eval_data, args.eval_labels, info_shape, dtype)
+    if not getattr(args, "json", False):
+        print(f"evaluation set: {inputs.source}")
+    return inputs
+
+
 def _add_budget(p: argparse.ArgumentParser, default: float) -> None:
     p.add_argument("--tune-budget", type=_seconds, default=default, metavar="SECONDS",
                    help=f"seconds to tune kernels without records (default {default:.0f}; "
@@ -338,7 +360,9 @@ def cmd_build(args) -> int:
     _, info = load_onnx(args.model)
     # MNIST is the evaluation set of MNIST-shaped models only; others are verified on seeded
     # inputs against ONNX Runtime, and the build says so
-    ev = _eval_set(args)[1] if tuple(info.input_shape[1:]) == (1, 28, 28) else None
+    ev = _user_inputs(args, info.input_shape, info.input_dtype)
+    if ev is None and tuple(info.input_shape[1:]) == (1, 28, 28):
+        ev = _eval_set(args)[1]
     if args.rpc_key and not args.rpc_tracker:
         raise TvmcompError("--rpc-key needs --rpc-tracker HOST:PORT")
     board = (args.rpc_tracker, args.rpc_key or profile.name) if args.rpc_tracker else None
@@ -496,16 +520,28 @@ def cmd_eval(args) -> int:
     from .data import normalize
 
     model = runtime.load(args.artifact)
-    _, ev = _eval_set(args, quiet=args.json)
-    if tuple(model.input_shape[1:]) != (1, 28, 28):
-        raise TvmcompError(f"{args.artifact}: input {model.input_shape} is not MNIST-shaped")
-    pred = model(normalize(ev.images)).argmax(1)
-    acc = float(np.mean(pred == ev.labels))
+    user = _user_inputs(args, model.input_shape, model.input_dtype)
+    if user is not None:
+        if user.labels is None:
+            raise TvmcompError("eval measures accuracy: give --eval-labels with --eval-data")
+        x, labels, source = user.x, user.labels, user.source
+    else:
+        if tuple(model.input_shape[1:]) != (1, 28, 28):
+            raise TvmcompError(f"{args.artifact}: input {model.input_shape} is not "
+                               "MNIST-shaped; give its inputs: --eval-data X.npy "
+                               "--eval-labels Y.npy")
+        _, ev = _eval_set(args, quiet=args.json)
+        x, labels, source = normalize(ev.images), ev.labels, ev.source
+    out = model(x)
+    if out.ndim != 2:
+        raise TvmcompError(f"{args.artifact}: output {list(out.shape[1:])} per input is not "
+                           "class scores, so there is no accuracy")
+    acc = float(np.mean(out.argmax(1) == labels))
     if args.json:
-        print(json.dumps({"accuracy": acc, "n": len(ev), "eval_set": ev.source,
+        print(json.dumps({"accuracy": acc, "n": len(x), "eval_set": source,
                           "artifact": str(args.artifact)}))
     else:
-        print(f"accuracy {acc:.4%} ({int(round(acc * len(ev)))}/{len(ev)}) on {ev.source}")
+        print(f"accuracy {acc:.4%} ({int(round(acc * len(x)))}/{len(x)}) on {source}")
     return 0
 
 
@@ -645,6 +681,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug-dump", metavar="DIR", help="write the IR after each pipeline phase")
     _add_tuning_dir(p)
     _add_mnist(p)
+    _add_eval_data(p, "verify the artifact against ONNX Runtime")
     rpc.add_bench_args(p, "for a profile this machine cannot run: tune the kernels without "
                           "records (within --tune-budget) and check every tuned schedule on "
                           "the boards", "the profile name")
@@ -677,10 +714,11 @@ def make_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.set_defaults(fn=cmd_tune)
 
-    p = sub.add_parser("eval", help="MNIST accuracy of an artifact")
+    p = sub.add_parser("eval", help="accuracy of an artifact (MNIST, or --eval-data)")
     p.add_argument("artifact")
     p.add_argument("--json", action="store_true")
     _add_mnist(p)
+    _add_eval_data(p, "accuracy")
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("bench", help="latency of an artifact and its float baselines, same run")

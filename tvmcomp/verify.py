@@ -55,8 +55,57 @@ def ort_run(sess, x: np.ndarray, fixed_batch: int | None = None, chunk: int = 50
     return np.concatenate(outs)
 
 
-def eval_inputs(input_shape: tuple, dtype: str, eval_set: Dataset | None):
-    """Real MNIST images when the model takes 1×28×28, else seeded random inputs."""
+@dataclass(frozen=True)
+class InputSet:
+    """The user's own inputs (``--eval-data``), as the model takes them, and their labels
+    (``--eval-labels``) if known."""
+
+    x: np.ndarray
+    labels: np.ndarray | None
+    source: str  # file names only: it goes into the artifact
+
+
+def load_input_set(data: str, labels: str | None, input_shape: tuple,
+                   dtype: str) -> InputSet:
+    """Read ``--eval-data`` (and ``--eval-labels``) for a model taking ``input_shape`` of
+    ``dtype``; one :class:`TvmcompError` line for anything that does not fit."""
+    from pathlib import Path
+
+    from .errors import TvmcompError
+
+    def load(flag: str, path: str) -> np.ndarray:
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise TvmcompError(f"{flag} {path}: not a readable .npy array "
+                               f"({str(e).splitlines()[0][:120]})") from None
+
+    x = load("--eval-data", data)
+    want = ["N", *input_shape[1:]]
+    if x.ndim != len(input_shape) or tuple(x.shape[1:]) != tuple(input_shape[1:]) or not len(x):
+        raise TvmcompError(f"--eval-data {data}: the model takes {want}, got an array of shape "
+                           f"{list(x.shape)}")
+    if np.dtype(dtype).kind != x.dtype.kind and not (np.dtype(dtype).kind == "f"
+                                                     and x.dtype.kind in "iu"):
+        raise TvmcompError(f"--eval-data {data}: the model takes {dtype}, got {x.dtype}")
+    x = x.astype(dtype, copy=False)
+    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+        raise TvmcompError(f"--eval-data {data}: holds NaN or infinite values")
+    y = None
+    if labels is not None:
+        y = load("--eval-labels", labels)
+        if y.ndim != 1 or y.dtype.kind not in "iu" or len(y) != len(x):
+            raise TvmcompError(f"--eval-labels {labels}: one integer class per input wanted "
+                               f"({len(x)}), got {y.dtype} of shape {list(y.shape)}")
+    names = Path(data).name + (f" with labels {Path(labels).name}" if labels else "")
+    return InputSet(np.ascontiguousarray(x), y, f"{len(x)} inputs from {names}")
+
+
+def eval_inputs(input_shape: tuple, dtype: str, eval_set: Dataset | InputSet | None):
+    """The user's inputs if given; real MNIST images when the model takes 1×28×28; else
+    seeded random inputs."""
+    if isinstance(eval_set, InputSet):
+        return eval_set.x, eval_set.labels, eval_set.source
     if eval_set is not None and tuple(input_shape[1:]) == MNIST_SHAPE and dtype == "float32":
         return normalize(eval_set.images), eval_set.labels, eval_set.portable_source
     rng = np.random.default_rng(0)
@@ -64,7 +113,8 @@ def eval_inputs(input_shape: tuple, dtype: str, eval_set: Dataset | None):
     return x, None, f"{RANDOM_INPUTS} seeded random-normal inputs (input is not MNIST-shaped)"
 
 
-def verify(run_fn, onnx_path: str, input_shape: tuple, dtype: str, eval_set: Dataset | None,
+def verify(run_fn, onnx_path: str, input_shape: tuple, dtype: str,
+           eval_set: Dataset | InputSet | None,
            fixed_batch: int | None = None, raise_on_fail: bool = True, *,
            reference_fn=None, reference_name: str = "onnxruntime fp32",
            rel_tol: float = 1e-3, max_accuracy_drop: float | None = None) -> VerifyResult:
