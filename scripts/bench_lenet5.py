@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """LeNet-5 in every form `tvmcomp build` makes, against its peers, in one run.
 
-Trains (or reuses) LeNet-5, prunes a copy (global magnitude, masked fine-tuning), builds fp32,
-int8, sparse and int8+sparse artifacts with ``tvmcomp.compiler.build`` (the path users run:
+Trains (or reuses) LeNet-5, prunes, shares and factorizes copies, builds every form of the
+main job (``tvmcomp.main_job.FORMS``) with ``tvmcomp.compiler.build`` (the path users run:
 the committed tuning records, the build plan, the sparse gate, verification on the 10k MNIST
 test set), then times all of them with ONNX Runtime fp32 / int8 and PyTorch fp32 / int8 in one
 interleaved run (``tvmcomp.bench.bench_artifacts``). Writes a Markdown report and its JSON.
@@ -52,8 +52,8 @@ def main() -> int:
     from tvmcomp.bench import bench_artifacts, format_table
     from tvmcomp.data.mnist import default_mnist_dir, load_eval_set
     from tvmcomp.main_job import (FORMS, SMALLEST_BITS, build_forms, compressed_path,
-                                  prepare_lenet5, prune_lenet5, prune_lenet5_smallest,
-                                  share_lenet5)
+                                  lowrank_lenet5, prepare_lenet5, prune_lenet5,
+                                  prune_lenet5_smallest, share_lenet5)
     from tvmcomp.model import evaluate_torch
     from tvmcomp.targets import host_profile, load_profile
 
@@ -78,8 +78,11 @@ def main() -> int:
     prune_lenet5_smallest(out, ckpt, train_set, **({"epochs": 1} if args.reduced else {}))
     _, onnx_smallest = share_lenet5(out, compressed_path(out, "pruned95"), train_set, "smallest",
                                     SMALLEST_BITS)
+    _, onnx_lowrank = lowrank_lenet5(out, ckpt, train_set,
+                                     **({"epochs": 1} if args.reduced else {}))
     built = build_forms(out, onnx_dense, onnx_pruned, profile, ev, (1, 64),
-                        tune_budget_s=args.tune_budget, shared_onnx=onnx_shared,
+                        tune_budget_s=args.tune_budget, lowrank_onnx=onnx_lowrank,
+                        shared_onnx=onnx_shared,
                         pruned_shared_onnx=onnx_pruned_shared, smallest_onnx=onnx_smallest)
     arts = {f: a for f, (a, _) in built.items()}
     mans = {f: m for f, (_, m) in built.items()}

@@ -6,15 +6,28 @@ import json
 import re
 
 
+def _first_images(mnist_dir, dest, n: int) -> str:
+    """An MNIST directory holding the first ``n`` test images (IDX files, uncompressed)."""
+    from tvmcomp.data.mnist import IDX_IMAGES, IDX_LABELS, load_idx
+
+    ds = load_idx(mnist_dir)
+    dest.mkdir()
+    head = (2051).to_bytes(4, "big") + n.to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    (dest / IDX_IMAGES).write_bytes(head + ds.images[:n].tobytes())
+    (dest / IDX_LABELS).write_bytes((2049).to_bytes(4, "big") + n.to_bytes(4, "big")
+                                    + ds.labels[:n].astype("uint8").tobytes())
+    return str(dest)
 
 
 def test_main_job_builds_every_form_and_writes_the_table(tmp_path, x86_host, profile_with_db,
                                                          mnist_dir):
     from tvmcomp.main_job import FORMS, run_main_job
 
-    s = run_main_job(tmp_path / "run", profile_with_db(tmp_path / "db"), str(mnist_dir),
+    # every form is verified on these images, through untuned kernels: 2,000 of them
+    mnist = _first_images(mnist_dir, tmp_path / "mnist", 2000)
+    s = run_main_job(tmp_path / "run", profile_with_db(tmp_path / "db"), mnist,
                      epochs=1, tune_budget_s=0, batches=(1,), tuning_dir=str(tmp_path / "c"),
-                     prune_epochs=1, smallest_prune_epochs=1)
+                     prune_epochs=1, smallest_prune_epochs=1, lowrank_epochs=1)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved == s and list(s["forms"]) == list(FORMS)
     forms = s["forms"]
@@ -29,7 +42,12 @@ def test_main_job_builds_every_form_and_writes_the_table(tmp_path, x86_host, pro
         assert 0.5 < forms[f]["accuracy"] <= 1.0
         assert s["latency_us"]["1"][f] > 0
     assert {"ort_fp32", "torch_fp32"} <= set(s["latency_us"]["1"])
-    assert set(s["stage_seconds"]) == {"train", "prune", "share", "build", "bench"}
+    assert set(s["stage_seconds"]) == {"train", "prune", "share", "lowrank", "build", "bench"}
+    # factorized under the budget, each layer gated: kept only where its kernels were faster
+    gate = forms["lowrank"]["lowrank"]["gate"]
+    assert gate and all(d["folded"] == (not d["factorized_us"] < d["whole_us"]) for d in gate)
+    assert forms["lowrank"]["weight_bytes"] <= forms["fp32"]["weight_bytes"]
+    assert (tmp_path / "run" / "lowrank_ranks.png").is_file()
     md = (tmp_path / "run" / "results.md").read_text()
     assert not re.search(r"#\d", md), "users read no issue-tracker numbers"
     for f in FORMS:
