@@ -34,11 +34,18 @@ def machine() -> str:
     return f"{platform.machine()} {_cpu_name()}, flags: {' '.join(shown)}"
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
+def script_parser(doc: str, out_name: str = "bench_lenet5") -> argparse.ArgumentParser:
+    """The options every LeNet-5 results script takes: where it builds (``build/<out_name>``)
+    and where it writes its report (``scripts/results``)."""
+    ap = argparse.ArgumentParser(description=doc,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out-dir", default=str(REPO / "build" / "bench_lenet5"))
+    ap.add_argument("--out-dir", default=str(REPO / "build" / out_name))
     ap.add_argument("--results-dir", default=str(REPO / "scripts" / "results"))
+    return ap
+
+
+def main() -> int:
+    ap = script_parser(__doc__)
     ap.add_argument("--profile", default=None, help="default: the host's x86 profile")
     ap.add_argument("--tune-budget", type=float, default=0.0,
                     help="seconds of tuning, shared by the builds, for kernels without records "

@@ -14,7 +14,6 @@ MNIST test set). Then times both artifacts interleaved, and ONNX Runtime, in one
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -29,10 +28,9 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out-dir", default=str(REPO / "build" / "bench_lowrank"))
-    ap.add_argument("--results-dir", default=str(REPO / "scripts" / "results"))
+    from bench_lenet5 import script_parser
+
+    ap = script_parser(__doc__, "bench_lowrank")
     ap.add_argument("--profile", default=None, help="default: the host's x86 profile")
     ap.add_argument("--budget", type=float, default=0.3,
                     help="held-out accuracy budget of the rank choice, points (default 0.3)")

@@ -19,7 +19,6 @@ decoded in the kernels, every sparse candidate kept sparse).
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import sys
@@ -66,10 +65,9 @@ SEED = {"fp32": 1.5, "int8": 0.4, "seed step 3: 10% pruned, 256 clusters": 0.2}
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out-dir", default=str(REPO / "build" / "bench_lenet5"))
-    ap.add_argument("--results-dir", default=str(REPO / "scripts" / "results"))
+    from bench_lenet5 import script_parser
+
+    ap = script_parser(__doc__)
     ap.add_argument("--profile", default=None, help="target profile (default: host x86)")
     ap.add_argument("--codebook-decode", choices=("load", "kernel"), default="load",
                     help="where the shared models' codebook layers are decoded")

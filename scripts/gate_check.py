@@ -13,7 +13,6 @@ dense form built with the checked records a build applies) and the kernel inside
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 import json
@@ -29,10 +28,9 @@ LAYER = "matmul2"  # fc1 (400 -> 120)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out-dir", default=str(REPO / "build" / "bench_lenet5"))
-    ap.add_argument("--results-dir", default=str(REPO / "scripts" / "results"))
+    from bench_lenet5 import script_parser
+
+    ap = script_parser(__doc__)
     ap.add_argument("--tune-budget", type=float, default=0.0)
     ap.add_argument("--repeat", type=int, default=21)
     args = ap.parse_args()

@@ -11,7 +11,6 @@ report and its JSON.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import sys
@@ -24,10 +23,9 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out-dir", default=str(REPO / "build" / "bench_lenet5"))
-    ap.add_argument("--results-dir", default=str(REPO / "scripts" / "results"))
+    from bench_lenet5 import script_parser
+
+    ap = script_parser(__doc__)
     ap.add_argument("--lr", default="1e-3,2e-3,5e-3")
     ap.add_argument("--epochs", default="8,16")
     ap.add_argument("--sparsity", type=float, default=0.9)
