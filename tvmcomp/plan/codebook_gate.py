@@ -15,9 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from .sparse_gate import _build, _check_same_outputs, _dense_calls, _timer, timed_dict
+from .sparse_gate import _dense_calls, time_two_forms, timed_dict
 
 
 @dataclass(frozen=True)
@@ -51,44 +49,29 @@ def decode_gate(quantized, target, database, fused, layers: tuple[str, ...], mar
     """Time each codebook layer of ``quantized`` (``layers``, by name) decoding in its kernel
     against decoding at load (``fused``: the two modules of :func:`forms`), one decision per
     layer name."""
-    from tvm import relax
-
-    from ..bench import interleaved_us
-    from ..passes.layers import layer_index
     from ..passes.sparse_dense import layer_weights
 
     names = set(layers)
-    kernel, load = (_build(m, target, database) for m in fused)
-    _check_same_outputs(kernel, load, quantized, False, "decoding at load")
-    rng = np.random.default_rng(0)
-    timers: dict = {}
-    calls: dict[str, tuple[list, list]] = {}  # layer -> (kernel-form names, load-form names)
-    for gv, func in quantized.functions.items():
-        if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
-            continue
+
+    def find(fname, func, kernel, load):
         for _, name, _, w in layer_weights(func):
             if name not in names:
                 continue
-            kc = _dense_calls(kernel.fused[gv.name_hint], w)
-            lc = _dense_calls(load.fused[gv.name_hint], w)
+            kc, lc = _dense_calls(kernel.fused[fname], w), _dense_calls(load.fused[fname], w)
             if not kc or not lc:
-                raise ValueError(f"{gv.name_hint}/{name}: cannot find its kernels in the "
-                                 "fused modules")
-            mine = calls.setdefault(name, ([], []))
-            for tag, built, cs, into in (("k", kernel, kc, mine[0]), ("l", load, lc, mine[1])):
-                for c in cs:
-                    timers.setdefault((tag, c.args[0].name_hint), _timer(built, c, rng))
-                    into.append(c.args[0].name_hint)
-    us = interleaved_us(timers, repeat)
+                raise ValueError(f"{fname}/{name}: cannot find its kernels in the fused "
+                                 "modules")
+            yield name, kc, lc
+
     out = []
-    for name in sorted(calls, key=layer_index):
-        kn, ln = calls[name]
-        k_us, l_us = sum(us[("k", n)] for n in kn), sum(us[("l", n)] for n in ln)
+    for name, (k_us, l_us, kn, ln) in time_two_forms(quantized, target, database, fused,
+                                                     "decoding at load", find,
+                                                     repeat).items():
         at_load = k_us > l_us * (1.0 + margin)
         why = (f"decoding in its kernels {k_us:.2f} µs vs at load {l_us:.2f} µs: "
                + ("decoded at load" if at_load else
                   f"within {margin:.0%}, decoded in its kernels (RAM keeps only the codes)"))
-        out.append(DecodeDecision(name, k_us, l_us, tuple(kn), tuple(ln), at_load, why))
+        out.append(DecodeDecision(name, k_us, l_us, kn, ln, at_load, why))
         if progress:
             print(f"codebook decode {name}: {why}", flush=True)
     return out

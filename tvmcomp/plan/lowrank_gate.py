@@ -15,9 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from .sparse_gate import _build, _check_same_outputs, _dense_calls, _timer, timed_dict
+from .sparse_gate import _dense_calls, time_two_forms, timed_dict
 
 
 @dataclass(frozen=True)
@@ -78,22 +76,11 @@ def fold_gate(quantized, target, database, fused, progress: bool = True,
               repeat: int = 21) -> list[FoldDecision]:
     """Time each factorized layer of ``quantized`` as its two kernels against folded into
     one (``fused``: the two modules of :func:`forms`); one decision per layer."""
-    from tvm import relax
-
-    from ..bench import interleaved_us
-    from ..passes.layers import layer_index
     from ..passes.lowrank_fold import lowrank_pairs
 
-    two, one = (_build(m, target, database) for m in fused)
-    _check_same_outputs(two, one, quantized, False, "the folded build")
-    rng = np.random.default_rng(0)
-    timers: dict = {}
-    calls: dict[str, tuple[list, list]] = {}  # layer -> (its two kernels, the whole one)
     pairs = {}
-    for gv, func in quantized.functions.items():
-        if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
-            continue
-        fname = gv.name_hint
+
+    def find(fname, func, two, one):
         for p in lowrank_pairs(func):
             pairs.setdefault(p.first, p)
             tc = _dense_calls(two.fused[fname], p.a) + _dense_calls(two.fused[fname], p.b)
@@ -101,22 +88,19 @@ def fold_gate(quantized, target, database, fused, progress: bool = True,
             if len(tc) != 2 or tc[0].same_as(tc[1]) or not oc:
                 raise ValueError(f"{fname}/{p.first}: cannot find its kernels in the fused "
                                  "modules")
-            mine = calls.setdefault(p.first, ([], []))
-            for tag, built, cs, into in (("2", two, tc, mine[0]), ("1", one, oc, mine[1])):
-                for c in cs:
-                    timers.setdefault((tag, c.args[0].name_hint), _timer(built, c, rng))
-                    into.append(c.args[0].name_hint)
-    us = interleaved_us(timers, repeat)
+            yield p.first, tc, oc
+
     out = []
-    for name in sorted(calls, key=layer_index):
-        p, (tn, on) = pairs[name], calls[name]
-        t_us, o_us = sum(us[("2", n)] for n in tn), sum(us[("1", n)] for n in on)
+    for name, (t_us, o_us, tn, on) in time_two_forms(quantized, target, database, fused,
+                                                     "the folded build", find,
+                                                     repeat).items():
+        p = pairs[name]
         folded = not t_us < o_us
         why = (f"rank {p.rank}, MACs/image {p.macs()[0]:,} vs {p.macs()[1]:,}: two kernels "
                f"{t_us:.2f} µs vs one {o_us:.2f} µs: "
                + ("folded back into one layer" if folded else "kept factorized"))
         out.append(FoldDecision(name, p.second, p.kind, p.rank, p.weights(), p.macs(), t_us,
-                                o_us, tuple(tn), tuple(on), folded, why))
+                                o_us, tn, on, folded, why))
         if progress:
             print(f"low-rank gate {name}+{p.second}: {why}", flush=True)
     return out

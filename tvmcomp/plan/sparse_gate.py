@@ -229,6 +229,41 @@ def _timer(built: _Built, call, rng):
     return evaluator(lib, name, args, max_number=20000)
 
 
+def time_two_forms(quantized, target, database, fused, what: str, find,
+                   repeat: int = 21) -> dict[str, tuple]:
+    """Each layer's kernels in two forms of ``quantized``, timed alone in one interleaved run.
+
+    ``fused``: the two fused modules; both are built with ``database`` and checked to agree
+    (``what`` names the second in the error). ``find(function name, function, first built,
+    second built)`` yields ``(layer, its calls in the first, its calls in the second)`` for
+    each layer of one Relax function of ``quantized``. Returns ``{layer: (µs in the first,
+    µs in the second, kernel names in the first, in the second)}`` in layer order, the µs
+    summed over the batch entries (a layer's entries share one stored form)."""
+    from tvm import relax
+
+    from ..bench import interleaved_us
+    from ..passes.layers import layer_index
+
+    built = [_build(m, target, database) for m in fused]
+    _check_same_outputs(*built, quantized, False, what)
+    rng = np.random.default_rng(0)
+    timers: dict = {}
+    calls: dict[str, tuple[list, list]] = {}  # layer -> (first-form names, second-form names)
+    for gv, func in quantized.functions.items():
+        if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
+            continue
+        for layer, *found in find(gv.name_hint, func, *built):
+            mine = calls.setdefault(layer, ([], []))
+            for form, (b, cs) in enumerate(zip(built, found)):
+                for c in cs:
+                    timers.setdefault((form, c.args[0].name_hint), _timer(b, c, rng))
+                    mine[form].append(c.args[0].name_hint)
+    us = interleaved_us(timers, repeat)
+    return {layer: (*(sum(us[(form, n)] for n in names) for form, names in enumerate(both)),
+                    *(tuple(names) for names in both))
+            for layer, both in sorted(calls.items(), key=lambda kv: layer_index(kv[0]))}
+
+
 def _check_same_outputs(dense: _Built, sparse: _Built, quantized, integer: bool,
                         what: str = "the sparse build") -> None:
     """Both whole models on the same random inputs: equal (integer layers) or close."""
