@@ -19,8 +19,8 @@ from torch import nn
 from ..data import Dataset, normalize
 from ..data.mnist import split_holdout
 from ..errors import TvmcompError
-from ..model.lowrank import (LowRank, check_rank, factorize_layers, matrix, max_rank,
-                             params_and_macs)
+from ..model.lowrank import (LowRank, check_rank, factorize_layers, matrix, matrix_shape,
+                             max_rank, params_and_macs)
 from ..model.train import TrainConfig, evaluate_torch, train
 from .config import LowRankConfig
 from .errors import CompressConfigError, CompressError
@@ -43,20 +43,19 @@ def factorizable(model: nn.Module, layers=(), exclude=()) -> dict[str, nn.Module
 
 def break_even(m: nn.Module) -> int:
     """The largest rank at which the two factors hold fewer weights than ``m`` (0: none)."""
-    rows, cols = matrix(m).shape
+    rows, cols = matrix_shape(m)
     return (rows * cols - 1) // (rows + cols)
+
+
+def energy_kept(m: nn.Module) -> np.ndarray:
+    """``[k]``: the fraction of ``Σσ²`` of ``m``'s matrix that rank ``k + 1`` keeps."""
+    s = np.linalg.svd(matrix(m), compute_uv=False)
+    return np.cumsum(s ** 2) / float(np.sum(s ** 2))
 
 
 def energy_rank(m: nn.Module, energy: float) -> int:
     """The smallest rank whose singular values keep ``energy`` of ``Σσ²``."""
-    s = np.linalg.svd(matrix(m), compute_uv=False)
-    kept = np.cumsum(s ** 2) / float(np.sum(s ** 2))
-    return int(np.searchsorted(kept, energy - 1e-12) + 1)
-
-
-def energy_kept(m: nn.Module, rank: int) -> float:
-    s = np.linalg.svd(matrix(m), compute_uv=False)
-    return float(np.sum(s[:rank] ** 2) / np.sum(s ** 2))
+    return int(np.searchsorted(energy_kept(m), energy - 1e-12) + 1)
 
 
 def output_pixels(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
@@ -111,20 +110,21 @@ def greedy(model: nn.Module, layers: dict[str, nn.Module], val: Dataset, base: f
     open_ = {n for n in layers if curves[n]}
 
     def macs(n: str, r: int | None) -> int:
-        rows, cols = matrix(layers[n]).shape
+        rows, cols = matrix_shape(layers[n])
         return pixels[n] * (rows * cols if r is None else r * (rows + cols))
 
-    while open_:
-        def cost(n: str) -> tuple[float, str]:
-            cur = chosen.get(n)
-            nxt = max(r for r in curves[n] if cur is None or r < cur)
-            acc_cur = base if cur is None else curves[n][cur]
-            saved = macs(n, cur) - macs(n, nxt)
-            return max(0.0, acc_cur - curves[n][nxt]) / saved, n
-
-        _, n = min(cost(n) for n in open_)
+    def next_rank(n: str) -> int:
         cur = chosen.get(n)
-        step = max(r for r in curves[n] if cur is None or r < cur)
+        return max(r for r in curves[n] if cur is None or r < cur)
+
+    def cost(n: str) -> tuple[float, str]:
+        cur, nxt = chosen.get(n), next_rank(n)
+        acc_cur = base if cur is None else curves[n][cur]
+        return max(0.0, acc_cur - curves[n][nxt]) / (macs(n, cur) - macs(n, nxt)), n
+
+    while open_:
+        _, n = min(cost(n) for n in open_)
+        step = next_rank(n)
         trial = {**chosen, n: step}
         m = copy.deepcopy(model)
         factorize_layers(m, trial)
@@ -137,9 +137,10 @@ def greedy(model: nn.Module, layers: dict[str, nn.Module], val: Dataset, base: f
     return chosen
 
 
-def choose_ranks(model: nn.Module, cfg: LowRankConfig, data: Dataset,
+def choose_ranks(model: nn.Module, cfg: LowRankConfig, data: Dataset, pixels: dict[str, int],
                  progress: bool = True) -> tuple[dict[str, int], dict]:
-    """(``{layer: rank}``, what the choice saw: curves, skipped layers)."""
+    """(``{layer: rank}``, what the choice saw: curves, skipped layers); ``pixels``:
+    :func:`output_pixels` of ``model``."""
     if cfg.ranks:
         layers = factorizable(model, tuple(cfg.ranks))
         for n, r in cfg.ranks.items():
@@ -158,7 +159,6 @@ def choose_ranks(model: nn.Module, cfg: LowRankConfig, data: Dataset,
     _, val = split_holdout(data, cfg.val_fraction, seed=0)
     cands = {n: candidate_ranks(m) for n, m in layers.items()}
     base, curves = sweep(model, layers, val, cands)
-    pixels = output_pixels(model, torch.from_numpy(normalize(data.images[:1])))
     ranks = greedy(model, layers, val, base, curves, pixels, cfg.max_accuracy_drop)
     if progress:
         print(format_curves(base, curves, ranks), flush=True)
@@ -171,8 +171,9 @@ def lowrank_model(model: nn.Module, cfg: LowRankConfig, data: Dataset,
     if any(isinstance(m, LowRank) for m in model.modules()):
         raise CompressError("the model already has factorized layers; factorize once, from "
                             "the unfactorized checkpoint")
+    pixels = output_pixels(model, torch.from_numpy(normalize(data.images[:1])))
     try:
-        ranks, seen = choose_ranks(model, cfg, data, progress)
+        ranks, seen = choose_ranks(model, cfg, data, pixels, progress)
     except TvmcompError as e:
         raise CompressConfigError(str(e)) from None
     order = [n for n, _ in model.named_modules()]
@@ -181,9 +182,8 @@ def lowrank_model(model: nn.Module, cfg: LowRankConfig, data: Dataset,
         raise CompressError("no layer was factorized: "
                             + ("; ".join(f"{n}: {why}" for n, why in seen["skipped"].items())
                                if seen.get("skipped") else "every rank step broke the budget"))
-    pixels = output_pixels(model, torch.from_numpy(normalize(data.images[:1])))
     before = {n: params_and_macs(model.get_submodule(n), pixels[n]) for n in ranks}
-    kept = {n: energy_kept(model.get_submodule(n), r) for n, r in ranks.items()}
+    kept = {n: float(energy_kept(model.get_submodule(n))[r - 1]) for n, r in ranks.items()}
     tops = {n: max_rank(model.get_submodule(n)) for n in ranks}
     factorize_layers(model, ranks)
     after = {n: params_and_macs(model.get_submodule(n), pixels[n]) for n in ranks}

@@ -22,21 +22,22 @@ from ..errors import TvmcompError
 
 class LowRank(nn.Sequential):
     """Two layers standing for one: ``[0]`` into ``rank`` features, ``[1]`` out (with the
-    bias). ``factorized`` is the type name of the layer it replaced."""
-
-    def __init__(self, first: nn.Module, second: nn.Module, factorized: str) -> None:
-        super().__init__(first, second)
-        self.factorized = factorized
+    bias)."""
 
     @property
     def rank(self) -> int:
         return self[1].in_features if isinstance(self[1], nn.Linear) else self[1].in_channels
 
 
+def matrix_shape(m: nn.Module) -> tuple[int, int]:
+    """``(out, in·kh·kw)``: the shape of the matrix of ``m``'s weight that is factorized."""
+    w = m.weight
+    return int(w.shape[0]), int(w[0].numel())
+
+
 def max_rank(m: nn.Module) -> int:
     """The rank of ``m``'s weight matrix at most: min(out, in·kh·kw)."""
-    w = m.weight
-    return int(min(w.shape[0], w[0].numel()))
+    return min(matrix_shape(m))
 
 
 def matrix(m: nn.Module) -> np.ndarray:
@@ -59,12 +60,12 @@ def _skeleton(m: nn.Module, rank: int) -> LowRank:
     bias = m.bias is not None
     if isinstance(m, nn.Linear):
         return LowRank(nn.Linear(m.in_features, rank, bias=False),
-                       nn.Linear(rank, m.out_features, bias=bias), "Linear")
+                       nn.Linear(rank, m.out_features, bias=bias))
     if isinstance(m, nn.Conv2d) and m.groups == 1:
         first = nn.Conv2d(m.in_channels, rank, m.kernel_size, stride=m.stride,
                           padding=m.padding, dilation=m.dilation, bias=False,
                           padding_mode=m.padding_mode)
-        return LowRank(first, nn.Conv2d(rank, m.out_channels, 1, bias=bias), "Conv2d")
+        return LowRank(first, nn.Conv2d(rank, m.out_channels, 1, bias=bias))
     raise TvmcompError(f"cannot factorize a {type(m).__name__}"
                        + (" with groups > 1" if isinstance(m, nn.Conv2d) else "")
                        + ": only Linear and (ungrouped) Conv2d layers")

@@ -63,11 +63,11 @@ def _is_pointwise(call) -> bool:
             and str(a.data_layout) == "NCHW" and str(a.kernel_layout) == "OIHW")
 
 
-def _pairs_with_vars(func: relax.Function):
-    """``(pair, first var, second var, x)`` of every float factorized layer of ``func``."""
+def _pairs_with_calls(func: relax.Function):
+    """``(pair, first call, second var)`` of every float factorized layer of ``func``."""
     b = _Bindings(func)
     calls = list(_indexed_calls(b))
-    names = {var: (op, k) for var, _, op, k in calls}
+    index = {var: k for var, _, _, k in calls}
     out = []
     for var, val, op, k in calls:
         if op not in ("relax.matmul", "relax.nn.conv2d") or b.uses.get(var, 0) != 1:
@@ -90,14 +90,14 @@ def _pairs_with_vars(func: relax.Function):
         kind = "matmul" if op == "relax.matmul" else "conv"
         shape = _static_shape(var) or ()
         pixels = int(np.prod(shape[2:])) if kind == "conv" and len(shape) == 4 else 1
-        out.append((LowRankPair(kind, f"{kind}{k}", f"{kind}{names[nxt][1]}", int(a.shape[0]),
-                                a, w2, pixels), var, nxt, val.args[0]))
+        out.append((LowRankPair(kind, f"{kind}{k}", f"{kind}{index[nxt]}", int(a.shape[0]),
+                                a, w2, pixels), val, nxt))
     return out
 
 
 def lowrank_pairs(func: relax.Function) -> list[LowRankPair]:
     """The float factorized layers of ``func``, in layer order."""
-    return [p for p, *_ in _pairs_with_vars(func)]
+    return [p for p, *_ in _pairs_with_calls(func)]
 
 
 @tvm.transform.module_pass(opt_level=0, name="LowRankFold")
@@ -120,13 +120,11 @@ class _Folder(PyExprMutator):
         super().__init__(mod)
         self.mod_ = mod
         self.fold = fold
-        self.plan: dict = {}  # second var -> (pair, first call's x, first call)
+        self.plan: dict = {}  # second var -> (pair, first call)
 
     def run(self) -> tvm.IRModule:
         def prepare(_gv, func) -> bool:
-            b = _Bindings(func)
-            self.plan = {second: (p, x, b.value[first])
-                         for p, first, second, x in _pairs_with_vars(func)
+            self.plan = {second: (p, first) for p, first, second in _pairs_with_calls(func)
                          if p.first in self.fold}
             return bool(self.plan)
 
@@ -136,8 +134,8 @@ class _Folder(PyExprMutator):
         if binding.var not in self.plan:
             super().visit_var_binding_(binding)
             return
-        p, x, first = self.plan[binding.var]
-        x = self.visit_expr(x)
+        p, first = self.plan[binding.var]
+        x = self.visit_expr(first.args[0])
         if p.kind == "matmul":  # [in, out], as matmul reads it
             y = relax.op.matmul(x, relax.const(np.ascontiguousarray(p.whole().T)))
         else:
