@@ -42,34 +42,38 @@ def _sparsity(text: str) -> float:
     return v
 
 
-def _sparsities(text: str) -> float | dict[str, float]:
-    """``--prune``: one sparsity, or ``NAME=S,...`` per layer (e.g. ``fc1=0.96,conv2=0.75``)."""
-    if "=" not in text:
-        return _sparsity(text)
+def _name_values(text: str, convert) -> dict:
+    """``NAME=VALUE,...`` → ``{name: convert(value)}`` (``--prune``, ``--lowrank``,
+    ``--share-bits``); ``ValueError`` for a malformed or empty list, or a value ``convert``
+    rejects with it."""
     out = {}
     for part in (p.strip() for p in text.split(",") if p.strip()):
         name, _, v = part.partition("=")
         if not name.strip() or not v.strip():
-            raise argparse.ArgumentTypeError(f"expected NAME=SPARSITY,..., got {text!r}")
-        out[name.strip()] = _sparsity(v.strip())
+            raise ValueError(part)
+        out[name.strip()] = convert(v.strip())
+    if not out:
+        raise ValueError(text)
     return out
+
+
+def _sparsities(text: str) -> float | dict[str, float]:
+    """``--prune``: one sparsity, or ``NAME=S,...`` per layer (e.g. ``fc1=0.96,conv2=0.75``)."""
+    if "=" not in text:
+        return _sparsity(text)
+    try:
+        return _name_values(text, _sparsity)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=SPARSITY,..., got {text!r}") from None
 
 
 def _ranks(text: str) -> dict[str, int]:
     """``--lowrank``: ``NAME=RANK,...`` (e.g. ``fc1=16,conv2=8``)."""
-    out = {}
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        name, _, v = part.partition("=")
-        try:
-            out[name.strip()] = int(v)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected NAME=RANK,... (e.g. fc1=16,conv2=8), "
-                                             f"got {text!r}") from None
-        if not name.strip():
-            raise argparse.ArgumentTypeError(f"expected NAME=RANK,..., got {text!r}")
-    if not out:
-        raise argparse.ArgumentTypeError(f"expected NAME=RANK,..., got {text!r}")
-    return out
+    try:
+        return _name_values(text, int)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=RANK,... (e.g. fc1=16,conv2=8), "
+                                         f"got {text!r}") from None
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -275,9 +279,12 @@ def cmd_compress(args) -> int:
             else:
                 cfg = MagnitudePruneConfig(args.prune, scope=args.scope, **common)
     if args.share_bits:
-        from .compress.share import parse_bits
-
-        share = KMeansShareConfig(bits=parse_bits(args.share_bits), init=args.share_init,
+        try:
+            bits = _name_values(args.share_bits, int)
+        except ValueError:
+            raise TvmcompError(f"--share-bits wants NAME=BITS,... (e.g. conv=8,fc=5), got "
+                               f"{args.share_bits!r}") from None
+        share = KMeansShareConfig(bits=bits, init=args.share_init,
                                   group_size=args.share_group, epochs=args.share_epochs,
                                   fp16=not args.share_fp32)
         cfg = share if cfg is None else [cfg, share]

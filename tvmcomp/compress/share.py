@@ -15,21 +15,6 @@ from .kmeans import SharedWeight, share_weight
 from .masks import prunable
 
 
-def parse_bits(text: str) -> dict[str, int]:
-    """``"conv=8,fc=5"`` or ``"fc1=4,conv=8"`` → ``{"conv": 8, "fc": 5}``."""
-    out = {}
-    for part in (p.strip() for p in text.split(",") if p.strip()):
-        name, _, b = part.partition("=")
-        try:
-            out[name.strip()] = int(b)
-        except ValueError:
-            raise CompressConfigError(f"--share-bits wants NAME=BITS,... (e.g. conv=8,fc=5), "
-                                      f"got {text!r}") from None
-    if not out:
-        raise CompressConfigError(f"--share-bits wants NAME=BITS,... , got {text!r}")
-    return out
-
-
 def share_model(model: nn.Module, cfg: KMeansShareConfig, data: Dataset,
                 progress: bool = True) -> dict:
     """Share the configured layers' weights in place, fine-tune the centroids; a summary."""
