@@ -44,6 +44,23 @@ def script_parser(doc: str, out_name: str = "bench_lenet5") -> argparse.Argument
     return ap
 
 
+def lenet5_start(args, epochs: int = 20):
+    """What a LeNet-5 results script starts from: ``(out dir, profile, train set, eval set,
+    model, checkpoint, its ONNX)``, the model trained (or reused) in ``args.out_dir`` for
+    ``epochs`` (1 with ``args.reduced``), the profile ``args.profile`` or the host's."""
+    from tvmcomp.data.mnist import default_mnist_dir, load_eval_set
+    from tvmcomp.main_job import prepare_lenet5
+    from tvmcomp.targets import host_profile, load_profile
+
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    profile = load_profile(args.profile) if args.profile else host_profile()
+    train_set, ev = load_eval_set(default_mnist_dir())
+    model, ckpt, onnx_path = prepare_lenet5(out, train_set,
+                                            epochs=1 if args.reduced else epochs)
+    return out, profile, train_set, ev, model, ckpt, onnx_path
+
+
 def main() -> int:
     ap = script_parser(__doc__)
     ap.add_argument("--profile", default=None, help="default: the host's x86 profile")
@@ -57,19 +74,13 @@ def main() -> int:
     args = ap.parse_args()
 
     from tvmcomp.bench import bench_artifacts, format_table
-    from tvmcomp.data.mnist import default_mnist_dir, load_eval_set
     from tvmcomp.main_job import (FORMS, SMALLEST_BITS, build_forms, compressed_path,
-                                  lowrank_lenet5, prepare_lenet5, prune_lenet5,
-                                  prune_lenet5_smallest, share_lenet5)
+                                  lowrank_lenet5, prune_lenet5, prune_lenet5_smallest,
+                                  share_lenet5)
     from tvmcomp.model import evaluate_torch
-    from tvmcomp.targets import host_profile, load_profile
 
     t0 = time.monotonic()
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    profile = load_profile(args.profile) if args.profile else host_profile()
-    train_set, ev = load_eval_set(default_mnist_dir())
-    model, ckpt, onnx_dense = prepare_lenet5(out, train_set, epochs=1 if args.reduced else 20)
+    out, profile, train_set, ev, model, ckpt, onnx_dense = lenet5_start(args)
     acc_float = evaluate_torch(model, ev)
     pruned, onnx_pruned = prune_lenet5(out, ckpt, train_set, args.prune,
                                        **({"epochs": 1} if args.reduced else

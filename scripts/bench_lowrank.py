@@ -40,21 +40,15 @@ def main() -> int:
     ap.add_argument("--reduced", action="store_true", help="1 epoch, no tuning: a smoke test")
     args = ap.parse_args()
 
-    from bench_lenet5 import machine
+    from bench_lenet5 import lenet5_start, machine
 
     from tvmcomp.bench import bench_artifacts, format_table
     from tvmcomp.compiler import BuildOptions, build
-    from tvmcomp.data.mnist import default_mnist_dir, load_eval_set
-    from tvmcomp.main_job import compressed_path, lowrank_lenet5, prepare_lenet5
+    from tvmcomp.main_job import compressed_path, lowrank_lenet5
     from tvmcomp.model import evaluate_torch, load_checkpoint
-    from tvmcomp.targets import host_profile, load_profile
 
     t0 = time.monotonic()
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    profile = load_profile(args.profile) if args.profile else host_profile()
-    train_set, ev = load_eval_set(default_mnist_dir())
-    model, ckpt, onnx_dense = prepare_lenet5(out, train_set, epochs=1 if args.reduced else 20)
+    out, profile, train_set, ev, model, ckpt, onnx_dense = lenet5_start(args)
     acc_float = evaluate_torch(model, ev)
     plot = out / "lowrank_ranks.png"
     factorized, onnx_lowrank = lowrank_lenet5(out, ckpt, train_set, args.budget, plot)
