@@ -7,9 +7,13 @@ rank choice on held-out data, then fine-tuning), and builds both models with
 ``tvmcomp.compiler.build`` (the path users run: committed records, the build plan, the
 low-rank gate after tuning both forms' kernels within the budget, verification on the 10k
 MNIST test set). Then times both artifacts interleaved, and ONNX Runtime, in one run
-(``tvmcomp.bench.bench_artifacts``). Writes a Markdown report, its JSON and the rank plot.
+(``tvmcomp.bench.bench_artifacts``). Then the rank sweep: every layer the rank choice tried,
+factorized alone at ranks 4, 8, 16, 32, 64 (those that save weights) and at its chosen rank,
+built the same way, its gate timing the two kernels against the whole layer. Writes a Markdown
+report, its JSON and the plot of accuracy loss and latency against rank.
 
-    .venv/bin/python scripts/bench_lowrank.py [--budget 0.3] [--tune-budget 600] [--reduced]
+    .venv/bin/python scripts/bench_lowrank.py [--budget 0.3] [--tune-budget 600]
+        [--sweep-tune 60] [--sweep-layers fc1,conv2] [--reduced]
 """
 
 from __future__ import annotations
@@ -37,7 +41,13 @@ def main() -> int:
     ap.add_argument("--tune-budget", type=float, default=600.0,
                     help="seconds to tune the kernels without records (default 600)")
     ap.add_argument("--tuning-dir", default=None, help="tuning cache (default: the user's)")
-    ap.add_argument("--reduced", action="store_true", help="1 epoch, no tuning: a smoke test")
+    ap.add_argument("--sweep-tune", type=float, default=60.0,
+                    help="seconds to tune each rank's new kernels in the sweep (default 60)")
+    ap.add_argument("--sweep-layers", default=None,
+                    help="comma-separated layers to sweep (default: every layer tried; "
+                         "'none' skips the sweep)")
+    ap.add_argument("--reduced", action="store_true",
+                    help="1 epoch, no tuning, a sweep of one rank: a smoke test")
     args = ap.parse_args()
 
     from bench_lenet5 import lenet5_start, machine
@@ -62,6 +72,9 @@ def main() -> int:
             batches=(1, 64), tune_budget_s=tune_s, eval_set=ev, tuning_dir=args.tuning_dir))
     print("== bench (one run, interleaved)", flush=True)
     res = bench_artifacts(arts, (1, 64), ("ort_fp32",))
+    sweep = rank_sweep(model, summary, out, profile, args)
+    if sweep:
+        plot_ranks(summary, sweep, args.budget, plot)
 
     stamp = dt.datetime.now(dt.timezone.utc)
     report = {"date": stamp.isoformat(timespec="seconds"), "machine": machine(),
@@ -72,7 +85,8 @@ def main() -> int:
               "tuning": {f: {k: m["tuning"].get(k) for k in ("tuned", "tasks", "trials", "used_s")}
                          for f, m in mans.items()},
               "weight_bytes": {f: m["weight_bytes"] for f, m in mans.items()},
-              "latency_us": res["results"], "notes": res["notes"],
+              "latency_us": res["results"], "notes": res["notes"], "sweep": sweep,
+              "sweep_tune_s": 0.0 if args.reduced else args.sweep_tune,
               "seconds": round(time.monotonic() - t0, 1)}
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
@@ -85,6 +99,64 @@ def main() -> int:
     print(md)
     print(f"wrote {results / name}.md and .json")
     return 0
+
+
+SWEEP_GRID = (4, 8, 16, 32, 64)
+
+
+def sweep_ranks(tried: list[int], chosen: int | None) -> list[int]:
+    """The ranks a layer is timed at: those of :data:`SWEEP_GRID` the rank choice tried, and
+    the chosen one (the largest tried when none of them is)."""
+    rs = {r for r in tried if r in SWEEP_GRID} | ({chosen} if chosen else set())
+    return sorted(rs or {max(tried)})
+
+
+def rank_sweep(model, summary: dict, out: Path, profile, args) -> dict:
+    """``{layer: {rank: its low-rank gate decision}}``: each layer the rank choice tried,
+    factorized alone at each of its :func:`sweep_ranks` (no fine-tuning: the time does not
+    depend on the values), built by ``tvmcomp.compiler.build``, whose gate times its two
+    kernels against the whole layer (batch 1 + 64, interleaved repeats)."""
+    import copy
+
+    from tvmcomp.compiler import BuildOptions, build
+    from tvmcomp.frontend import export_onnx
+    from tvmcomp.model.lowrank import factorize_layers
+
+    curves = summary.get("curves") or {}
+    layers = list(curves) if args.sweep_layers is None else [
+        n for n in args.sweep_layers.split(",") if n and n != "none"]
+    chosen = {n: L["rank"] for n, L in summary["layers"].items()}
+    out_sweep, res = out / "sweep", {}
+    for name in layers:
+        if name not in curves:
+            raise SystemExit(f"--sweep-layers: {name} was not tried (tried: {', '.join(curves)})")
+        ranks = sweep_ranks([int(r) for r in curves[name]], chosen.get(name))
+        for r in ranks[-1:] if args.reduced else ranks:
+            m = copy.deepcopy(model)
+            factorize_layers(m, {name: r})
+            onnx_path = export_onnx(m, out_sweep / f"{name}_r{r}.onnx")
+            print(f"== sweep {name} rank {r}", flush=True)
+            _, man = build(onnx_path, profile, out_sweep / f"{name}_r{r}", BuildOptions(
+                batches=(1, 64), tune_budget_s=0.0 if args.reduced else args.sweep_tune,
+                tuning_dir=args.tuning_dir, progress=False))
+            gate = man["lowrank"]["gate"]
+            if len(gate) != 1:
+                raise SystemExit(f"{name} rank {r}: the build found {len(gate)} factorized "
+                                 "layers, expected 1")
+            res.setdefault(name, {})[r] = gate[0]
+    return res
+
+
+def plot_ranks(summary: dict, sweep: dict, budget_pt: float, path: Path) -> Path:
+    """The compress plot (accuracy loss against rank) with the sweep's latency panel."""
+    from tvmcomp.compress.lowrank import plot
+
+    curves = {n: {int(r): a for r, a in c.items()} for n, c in summary["curves"].items()}
+    latency = {n: {r: (d["factorized_us"], d["whole_us"]) for r, d in t.items()}
+               for n, t in sweep.items()}
+    return plot(summary["validation_accuracy_dense"], curves,
+                {n: L["rank"] for n, L in summary["layers"].items()}, budget_pt / 100.0,
+                path, latency)
 
 
 def _markdown(r: dict, table: str, png: str | None) -> str:
@@ -121,10 +193,33 @@ def _markdown(r: dict, table: str, png: str | None) -> str:
               f"{r['weight_bytes']['lowrank']:,} B. Tuning: "
               + "; ".join(f"{f} {t['tuned']}/{t['tasks']} kernels tuned, {t['trials']} trials"
                           for f, t in r["tuning"].items()) + ".", ""]
+    if r["sweep"]:
+        c = r["compress"]
+        base = c["validation_accuracy_dense"]
+        lines += [f"Rank sweep: each layer factorized alone (not fine-tuned), built with "
+                  f"{r['sweep_tune_s']:g} s of tuning for its new kernels, its two kernels "
+                  "timed against the whole layer by the build's gate (batch 1 + 64 summed, "
+                  "median of 21 interleaved repeats):", "",
+                  "| layer | rank | held-out loss (pt) | two kernels µs | whole layer µs | "
+                  "two / whole | gate |", "|---|---|---|---|---|---|---|"]
+        for n, t in r["sweep"].items():
+            for rank, d in t.items():
+                two, one = d["factorized_us"], d["whole_us"]
+                ratio = f"{two / one:.2f}" if two and one else "—"
+                star = " ★" if c["layers"].get(n, {}).get("rank") == int(rank) else ""
+                loss = 100 * (base - c["curves"][n][str(rank)])
+                lines.append(f"| {n} | {rank}{star} | {loss:.2f} | {_us(two)} | {_us(one)} | "
+                             f"{ratio} | "
+                             f"{'fold' if d['folded'] else 'keep'} |")
+        lines.append("")
     if png:
-        lines += [f"![held-out accuracy loss against rank]({png})", ""]
+        lines += [f"![accuracy loss and latency against rank]({png})", ""]
     lines += ["Notes: " + ("; ".join(r["notes"]) or "none"), ""]
     return "\n".join(lines)
+
+
+def _us(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}"
 
 
 if __name__ == "__main__":

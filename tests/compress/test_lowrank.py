@@ -151,3 +151,20 @@ def test_cli_lowrank_errors(capsys, lenet_ckpt, tmp_path):
         err = capsys.readouterr().err
         assert err.startswith("tvmcomp compress: error:") and expect in err, (args, err)
         assert len(err.strip().splitlines()) == 1
+
+
+def test_plot_adds_a_latency_panel_when_timings_are_given(tmp_path):
+    """The rank plot: accuracy loss alone, or with the measured two-kernels / whole-layer
+    panel below it (``scripts/bench_lowrank.py``'s sweep); ranks without both timings are
+    left out of that panel rather than plotted as zero."""
+    import matplotlib.image
+
+    from tvmcomp.compress.lowrank import plot
+
+    curves = {"fc1": {4: 0.90, 16: 0.97, 32: 0.98}, "conv2": {4: 0.95, 8: 0.975}}
+    one = plot(0.98, curves, {"fc1": 32}, 0.003, tmp_path / "one.png")
+    two = plot(0.98, curves, {"fc1": 32}, 0.003, tmp_path / "two.png",
+               {"fc1": {4: (5.0, 50.0), 16: (20.0, 50.0), 32: (None, 50.0)},
+                "conv2": {4: (300.0, 370.0)}})
+    h1, h2 = (matplotlib.image.imread(p).shape[0] for p in (one, two))
+    assert h1 == pytest.approx(4.5 * 110, abs=2) and h2 == pytest.approx(2 * h1, abs=2)

@@ -215,26 +215,48 @@ def format_curves(base: float, curves: dict[str, dict[int, float]],
 
 
 def plot(base: float, curves: dict[str, dict[int, float]], chosen: dict[str, int],
-         max_drop: float | None, path: str | Path) -> Path:
-    """Held-out accuracy loss against rank, one line per layer tried, chosen ranks
-    starred; a PNG."""
+         max_drop: float | None, path: str | Path,
+         latency: dict[str, dict[int, tuple[float, float]]] | None = None) -> Path:
+    """Held-out accuracy loss against rank, one line per layer tried, chosen ranks starred;
+    with ``latency`` (``{layer: {rank: (two kernels µs, whole layer µs)}}``, measured on the
+    target) a second panel below: the factorized kernels' time over the whole layer's, against
+    rank. A PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    rows = 2 if latency else 1
+    fig, axes = plt.subplots(rows, 1, figsize=(7, 4.5 * rows), dpi=110, sharex=True,
+                             squeeze=False)
+    ax, colors = axes[0][0], {}
     for n, c in curves.items():
         rs = sorted(c)
         line, = ax.plot(rs, [100 * (base - c[r]) for r in rs], marker="o", ms=3, label=n)
+        colors[n] = line.get_color()
         if n in chosen:
             ax.plot([chosen[n]], [100 * (base - c[chosen[n]])], marker="*", ms=12,
-                    color=line.get_color())
+                    color=colors[n])
     if max_drop:
         ax.axhline(100 * max_drop, color="r", lw=0.8, ls=":", label="budget")
     ax.set_xscale("log", base=2)
     ax.set_yscale("symlog", linthresh=1.0)  # the budget's tenths of a point, and the cliff
-    ax.set_xlabel("rank (layer factorized alone, before fine-tuning)")
     ax.set_ylabel("held-out accuracy loss (points)")
     ax.set_title("Low-rank sensitivity (★ = chosen)")
+    if latency:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        ax = axes[1][0]
+        for n, t in latency.items():
+            rs = sorted(r for r in t if t[r][0] and t[r][1])
+            ax.plot(rs, [t[r][0] / t[r][1] for r in rs], marker="o", ms=3, label=n,
+                    color=colors.get(n))
+            if n in chosen and chosen[n] in rs:
+                two, one = t[chosen[n]]
+                ax.plot([chosen[n]], [two / one], marker="*", ms=12, color=colors.get(n))
+        ax.axhline(1.0, color="k", lw=0.8, ls=":", label="whole layer")
+        ax.set_yscale("log")
+        ax.set_ylabel("two kernels / whole layer (time)")
+        ax.set_title("Measured on the target: batch 1 + 64, median of interleaved repeats")
+    ax.set_xlabel("rank (layer factorized alone; accuracy before fine-tuning)")
     return save_figure(fig, ax, path)
