@@ -299,3 +299,98 @@ def test_workers_start_without_torch(monkeypatch):
     assert os.environ["PYTHONPATH"] == "/users/own/path"
     assert importlib.util.find_spec("torch") is not None  # installed, yet:
     assert inside.strip() == "None"
+
+
+@pytest.mark.parametrize("old, extent, new", [
+    ([2, 12], 24, [2, 12]),      # same extent: unchanged
+    ([8, 8], 4, [1, 4]),         # smaller: the inner factor shrinks to a divisor
+    ([8, 8], 48, [6, 8]),        # larger: the outer factor takes the rest
+    ([4, 1, 16], 48, [3, 1, 16]),
+    ([1, 7], 10, [2, 5]),        # 7 does not divide 10: the largest divisor below it
+    ([16, 1], 13, [13, 1]),
+])
+def test_retile_rederives_tile_sizes_for_another_extent(old, extent, new):
+    from tvmcomp.tune.transfer import retile
+
+    assert retile(old, extent) == new
+    assert int(np.prod(new)) == extent
+
+
+def _tiled_gemm_record(task, target, i_tiles, j_tiles, secs):
+    """A record for ``task`` (one matmul): both loops split by sampled tiles, the outer row
+    loop parallel, the inner column loop vectorized, as if tuned."""
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    mod = task.dispatched[0]
+    sch = s_tir.Schedule(mod)
+    i, j, k = sch.get_loops(sch.get_sblock("matmul", func_name="main"))
+    i0, i1 = sch.split(i, sch.sample_perfect_tile(i, n=2, decision=i_tiles))
+    j0, j1 = sch.split(j, sch.sample_perfect_tile(j, n=2, decision=j_tiles))
+    sch.reorder(i0, j0, i1, k, j1)
+    sch.parallel(i0)
+    sch.vectorize(j1)
+    return ms.database.TuningRecord(sch.trace, ms.database.Workload(mod), [secs], target,
+                                    ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
+
+
+def test_kernel_without_record_takes_its_operators_schedule_at_another_shape(
+        tmp_path, x86_host, gemm_onnx, profile_with_db, monkeypatch):
+    """A new batch of a tuned matmul: the record of the other batch is replayed with its row
+    tiles re-derived, measured, kept (it beats the unscheduled loops), noted as transferred,
+    and computes what the unscheduled kernel does; a tune with a budget then tunes it (from
+    it) and clears the note. A transfer slower than the unscheduled loops is not kept."""
+    from tvmcomp.tune import transfer
+    from tvmcomp.tune.records import append_record
+    from tvmcomp.tune.tuner import extract_tasks
+
+    target = x86_host.tvm_target()
+    prof, cache = profile_with_db(tmp_path / "committed"), tmp_path / "cache"
+    onnx_path, _, _ = gemm_onnx(tmp_path / "g.onnx", k=256, n=64)
+    model, info = load_onnx(onnx_path)
+    [tuned] = extract_tasks(fuse(import_batches(model, info, [64]), target), target)
+    (tmp_path / "committed").mkdir()
+    append_record(tmp_path / "committed", _tiled_gemm_record(tuned, target, [8, 8], [8, 8],
+                                                             1e-5))
+    fused = fuse(import_batches(model, info, [48]), target)
+    [task] = extract_tasks(fused, target)
+    records = _records(prof, cache)
+    assert [t.best_us for t in task_status(fused, target, records)] == [None]
+
+    moved = transfer.carry_across_shapes([task], records, target, records.tuning_database())
+    assert list(moved) == [task.task_name] and moved[task.task_name]["from"].endswith("64x64x256")
+    records = _records(prof, cache)
+    [rec] = [r for _, r in records.candidates(task.dispatched[0], 5)]
+    assert _decisions(rec.trace) == [[6, 8], [8, 8]]  # rows 48 = 6 x 8; columns as before
+    ok, detail = validate.check_record(rec, target)
+    assert ok, detail
+    [st] = task_status(fused, target, records)
+    assert st.best_us is not None and st.transferred
+
+    rep = tune_module(fused, target, records, budget_s=60, max_trials_per_task=2,
+                      trials_per_iter=2, family=x86_host.family, progress=False)
+    assert task.task_name in rep.measured and rep.trials >= 1
+    assert not _records(prof, cache).transferred()
+
+    # slower than its unscheduled loops: not kept
+    monkeypatch.setattr(transfer, "measure",
+                        lambda sch, _t, repeat=3: [1e-3] if sch.trace.insts else [1e-6])
+    fresh = _records(prof, tmp_path / "cache2")
+    assert transfer.carry_across_shapes([task], fresh, target, fresh.tuning_database()) == {}
+
+
+def test_build_without_budget_transfers_schedules_to_a_new_batch(lenet, tmp_path, x86_host):
+    """LeNet-5 at a batch the committed x86_avx2 records do not hold, no tuning: kernels take
+    the schedules of the same operators at the committed batches instead of running naive
+    loops; the manifest says which, and from what shape, and the build is verified."""
+    _, man = build(lenet.onnx, x86_host, tmp_path / "art",
+                   BuildOptions(batches=(4,), tune_budget_s=0, progress=False,
+                                tuning_dir=tmp_path / "cache"))
+    t = man["tuning"]
+    moved = t["carried_across_shapes"]
+    assert moved and set(moved) == set(t["transferred_untuned"])
+    assert all(v["from"].startswith("x86_avx2 ") and v["us"] > 0 for v in moved.values())
+    assert not set(moved) & set(t["untuned"]) and t["tuned"] == 0
+    assert {k for k, v in man["kernels"].items()
+            if v.startswith("schedule from another shape")} == set(moved)
+    assert man["verification"]["passed"]

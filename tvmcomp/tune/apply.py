@@ -6,7 +6,8 @@ from __future__ import annotations
 from ..targets import Profile
 from .records import Records
 from .remote import origins
-from .transfer import carry_over, describe_carried
+from .transfer import (carry_across_shapes, carry_over, describe_carried,
+                       describe_transferred)
 from .tuner import extract_tasks, task_status, tune_module
 
 
@@ -24,12 +25,14 @@ def ensure_tuned(fused, profile: Profile, records: Records, budget_s: float,
     tasks = extract_tasks(fused, target)
     status = task_status(fused, target, records, tasks)
     missing = [t.name for t in status if t.best_us is None and not t.hand_scheduled]
+    moved = [t.name for t in status if t.transferred]  # tuned when there is a budget
     borrowed = [t for t in status if t.source not in (None, profile.name)]
     info = {"records_read": records.counts(), "tasks": len(status), "budget_s": budget_s,
             "used_s": 0.0, "trials": 0, "stopped_by": "not needed"}
     check = ("checked before use" if profile.runs_here()
              else f"applied unchecked: this host cannot run {profile.name}")
     _say(f"{len(status) - len(missing)}/{len(status)} tasks have records"
+         + (f" ({len(moved)} carried across shapes, not tuned)" if moved else "")
          + (f" ({len(borrowed)} only from {', '.join(sorted({t.source for t in borrowed}))}: "
             f"fallback, {check}; "
             f"`tvmcomp tune --profile {profile.name}` tunes them for this profile)"
@@ -56,23 +59,27 @@ def ensure_tuned(fused, profile: Profile, records: Records, budget_s: float,
                  f"machine (lacks {', '.join(profile.missing_cpu_flags())}); untuned kernels "
                  f"are slow: tune them on the board, `--rpc-tracker HOST:PORT` (build or "
                  "tune)", progress)
-    elif missing and budget_s > 0:
-        _say(f"tuning {len(missing)} untuned tasks, budget {budget_s:.0f} s "
+    elif (missing or moved) and budget_s > 0:
+        _say(f"tuning {len(missing) + len(moved)} untuned tasks, budget {budget_s:.0f} s "
              "(--tune-budget; 0 = none)", progress)
         rep = tune_module(fused, target, records, budget_s=budget_s, only_missing=True,
                           family=profile.family, cores=profile.cores, progress=progress)
-        _carried(info, rep.carried, progress)
+        _carried(info, rep.carried, rep.transferred, progress)
         info.update(used_s=round(rep.used_s, 1), trials=rep.trials, stopped_by=rep.stopped_by)
         _say(f"tuning used {rep.used_s:.0f} s of the {budget_s:.0f} s budget, "
              f"{rep.trials} trials ({rep.stopped_by}); records in {rep.database}", progress)
         status = rep.tasks
     elif missing:
         info["stopped_by"] = "budget 0"
-        # no tuning, but codebook kernels still take their dense twin's schedule
-        carried = carry_over([t for t in tasks if t.task_name in missing], records, target,
-                             records.tuning_database(), profile.family)
-        _carried(info, carried, progress)
-        if carried:
+        # no tuning, but codebook kernels still take their dense twin's schedule, and other
+        # kernels the schedule of their operator at another shape
+        db = records.tuning_database()
+        none = [t for t in tasks if t.task_name in missing]
+        carried = carry_over(none, records, target, db, profile.family)
+        moved_now = carry_across_shapes([t for t in none if t.task_name not in carried],
+                                        records, target, db, profile.family)
+        _carried(info, carried, moved_now, progress)
+        if carried or moved_now:
             status = task_status(fused, target, records, tasks)
     untuned = [t.name for t in status if t.best_us is None and not t.hand_scheduled]
     hand = [t.name for t in status if t.hand_scheduled]
@@ -84,16 +91,22 @@ def ensure_tuned(fused, profile: Profile, records: Records, budget_s: float,
     elif untuned:
         _say(f"WARNING: {len(untuned)}/{len(status)} kernels have no tuned schedule and run "
              f"naive loops (slow): {', '.join(untuned)}", progress)
-    info["tuned"] = len(status) - len(untuned) - len(hand)
+    moved = [t.name for t in status if t.transferred]
+    info["tuned"] = len(status) - len(untuned) - len(hand) - len(moved)
     info["untuned"] = untuned
+    if moved:
+        info["transferred_untuned"] = moved
     info["tuned_kernel_us"] = {t.name: round(t.best_us, 3) for t in status if t.best_us}
     return info
 
 
-def _carried(info: dict, carried: dict, progress: bool) -> None:
+def _carried(info: dict, carried: dict, moved: dict, progress: bool) -> None:
     if carried:
         info["carried_from_dense_twin"] = {k: round(v, 3) for k, v in carried.items()}
         _say(describe_carried(carried), progress)
+    if moved:
+        info["carried_across_shapes"] = moved
+        _say(describe_transferred(moved), progress)
 
 
 def checked_database(fused, profile: Profile, records: Records, progress: bool,
@@ -152,5 +165,7 @@ def checked_database(fused, profile: Profile, records: Records, progress: bool,
     if "tasks" in tuning:
         tuning["untuned"] = sorted(set(tuning.get("untuned", [])) | set(rep.no_valid_record))
         tuning["tuned"] = (tuning["tasks"] - len(tuning["untuned"])
-                           - len(tuning.get("hand_scheduled", [])))
+                           - len(tuning.get("hand_scheduled", []))
+                           - len(set(tuning.get("transferred_untuned", []))
+                                 - set(tuning["untuned"])))
     return db

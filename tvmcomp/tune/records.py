@@ -279,6 +279,16 @@ class Records:
                 self.reports.append(read_database(folder, mem, top_k))
                 self.fallback[name] = mem
 
+    def transferred(self) -> set[str]:
+        """Workload keys whose records in this profile's own databases were carried across
+        shapes (:func:`tvmcomp.tune.transfer.carry_across_shapes`) and not tuned since."""
+        from .transfer import TRANSFERRED_FILE
+
+        keys: set[str] = set()
+        for d in self.paths.own:
+            keys |= {k for k, v in read_json(Path(d) / TRANSFERRED_FILE).items() if v}
+        return keys
+
     def describe(self) -> str:
         """One line: where records were read from (with counts) and where new ones go."""
         counts = {r.folder: r.records for r in self.reports}

@@ -1,4 +1,5 @@
-"""Schedules carried over from a kernel's dense twin.
+"""Schedules carried over from a kernel's dense twin, or from the same operator at another
+shape.
 
 A codebook kernel (``CodebookDense``) is its dense layer's kernel with a decode prologue:
 ``compute`` (indices to int32, and the unpacking of packed codes) and ``T_take`` (the
@@ -13,11 +14,23 @@ target's post-processors run as after any trial.
 The carried schedule is measured here like any trial and committed to the tuning database,
 so tuning starts from it and replaces it only with a record measured faster; the build's
 numerical check (:mod:`tvmcomp.tune.validate`) checks it like any other record.
+
+A kernel with no record at all (a new model, a new batch) can still take the schedule of the
+same operator at another shape: a record whose root blocks have the same names and loop
+counts, only other extents (:func:`carry_across_shapes`). MetaSchedule's traces hold
+shape-specific tile sizes, so the trace is replayed with each ``SamplePerfectTile`` decision
+re-derived for the new loop extent (:func:`retile`: the inner factors kept where they divide
+it, else the largest divisor below them, the rest outermost). The nearest few shapes are
+tried, each measured, the fastest committed. Such a record is noted in
+:data:`TRANSFERRED_FILE` beside the database, so a build with a budget still tunes that kernel
+(starting from it) instead of taking it as tuned.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..kernels.codebook import DECODE_BLOCK  # the lookup: the last block of the prologue
 
@@ -42,8 +55,36 @@ def split_decode(blocks):
     return blocks[:takes[-1] + 1], blocks[takes[-1] + 1:]
 
 
+TRANSFERRED_FILE = "transferred.json"  # beside a database: its records carried across shapes
+TRANSFER_TRIES = 3  # the nearest shapes whose schedules are replayed and measured, per kernel
+
+
 def _shape_key(blocks) -> tuple:
     return tuple(extents for _, extents in blocks)
+
+
+def _structure_key(blocks) -> tuple:
+    """What two kernels that differ only in their shapes share: block names, loop counts."""
+    return tuple((name, len(extents)) for name, extents in blocks)
+
+
+def shape_distance(a, b) -> float:
+    """How far apart two kernels' loop extents are (same structure): the sum of
+    ``|log(a / b)|`` over every loop."""
+    return sum(abs(math.log(x / y)) for ea, eb in zip(a, b) for x, y in zip(ea, eb))
+
+
+def retile(old: list[int], extent: int) -> list[int]:
+    """A ``SamplePerfectTile`` decision for a loop of ``extent``, from one for another
+    extent: from the innermost factor outwards, each the largest divisor of what is left
+    that is at most the old factor; the outermost takes the rest. Products stay exact."""
+    new, left = [1] * len(old), extent
+    for i in range(len(old) - 1, 0, -1):
+        want = max(1, int(old[i]))
+        f = max(d for d in range(1, min(want, left) + 1) if left % d == 0)
+        new[i], left = f, left // f
+    new[0] = left
+    return new
 
 
 @dataclass
@@ -80,10 +121,11 @@ def twin_index(records) -> dict[tuple, Twin]:
     return index
 
 
-def carried_schedule(mod, target, twin: Twin, decode, rest):
+def carried_schedule(mod, target, twin: Twin, decode, rest, tiles: bool = False):
     """``mod`` (a codebook kernel whose root blocks :func:`split_decode` splits into
-    ``decode`` and ``rest``, the latter matching ``twin``'s) scheduled with the twin's trace:
-    a :class:`tvm.s_tir.Schedule`, or None if it does not apply."""
+    ``decode`` and ``rest``, the latter matching ``twin``'s; or any kernel, ``decode`` empty)
+    scheduled with the twin's trace, its tile sizes re-derived for ``mod``'s loops with
+    ``tiles`` (:func:`retile`): a :class:`tvm.s_tir.Schedule`, or None if it does not apply."""
     from tvm import s_tir
     from tvm.s_tir.schedule import Instruction, Trace
 
@@ -102,8 +144,15 @@ def carried_schedule(mod, target, twin: Twin, decode, rest):
             decisions[new] = old_trace.decisions[inst]
         insts.append(new)
     sch = s_tir.Schedule(mod)
+
+    def new_tiles(inst, inputs, _attrs, decision):
+        if inst.kind.name == "SamplePerfectTile":
+            return retile([int(d) for d in decision], int(sch.get(inputs[0]).extent))
+        return decision
+
     try:
-        Trace(insts, decisions).apply_to_schedule(sch, remove_postproc=True)
+        Trace(insts, decisions).apply_to_schedule(sch, remove_postproc=True,
+                                                  decision_provider=new_tiles if tiles else None)
         for name, _ in decode[:-1]:  # index conversion / unpacking: into the lookup
             sch.compute_inline(sch.get_sblock(name, func_name="main"))
         # marked as post-processing, as after any trial: the search replays a record without
@@ -175,6 +224,73 @@ def carry_over(tasks, records, target, database, family: str | None = None) -> d
             ArgInfo.from_prim_func(mod["main"])))
         out[task.task_name] = 1e6 * _mean(secs)
     return out
+
+
+def carry_across_shapes(tasks, records, target, database,
+                        family: str | None = None) -> dict[str, dict]:
+    """Commit to ``database`` a measured record for each kernel of ``tasks`` (kernels with no
+    record) whose operator ``records`` holds at other shapes: the :data:`TRANSFER_TRIES`
+    nearest (:func:`shape_distance`) replayed with re-derived tiles, measured, the fastest
+    kept if it beats the kernel's unscheduled loops. Noted in :data:`TRANSFERRED_FILE` in
+    ``records``' write folder (where ``database`` appends); ``{task: {"us", "from"}}``."""
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    from .intrin import load_tensor_intrinsics
+    from .records import _mean, update_json
+    from .remote import workload_key
+
+    if not tasks:
+        return {}
+    load_tensor_intrinsics(family)
+    by_structure: dict[tuple, list] = {}
+    for extents, twin in twin_index(records).items():
+        names = tuple(zip(twin.names, (len(e) for e in extents)))
+        by_structure.setdefault(names, []).append((extents, twin))
+    out, notes = {}, {}
+    for task in tasks:
+        mod = task.dispatched[0]
+        blocks = root_blocks(mod)
+        if split_decode(blocks) is not None:
+            continue
+        mine = _shape_key(blocks)
+        near = sorted((c for c in by_structure.get(_structure_key(blocks), [])
+                       if c[0] != mine), key=lambda c: shape_distance(c[0], mine))
+        if not near:
+            continue
+        naive = measure(s_tir.Schedule(mod), target)  # what the kernel is without a record
+        best = None
+        for extents, twin in near[:TRANSFER_TRIES]:
+            sch = carried_schedule(mod, target, twin, (), blocks, tiles=True)
+            secs = measure(sch, target) if sch is not None else None
+            if secs and (best is None or _mean(secs) < _mean(best[1])):
+                best = (sch, secs, extents, twin)
+        if best is None or (naive and _mean(best[1]) >= _mean(naive)):
+            continue
+        sch, secs, extents, twin = best
+        database.commit_tuning_record(ms.database.TuningRecord(
+            sch.trace, database.commit_workload(mod), secs, target,
+            ArgInfo.from_prim_func(mod["main"])))
+        src = f"{twin.source} {'x'.join(map(str, extents[_main_block(twin.names)]))}"
+        out[task.task_name] = {"us": round(1e6 * _mean(secs), 3), "from": src}
+        notes[workload_key(mod)] = {"task": task.task_name, "from": src}
+    if notes:
+        update_json(Path(records.paths.write_dir) / TRANSFERRED_FILE, notes)
+    return out
+
+
+def _main_block(names: list[str]) -> int:
+    """The index of a kernel's main block (the first that is not padding): what a transferred
+    schedule's source is named by."""
+    return next((i for i, n in enumerate(names) if not n.startswith("pad")), 0)
+
+
+def describe_transferred(moved: dict[str, dict]) -> str:
+    """One line for what :func:`carry_across_shapes` did."""
+    return (f"{len(moved)} kernels without a record take the schedule of the same operator at "
+            "another shape (tiles re-derived), measured: "
+            + ", ".join(f"{k} {v['us']:.1f} µs (from {v['from']})" for k, v in moved.items()))
 
 
 def describe_carried(carried: dict[str, float]) -> str:

@@ -18,7 +18,7 @@ from ..errors import Interrupted, TvmcompError
 from .intrin import load_tensor_intrinsics
 from .records import Records
 from .remote import workload_key
-from .transfer import carry_over
+from .transfer import carry_across_shapes, carry_over
 from .workers import without_torch
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,7 @@ class TaskStatus:
     best_us: float | None  # None: no record
     source: str | None = None  # the profile whose database holds the record
     hand_scheduled: bool = False  # our own kernel: never tuned (tirx.is_scheduled)
+    transferred: bool = False  # its record was carried across shapes, not tuned (yet)
 
 
 @dataclass
@@ -177,10 +178,24 @@ class TuneReport:
     tasks: list[TaskStatus] = field(default_factory=list)
     measured: dict[str, str] = field(default_factory=dict)  # task this run tuned → workload key
     carried: dict[str, float] = field(default_factory=dict)  # task → µs, from its dense twin
+    transferred: dict[str, dict] = field(default_factory=dict)  # task → µs and source shape
 
     @property
     def untuned(self) -> list[str]:
         return [t.name for t in self.tasks if t.best_us is None and not t.hand_scheduled]
+
+
+def _tuned_since_transfer(tasks, records: Records, db) -> None:
+    """Clear the transfer note of those of ``tasks`` that now hold more than the one
+    carried-across-shapes record (the search measured it)."""
+    from .records import update_json
+    from .transfer import TRANSFERRED_FILE
+
+    moved = records.transferred()
+    done = {k: None for t in tasks if (k := workload_key(t.dispatched[0])) in moved
+            and len(db.get_top_k(db.commit_workload(t.dispatched[0]), 2)) > 1}
+    if done:
+        update_json(records.paths.write_dir / TRANSFERRED_FILE, done)
 
 
 def extract_tasks(mod, target):
@@ -193,13 +208,16 @@ def task_status(mod, target, records: Records | None, tasks=None) -> list[TaskSt
     """The tuning tasks of ``mod`` (after fusion; or ``tasks``, already extracted from it)
     and their best record in ``records``."""
     out = []
+    moved = records.transferred() if records is not None else set()
     for t in tasks if tasks is not None else extract_tasks(mod, target):
         if _scheduled(t):
             out.append(TaskStatus(t.task_name, int(t.weight), None, None, hand_scheduled=True))
             continue
         us, source = (records.best(t.dispatched[0], target, t.task_name) if records is not None
                       else (None, None))
-        out.append(TaskStatus(t.task_name, int(t.weight), us, source))
+        out.append(TaskStatus(t.task_name, int(t.weight), us, source,
+                              transferred=bool(moved) and source == records.paths.profile
+                              and workload_key(t.dispatched[0]) in moved))
     return out
 
 
@@ -308,8 +326,9 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
     """Tune the TIR tasks of a fused Relax module into the database at ``work_dir``.
 
     Measured here (no ``runner``, no ``cross_compiler``), codebook kernels first take their
-    dense twin's schedule (:mod:`tvmcomp.tune.transfer`), even with no budget; the search
-    then starts from it.
+    dense twin's schedule, and other kernels without a record the schedule of the same
+    operator at another shape (:mod:`tvmcomp.tune.transfer`), even with no budget; the search
+    then starts from it. A kernel whose record was carried across shapes counts as missing.
 
     Parameters
     ----------
@@ -351,16 +370,22 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
     all_tasks = extract_tasks(mod, target)
     if not all_tasks:
         raise TvmcompError("the module has no TIR tasks to tune (was it fused?)")
-    own = records.own
+    own, moved = records.own, records.transferred()
     chosen = [t for t in all_tasks if not _scheduled(t)
               and (names is None or t.task_name in names)
-              and (not only_missing or not own.has_workload(t.dispatched[0]))]
+              and (not only_missing or not own.has_workload(t.dispatched[0])
+                   or workload_key(t.dispatched[0]) in moved)]
     start = time.monotonic()
     db = records.tuning_database()
     if chosen and runner is None and cross_compiler is None:
-        # codebook kernels first take their dense twin's schedule (measured here, like a
-        # local trial; well under a second a kernel, so even without a budget)
-        report.carried = carry_over(chosen, records, target, db, family)
+        # codebook kernels first take their dense twin's schedule, other kernels without a
+        # record that of their operator at another shape (measured here, like a local
+        # trial; about a second a kernel, so even without a budget)
+        none = [t for t in chosen if not own.has_workload(t.dispatched[0])]
+        report.carried = carry_over(none, records, target, db, family)
+        report.transferred = carry_across_shapes(
+            [t for t in none if t.task_name not in report.carried], records, target, db,
+            family)
     if chosen and budget_s > 0:
         report.measured = {t.task_name: workload_key(t.dispatched[0]) for t in chosen}
         logs = records.paths.cache  # MetaSchedule writes its per-task logs/ here, never committed
@@ -427,6 +452,7 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
                 _drop_queued_runs(runner)
         report.used_s = time.monotonic() - start
         report.trials = counter[0]
+        _tuned_since_transfer(chosen, records, db)
     elif chosen:
         report.stopped_by = "no budget"
     else:
