@@ -62,6 +62,8 @@ def test_main_job_builds_every_form_and_writes_the_table(tmp_path, x86_host, pro
                                                    "sparse codebook, decoded at load"}
     assert small["weight_bytes"] < 0.6 * forms["sparse+codebook"]["weight_bytes"]
     assert "| weight payload |" in md
+    page = (tmp_path / "run" / "report.html").read_text()  # the report embeds its plots
+    assert page.count("data:image/png;base64,") == 4 and "<td>lowrank</td>" in page
     # a rerun reuses the pruned checkpoint (same config, same source)
     from tvmcomp.data import load_train_5k
     from tvmcomp.main_job import prune_lenet5

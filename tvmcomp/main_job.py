@@ -100,6 +100,23 @@ def prune_lenet5_smallest(out: Path, ckpt: Path, train_set,
     return _compressed_copy(out, ckpt, train_set, cfg, "pruned95", "prune")
 
 
+def prune_sensitivity_plot(out: Path, model, train_set) -> Path:
+    """``out/prune_sensitivity.png``: each layer of ``model`` pruned alone (magnitude, one
+    shot, no fine-tuning) at ``compress --method sensitivity``'s sparsities, accuracy on its
+    held-out fifth of ``train_set``; starred, what that method would choose under its default
+    budget. The report's per-layer sensitivity curve (the chain's own pruning is global)."""
+    from .compress import SensitivityConfig
+    from .compress import sensitivity as sens
+    from .compress.masks import prunable
+    from .data.mnist import split_holdout
+
+    cfg = SensitivityConfig()
+    _, val = split_holdout(train_set, cfg.val_fraction, seed=0)
+    base, curves = sens.sweep(model, prunable(model), val, cfg.sparsities, cfg.block)
+    chosen = sens.choose(base, curves, cfg.max_accuracy_drop)
+    return sens.plot(base, curves, chosen, cfg.max_accuracy_drop, out / "prune_sensitivity.png")
+
+
 def compressed_path(out: Path, suffix: str) -> Path:
     """Where the main job keeps LeNet-5's ``suffix`` copy ("pruned", "shared", ...)."""
     return out / f"lenet5_{suffix}.pt"
@@ -175,9 +192,11 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
                  lowrank_epochs: int = DEFAULT_LOWRANK_EPOCHS) -> dict:
     """Train LeNet-5, build every form, verify, benchmark against the peers, print a table.
 
-    Saves ``results.json`` and ``results.md`` in ``out_dir``.
+    Saves ``results.json``, ``results.md``, and the plots and ``report.html`` of
+    :mod:`tvmcomp.report`, in ``out_dir``.
     """
     from .bench import bench_artifacts
+    from .report import write_report
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -196,6 +215,7 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
     stages["train"] = time.monotonic() - t0
     pruned, pruned_onnx = prune_lenet5(out, ckpt, train_set, epochs=prune_epochs)
     prune_lenet5_smallest(out, ckpt, train_set, epochs=smallest_prune_epochs)
+    prune_sensitivity_plot(out, model, train_set)
     stages["prune"] = time.monotonic() - t0 - sum(stages.values())
     shared, shared_onnx = share_lenet5(out, ckpt, train_set)
     pruned_shared, pruned_shared_onnx = share_lenet5(out, compressed_path(out, "pruned"), train_set,
@@ -249,6 +269,9 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
     (out / "results.md").write_text(table + "\n")
     print()
     print(table)
+    written = write_report(summary, out)
+    print(f"\nreport: {written['report']} (plots: "
+          + ", ".join(p.name for k, p in written.items() if k != "report") + ")")
     return summary
 
 

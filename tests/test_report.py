@@ -1,0 +1,58 @@
+"""The main job's report (tvmcomp.report): plots and one self-contained HTML page."""
+
+import base64
+import re
+
+import matplotlib.image
+
+from tvmcomp.report import render_html, write_report
+
+
+def _results(forms=("fp32", "int8")) -> dict:
+    return {
+        "date": "2026-12-07T12:00:00+00:00", "machine": "x86_64 test <cpu>",
+        "profile": "x86_avx2", "eval_set": "MNIST test set, /data (10000 images)",
+        "accuracy": {"torch_fp32": 0.98},
+        "forms": {f: {"accuracy": 0.98 - 0.001 * i, "model_so_bytes": 400_000 - 1000 * i,
+                      "weight_bytes": 246_824 // (1 + 3 * i)} for i, f in enumerate(forms)},
+        "latency_us": {"1": {**{f: 20.0 + i for i, f in enumerate(forms)}, "ort_fp32": 40.0},
+                       "64": {**{f: 700.0 + i for i, f in enumerate(forms)},
+                              "ort_fp32": 800.0, "torch_fp32": 2000.0}},
+        "notes": ["a note with <angle> & brackets"],
+        "stage_seconds": {"train": 15.0, "build": 60.0}, "seconds": 80.0}
+
+
+def test_report_embeds_every_plot_and_the_table(tmp_path):
+    """report.html stands alone: each PNG written beside it is embedded (the same bytes), the
+    table has a row per form and peer with the ratio to ORT fp32, text is escaped; a plot the
+    run left there (the low-rank rank plot) is included."""
+    s = _results()
+    written = write_report(s, tmp_path)
+    assert set(written) == {"report", "accuracy_vs_size", "latency"}
+    page = written["report"].read_text()
+    images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
+    assert [base64.b64decode(i) for i in images] == [
+        written[k].read_bytes() for k in ("accuracy_vs_size", "latency")]
+    assert "<td>int8</td><td>97.90%</td><td>-0.10 pt</td><td>399,000</td><td>61,706</td>" \
+           "<td>0.250</td><td>21.0 (0.53×)</td><td>701.0 (0.88×)</td>" in page
+    assert "<td>torch_fp32</td><td></td><td></td><td></td><td></td><td></td><td>–</td>" \
+           "<td>2000.0</td>" in page
+    assert "&lt;angle&gt; &amp; brackets" in page and "test &lt;cpu&gt;" in page
+    assert "train 15 s, build 60 s; total 80 s" in page
+
+    (tmp_path / "lowrank_ranks.png").write_bytes(written["latency"].read_bytes())
+    page = write_report(s, tmp_path)["report"].read_text()
+    assert page.count("data:image/png;base64,") == 3 and "Low-rank" in page
+
+
+def test_latency_plot_has_a_panel_per_batch(tmp_path):
+    one = dict(_results(), latency_us={"1": {"fp32": 20.0, "int8": 21.0, "ort_fp32": 40.0}})
+    (tmp_path / "one").mkdir()
+    h1, w1 = matplotlib.image.imread(write_report(one, tmp_path / "one")["latency"]).shape[:2]
+    h2, w2 = matplotlib.image.imread(write_report(_results(), tmp_path)["latency"]).shape[:2]
+    assert w2 == 2 * w1 and h1 == h2
+
+
+def test_render_html_needs_no_files_beyond_its_plots():
+    page = render_html(_results(("fp32",)), [])
+    assert page.startswith("<!doctype html>") and "<img" not in page and "src=" not in page
