@@ -44,6 +44,16 @@ def script_parser(doc: str, out_name: str = "bench_lenet5") -> argparse.Argument
     return ap
 
 
+def save_results(results_dir: str, name: str, report: dict, md: str) -> None:
+    """``<results_dir>/<name>.json`` (``report``) and ``.md`` (``md``, also printed)."""
+    results = Path(results_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (results / f"{name}.md").write_text(md)
+    print(md)
+    print(f"wrote {results / name}.md and .json")
+
+
 def lenet5_start(args, epochs: int = 20):
     """What a LeNet-5 results script starts from: ``(out dir, profile, train set, eval set,
     model, checkpoint, its ONNX)``, the model trained (or reused) in ``args.out_dir`` for
@@ -115,14 +125,8 @@ def main() -> int:
               "latency_us": res["results"], "notes": res["notes"],
               "forms": {f: _form(mans[f]) for f in FORMS},
               "seconds": round(time.monotonic() - t0, 1)}
-    results = Path(args.results_dir)
-    results.mkdir(parents=True, exist_ok=True)
     name = f"{stamp:%Y-%m-%d_%H%M}_lenet5_{profile.name}{'_reduced' if args.reduced else ''}"
-    (results / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
-    md = _markdown(report, format_table(res))
-    (results / f"{name}.md").write_text(md)
-    print(md)
-    print(f"wrote {results / name}.md and .json")
+    save_results(args.results_dir, name, report, _markdown(report, format_table(res)))
     return 0
 
 

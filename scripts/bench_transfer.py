@@ -16,7 +16,6 @@ and its JSON.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import sys
 import tempfile
@@ -44,7 +43,7 @@ def main() -> int:
                     help="1 epoch, 5 s of tuning: a smoke test")
     args = ap.parse_args()
 
-    from bench_lenet5 import lenet5_start, machine
+    from bench_lenet5 import lenet5_start, machine, save_results
 
     from tvmcomp.bench import bench_artifacts, format_table
     from tvmcomp.compiler import BuildOptions, build
@@ -83,15 +82,9 @@ def main() -> int:
         report.setdefault("tables", {})[str(b)] = format_table(res)
     report["seconds"] = round(time.monotonic() - t0, 1)
 
-    results = Path(args.results_dir)
-    results.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.fromisoformat(report["date"])
     name = f"{stamp:%Y-%m-%d_%H%M}_transfer_{profile.name}{'_reduced' if args.reduced else ''}"
-    (results / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
-    md = _markdown(report)
-    (results / f"{name}.md").write_text(md)
-    print(md)
-    print(f"wrote {results / name}.md and .json")
+    save_results(args.results_dir, name, report, _markdown(report))
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -38,7 +37,7 @@ def main() -> int:
     import numpy as np
     import tvm
 
-    from bench_lenet5 import machine
+    from bench_lenet5 import machine, save_results
     from tvmcomp.bench import interleaved_us
     from tvmcomp.compiler import BuildOptions, build, prepare_model
     from tvmcomp.data.mnist import default_mnist_dir, load_eval_set
@@ -106,13 +105,7 @@ def main() -> int:
             "sparse_us": g["sparse_us"], "keep_sparse": g["keep_sparse"]})
     stamp = dt.datetime.now(dt.timezone.utc)
     name = f"{stamp:%Y-%m-%d_%H%M}_gate_check_{profile.name}"
-    results = Path(args.results_dir)
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
-    md = _markdown(report)
-    (results / f"{name}.md").write_text(md)
-    print(md)
-    print(f"wrote {results / name}.md and .json")
+    save_results(args.results_dir, name, report, _markdown(report))
     return 0
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 PEERS = ("ort_fp32", "ort_int8_qdq", "torch_fp32", "torch_int8")
 EXTRA_PLOTS = (  # left beside the results by the run's stages, when they ran
     ("prune_sensitivity.png", "Pruning sensitivity: each layer pruned alone (magnitude, no "
-     "fine-tuning), accuracy on a held-out fifth of the training images; ★ what `compress "
-     "--method sensitivity` would choose under its default 0.5-point budget"),
+     "fine-tuning), accuracy on a held-out fifth of the training images; ★ what tvmcomp compress "
+     "--method sensitivity would choose under its default 0.5-point budget"),
     ("lowrank_ranks.png", "Low-rank: held-out accuracy loss against rank, per layer (the rank "
      "choice of the lowrank form)"))
 

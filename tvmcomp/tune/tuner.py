@@ -270,6 +270,17 @@ def _unnamed_log_handlers_detached():
             ms_logger.addHandler(h)
 
 
+@contextlib.contextmanager
+def _no_info_lines():
+    """MetaSchedule announces its log folder and its workers at INFO on the terminal while
+    it sets up (its per-task logs go to files under the cache); keep those lines off it."""
+    logging.disable(logging.INFO)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 class _StopOnSignal:
     """SIGINT / SIGTERM during tuning raise KeyboardInterrupt and are remembered: the FFI may
     hand the interrupt back wrapped in a RuntimeError when it lands inside a callback."""
@@ -390,21 +401,22 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
         report.measured = {t.task_name: workload_key(t.dispatched[0]) for t in chosen}
         logs = records.paths.cache  # MetaSchedule writes its per-task logs/ here, never committed
         logs.mkdir(parents=True, exist_ok=True)
-        with _unnamed_log_handlers_detached():
+        with _unnamed_log_handlers_detached(), _no_info_lines():
             contexts, weights = extracted_tasks_to_tune_contexts(
                 chosen, work_dir=str(logs), num_threads="physical", seed=seed,
                 strategy=ms.search_strategy.EvolutionarySearch(
                     population_size=256, init_measured_ratio=0.2, genetic_num_iters=3),
             )
-        builder_key = ("builder", family, cross_compiler)
-        builder = _kept(builder_key, lambda: _local_builder(
-            f_build=ms_build, timeout_sec=60.0, initializer=_builder_init(family),
-            f_export=CrossExport(cross_compiler) if cross_compiler else None))
-        local = runner is None
-        runner = runner or _kept(("runner",), lambda: ms.runner.LocalRunner(
-            timeout_sec=30.0,
-            evaluator_config=ms.runner.EvaluatorConfig(number=10, repeat=3, min_repeat_ms=20),
-        ))
+            builder_key = ("builder", family, cross_compiler)
+            builder = _kept(builder_key, lambda: _local_builder(
+                f_build=ms_build, timeout_sec=60.0, initializer=_builder_init(family),
+                f_export=CrossExport(cross_compiler) if cross_compiler else None))
+            local = runner is None
+            runner = runner or _kept(("runner",), lambda: ms.runner.LocalRunner(
+                timeout_sec=30.0,
+                evaluator_config=ms.runner.EvaluatorConfig(number=10, repeat=3,
+                                                           min_repeat_ms=20),
+            ))
         finished = False
         total = max_trials_per_task * len(contexts)
         counter, fired = [0, 0], [False]  # trials, of which measured; why it stopped
