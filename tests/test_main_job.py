@@ -42,7 +42,12 @@ def test_main_job_builds_every_form_and_writes_the_table(tmp_path, x86_host, pro
         assert 0.5 < forms[f]["accuracy"] <= 1.0
         assert s["latency_us"]["1"][f] > 0
     assert {"ort_fp32", "torch_fp32"} <= set(s["latency_us"]["1"])
-    assert set(s["stage_seconds"]) == {"train", "prune", "share", "lowrank", "build", "bench"}
+    assert set(s["stage_seconds"]) == {"train", "prune", "share", "lowrank", "build", "bench",
+                                       "profile"}
+    prof = s["kernel_profile"]  # every form's kernels, each timed alone at the largest batch
+    assert prof["batch"] == 1 and set(prof["forms"]) == set(FORMS)
+    assert all(us > 0 for ks in prof["forms"].values() for _, us in ks)
+    assert any(k.startswith("sell_") for k, _ in prof["forms"]["sparse"])
     # factorized under the budget, each layer gated: kept only where its kernels were faster
     gate = forms["lowrank"]["lowrank"]["gate"]
     assert gate and all(d["folded"] == (not d["factorized_us"] < d["whole_us"]) for d in gate)
@@ -63,7 +68,7 @@ def test_main_job_builds_every_form_and_writes_the_table(tmp_path, x86_host, pro
     assert small["weight_bytes"] < 0.6 * forms["sparse+codebook"]["weight_bytes"]
     assert "| weight payload |" in md
     page = (tmp_path / "run" / "report.html").read_text()  # the report embeds its plots
-    assert page.count("data:image/png;base64,") == 4 and "<td>lowrank</td>" in page
+    assert page.count("data:image/png;base64,") == 5 and "<td>lowrank</td>" in page
     # a rerun reuses the pruned checkpoint (same config, same source)
     from tvmcomp.data import load_train_5k
     from tvmcomp.main_job import prune_lenet5

@@ -56,3 +56,19 @@ def test_latency_plot_has_a_panel_per_batch(tmp_path):
 def test_render_html_needs_no_files_beyond_its_plots():
     page = render_html(_results(("fp32",)), [])
     assert page.startswith("<!doctype html>") and "<img" not in page and "src=" not in page
+
+
+def test_kernel_profile_times_each_kernel_the_artifact_calls(lenet_artifact, kernels_in_so):
+    """The profile lists the kernels one call runs, in order (the VM's own instructions left
+    out), each timed alone; its plot stacks them per form."""
+    from tvmcomp.bench import kernel_profile
+    from tvmcomp.report import plot_kernel_profile
+
+    prof = kernel_profile(lenet_artifact.path, 1)
+    names = [k for k, _ in prof]
+    assert len(names) >= 5 and set(names) <= kernels_in_so(lenet_artifact.path)
+    assert not any(k.startswith("vm.") for k in names) and all(us > 0 for _, us in prof)
+    assert names.index(next(k for k in names if "conv" in k)) < names.index(
+        next(k for k in names if "matmul" in k))  # call order: convolutions before the fc
+    s = dict(_results(), kernel_profile={"batch": 1, "forms": {"fp32": prof}})
+    assert plot_kernel_profile(s, lenet_artifact.path.parent / "kp.png").stat().st_size > 0

@@ -262,6 +262,40 @@ def bench_artifacts(arts: dict, batches=None, baselines=BASELINES,
             "profile": man.profile["name"], "notes": notes}
 
 
+def kernel_profile(art_dir: str | Path, batch: int, repeat: int = 5) -> list[tuple[str, float]]:
+    """``[(kernel, median µs)]`` of one call of the artifact's batch-``batch`` entry point, in
+    call order: the VM's calls are recorded with their real arguments (the VM's instrument
+    hook), then each kernel is timed alone on those arguments (``time_evaluator``). The VM's
+    own instructions (allocation, reshape, tensor-cache reads) are not in it."""
+    import tvm
+
+    from . import runtime
+
+    model = runtime.load(art_dir)
+    if model.library is None:
+        raise TvmcompError(f"{art_dir}: no kernel library to profile")
+    x = np.zeros([batch, *model.input_shape[1:]], model.input_dtype)
+    calls = []
+
+    def record(_func, symbol, before, _ret, *args):
+        if before and not str(symbol).startswith("vm."):
+            calls.append((str(symbol), [tvm.runtime.tensor(a.numpy(), model.device)
+                                        if hasattr(a, "numpy") else a for a in args]))
+        return 0  # VMInstrumentReturnKind.NO_OP
+
+    model._vm.set_instrument(record)
+    try:
+        model.entry(batch)(tvm.runtime.tensor(x, model.device))
+    finally:
+        model._vm.set_instrument(None)
+    out = []
+    for symbol, args in calls:
+        ev = model.library.time_evaluator(symbol, model.device, number=1, repeat=repeat,
+                                          min_repeat_ms=1)  # ≥ 1 ms a repeat
+        out.append((symbol, 1e6 * float(np.median(ev(*args).results))))
+    return out
+
+
 def format_table(res: dict) -> str:
     """A Markdown table: one row per batch, one column per run, then ours / ORT fp32 (time ratio:
     below 1 is faster than ORT)."""

@@ -195,7 +195,7 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
     Saves ``results.json``, ``results.md``, and the plots and ``report.html`` of
     :mod:`tvmcomp.report`, in ``out_dir``.
     """
-    from .bench import bench_artifacts
+    from .bench import bench_artifacts, kernel_profile
     from .report import write_report
 
     out = Path(out_dir)
@@ -236,6 +236,11 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
     res = bench_artifacts({f: a for f, (a, _) in arts.items()}, batches,
                           ("torch_fp32", "ort_fp32"))
     stages["bench"] = time.monotonic() - t0 - sum(stages.values())
+    top = max(batches)
+    print(f"== kernel profile (batch {top}: each kernel alone, on its arguments in the model)")
+    kernels = {f: [[k, round(us, 3)] for k, us in kernel_profile(a, top)]
+               for f, (a, _) in arts.items()}
+    stages["profile"] = time.monotonic() - t0 - sum(stages.values())
     fp32 = arts["fp32"][1]
     summary = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -260,6 +265,7 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
                       "record_source": m["tuning"].get("record_source", {})}
                   for f, (_, m) in arts.items()},
         "latency_us": res["results"],
+        "kernel_profile": {"batch": top, "forms": kernels},
         "notes": res["notes"],
         "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
         "seconds": round(time.monotonic() - t0, 1),

@@ -7,6 +7,7 @@ writes, beside it:
 - ``accuracy_vs_size.png``: accuracy against the weight payload (filled) and ``model.so``
   (hollow) of every form, log size axis;
 - ``latency.png``: µs per call of every form and peer, one panel per batch, ORT fp32 marked;
+- ``kernel_profile.png``: each form's kernels, timed alone at the largest batch, stacked;
 - ``report.html``: the run's table, the plots above and those the run left beside them
   (:data:`EXTRA_PLOTS`: the per-layer pruning sensitivity and the low-rank rank choice),
   notes and stage times, the images embedded so the page travels alone.
@@ -89,6 +90,42 @@ def plot_latency(s: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
+KERNEL_KINDS = (("sparse", ("sell_",)), ("conv", ("conv",)), ("pool", ("pool",)),
+                ("dense", ("matmul", "dense")), ("other", ("",)))
+
+
+def _kind(kernel: str) -> str:
+    return next(k for k, keys in KERNEL_KINDS if any(key in kernel for key in keys))
+
+
+def plot_kernel_profile(s: dict, path: Path) -> Path:
+    """Per form, its kernels' times at the profiled batch, stacked in call order and coloured
+    by kind (conv, pool, dense, sparse, other)."""
+    plt = _plt()
+    prof = s["kernel_profile"]
+    forms = list(prof["forms"])
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(forms) + 1.8), dpi=110)
+    colors = {k: f"C{i}" for i, (k, _) in enumerate(KERNEL_KINDS)}
+    seen = set()
+    for row, f in enumerate(forms):
+        left = 0.0
+        for kernel, us in prof["forms"][f]:
+            kind = _kind(kernel)
+            ax.barh(row, us, left=left, color=colors[kind], edgecolor="white", lw=0.5,
+                    label=kind if kind not in seen else None)
+            seen.add(kind)
+            left += us
+        ax.text(left, row, f" {left:.0f}", va="center", fontsize=7)
+    ax.set_yticks(range(len(forms)), forms, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"µs per call at batch {prof['batch']}, each kernel timed alone "
+                  "(VM instructions not included)")
+    ax.set_title("Where the time goes: kernels per form, in call order")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3, axis="x")
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     path = Path(path)
     fig.tight_layout()
@@ -104,6 +141,9 @@ def write_report(s: dict, out: Path) -> dict[str, Path]:
     plots = [(plot_accuracy_vs_size(s, out / "accuracy_vs_size.png"),
               "Accuracy against artifact size (weight payload and model.so)"),
              (plot_latency(s, out / "latency.png"), "Latency of every form against the peers")]
+    if s.get("kernel_profile"):
+        plots.append((plot_kernel_profile(s, out / "kernel_profile.png"),
+                      "Per-kernel time profile of every form"))
     plots += [(out / name, caption) for name, caption in EXTRA_PLOTS if (out / name).is_file()]
     page = out / "report.html"
     page.write_text(render_html(s, plots))

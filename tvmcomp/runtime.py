@@ -16,8 +16,10 @@ class CompiledModel:
     """A loaded artifact: call it with a NumPy batch of any size. ``vm``: the artifact's
     VM, local or on a board over RPC; its on-load function, if any, is run here, once."""
 
-    def __init__(self, art_dir: Path, manifest: Manifest, vm, device, check_finite: bool = True):
+    def __init__(self, art_dir: Path, manifest: Manifest, vm, device, check_finite: bool = True,
+                 library=None):
         self.path = art_dir
+        self.library = library  # the kernels' module (loaded here), for timing them one by one
         self.check_finite = check_finite
         self.manifest = manifest
         self._vm = vm
@@ -136,7 +138,8 @@ def load(art_dir: str | os.PathLike, check_finite: bool = True,
         vm = VirtualMachine(lib, device)
     except Exception as e:  # noqa: BLE001 - the loader raises bare TVM errors
         raise ArtifactError(f"{lib_path}: cannot load ({str(e).strip().splitlines()[-1]})") from None
-    return CompiledModel(art_dir, manifest, vm, device, check_finite)
+    return CompiledModel(art_dir, manifest, vm, device, check_finite,
+                         library=lib.imports[0] if lib.imports else lib)
 
 
 def run_on_load(vm, manifest: Manifest) -> None:
