@@ -47,22 +47,20 @@ def main() -> int:
 
     from tvmcomp.bench import bench_artifacts, format_table
     from tvmcomp.compiler import BuildOptions, build
-    from tvmcomp.tune import apply, tuner
+    from tvmcomp.tune import transfer as tr
 
     t0 = time.monotonic()
     out, profile, _, ev, _, _, onnx_path = lenet5_start(args)
     batches = tuple(int(b) for b in args.batches.split(","))
     budget = 5.0 if args.reduced else args.tune_budget
-    real = (apply.carry_across_shapes, tuner.carry_across_shapes)
+    real = tr.carry_across_shapes  # what every build calls (tr.carry_schedules)
     report = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine(), "profile": profile.name, "batches": list(batches),
               "tune_budget_s": budget, "builds": {}, "latency_us": {}, "notes": []}
     for b in batches:
         arts = {}
         for form, transfer, tuned in FORMS:
-            off = (lambda *a, **k: {}) if not transfer else None
-            apply.carry_across_shapes = off or real[0]
-            tuner.carry_across_shapes = off or real[1]
+            tr.carry_across_shapes = real if transfer else (lambda *a, **k: {})
             print(f"== batch {b}: {form}", flush=True)
             with tempfile.TemporaryDirectory() as cache:  # no record of this run's others
                 s0 = time.monotonic()
@@ -75,7 +73,7 @@ def main() -> int:
                 "tuned": t["tuned"], "tasks": t["tasks"], "trials": t["trials"],
                 "untuned": t["untuned"], "transferred": t.get("carried_across_shapes", {}),
                 "accuracy": man["verification"].get("accuracy")}
-        apply.carry_across_shapes, tuner.carry_across_shapes = real
+        tr.carry_across_shapes = real
         res = bench_artifacts(arts, (b,), ("ort_fp32",))
         report["latency_us"][str(b)] = res["results"][str(b)]
         report["notes"] += res["notes"]

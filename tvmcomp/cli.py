@@ -476,13 +476,12 @@ def cmd_tune(args) -> int:
     else:
         rep, use = tune_on_boards(fused, profile.tvm_target(), records, remote,
                                   cross_compiler=profile.cross_compiler, **kw)
-    if rep.carried or rep.transferred:
-        from .tune.transfer import describe_carried, describe_transferred
+    from .tune.transfer import describe_carried, describe_transferred
 
-        for line in ((describe_carried(rep.carried) if rep.carried else None),
-                     (describe_transferred(rep.transferred) if rep.transferred else None)):
-            if line:
-                print(line)
+    if rep.carried:
+        print(describe_carried(rep.carried))
+    if rep.transferred:
+        print(describe_transferred(rep.transferred))
     if remote is not None and rep.trials:
         print(f"{use.describe()} ({len(use.trials)} of the {remote.servers} servers under "
               f"{remote.key!r} measured; the search measures ahead, so these can exceed the "

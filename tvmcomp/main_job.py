@@ -283,8 +283,9 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
 
 def format_results(s: dict) -> str:
     """The main job's table in Markdown: one row per form, then the peers."""
-    lat, fp32 = s["latency_us"], s["forms"]["fp32"]
-    batches = list(lat)
+    from .report import results_table
+
+    head, rows = results_table(s)
     acc0 = s["accuracy"]["torch_fp32"]
     lines = [f"## LeNet-5, every form — profile {s['profile']}, {s['machine']}, {s['date']}",
              "", f"Accuracy on {s['eval_set']}; PyTorch fp32 {acc0:.2%}, pruned "
@@ -299,20 +300,8 @@ def format_results(s: dict) -> str:
              f"{s['accuracy'].get('torch_lowrank', float('nan')):.2%}. "
              "Latency: median µs per call, same run (ours interleaved, each peer in its own "
              "block).", "",
-             "| form | accuracy | Δ vs float | model.so B | weights B | weights / fp32 | "
-             + " | ".join(f"batch {b} µs (/ ORT)" for b in batches) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(batches)]
-    for f, d in s["forms"].items():
-        cells = [f"{lat[b][f]:.1f} ({lat[b][f] / lat[b]['ort_fp32']:.2f}×)"
-                 if f in lat[b] and "ort_fp32" in lat[b] else "–" for b in batches]
-        lines.append(f"| {f} | {d['accuracy']:.2%} | {100 * (d['accuracy'] - acc0):+.2f} pt | "
-                     f"{d['model_so_bytes']:,} | {d['weight_bytes']:,} | "
-                     f"{d['weight_bytes'] / fp32['weight_bytes']:.3f} | " + " | ".join(cells)
-                     + " |")
-    for peer in ("ort_fp32", "ort_int8_qdq", "torch_fp32", "torch_int8"):
-        if any(peer in lat[b] for b in batches):
-            lines.append(f"| {peer} | | | | | | " + " | ".join(
-                f"{lat[b][peer]:.1f}" if peer in lat[b] else "–" for b in batches) + " |")
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
     def kernels(t: dict) -> str:
         hand = t.get("hand_scheduled", 0)
         return f"{t['tuned']}/{t['tasks'] - hand}" + (f" (+{hand} hand-scheduled)" if hand else "")

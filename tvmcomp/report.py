@@ -150,15 +150,17 @@ def write_report(s: dict, out: Path) -> dict[str, Path]:
     return {"report": page, **{p.stem: p for p, _ in plots}}
 
 
-def render_html(s: dict, plots: list[tuple[Path, str]]) -> str:
-    """One self-contained page: the table, the plots (embedded PNGs), stage times, notes."""
-    e = html.escape
+def results_table(s: dict) -> tuple[list[str], list[list[str]]]:
+    """The run's table as text cells, (header, rows): per form its accuracy, Δ vs PyTorch
+    fp32, ``model.so`` and weight bytes, weights / fp32, and per batch µs per call with the
+    ratio to ORT fp32; then a row per peer timed. ``results.md`` and ``report.html`` both
+    show it."""
     lat = s["latency_us"]
     batches = list(lat)
     acc0 = s["accuracy"]["torch_fp32"]
     fp32 = s["forms"]["fp32"]["weight_bytes"]
     head = ["form", "accuracy", "Δ vs float", "model.so B", "weights B", "weights / fp32",
-            *[f"batch {b} µs (/ ORT fp32)" for b in batches]]
+            *[f"batch {b} µs (/ ORT)" for b in batches]]
     rows = []
     for f, d in s["forms"].items():
         cells = [f, f"{d['accuracy']:.2%}", f"{100 * (d['accuracy'] - acc0):+.2f} pt",
@@ -173,6 +175,14 @@ def render_html(s: dict, plots: list[tuple[Path, str]]) -> str:
         if any(peer in lat[b] for b in batches):
             rows.append([peer, "", "", "", "", ""] + [
                 f"{lat[b][peer]:.1f}" if peer in lat[b] else "–" for b in batches])
+    return head, rows
+
+
+def render_html(s: dict, plots: list[tuple[Path, str]]) -> str:
+    """One self-contained page: the table, the plots (embedded PNGs), stage times, notes."""
+    e = html.escape
+    head, rows = results_table(s)
+    acc0 = s["accuracy"]["torch_fp32"]
     table = ("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"
              + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
              + "</table>")

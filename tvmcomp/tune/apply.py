@@ -6,8 +6,7 @@ from __future__ import annotations
 from ..targets import Profile
 from .records import Records
 from .remote import origins
-from .transfer import (carry_across_shapes, carry_over, describe_carried,
-                       describe_transferred)
+from .transfer import carry_schedules, describe_carried, describe_transferred
 from .tuner import extract_tasks, task_status, tune_module
 
 
@@ -73,11 +72,9 @@ def ensure_tuned(fused, profile: Profile, records: Records, budget_s: float,
         info["stopped_by"] = "budget 0"
         # no tuning, but codebook kernels still take their dense twin's schedule, and other
         # kernels the schedule of their operator at another shape
-        db = records.tuning_database()
-        none = [t for t in tasks if t.task_name in missing]
-        carried = carry_over(none, records, target, db, profile.family)
-        moved_now = carry_across_shapes([t for t in none if t.task_name not in carried],
-                                        records, target, db, profile.family)
+        carried, moved_now = carry_schedules([t for t in tasks if t.task_name in missing],
+                                             records, target, records.tuning_database(),
+                                             profile.family)
         _carried(info, carried, moved_now, progress)
         if carried or moved_now:
             status = task_status(fused, target, records, tasks)

@@ -194,15 +194,38 @@ def measure(sch, target, repeat: int = 3) -> list[float] | None:
     return [float(s) for s in ev(*args).results]
 
 
-def carry_over(tasks, records, target, database, family: str | None = None) -> dict[str, float]:
-    """Commit to ``database`` a measured record, carried over from its dense twin, for each
-    codebook kernel of ``tasks`` that has a twin in ``records``; ``{task: µs}``.
-    ``family``: the profile's target family (whose tensor intrinsics replayed traces use)."""
+def carry_schedules(tasks, records, target, database, family: str | None = None):
+    """What kernels with no record (``tasks``) start from, before any search: codebook
+    kernels their dense twin's schedule (:func:`carry_over`), the others their operator's at
+    another shape (:func:`carry_across_shapes`), both from one index of ``records``; returns
+    the two functions' results."""
+    if not tasks:
+        return {}, {}
+    index = twin_index(records)
+    carried = carry_over(tasks, records, target, database, family, index)
+    moved = carry_across_shapes([t for t in tasks if t.task_name not in carried], records,
+                                target, database, family, index)
+    return carried, moved
+
+
+def _commit(database, sch, mod, secs, target) -> None:
+    """``sch`` (a schedule of kernel ``mod``, measured at ``secs``) as a record in
+    ``database``."""
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-    from .intrin import load_tensor_intrinsics
+    database.commit_tuning_record(ms.database.TuningRecord(
+        sch.trace, database.commit_workload(mod), secs, target,
+        ArgInfo.from_prim_func(mod["main"])))
 
+
+def carry_over(tasks, records, target, database, family: str | None = None,
+               index: dict | None = None) -> dict[str, float]:
+    """Commit to ``database`` a measured record, carried over from its dense twin, for each
+    codebook kernel of ``tasks`` that has a twin in ``records`` (``index``: its
+    :func:`twin_index`, if already made); ``{task: µs}``.
+    ``family``: the profile's target family (whose tensor intrinsics replayed traces use)."""
+    from .intrin import load_tensor_intrinsics
     from .records import _mean
 
     load_tensor_intrinsics(family)
@@ -210,7 +233,7 @@ def carry_over(tasks, records, target, database, family: str | None = None) -> d
                   if (parts := split_decode(root_blocks(t.dispatched[0]))) is not None]
     if not candidates:
         return {}
-    index = twin_index(records)
+    index = twin_index(records) if index is None else index
     out = {}
     for task, (decode, rest) in candidates:
         mod = task.dispatched[0]
@@ -219,23 +242,20 @@ def carry_over(tasks, records, target, database, family: str | None = None) -> d
         secs = measure(sch, target) if sch is not None else None
         if not secs:
             continue
-        database.commit_tuning_record(ms.database.TuningRecord(
-            sch.trace, database.commit_workload(mod), secs, target,
-            ArgInfo.from_prim_func(mod["main"])))
+        _commit(database, sch, mod, secs, target)
         out[task.task_name] = 1e6 * _mean(secs)
     return out
 
 
-def carry_across_shapes(tasks, records, target, database,
-                        family: str | None = None) -> dict[str, dict]:
+def carry_across_shapes(tasks, records, target, database, family: str | None = None,
+                        index: dict | None = None) -> dict[str, dict]:
     """Commit to ``database`` a measured record for each kernel of ``tasks`` (kernels with no
-    record) whose operator ``records`` holds at other shapes: the :data:`TRANSFER_TRIES`
-    nearest (:func:`shape_distance`) replayed with re-derived tiles, measured, the fastest
-    kept if it beats the kernel's unscheduled loops. Noted in :data:`TRANSFERRED_FILE` in
-    ``records``' write folder (where ``database`` appends); ``{task: {"us", "from"}}``."""
+    record) whose operator ``records`` holds at other shapes (``index``: its
+    :func:`twin_index`, if already made): the :data:`TRANSFER_TRIES` nearest
+    (:func:`shape_distance`) replayed with re-derived tiles, measured, the fastest kept if it
+    beats the kernel's unscheduled loops. Noted in :data:`TRANSFERRED_FILE` in ``records``'
+    write folder (where ``database`` appends); ``{task: {"us", "from"}}``."""
     from tvm import s_tir
-    from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
     from .intrin import load_tensor_intrinsics
     from .records import _mean, update_json
@@ -245,9 +265,9 @@ def carry_across_shapes(tasks, records, target, database,
         return {}
     load_tensor_intrinsics(family)
     by_structure: dict[tuple, list] = {}
-    for extents, twin in twin_index(records).items():
-        names = tuple(zip(twin.names, (len(e) for e in extents)))
-        by_structure.setdefault(names, []).append((extents, twin))
+    for extents, twin in (twin_index(records) if index is None else index).items():
+        key = _structure_key(list(zip(twin.names, extents)))
+        by_structure.setdefault(key, []).append((extents, twin))
     out, notes = {}, {}
     for task in tasks:
         mod = task.dispatched[0]
@@ -257,21 +277,19 @@ def carry_across_shapes(tasks, records, target, database,
         mine = _shape_key(blocks)
         near = sorted((c for c in by_structure.get(_structure_key(blocks), [])
                        if c[0] != mine), key=lambda c: shape_distance(c[0], mine))
-        if not near:
-            continue
-        naive = measure(s_tir.Schedule(mod), target)  # what the kernel is without a record
         best = None
         for extents, twin in near[:TRANSFER_TRIES]:
             sch = carried_schedule(mod, target, twin, (), blocks, tiles=True)
             secs = measure(sch, target) if sch is not None else None
             if secs and (best is None or _mean(secs) < _mean(best[1])):
                 best = (sch, secs, extents, twin)
-        if best is None or (naive and _mean(best[1]) >= _mean(naive)):
+        if best is None:
+            continue
+        naive = measure(s_tir.Schedule(mod), target)  # what the kernel is without a record
+        if naive and _mean(best[1]) >= _mean(naive):
             continue
         sch, secs, extents, twin = best
-        database.commit_tuning_record(ms.database.TuningRecord(
-            sch.trace, database.commit_workload(mod), secs, target,
-            ArgInfo.from_prim_func(mod["main"])))
+        _commit(database, sch, mod, secs, target)
         src = f"{twin.source} {'x'.join(map(str, extents[_main_block(twin.names)]))}"
         out[task.task_name] = {"us": round(1e6 * _mean(secs), 3), "from": src}
         notes[workload_key(mod)] = {"task": task.task_name, "from": src}

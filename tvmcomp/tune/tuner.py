@@ -18,7 +18,7 @@ from ..errors import Interrupted, TvmcompError
 from .intrin import load_tensor_intrinsics
 from .records import Records
 from .remote import workload_key
-from .transfer import carry_across_shapes, carry_over
+from .transfer import carry_schedules
 from .workers import without_torch
 
 log = logging.getLogger(__name__)
@@ -392,10 +392,8 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
         # codebook kernels first take their dense twin's schedule, other kernels without a
         # record that of their operator at another shape (measured here, like a local
         # trial; about a second a kernel, so even without a budget)
-        none = [t for t in chosen if not own.has_workload(t.dispatched[0])]
-        report.carried = carry_over(none, records, target, db, family)
-        report.transferred = carry_across_shapes(
-            [t for t in none if t.task_name not in report.carried], records, target, db,
+        report.carried, report.transferred = carry_schedules(
+            [t for t in chosen if not own.has_workload(t.dispatched[0])], records, target, db,
             family)
     if chosen and budget_s > 0:
         report.measured = {t.task_name: workload_key(t.dispatched[0]) for t in chosen}
