@@ -71,6 +71,34 @@ def test_garbage_line_is_skipped_with_a_warning(tuned, tmp_path, capsys):
     assert status.best_us is not None
 
 
+def test_run_times_are_read_without_decoding_traces_and_match_a_full_decode():
+    """Every committed record's index and mean run time, read from its line's ends, equal
+    what decoding the whole line gives (the full decode is left for the few kept)."""
+    from tvmcomp.tune.records import _index_and_secs, _mean
+
+    lines = _lines(REPO / "tuning_logs" / "x86_avx2" / RECORDS)
+    assert len(lines) > 1000
+    for line in lines:
+        idx, body = json.loads(line)
+        assert _index_and_secs(line) == (idx, _mean(body[1]))
+
+
+def test_record_damaged_inside_its_trace_is_skipped_when_it_is_decoded(tuned, tmp_path,
+                                                                          capsys):
+    _, fused, target, db, prof = tuned
+    d = _copy(db, tmp_path / "db")
+    good = _load(prof, d).reports[0].loaded
+    best = _lines(d / RECORDS)[0]
+    with open(d / RECORDS, "ab") as f:  # its run times intact, a trace that is not JSON
+        f.write(best.replace(b'"GetSBlock"', b'"GetSBlock', 1) + b"\n")
+    recs = _load(prof, d)
+    err = capsys.readouterr().err
+    assert f"{d / RECORDS}:{len(_lines(d / RECORDS))}: not a tuning record" in err
+    assert recs.reports[0].loaded == good
+    (status,) = task_status(fused, target, recs)
+    assert status.best_us is not None
+
+
 def test_damaged_workload_line_skips_its_records(tuned, tmp_path, capsys):
     _, fused, target, db, prof = tuned
     d = _copy(db, tmp_path / "db")
