@@ -270,9 +270,9 @@ class KMeansShareConfig:
         Centroid fine-tuning: every weight of a cluster gets the cluster's summed gradient, so
         assignments stay fixed and shared values stay shared; exact zeros stay zero.
     fp16 : bool
-        Round the shared values and the shared layers' biases to float16 after fine-tuning
-        (the accuracy is measured after), so a layer decoded at load stores 2 bytes a codebook
-        entry and a matmul's bias 2 bytes a value; False keeps float32.
+        Round the shared values to float16 after fine-tuning (the accuracy is measured
+        after), so a layer decoded at load stores 2 bytes a codebook entry; False keeps
+        float32.
     """
 
     bits: dict = field(default_factory=lambda: {"conv": 8, "fc": 5})

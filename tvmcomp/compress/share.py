@@ -40,9 +40,7 @@ def share_model(model: nn.Module, cfg: KMeansShareConfig, data: Dataset,
     if cfg.fp16:  # each cluster's value, so the values stay shared (two may merge)
         with torch.no_grad():
             for n in shared:
-                for p in (layers[n].weight, layers[n].bias):
-                    if p is not None:
-                        p.copy_(p.half().float())
+                layers[n].weight.copy_(layers[n].weight.half().float())
     return {"method": "kmeans_share", "layers": {n: _layer_summary(layers[n], s)
                                                  for n, s in shared.items()}}
 

@@ -172,17 +172,3 @@ def stream_decode_kernel(s: CodeStream):
             flat[pos[0]] = T.Cast("float32", codebook[T.Cast("int64", T.shift_right(v, G))])
 
     return decode
-
-
-def widen_kernel(shape: tuple[int, ...]):
-    """The PrimFunc ``(half float16[shape], token) -> w float32[shape]``: a value stored in
-    float16 (a bias float16 holds exactly) widened once, at load. ``token`` as in
-    :func:`stream_decode_kernel`."""
-    from tvm import te
-
-    shape = [int(d) for d in shape]
-    half = te.placeholder(shape, "float16", name="half")
-    token = te.placeholder((1,), "int32", name="token")
-    out = te.compute(shape, lambda *i: half(*i).astype("float32"), name="widened")
-    func = te.create_prim_func([half, token, out]).without_attr("global_symbol")
-    return func.with_attrs({"tirx.is_scheduled": True, HAND_SCHEDULED: "float16 widen"})
