@@ -209,6 +209,10 @@ def pytest_configure(config):
     cache = tempfile.mkdtemp(prefix="tvmcomp-test-cache.")
     config._tvmcomp_cache = cache
     os.environ["XDG_CACHE_HOME"] = cache
+    # Kernels with no record anywhere run their plain loops here instead of first measuring
+    # rule-based schedules (a few builds a kernel): most tests build with empty databases.
+    # tests/test_rules.py turns the rules on where it tests them.
+    os.environ["TVMCOMP_RULE_SCHEDULES"] = "0"
     # tvmcomp exports with the TorchScript exporter on purpose (dynamo=False)
     config.addinivalue_line(
         "filterwarnings", "ignore:You are using the legacy TorchScript-based ONNX export")

@@ -23,8 +23,8 @@ def test_main_job_builds_every_form_and_writes_the_table(tmp_path, x86_host, pro
                                                          mnist_dir):
     from tvmcomp.main_job import FORMS, run_main_job
 
-    # every form is verified on these images, through untuned kernels: 2,000 of them
-    mnist = _first_images(mnist_dir, tmp_path / "mnist", 2000)
+    # every form is verified on these images, through untuned kernels: 500 of them
+    mnist = _first_images(mnist_dir, tmp_path / "mnist", 500)
     s = run_main_job(tmp_path / "run", profile_with_db(tmp_path / "db"), mnist,
                      epochs=1, tune_budget_s=0, batches=(1,), tuning_dir=str(tmp_path / "c"),
                      prune_epochs=1, smallest_prune_epochs=1, lowrank_epochs=1)

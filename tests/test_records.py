@@ -175,7 +175,7 @@ def test_two_tunes_of_one_profile_at_once_keep_the_database_valid(tuned, tmp_pat
     cache = tmp_path / "cache"
     procs = [subprocess.Popen(
         [sys.executable, "-m", "tvmcomp.cli", "tune", str(onnx_path), "--profile", "x86_avx2",
-         "--batch", batch, "--tune-budget", "120", "--trials-per-task", "2",
+         "--batch", batch, "--tune-budget", "120", "--trials-per-task", "1",
          "--tuning-dir", str(cache)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True) for batch in ("2", "3")]
     for p in procs:

@@ -148,9 +148,11 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
         ("tuned, checked" + (f" on {checked_on}" if checked_on != "build host" else ""))
         if tuning["schedules_checked"]
         else f"tuned, unchecked ({profile.name} cannot run on the build host)"))
+    ruled = set(tuning.get("rule_based_untuned", ()))
     for k in set(tuning.get("transferred_untuned", ())) & set(kernels):
         if kernels[k].startswith("tuned"):  # measured, checked, but never searched for
-            kernels[k] = kernels[k].replace("tuned", "schedule from another shape", 1)
+            kernels[k] = kernels[k].replace("tuned", "rule-based schedule" if k in ruled
+                                            else "schedule from another shape", 1)
     with cuda_codegen(profile):  # CUDA: nvcc fatbin, arch machine code + PTX; no-op otherwise
         ex = compile_lowered(lowered, target)
     weight_bytes, n_weights = constant_bytes(fused)

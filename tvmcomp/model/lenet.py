@@ -1,4 +1,4 @@
-"""LeNet-5 and its checkpoint format (a plain dict, loadable with ``weights_only=True``)."""
+"""LeNet-5 and the checkpoint format (a plain dict, loadable with ``weights_only=True``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import ModelError, TvmcompError
 from .lowrank import apply_ranks, ranks_of
+from .suite import SUITE
 
 CHECKPOINT_FORMAT = "tvmcomp.checkpoint/1"
 
@@ -36,7 +37,8 @@ class LeNet5(nn.Module):
         return self.fc3(x)
 
 
-ARCHITECTURES = {"lenet5": LeNet5}
+# checkpoint architecture names: LeNet-5 and the model suite's CNNs (tvmcomp.model.suite)
+ARCHITECTURES = {"lenet5": LeNet5, **SUITE}
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) -> None:

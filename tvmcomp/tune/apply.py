@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..targets import Profile
 from .records import Records
 from .remote import origins
+from .rules import RULES
 from .transfer import carry_schedules, describe_carried, describe_transferred
 from .tuner import extract_tasks, task_status, tune_module
 
@@ -93,6 +94,9 @@ def ensure_tuned(fused, profile: Profile, records: Records, budget_s: float,
     info["untuned"] = untuned
     if moved:
         info["transferred_untuned"] = moved
+    ruled = [t.name for t in status if t.transferred == RULES]
+    if ruled:
+        info["rule_based_untuned"] = ruled
     info["tuned_kernel_us"] = {t.name: round(t.best_us, 3) for t in status if t.best_us}
     return info
 

@@ -301,14 +301,17 @@ class Records:
                 self.reports.append(read_database(folder, mem, top_k))
                 self.fallback[name] = mem
 
-    def transferred(self) -> set[str]:
-        """Workload keys whose records in this profile's own databases were carried across
-        shapes (:func:`tvmcomp.tune.transfer.carry_across_shapes`) and not tuned since."""
+    def transferred(self) -> dict[str, str]:
+        """``{workload key: source}`` of records in this profile's own databases that were
+        carried across shapes (:func:`tvmcomp.tune.transfer.carry_across_shapes`; source: the
+        shape's) or come from rules (:func:`tvmcomp.tune.rules.rule_schedules`; ``"rules"``),
+        and not tuned since."""
         from .transfer import TRANSFERRED_FILE
 
-        keys: set[str] = set()
+        keys: dict[str, str] = {}
         for d in self.paths.own:
-            keys |= {k for k, v in read_json(Path(d) / TRANSFERRED_FILE).items() if v}
+            keys.update({k: str(v.get("from", "")) if isinstance(v, dict) else "?"
+                         for k, v in read_json(Path(d) / TRANSFERRED_FILE).items() if v})
         return keys
 
     def describe(self) -> str:

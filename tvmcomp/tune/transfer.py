@@ -197,14 +197,21 @@ def measure(sch, target, repeat: int = 3) -> list[float] | None:
 def carry_schedules(tasks, records, target, database, family: str | None = None):
     """What kernels with no record (``tasks``) start from, before any search: codebook
     kernels their dense twin's schedule (:func:`carry_over`), the others their operator's at
-    another shape (:func:`carry_across_shapes`), both from one index of ``records``; returns
-    the two functions' results."""
+    another shape (:func:`carry_across_shapes`), both from one index of ``records``, and
+    those still without one a schedule from rules
+    (:func:`tvmcomp.tune.rules.rule_schedules`). Returns ``(carried, moved)``: the first
+    function's result, and the other two's (``"from"``: a shape's source, or ``"rules"``)."""
+    from .rules import rule_schedules
+
     if not tasks:
         return {}, {}
     index = twin_index(records)
     carried = carry_over(tasks, records, target, database, family, index)
     moved = carry_across_shapes([t for t in tasks if t.task_name not in carried], records,
                                 target, database, family, index)
+    moved.update(rule_schedules([t for t in tasks if t.task_name not in carried
+                                 and t.task_name not in moved], records, target, database,
+                                family))
     return carried, moved
 
 
@@ -305,10 +312,22 @@ def _main_block(names: list[str]) -> int:
 
 
 def describe_transferred(moved: dict[str, dict]) -> str:
-    """One line for what :func:`carry_across_shapes` did."""
-    return (f"{len(moved)} kernels without a record take the schedule of the same operator at "
-            "another shape (tiles re-derived), measured: "
-            + ", ".join(f"{k} {v['us']:.1f} µs (from {v['from']})" for k, v in moved.items()))
+    """What :func:`carry_across_shapes` and the rules did (one line each)."""
+    from .rules import RULES
+
+    shapes = {k: v for k, v in moved.items() if v["from"] != RULES}
+    ruled = {k: v for k, v in moved.items() if v["from"] == RULES}
+    lines = []
+    if shapes:
+        lines.append(f"{len(shapes)} kernels without a record take the schedule of the same "
+                     "operator at another shape (tiles re-derived), measured: "
+                     + ", ".join(f"{k} {v['us']:.1f} µs (from {v['from']})"
+                                 for k, v in shapes.items()))
+    if ruled:
+        lines.append(f"{len(ruled)} kernels whose operator has no record anywhere take a "
+                     "rule-based schedule (faster than their plain loops, measured): "
+                     + ", ".join(f"{k} {v['us']:.1f} µs" for k, v in ruled.items()))
+    return "\n".join(lines)
 
 
 def describe_carried(carried: dict[str, float]) -> str:

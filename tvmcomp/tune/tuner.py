@@ -163,7 +163,8 @@ class TaskStatus:
     best_us: float | None  # None: no record
     source: str | None = None  # the profile whose database holds the record
     hand_scheduled: bool = False  # our own kernel: never tuned (tirx.is_scheduled)
-    transferred: bool = False  # its record was carried across shapes, not tuned (yet)
+    transferred: str = ""  # its record's source if carried across shapes or from rules,
+    # not tuned (yet); "" otherwise
 
 
 @dataclass
@@ -208,7 +209,7 @@ def task_status(mod, target, records: Records | None, tasks=None) -> list[TaskSt
     """The tuning tasks of ``mod`` (after fusion; or ``tasks``, already extracted from it)
     and their best record in ``records``."""
     out = []
-    moved = records.transferred() if records is not None else set()
+    moved = records.transferred() if records is not None else {}
     for t in tasks if tasks is not None else extract_tasks(mod, target):
         if _scheduled(t):
             out.append(TaskStatus(t.task_name, int(t.weight), None, None, hand_scheduled=True))
@@ -216,8 +217,8 @@ def task_status(mod, target, records: Records | None, tasks=None) -> list[TaskSt
         us, source = (records.best(t.dispatched[0], target, t.task_name) if records is not None
                       else (None, None))
         out.append(TaskStatus(t.task_name, int(t.weight), us, source,
-                              transferred=bool(moved) and source == records.paths.profile
-                              and workload_key(t.dispatched[0]) in moved))
+                              transferred=moved.get(workload_key(t.dispatched[0]), "")
+                              if moved and source == records.paths.profile else ""))
     return out
 
 

@@ -1,0 +1,110 @@
+"""Rule-based first schedules for kernels whose operator has no record anywhere."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tvmcomp.compiler import BuildOptions, build
+from tvmcomp.frontend.onnx_import import import_batches, load_onnx
+from tvmcomp.pipeline import fuse
+
+
+def _conv_onnx(path, cin=3, cout=16, size=16):
+    import torch
+
+    from tvmcomp.frontend.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(cout * size * size, 10))
+    return export_onnx(net.eval(), path, input_shape=(1, cin, size, size))
+
+
+@pytest.fixture(scope="module")
+def conv_task(tmp_path_factory, x86_host):
+    from tvmcomp.tune.tuner import extract_tasks
+
+    path = _conv_onnx(tmp_path_factory.mktemp("rules") / "conv.onnx")
+    target = x86_host.tvm_target()
+    model, info = load_onnx(path)
+    tasks = extract_tasks(fuse(import_batches(model, info, [2]), target), target)
+    (conv,) = [t for t in tasks if "conv2d" in t.task_name]
+    return path, target, conv
+
+
+def test_vector_lanes_follow_the_cpu():
+    import tvm
+
+    from tvmcomp.tune.rules import vector_lanes
+
+    def lanes(mcpu, triple="x86_64-linux-gnu"):
+        return vector_lanes(tvm.target.Target({"kind": "llvm", "mtriple": triple,
+                                               "mcpu": mcpu}))
+
+    assert lanes("core-avx2") == 8
+    assert lanes("cascadelake") == lanes("znver4") == 16
+    assert lanes("cortex-a72", "aarch64-linux-gnu") == 4
+
+
+def test_rule_schedule_tiles_by_the_rules_and_computes_the_same(conv_task):
+    """Every sketch the rules decide: tiles that multiply to each loop's extent, the last
+    spatial loop's innermost tile at most two vectors, and the same output as the plain
+    loops."""
+    import tvm
+    from tvm import s_tir
+
+    from tvmcomp.tune.rules import rule_schedule, sketches
+    from tvmcomp.tune.validate import _random_args
+
+    _, target, task = conv_task
+    mod = task.dispatched[0]
+    traces = sketches(mod, target, task.task_name)
+    assert traces
+    scheds = [s for s in (rule_schedule(mod, target, t, 8) for t in traces) if s is not None]
+    assert scheds, "the rules decided no sketch"
+    args = _random_args(mod["main"], np.random.default_rng(0))
+
+    def run(sch_mod):
+        lib = tvm.compile(sch_mod, target=target).jit()
+        xs = [tvm.runtime.tensor(a) for a in args]
+        lib[lib.entry_name](*xs)
+        return xs[-1].numpy()
+
+    ref = run(s_tir.Schedule(mod).mod)
+    for sch in scheds:
+        tiles = [(inst, sch.trace.decisions[inst]) for inst in sch.trace.insts
+                 if inst.kind.name == "SamplePerfectTile"]
+        assert tiles
+        spatial = [[int(d) for d in dec] for inst, dec in tiles if int(inst.attrs[0]) == 4]
+        assert spatial and 1 < spatial[-1][-1] <= 16  # the vectorized loop's innermost tile
+        np.testing.assert_allclose(run(sch.mod), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_build_gives_unrecorded_conv_a_rule_schedule(conv_task, tmp_path, profile_with_db,
+                                                     monkeypatch):
+    """An empty database, no budget: the convolution takes a rule-based schedule, measured
+    faster than its plain loops, checked, labelled and noted as untuned (a budget would
+    still tune it)."""
+    from tvmcomp.tune.rules import RULES
+    from tvmcomp.tune.transfer import TRANSFERRED_FILE
+
+    monkeypatch.setenv("TVMCOMP_RULE_SCHEDULES", "1")
+    path, _, task = conv_task
+    cache = tmp_path / "cache"
+    out, man = build(path, profile_with_db(tmp_path / "db"), tmp_path / "art",
+                     BuildOptions(batches=(2,), tune_budget_s=0, progress=False,
+                                  tuning_dir=cache))
+    t = man["tuning"]
+    assert task.task_name in t.get("rule_based_untuned", ()), t
+    assert t["carried_across_shapes"][task.task_name]["from"] == RULES
+    assert task.task_name not in t["untuned"] and t["schedules_checked"]
+    assert man["kernels"][task.task_name].startswith("rule-based schedule, checked")
+    notes = json.loads((cache / TRANSFERRED_FILE).read_text())
+    assert {v["from"] for v in notes.values()} == {RULES}
+    # switched off, the same kernel runs its plain loops
+    monkeypatch.setenv("TVMCOMP_RULE_SCHEDULES", "0")
+    _, plain = build(path, profile_with_db(tmp_path / "db"), tmp_path / "plain",
+                     BuildOptions(batches=(2,), tune_budget_s=0, progress=False,
+                                  tuning_dir=tmp_path / "cache2"))
+    assert task.task_name in plain["tuning"]["untuned"]

@@ -1,0 +1,188 @@
+"""A first schedule, from rules, for kernels whose operator has no record anywhere.
+
+A new model's kernels with no record of their own and none of the same operator at another
+shape (:mod:`tvmcomp.tune.transfer`) would run their unscheduled loops: one thread, no
+vectors, 10-25x slower than a tuned schedule for a convolution. Before any search, each such
+kernel takes MetaSchedule's own design space for the target (its sketches: multi-level tiling
+``SSRSRS`` for CPUs, parallelize / vectorize / unroll annotations) with every sampled decision
+replaced by a rule keyed on the target's vector width (:func:`rule_decisions`):
+
+- the block's last spatial loop (the one the post-processor vectorizes) gets an innermost
+  tile of up to two vectors (``2 * lanes``, the largest divisor of its extent), the loop
+  before it a register tile of up to 4 rows, other spatial loops none, so the outer tiles,
+  fused and parallelized over the target's cores by the post-processor, keep the rest;
+- each reduction loop an inner tile of up to 8;
+- unrolling up to 64 steps where the sketch asks for it; compute locations as sampled.
+
+Each sketch so decided is post-processed and measured like a trial, as is the kernel's
+unscheduled form; the fastest is committed to the tuning database only if it beats the
+unscheduled loops (small kernels, such as a 10-wide matmul, often do better unscheduled). Such
+records are noted in :data:`~tvmcomp.tune.transfer.TRANSFERRED_FILE` with the source
+:data:`RULES`, like a schedule carried across shapes: a build with a budget still tunes the
+kernel, its search seeded by the rule's schedule, and the build's numerical check checks it.
+
+Measured (ResNet-8 of 3x32x32, batch 1, Zen 3): unscheduled convolutions of 0.9-2.6 ms took
+85-120 us each with a rule's schedule; the sketches as randomly sampled varied from as good to
+4x worse.
+
+``TVMCOMP_RULE_SCHEDULES=0`` skips this step (the test suite does, except where it tests it).
+"""
+
+from __future__ import annotations
+
+import os
+
+RULES = "rules"  # the source noted for a rule-based record (TRANSFERRED_FILE's "from")
+MAX_SKETCHES = 3  # design-space sketches tried per kernel (each one build and measurement)
+REGISTER_ROWS = 4  # the register tile of the loop before the vectorized one
+REDUCTION_TILE = 8
+UNROLL = 64
+
+
+def rules_enabled() -> bool:
+    """Whether builds and tunes give kernels with no record a rule-based first schedule."""
+    return os.environ.get("TVMCOMP_RULE_SCHEDULES", "1") != "0"
+
+
+def vector_lanes(target, dtype_bits: int = 32) -> int:
+    """32-bit lanes of the target's widest vector register, as LLVM knows its CPU: 16 with
+    AVX-512, 8 with AVX2, else 4 (NEON, SSE)."""
+    from tvm.target import codegen
+
+    for feature, bits in (("avx512f", 512), ("avx2", 256)):
+        try:
+            if codegen.llvm_cpu_has_features(feature, target):
+                return bits // dtype_bits
+        except Exception:  # noqa: BLE001 - a target LLVM does not know: the narrow default
+            break
+    return 128 // dtype_bits
+
+
+def _largest_divisor(extent: int, cap: int) -> int:
+    return max(d for d in range(1, max(1, min(cap, extent)) + 1) if extent % d == 0)
+
+
+def rule_decisions(trace, lanes: int):
+    """A ``decision_provider`` factory for replaying ``trace`` (a sketch's) on a schedule:
+    ``provider(sch)`` returns the callback that decides each sampling instruction by the
+    rules of the module docstring."""
+    position = {}  # loop RV -> (its block RV, its index among the block's loops)
+    for inst in trace.insts:
+        if inst.kind.name == "GetLoops":
+            for i, loop in enumerate(inst.outputs):
+                position[loop] = (inst.inputs[0], i)
+    last_spatial: dict = {}
+    for inst in trace.insts:
+        if inst.kind.name == "SamplePerfectTile" and int(inst.attrs[0]) == 4:
+            blk, i = position.get(inst.inputs[0], (None, -1))
+            last_spatial[blk] = max(last_spatial.get(blk, -1), i)
+
+    def provider(sch):
+        def decide(inst, inputs, attrs, decision):
+            kind = inst.kind.name
+            if kind == "SamplePerfectTile":
+                n, max_inner = int(attrs[0]), int(attrs[1])
+                extent = int(sch.get(inputs[0]).extent)
+                blk, i = position.get(inst.inputs[0], (None, -1))
+                cap = max_inner if max_inner > 0 else extent
+                tiles = [1] * n
+                if n == 4 and i == last_spatial.get(blk):
+                    tiles[-1] = _largest_divisor(extent, min(cap, 2 * lanes))
+                elif n == 4 and i == last_spatial.get(blk, -1) - 1:
+                    tiles[-2] = _largest_divisor(extent, REGISTER_ROWS)
+                elif n == 2:
+                    tiles[-1] = _largest_divisor(extent, min(cap, REDUCTION_TILE))
+                tiles[0] = extent
+                for t in tiles[1:]:
+                    tiles[0] //= t
+                return tiles
+            if kind == "SampleCategorical":
+                values = [int(c) for c in attrs[0]]
+                return values.index(UNROLL) if UNROLL in values else len(values) // 2
+            return decision
+
+        return decide
+
+    return provider
+
+
+def sketches(mod, target, task_name: str) -> list:
+    """MetaSchedule's design space of kernel ``mod`` for ``target``: traces of its sketches,
+    without their post-processing (at most :data:`MAX_SKETCHES`)."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.schedule import Trace
+
+    from .intrin import load_tensor_intrinsics
+
+    load_tensor_intrinsics()  # not every backend's intrinsics (~30 s): the caller's family's
+    space = ms.space_generator.PostOrderApply(sch_rules="llvm", postprocs="llvm",
+                                              mutator_probs="llvm")
+    ctx = ms.TuneContext(mod=mod, target=target, space_generator=space, task_name=task_name,
+                         num_threads=1)
+    out = []
+    for sch in ctx.generate_design_space()[:MAX_SKETCHES]:
+        insts = []
+        for inst in sch.trace.insts:
+            if inst.kind.name == "EnterPostproc":
+                break
+            insts.append(inst)
+        out.append(Trace(insts, {i: d for i, d in sch.trace.decisions.items() if i in insts}))
+    return out
+
+
+def rule_schedule(mod, target, trace, lanes: int):
+    """``mod`` scheduled by ``trace`` with the rules' decisions, post-processed: a
+    :class:`tvm.s_tir.Schedule`, or None if it does not apply."""
+    from tvm import s_tir
+
+    from .transfer import apply_postprocs
+
+    sch = s_tir.Schedule(mod)
+    try:
+        trace.apply_to_schedule(sch, remove_postproc=True,
+                                decision_provider=rule_decisions(trace, lanes)(sch))
+        sch.enter_postproc()
+        return sch if apply_postprocs(sch, mod, target) else None
+    except Exception:  # noqa: BLE001 - a sketch the rules cannot decide is simply not used
+        return None
+
+
+def rule_schedules(tasks, records, target, database, family: str | None = None
+                   ) -> dict[str, dict]:
+    """Commit to ``database`` a measured rule-based record for each kernel of ``tasks``
+    (kernels with no record of their own or carried) where one beats its unscheduled loops;
+    noted in ``TRANSFERRED_FILE`` in ``records``' write folder with source :data:`RULES`.
+    ``{task: {"us", "from"}}``."""
+    from pathlib import Path
+
+    from tvm import s_tir
+
+    from .intrin import load_tensor_intrinsics
+    from .records import _mean, update_json
+    from .remote import workload_key
+    from .transfer import TRANSFERRED_FILE, _commit, measure
+
+    if not tasks or not rules_enabled():
+        return {}
+    load_tensor_intrinsics(family)
+    lanes = vector_lanes(target)
+    out, notes = {}, {}
+    for task in tasks:
+        mod = task.dispatched[0]
+        best = None
+        for trace in sketches(mod, target, task.task_name):
+            sch = rule_schedule(mod, target, trace, lanes)
+            secs = measure(sch, target) if sch is not None else None
+            if secs and (best is None or _mean(secs) < _mean(best[1])):
+                best = (sch, secs)
+        if best is None:
+            continue
+        naive = measure(s_tir.Schedule(mod), target)
+        if naive and _mean(best[1]) >= _mean(naive):
+            continue
+        _commit(database, best[0], mod, best[1], target)
+        out[task.task_name] = {"us": round(1e6 * _mean(best[1]), 3), "from": RULES}
+        notes[workload_key(mod)] = {"task": task.task_name, "from": RULES}
+    if notes:
+        update_json(Path(records.paths.write_dir) / TRANSFERRED_FILE, notes)
+    return out
