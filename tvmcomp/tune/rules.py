@@ -7,23 +7,27 @@ kernel takes MetaSchedule's own design space for the target (its sketches: multi
 ``SSRSRS`` for CPUs, parallelize / vectorize / unroll annotations) with every sampled decision
 replaced by a rule keyed on the target's vector width (:func:`rule_decisions`):
 
-- the block's last spatial loop (the one the post-processor vectorizes) gets an innermost
-  tile of up to two vectors (``2 * lanes``, the largest divisor of its extent), the loop
-  before it a register tile of up to 4 rows, other spatial loops none, so the outer tiles,
-  fused and parallelized over the target's cores by the post-processor, keep the rest;
+- the vectorized loop (the block's last spatial loop, the contiguous one in the layouts TVM
+  imports; as a second choice, where it differs, the spatial loop of largest extent that is
+  a multiple of the vector lanes, e.g. the output channels of a 1x1 convolution over a
+  5-wide image) gets an innermost tile of up to two vectors (``2 * lanes``, the largest
+  divisor of its extent), another spatial loop a register tile of up to 4 rows, the others
+  none, so the outer tiles, fused and parallelized over the target's cores by the
+  post-processor, keep the rest;
 - each reduction loop an inner tile of up to 8;
 - unrolling up to 64 steps where the sketch asks for it; compute locations as sampled.
 
-Each sketch so decided is post-processed and measured like a trial, as is the kernel's
-unscheduled form; the fastest is committed to the tuning database only if it beats the
-unscheduled loops (small kernels, such as a 10-wide matmul, often do better unscheduled). Such
-records are noted in :data:`~tvmcomp.tune.transfer.TRANSFERRED_FILE` with the source
-:data:`RULES`, like a schedule carried across shapes: a build with a budget still tunes the
-kernel, its search seeded by the rule's schedule, and the build's numerical check checks it.
+Each sketch so decided (once per choice of vectorized loops), the sketch with its own sampled
+decisions, and the kernel's unscheduled form are post-processed and measured like trials; the
+fastest is committed to the tuning database only if it beats the unscheduled loops (small
+kernels, such as a 10-wide matmul, often do better unscheduled). Such records are noted in
+:data:`~tvmcomp.tune.transfer.TRANSFERRED_FILE` with the source :data:`RULES`, like a
+schedule carried across shapes: a build with a budget still tunes the kernel, its search
+seeded by the rule's schedule, and the build's numerical check checks it.
 
-Measured (ResNet-8 of 3x32x32, batch 1, Zen 3): unscheduled convolutions of 0.9-2.6 ms took
-85-120 us each with a rule's schedule; the sketches as randomly sampled varied from as good to
-4x worse.
+Measured (``scripts/bench_models.py``, batch 1, Zen 3, no records, ORT in the same run): the
+model suite went from 6.7-46x ORT's time with plain loops to 0.68-3.1x, at 10-60 s of
+measuring per build.
 
 ``TVMCOMP_RULE_SCHEDULES=0`` skips this step (the test suite does, except where it tests it).
 """
@@ -62,20 +66,57 @@ def _largest_divisor(extent: int, cap: int) -> int:
     return max(d for d in range(1, max(1, min(cap, extent)) + 1) if extent % d == 0)
 
 
-def rule_decisions(trace, lanes: int):
-    """A ``decision_provider`` factory for replaying ``trace`` (a sketch's) on a schedule:
-    ``provider(sch)`` returns the callback that decides each sampling instruction by the
-    rules of the module docstring."""
-    position = {}  # loop RV -> (its block RV, its index among the block's loops)
+def vector_loops(trace, mod, lanes: int) -> list[dict]:
+    """Choices of the loop each block vectorizes: ``{block name: loop index}`` maps, first the
+    block's last spatial loop (the contiguous one in the layouts TVM imports), then, where it
+    differs, the spatial loop of largest extent that is a multiple of ``lanes`` (the output
+    channels of a 1x1 or depthwise convolution over a narrow image)."""
+    from .transfer import root_blocks
+
+    extents = dict(root_blocks(mod))
+    names, spatial = _block_names(trace), {}
+    position = _loop_positions(trace)
+    for inst in trace.insts:
+        if inst.kind.name == "SamplePerfectTile" and int(inst.attrs[0]) == 4:
+            blk, i = position.get(inst.inputs[0], (None, -1))
+            if blk in names:
+                spatial.setdefault(names[blk], []).append(i)
+    last = {b: max(ix) for b, ix in spatial.items()}
+    wide = {}
+    for b, ix in spatial.items():
+        ext = extents.get(b, ())
+        fits = [i for i in ix if i < len(ext) and ext[i] % lanes == 0]
+        wide[b] = max(fits, key=lambda i: (ext[i], i)) if fits else last[b]
+    return [last] + ([wide] if wide != last else [])
+
+
+def _block_names(trace) -> dict:
+    return {inst.outputs[0]: str(inst.attrs[0]) for inst in trace.insts
+            if inst.kind.name == "GetSBlock"}
+
+
+def _loop_positions(trace) -> dict:
+    """loop RV -> (its block RV, its index among the block's loops)."""
+    position = {}
     for inst in trace.insts:
         if inst.kind.name == "GetLoops":
             for i, loop in enumerate(inst.outputs):
                 position[loop] = (inst.inputs[0], i)
-    last_spatial: dict = {}
+    return position
+
+
+def rule_decisions(trace, lanes: int, vector: dict):
+    """A ``decision_provider`` factory for replaying ``trace`` (a sketch's) on a schedule:
+    ``provider(sch)`` returns the callback that decides each sampling instruction by the
+    rules of the module docstring, each block vectorizing the loop ``vector`` names (one of
+    :func:`vector_loops`); where that is not the block's last spatial loop, the last one
+    takes the register tile."""
+    names, position = _block_names(trace), _loop_positions(trace)
+    spatial: dict = {}
     for inst in trace.insts:
         if inst.kind.name == "SamplePerfectTile" and int(inst.attrs[0]) == 4:
             blk, i = position.get(inst.inputs[0], (None, -1))
-            last_spatial[blk] = max(last_spatial.get(blk, -1), i)
+            spatial.setdefault(blk, []).append(i)
 
     def provider(sch):
         def decide(inst, inputs, attrs, decision):
@@ -84,11 +125,15 @@ def rule_decisions(trace, lanes: int):
                 n, max_inner = int(attrs[0]), int(attrs[1])
                 extent = int(sch.get(inputs[0]).extent)
                 blk, i = position.get(inst.inputs[0], (None, -1))
+                last = max(spatial.get(blk, [-1]))
+                vec = vector.get(names.get(blk), last)
+                rows = last if vec != last else max([j for j in spatial.get(blk, [])
+                                                     if j < last] or [-1])
                 cap = max_inner if max_inner > 0 else extent
                 tiles = [1] * n
-                if n == 4 and i == last_spatial.get(blk):
+                if n == 4 and i == vec:
                     tiles[-1] = _largest_divisor(extent, min(cap, 2 * lanes))
-                elif n == 4 and i == last_spatial.get(blk, -1) - 1:
+                elif n == 4 and i == rows:
                     tiles[-2] = _largest_divisor(extent, REGISTER_ROWS)
                 elif n == 2:
                     tiles[-1] = _largest_divisor(extent, min(cap, REDUCTION_TILE))
@@ -130,17 +175,20 @@ def sketches(mod, target, task_name: str) -> list:
     return out
 
 
-def rule_schedule(mod, target, trace, lanes: int):
-    """``mod`` scheduled by ``trace`` with the rules' decisions, post-processed: a
-    :class:`tvm.s_tir.Schedule`, or None if it does not apply."""
+def rule_schedule(mod, target, trace, lanes: int | None, vector: dict | None = None):
+    """``mod`` scheduled by ``trace`` with the rules' decisions, vectorizing the loops
+    ``vector`` names (default: each block's last spatial one; ``lanes`` None: the sketch's own
+    sampled decisions instead), post-processed: a :class:`tvm.s_tir.Schedule`, or None if
+    it does not apply."""
     from tvm import s_tir
 
     from .transfer import apply_postprocs
 
     sch = s_tir.Schedule(mod)
     try:
-        trace.apply_to_schedule(sch, remove_postproc=True,
-                                decision_provider=rule_decisions(trace, lanes)(sch))
+        trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=None
+                                if lanes is None else rule_decisions(trace, lanes,
+                                                                     vector or {})(sch))
         sch.enter_postproc()
         return sch if apply_postprocs(sch, mod, target) else None
     except Exception:  # noqa: BLE001 - a sketch the rules cannot decide is simply not used
@@ -171,10 +219,13 @@ def rule_schedules(tasks, records, target, database, family: str | None = None
         mod = task.dispatched[0]
         best = None
         for trace in sketches(mod, target, task.task_name):
-            sch = rule_schedule(mod, target, trace, lanes)
-            secs = measure(sch, target) if sch is not None else None
-            if secs and (best is None or _mean(secs) < _mean(best[1])):
-                best = (sch, secs)
+            # the rules' decisions for each choice of vectorized loops, and the sketch's own
+            for how, vector in [*((lanes, v) for v in vector_loops(trace, mod, lanes)),
+                                (None, None)]:
+                sch = rule_schedule(mod, target, trace, how, vector)
+                secs = measure(sch, target) if sch is not None else None
+                if secs and (best is None or _mean(secs) < _mean(best[1])):
+                    best = (sch, secs)
         if best is None:
             continue
         naive = measure(s_tir.Schedule(mod), target)
