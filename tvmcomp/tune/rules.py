@@ -158,8 +158,10 @@ def sketches(mod, target, task_name: str) -> list:
     from tvm.s_tir.schedule import Trace
 
     from .intrin import load_tensor_intrinsics
+    from .tuner import _register_default_custom_rules
 
     load_tensor_intrinsics()  # not every backend's intrinsics (~30 s): the caller's family's
+    _register_default_custom_rules()  # pooling's annotation: default rules, without a warning
     space = ms.space_generator.PostOrderApply(sch_rules="llvm", postprocs="llvm",
                                               mutator_probs="llvm")
     ctx = ms.TuneContext(mod=mod, target=target, space_generator=space, task_name=task_name,
