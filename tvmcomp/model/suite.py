@@ -35,19 +35,23 @@ class _Residual(nn.Module):
         return torch.relu(self.body(x) + self.skip(x))
 
 
-class ResNet8(nn.Module):
+class _PooledClassifier(nn.Module):
+    """``features``, global average pooling, then the linear classifier ``fc``."""
+
+    def forward(self, x):
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1),
+                                     1))
+
+
+class ResNet8(_PooledClassifier):
     input_shape = (1, 3, 32, 32)
 
     def __init__(self, classes: int = 10) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), *_bn_act(16))
-        self.stacks = nn.Sequential(_Residual(16, 16, 1), _Residual(16, 32, 2),
-                                    _Residual(32, 64, 2))
+        self.features = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1), *_bn_act(16),
+                                      _Residual(16, 16, 1), _Residual(16, 32, 2),
+                                      _Residual(32, 64, 2))
         self.fc = nn.Linear(64, classes)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(
-            self.stacks(self.stem(x)), 1), 1))
 
 
 def _separable(cin: int, cout: int, stride: int) -> list[nn.Module]:
@@ -55,7 +59,7 @@ def _separable(cin: int, cout: int, stride: int) -> list[nn.Module]:
             nn.Conv2d(cin, cout, 1, bias=False), *_bn_act(cout)]
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(_PooledClassifier):
     input_shape = (1, 3, 96, 96)
 
     def __init__(self, alpha: float = 0.25, classes: int = 2) -> None:
@@ -74,12 +78,8 @@ class MobileNetV1(nn.Module):
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(cin, classes)
 
-    def forward(self, x):
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1),
-                                     1))
 
-
-class DSCNN(nn.Module):
+class DSCNN(_PooledClassifier):
     input_shape = (1, 1, 49, 10)
 
     def __init__(self, channels: int = 64, classes: int = 12) -> None:
@@ -89,10 +89,6 @@ class DSCNN(nn.Module):
             layers += _separable(channels, channels, 1)
         self.features = nn.Sequential(*layers)
         self.fc = nn.Linear(channels, classes)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1),
-                                     1))
 
 
 class FCAutoencoder(nn.Module):
