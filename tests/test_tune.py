@@ -402,3 +402,13 @@ def test_build_without_budget_transfers_schedules_to_a_new_batch(lenet, tmp_path
     assert {k for k, v in man["kernels"].items()
             if v.startswith("schedule from another shape")} == set(moved)
     assert man["verification"]["passed"]
+
+
+def test_trial_cap_grows_with_the_budget():
+    """The default per-task cap: MetaSchedule's 64 for a small budget, more where 64 a task
+    would stop the search long before the budget (DS-CNN's 5 tasks had used 166 of 600 s)."""
+    from tvmcomp.tune.tuner import trials_per_task
+
+    assert trials_per_task(300, 10) == 64
+    assert trials_per_task(600, 5) == 240
+    assert trials_per_task(0, 0) == 64

@@ -464,7 +464,8 @@ def cmd_tune(args) -> int:
     plan, fused, forms = plan_and_fuse(model, info, profile, opts, records, plan)
     budget = budget_left(opts, forms)
     print(f"tune {args.model} | profile {profile.name} | batches {list(plan.batches)} | budget "
-          f"{budget:.0f} s | ≤{args.trials_per_task} trials/task")
+          f"{budget:.0f} s | " + (f"≤{args.trials_per_task} trials/task" if args.trials_per_task
+                                 else "trials/task: as many as the budget allows"))
     if remote is not None:
         from .tune.remote import tune_on_boards
 
@@ -707,7 +708,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="ONNX model")
     p.add_argument("--profile", default=None, help="target profile (default: host x86)")
     _add_budget(p, DEFAULT_TUNE_BUDGET_S)
-    p.add_argument("--trials-per-task", type=_positive_int, default=64)
+    p.add_argument("--trials-per-task", type=_positive_int, default=None,
+                   help="trial cap per task (default: 64, or more where the budget allows)")
     p.add_argument("--all", action="store_true",
                    help="tune every task, not only those without records (resumes the search)")
     p.add_argument("--plan", default=None, metavar="PLAN",
