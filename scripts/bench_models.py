@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,7 +43,6 @@ def model_classes() -> dict:
     from tvmcomp.model import LeNet5
     from tvmcomp.model.suite import SUITE
 
-    LeNet5.input_shape = (1, 1, 28, 28)
     return {**SUITE, "lenet5": LeNet5}
 
 
@@ -158,8 +158,6 @@ def main() -> int:
             dest = d / form.split()[0]
             for stale in (dest, dest.parent / f"{dest.name}_cache"):
                 if stale.exists():
-                    import shutil
-
                     shutil.rmtree(stale)
             print(f"== {name}: build {form}", flush=True)
             builds[form] = build_form(onnx_path, profile, dest, budget, rules)

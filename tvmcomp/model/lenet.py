@@ -18,6 +18,8 @@ CHECKPOINT_FORMAT = "tvmcomp.checkpoint/1"
 class LeNet5(nn.Module):
     """conv 5×5×6 pad 2 → maxpool → conv 5×5×16 → maxpool → fc 400→120→84→10, ReLU."""
 
+    input_shape = (1, 1, 28, 28)  # as the model suite's CNNs declare theirs
+
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(1, 6, 5, padding=2)

@@ -159,8 +159,8 @@ class CodebookDense:
     one VM instruction a call (~0.2 µs on a Zen 3; passing the tensor as an argument from
     Python costs as much), so biases stay float32 constants, which cost nothing a call. With
     LeNet-5's fc biases stored in float16 and widened at load (428 B less), its smallest form
-    took 2.1 µs more than fp32's 22.3 µs at batch 1; with them as constants, 1.0 µs more. Whoever loads
-    the artifact calls that function once first.
+    took 2.1 µs more than fp32's 22.3 µs at batch 1; with them as constants, 1.0 µs more.
+    Whoever loads the artifact calls that function once first.
     """
 
     def __init__(self, at_load: tuple[str, ...] = ()) -> None:

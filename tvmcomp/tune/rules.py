@@ -74,13 +74,8 @@ def vector_loops(trace, mod, lanes: int) -> list[dict]:
     from .transfer import root_blocks
 
     extents = dict(root_blocks(mod))
-    names, spatial = _block_names(trace), {}
-    position = _loop_positions(trace)
-    for inst in trace.insts:
-        if inst.kind.name == "SamplePerfectTile" and int(inst.attrs[0]) == 4:
-            blk, i = position.get(inst.inputs[0], (None, -1))
-            if blk in names:
-                spatial.setdefault(names[blk], []).append(i)
+    names = _block_names(trace)
+    spatial = {names[b]: ix for b, ix in _spatial_loops(trace).items() if b in names}
     last = {b: max(ix) for b, ix in spatial.items()}
     wide = {}
     for b, ix in spatial.items():
@@ -105,18 +100,23 @@ def _loop_positions(trace) -> dict:
     return position
 
 
+def _spatial_loops(trace) -> dict:
+    """block RV -> the indices of its loops the sketch tiles as spatial (four tiles)."""
+    position, spatial = _loop_positions(trace), {}
+    for inst in trace.insts:
+        if inst.kind.name == "SamplePerfectTile" and int(inst.attrs[0]) == 4:
+            blk, i = position.get(inst.inputs[0], (None, -1))
+            spatial.setdefault(blk, []).append(i)
+    return spatial
+
+
 def rule_decisions(trace, lanes: int, vector: dict):
     """A ``decision_provider`` factory for replaying ``trace`` (a sketch's) on a schedule:
     ``provider(sch)`` returns the callback that decides each sampling instruction by the
     rules of the module docstring, each block vectorizing the loop ``vector`` names (one of
     :func:`vector_loops`); where that is not the block's last spatial loop, the last one
     takes the register tile."""
-    names, position = _block_names(trace), _loop_positions(trace)
-    spatial: dict = {}
-    for inst in trace.insts:
-        if inst.kind.name == "SamplePerfectTile" and int(inst.attrs[0]) == 4:
-            blk, i = position.get(inst.inputs[0], (None, -1))
-            spatial.setdefault(blk, []).append(i)
+    names, position, spatial = _block_names(trace), _loop_positions(trace), _spatial_loops(trace)
 
     def provider(sch):
         def decide(inst, inputs, attrs, decision):
@@ -203,14 +203,10 @@ def rule_schedules(tasks, records, target, database, family: str | None = None
     (kernels with no record of their own or carried) where one beats its unscheduled loops;
     noted in ``TRANSFERRED_FILE`` in ``records``' write folder with source :data:`RULES`.
     ``{task: {"us", "from"}}``."""
-    from pathlib import Path
-
-    from tvm import s_tir
-
     from .intrin import load_tensor_intrinsics
-    from .records import _mean, update_json
+    from .records import _mean
     from .remote import workload_key
-    from .transfer import TRANSFERRED_FILE, _commit, measure
+    from .transfer import keep_fastest, note_transferred
 
     if not tasks or not rules_enabled():
         return {}
@@ -219,23 +215,15 @@ def rule_schedules(tasks, records, target, database, family: str | None = None
     out, notes = {}, {}
     for task in tasks:
         mod = task.dispatched[0]
-        best = None
-        for trace in sketches(mod, target, task.task_name):
-            # the rules' decisions for each choice of vectorized loops, and the sketch's own
+        # per sketch: the rules' decisions for each choice of vectorized loops, and its own
+        kept = keep_fastest(database, mod, target, (
+            (rule_schedule(mod, target, trace, how, vector), None)
+            for trace in sketches(mod, target, task.task_name)
             for how, vector in [*((lanes, v) for v in vector_loops(trace, mod, lanes)),
-                                (None, None)]:
-                sch = rule_schedule(mod, target, trace, how, vector)
-                secs = measure(sch, target) if sch is not None else None
-                if secs and (best is None or _mean(secs) < _mean(best[1])):
-                    best = (sch, secs)
-        if best is None:
+                                (None, None)]))
+        if kept is None:
             continue
-        naive = measure(s_tir.Schedule(mod), target)
-        if naive and _mean(best[1]) >= _mean(naive):
-            continue
-        _commit(database, best[0], mod, best[1], target)
-        out[task.task_name] = {"us": round(1e6 * _mean(best[1]), 3), "from": RULES}
+        out[task.task_name] = {"us": round(1e6 * _mean(kept[0]), 3), "from": RULES}
         notes[workload_key(mod)] = {"task": task.task_name, "from": RULES}
-    if notes:
-        update_json(Path(records.paths.write_dir) / TRANSFERRED_FILE, notes)
+    note_transferred(records, notes)
     return out

@@ -226,6 +226,37 @@ def _commit(database, sch, mod, secs, target) -> None:
         ArgInfo.from_prim_func(mod["main"])))
 
 
+def keep_fastest(database, mod, target, candidates) -> tuple[list[float], object] | None:
+    """Measure ``candidates`` (``(schedule of kernel mod or None, tag)`` pairs, made one at a
+    time as they are measured) and the kernel's unscheduled loops; commit the fastest to
+    ``database`` if it beats them. Returns its ``(seconds per call, tag)``, or None."""
+    from tvm import s_tir
+
+    from .records import _mean
+
+    best = None
+    for sch, tag in candidates:
+        secs = measure(sch, target) if sch is not None else None
+        if secs and (best is None or _mean(secs) < _mean(best[1])):
+            best = (sch, secs, tag)
+    if best is None:
+        return None
+    naive = measure(s_tir.Schedule(mod), target)  # what the kernel is without a record
+    if naive and _mean(best[1]) >= _mean(naive):
+        return None
+    _commit(database, best[0], mod, best[1], target)
+    return best[1], best[2]
+
+
+def note_transferred(records, notes: dict) -> None:
+    """Add ``notes`` (``{workload key: {"task", "from"}}``) to :data:`TRANSFERRED_FILE` in
+    ``records``' write folder (where new records go)."""
+    from .records import update_json
+
+    if notes:
+        update_json(Path(records.paths.write_dir) / TRANSFERRED_FILE, notes)
+
+
 def carry_over(tasks, records, target, database, family: str | None = None,
                index: dict | None = None) -> dict[str, float]:
     """Commit to ``database`` a measured record, carried over from its dense twin, for each
@@ -262,10 +293,8 @@ def carry_across_shapes(tasks, records, target, database, family: str | None = N
     (:func:`shape_distance`) replayed with re-derived tiles, measured, the fastest kept if it
     beats the kernel's unscheduled loops. Noted in :data:`TRANSFERRED_FILE` in ``records``'
     write folder (where ``database`` appends); ``{task: {"us", "from"}}``."""
-    from tvm import s_tir
-
     from .intrin import load_tensor_intrinsics
-    from .records import _mean, update_json
+    from .records import _mean
     from .remote import workload_key
 
     if not tasks:
@@ -284,24 +313,16 @@ def carry_across_shapes(tasks, records, target, database, family: str | None = N
         mine = _shape_key(blocks)
         near = sorted((c for c in by_structure.get(_structure_key(blocks), [])
                        if c[0] != mine), key=lambda c: shape_distance(c[0], mine))
-        best = None
-        for extents, twin in near[:TRANSFER_TRIES]:
-            sch = carried_schedule(mod, target, twin, (), blocks, tiles=True)
-            secs = measure(sch, target) if sch is not None else None
-            if secs and (best is None or _mean(secs) < _mean(best[1])):
-                best = (sch, secs, extents, twin)
-        if best is None:
+        kept = keep_fastest(database, mod, target, (
+            (carried_schedule(mod, target, twin, (), blocks, tiles=True), (extents, twin))
+            for extents, twin in near[:TRANSFER_TRIES]))
+        if kept is None:
             continue
-        naive = measure(s_tir.Schedule(mod), target)  # what the kernel is without a record
-        if naive and _mean(best[1]) >= _mean(naive):
-            continue
-        sch, secs, extents, twin = best
-        _commit(database, sch, mod, secs, target)
+        secs, (extents, twin) = kept
         src = f"{twin.source} {'x'.join(map(str, extents[_main_block(twin.names)]))}"
         out[task.task_name] = {"us": round(1e6 * _mean(secs), 3), "from": src}
         notes[workload_key(mod)] = {"task": task.task_name, "from": src}
-    if notes:
-        update_json(Path(records.paths.write_dir) / TRANSFERRED_FILE, notes)
+    note_transferred(records, notes)
     return out
 
 
