@@ -152,7 +152,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codebook", action="store_true",
                    help="keep the weights of float dense layers with at most 256 distinct "
                         "values (tvmcomp compress --share-bits) as uint8 indices + a codebook "
-                        "in model.so, decoded in the layer's kernel")
+                        "in model.so, decoded in the layer's kernel; with --quantize int8, "
+                        "the int8 weights of shared or pruned layers as codes into int8 "
+                        "codebooks, decoded once at load (where smaller than the int8 weight; "
+                        "--per-tensor keeps one int8 value per shared one)")
     p.add_argument("--codebook-decode", choices=CODEBOOK_DECODE, default="kernel",
                    help="with --codebook, where a layer left dense decodes its codes: in its "
                         "kernel on every call (default), once when the artifact is loaded "

@@ -434,8 +434,8 @@ def _has_codebook_layers(quantized, info, progress: bool) -> bool:
     if codebook_layers(quantized):
         return True
     _say(f"--codebook: no float matmul or conv2d layer of {Path(info.path).name} has at most "
-         f"{MAX_CODES} distinct weight values (share its weights first: tvmcomp compress --share-bits; "
-         "int8 layers are not folded yet); building it dense", progress)
+         f"{MAX_CODES} distinct weight values, and no int8 one is stored smaller as codes (share "
+         "its weights first: tvmcomp compress --share-bits); building it dense", progress)
     return False
 
 
@@ -451,7 +451,8 @@ def _decoded_at_load(quantized, opts: BuildOptions, profile: Profile,
                            f"got {opts.codebook_decode!r}")
     if opts.codebook_decode == "kernel":
         return (), None
-    layers = tuple(sorted({L.key.split("/", 1)[1] for L in codebook_layers(quantized)}))
+    layers = tuple(sorted({L.key.split("/", 1)[1] for L in codebook_layers(quantized)
+                           if L.form == "dense"}))  # int8 layers: at load in every mode
     if opts.codebook_decode == "load":
         return layers, None
     return plan_codebook_decode(quantized, profile, records, layers, progress=opts.progress)

@@ -397,3 +397,79 @@ def test_code_stream_decode_kernel_gives_back_the_weight(levels, density, shape,
     lib["main"](*(tvm.runtime.tensor(a) for a in (s.codebook, s.data, np.zeros(1, np.int32))),
                 out)
     np.testing.assert_array_equal(out.numpy(), w)
+
+
+@pytest.mark.parametrize("density", [1.0, 0.1])
+def test_int8_code_stream_decodes_to_int8(density):
+    """An int8 layer's weight (QuantizeInt8's) as a code stream: an int8 codebook, decoded by
+    the TIR kernel into int8, exact; its cache key differs from the same values in float32."""
+    from tvmcomp.kernels.decode import cache_key, code_stream, stream_decode_kernel
+
+    rng = np.random.default_rng(1)
+    shape = (16, 6, 5, 5)
+    levels = np.array([-127, -40, -3, 5, 17, 90, 127], np.int8)
+    w = levels[rng.integers(0, levels.size, shape)] * (rng.random(shape) < density)
+    w = w.astype(np.int8)
+    s = code_stream(w)
+    assert s.codebook.dtype == np.int8 and s.dtype == "int8" and s.code_bits == 3
+    assert s.nbytes()["total"] < w.nbytes
+    np.testing.assert_array_equal(s.to_dense(), w)
+    assert s.to_dense().dtype == np.int8
+    func = stream_decode_kernel(s).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target="llvm")
+    out = tvm.runtime.tensor(np.full(shape, 99, np.int8))
+    lib["main"](*(tvm.runtime.tensor(a) for a in (s.codebook, s.data, np.zeros(1, np.int32))),
+                out)
+    np.testing.assert_array_equal(out.numpy(), w)
+    assert cache_key(w) != cache_key(w.astype(np.float32))
+
+
+def test_int8_layers_stored_as_int8_code_streams(tmp_path, shared_lenet):
+    """int8 + sharing + pruning (the seed's third step): QuantizeInt8's int8 weights of a
+    shared, pruned LeNet-5 (per-tensor scales: a layer keeps one int8 value per shared one)
+    are stored as code streams with int8 codebooks, decoded to int8 at load, and only
+    where that is smaller than the int8 weight; the int8 kernels give the same integers
+    bit for bit; the per-layer table and the decoded RAM count int8 bytes."""
+    import copy
+
+    import torch
+
+    from tvmcomp.frontend.onnx_export import export_onnx
+    from tvmcomp.kernels.decode import DECODE_FUNCTION
+    from tvmcomp.passes import QuantizeInt8
+    from tvmcomp.passes.codebook_dense import decoded_bytes, int8_layers
+    from tvmcomp.passes.sizes import layer_sizes
+    from tvmcomp.pipeline import compile_fused, fuse
+    from tvmcomp.quant import PerTensor, QuantConfig, quantize_onnx
+
+    net = copy.deepcopy(shared_lenet.model)
+    with torch.no_grad():  # fc1 pruned to 10 %: its survivors keep their shared values
+        net.fc1.weight.mul_((torch.rand_like(net.fc1.weight) < 0.1).float())
+    model, info = load_onnx(export_onnx(net, tmp_path / "lenet.onnx"))
+    x = np.random.default_rng(0).random((16, 1, 28, 28)).astype(np.float32)
+    qm = quantize_onnx(model, x, QuantConfig(weights=PerTensor(), num_calib=16))
+    mod = QuantizeInt8("float32")(import_batches(qm.model, info, [2]))
+    (func,) = [f for gv, f in mod.functions.items() if gv.name_hint == "main_b2"]
+    streamed = {name: w for _, name, _, w in int8_layers(func)}
+    # the fc layers (16 shared values); not the convs (256: 8-bit codes + a codebook are
+    # no smaller than the int8 weight)
+    assert set(streamed) == {"matmul2", "matmul3", "matmul4"}
+    assert streamed["matmul2"].dtype == np.int8 and streamed["matmul2"].shape == (400, 120)
+    rows = {r["layer"]: r for r in layer_sizes(mod, codebook=True)}
+    assert rows["conv0"]["form"] == rows["conv1"]["form"] == "dense int8"
+    assert rows["matmul3"]["form"] == "codebook, decoded at load"
+    assert rows["matmul3"]["value_bits"] == 4  # 16 shared values, 16 int8 ones
+    assert rows["matmul2"]["form"] == "sparse codebook, decoded at load"
+    assert rows["matmul2"]["stored_bytes"] < 48000 // 8
+    target = tvm.target.Target(TARGET)
+    outs = []
+    for m in (mod, CodebookDense()(mod)):
+        fused = fuse(m, target)
+        vm = relax.VirtualMachine(compile_fused(fused, target), tvm.cpu())
+        if DECODE_FUNCTION in [gv.name_hint for gv in fused.get_global_vars()]:
+            assert decoded_bytes(fused) == sum(w.size for w in streamed.values())
+            assert ("int8", (400, 120)) not in _constants(fused)
+            vm[DECODE_FUNCTION]()
+        outs.append(vm["main_b2"](tvm.runtime.tensor(x[:2])).numpy())
+    assert len(outs) == 2 and ("int8", (400, 120)) in _constants(fuse(mod, target))
+    np.testing.assert_array_equal(outs[1], outs[0])

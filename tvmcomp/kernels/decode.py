@@ -23,12 +23,14 @@ CACHE_PREFIX = "tvmcomp.decoded."
 
 def cache_key(w: np.ndarray) -> str:
     """The tensor-cache key of weight ``w`` (as its layer reads it) decoded at load: a hash
-    of its values and shape, so two artifacts in one process never read each other's
-    weights (and identical ones share one)."""
+    of its values, shape and type (float32, or an int8 layer's int8), so two artifacts in
+    one process never read each other's weights (and identical ones share one)."""
     import hashlib
 
-    w = np.ascontiguousarray(w, np.float32)
+    w = np.ascontiguousarray(w, decoded_dtype(w))
     h = hashlib.sha256(np.asarray(w.shape, np.int64).tobytes())
+    if w.dtype != np.float32:
+        h.update(str(w.dtype).encode())
     h.update(w.tobytes())
     return CACHE_PREFIX + h.hexdigest()[:20]
 
@@ -44,7 +46,8 @@ class CodeStream:
     filler entries (the largest gap, code 0, and ``codebook[0]`` is 0.0). With ``gap_bits``
     0 the stream is a code per weight (a dense layer; the codebook need not hold 0.0).
     The codebook is float16 where that holds every value exactly (``tvmcomp compress
-    --share-bits`` rounds centroids to float16), else float32.
+    --share-bits`` rounds centroids to float16), else float32; an int8 layer's
+    (``QuantizeInt8``'s weight) is int8, and decodes to int8.
     """
 
     codebook: np.ndarray   # float16 or float32, exactly as long as the codes need
@@ -62,6 +65,11 @@ class CodeStream:
                "codebook": int(self.codebook.nbytes)}
         return {**out, "total": sum(out.values())}
 
+    @property
+    def dtype(self) -> str:
+        """What the stream decodes to: ``"int8"`` (an int8 codebook) or ``"float32"``."""
+        return "int8" if self.codebook.dtype == np.int8 else "float32"
+
     def to_dense(self) -> np.ndarray:
         """The weight (NumPy; what :func:`stream_decode_kernel` computes)."""
         bits = np.unpackbits(self.data, bitorder="little")
@@ -69,19 +77,24 @@ class CodeStream:
         fields = bits[: self.entries * e].reshape(self.entries, e).astype(np.int64)
         v = fields @ (1 << np.arange(e, dtype=np.int64))
         pos = np.cumsum((v & ((1 << self.gap_bits) - 1)) + 1) - 1
-        out = np.zeros(int(np.prod(self.shape)), np.float32)
-        out[pos] = self.codebook.astype(np.float32)[v >> self.gap_bits]
+        out = np.zeros(int(np.prod(self.shape)), self.dtype)
+        out[pos] = self.codebook.astype(self.dtype)[v >> self.gap_bits]
         return out.reshape(self.shape)
 
 
 MAX_GAP_BITS = 8
 
 
+def decoded_dtype(w: np.ndarray):
+    """The type a weight decodes to at load: int8 for an int8 layer's, else float32."""
+    return np.int8 if np.asarray(w).dtype == np.int8 else np.float32
+
+
 def code_stream(w: np.ndarray, gap_bits: int | None = None) -> CodeStream:
-    """``w`` (at most 256 distinct values; the shape and order its layer reads it in) as a
-    :class:`CodeStream`, with ``gap_bits`` (0..8) or, by default, whichever stores it in the
-    fewest bytes."""
-    w = np.ascontiguousarray(w, np.float32)
+    """``w`` (float32 with at most 256 distinct values, or int8; the shape and order its
+    layer reads it in) as a :class:`CodeStream`, with ``gap_bits`` (0..8) or, by default,
+    whichever stores it in the fewest bytes."""
+    w = np.ascontiguousarray(w, decoded_dtype(w))
     if gap_bits is None:
         gap_bits = min(range(MAX_GAP_BITS + 1), key=lambda g: _stream_bytes(w, g))
     values = _values(w, gap_bits)
@@ -109,7 +122,9 @@ def code_stream(w: np.ndarray, gap_bits: int | None = None) -> CodeStream:
 
 
 def _narrowed(values: np.ndarray) -> np.ndarray:
-    """``values`` (float32) as float16 if that holds each of them exactly."""
+    """``values`` (float32) as float16 if that holds each of them exactly (int8 as is)."""
+    if values.dtype == np.int8:
+        return values
     half = values.astype(np.float16)
     return half if np.array_equal(half.astype(np.float32), values) else values
 
@@ -118,7 +133,7 @@ def _values(w: np.ndarray, gap_bits: int) -> np.ndarray:
     """The codebook: ``w``'s distinct values; with gaps, 0.0 first and the non-zero ones."""
     if not gap_bits:
         return np.unique(w)
-    return np.concatenate([np.zeros(1, np.float32), np.unique(w[w != 0])])
+    return np.concatenate([np.zeros(1, w.dtype), np.unique(w[w != 0])])
 
 
 def _stream_bytes(w: np.ndarray, gap_bits: int) -> int:
@@ -135,7 +150,7 @@ def _stream_bytes(w: np.ndarray, gap_bits: int) -> int:
 
 def stream_decode_kernel(s: CodeStream):
     """The PrimFunc ``(codebook, data, token) -> w`` that decodes ``s`` into its dense
-    float32 weight: zero-fills ``w``, then walks the entries, each read from the (at most)
+    weight (float32, or int8 from an int8 codebook): zero-fills ``w``, then walks the entries, each read from the (at most)
     three bytes of the stream it spans. A serial loop: it runs once, at load. ``token`` is
     not read: called with a tensor allocated at run time, the call has an argument that is not
     a constant, so Relax's ``FoldConstant`` cannot evaluate it at compile time (it would put
@@ -143,7 +158,7 @@ def stream_decode_kernel(s: CodeStream):
     from tvm.script import tirx as T
 
     NE, ND, CB = s.entries, int(s.data.size), int(s.codebook.size)  # noqa: N806
-    cb_t = str(s.codebook.dtype)
+    cb_t, out_t = str(s.codebook.dtype), s.dtype
     G, E = s.gap_bits, s.gap_bits + s.code_bits  # noqa: N806
     total = int(np.prod(s.shape))
     shape = [T.int64(int(d)) for d in s.shape]
@@ -152,13 +167,13 @@ def stream_decode_kernel(s: CodeStream):
     def decode(codebook: T.Buffer((T.int64(CB),), cb_t),
                data: T.Buffer((T.int64(ND),), "uint8"),
                token: T.Buffer((T.int64(1),), "int32"),
-               w: T.Buffer(shape, "float32")):
+               w: T.Buffer(shape, out_t)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
                      HAND_SCHEDULED: "codebook stream decode"})
-        flat = T.decl_buffer((T.int64(total),), "float32", data=w.data)
+        flat = T.decl_buffer((T.int64(total),), out_t, data=w.data)
         pos = T.decl_buffer((1,), "int64", scope="local")
         for i in range(T.int64(total)):
-            flat[i] = T.float32(0)
+            flat[i] = T.Cast(out_t, 0)
         pos[0] = T.int64(-1)
         for k in range(T.int64(NE)):
             b = k * E // 8
@@ -169,6 +184,6 @@ def stream_decode_kernel(s: CodeStream):
                 T.shift_left(T.Cast("int32", data[T.min(b + 2, ND - 1)]), 16))
             v = T.bitwise_and(T.shift_right(word, T.Cast("int32", k * E % 8)), (1 << E) - 1)
             pos[0] = pos[0] + T.Cast("int64", T.bitwise_and(v, (1 << G) - 1)) + T.int64(1)
-            flat[pos[0]] = T.Cast("float32", codebook[T.Cast("int64", T.shift_right(v, G))])
+            flat[pos[0]] = T.Cast(out_t, codebook[T.Cast("int64", T.shift_right(v, G))])
 
     return decode

@@ -4,7 +4,9 @@ Weight sharing (``tvmcomp compress --share-bits``) leaves each layer with at mos
 distinct weight values. This pass stores such a float matmul weight as uint8 indices plus a
 float32 codebook and fuses the decode into the layer's kernel, so ``model.so`` embeds the
 indices and the codebook, not the dense weight (TVM's ``FoldConstant`` would otherwise fold
-``take(codebook, indices)`` straight back into a dense constant).
+``take(codebook, indices)`` straight back into a dense constant). An int8 layer's weight
+(``QuantizeInt8``'s) is stored as a code stream with an int8 codebook wherever that takes
+fewer bytes than the int8 weight itself, and decoded to int8 once at load.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..kernels.codebook import (MAX_CODES, code_bits, codebook_length, codes_per_byte,
                                 distinct_values, encode, pack, stored_code_bytes)
-from ..kernels.decode import DECODE_FUNCTION, cache_key, code_stream, stream_decode_kernel
+from ..kernels.decode import (DECODE_FUNCTION, cache_key, code_stream, decoded_dtype,
+                              stream_decode_kernel)
 from ..kernels.sell import sell_codebook_from_dense
 from ._emit import rebind, rewrite_functions
 from .layers import layer_index, layer_key
@@ -42,7 +45,7 @@ class CodebookLayer:
     key: str                 # "<function>/matmul<k>" or "<function>/conv<k>"
     shape: tuple[int, ...]   # matmul [out, in]; conv2d OIHW
     codes: int               # codebook entries in use (sparse: non-zero values, plus 0)
-    dense_bytes: int         # the float32 weight
+    dense_bytes: int         # the weight dense: float32 (an int8 layer's: int8)
     index_bytes: int         # codes: packed 8 / bits per byte (dense), uint8 (sparse)
     codebook_bytes: int      # float32 codebook (in a kernel: padded to a power of two)
     form: str = "dense"
@@ -66,7 +69,8 @@ def codebook_layers(mod: tvm.IRModule, sparse: dict | None = None,
     (``SparseDense``'s threshold and keep, or None): the layers it rewrites are counted in
     their sparse codebook form; ``at_load``: of the others, those decoded at load, counted
     as their :func:`~tvmcomp.kernels.decode.code_stream` (form ``"at load"``, or ``"at load,
-    sparse"`` where it stores zero-run lengths)."""
+    sparse"`` where it stores zero-run lengths). The :func:`int8_layers` ``SparseDense``
+    leaves dense are decoded at load whatever ``at_load`` says (their only codebook form)."""
     out = []
     for gv, func in mod.functions.items():
         if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
@@ -90,6 +94,13 @@ def codebook_layers(mod: tvm.IRModule, sparse: dict | None = None,
         for _, name, w in float_convs(func):
             if distinct_values(w) <= MAX_CODES:
                 out.append(_dense_layer(layer_key(gv.name_hint, name), w, w, name in at_load))
+        candidates = {m.name: m for m in matches}
+        for _, name, kind, w in int8_layers(func):
+            key, m = layer_key(gv.name_hint, name), candidates.get(name)
+            if sparse is not None and m is not None and goes_sparse(
+                    key, m.w, sparse.get("threshold", 0.0), sparse.get("keep") or {}):
+                continue
+            out.append(_dense_layer(key, w.T if kind == "matmul" else w, w, True))
     return sorted(out, key=lambda L: (L.key.split("/")[0], layer_index(L.key)))
 
 
@@ -100,7 +111,8 @@ def _dense_layer(key: str, w: np.ndarray, read: np.ndarray, at_load: bool) -> Co
     if at_load:
         s = code_stream(read)
         b = s.nbytes()
-        return CodebookLayer(key, tuple(w.shape), s.codebook.size, w.size * 4, b["codes"],
+        return CodebookLayer(key, tuple(w.shape), s.codebook.size,
+                             w.size * np.dtype(decoded_dtype(w)).itemsize, b["codes"],
                              b["codebook"], "at load, sparse" if s.gap_bits else "at load",
                              b["gaps"])
     codes = distinct_values(w)
@@ -123,12 +135,30 @@ def float_convs(func: relax.Function) -> list[tuple[relax.Var, str, np.ndarray]]
     return out
 
 
+def int8_layers(func: relax.Function) -> list[tuple[relax.Var, str, str, np.ndarray]]:
+    """``(var, "conv<k>" / "matmul<k>", kind, weight as the layer reads it)`` of ``func``'s
+    int8 conv2d / matmul calls (``QuantizeInt8``'s, weight a constant int8 OIHW or
+    ``[in, out]``) whose weight a :func:`~tvmcomp.kernels.decode.code_stream` stores in fewer
+    bytes than the int8 weight itself (a shared or pruned layer): ``CodebookDense`` decodes
+    those at load."""
+    _, _, b = sparse_candidates(func)
+    out = []
+    for var, name, kind, _ in layer_weights(func):
+        arg = b.value[var].args[1]
+        w = arg.value.numpy() if isinstance(arg, tvm.ir.Constant) else None
+        if w is not None and w.dtype == np.int8:
+            if code_stream(w).nbytes()["total"] < w.nbytes:
+                out.append((var, name, kind, w))
+    return out
+
+
 def decoded_bytes(mod: tvm.IRModule) -> int:
-    """Bytes of the float32 values :data:`DECODE_FUNCTION` of ``mod`` (if any) decodes at
-    load: held in RAM from load on."""
+    """Bytes of the values (float32, or int8) :data:`DECODE_FUNCTION` of ``mod`` (if any)
+    decodes at load: held in RAM from load on."""
     for gv, f in mod.functions.items():
         if gv.name_hint == DECODE_FUNCTION:
-            return sum(4 * int(np.prod([int(d) for d in t.shape])) for t in f.ret_ty.fields)
+            return sum(np.dtype(str(t.dtype)).itemsize * int(np.prod([int(d) for d in t.shape]))
+                       for t in f.ret_ty.fields)
     return 0
 
 
@@ -152,7 +182,8 @@ class CodebookDense:
     ``tvmcomp.codebook_conv2d``). A module with no such layer is returned unchanged.
 
     ``at_load``: names of layers (``conv0``, ``matmul2``, ..., in every function) decoded once
-    at load instead: the module gains a function :data:`DECODE_FUNCTION` that decodes their
+    at load instead (and every :func:`int8_layers` layer: an int8 conv2d / matmul reads its
+    int8 weight from the cache, decoded from a code stream with an int8 codebook): the module gains a function :data:`DECODE_FUNCTION` that decodes their
     stored codes (a :func:`~tvmcomp.kernels.decode.code_stream` each, by a hand-written kernel)
     into the TVM tensor cache, and the layer reads its dense weight from the cache
     (``vm.builtin.tensor_cache.get``), so it runs the float layer's own kernel. Each read is
@@ -197,7 +228,9 @@ class _Rewriter(PyExprMutator):
         self.at_load = set(at_load)
         self.plan: dict = {}
         self.convs: dict = {}
-        self.decoded: dict[str, tuple] = {}  # cache key -> (decode kernel, its arrays, shape)
+        self.int8: dict = {}
+        self.decoded: dict[str, tuple] = {}  # cache key -> (decode kernel, its arrays, shape,
+        #                                       dtype)
 
     def run(self) -> tvm.IRModule:
         def prepare(gv, func) -> bool:
@@ -206,7 +239,8 @@ class _Rewriter(PyExprMutator):
                          if m.x_dtype == "float32" and distinct_values(m.w) <= MAX_CODES}
             self.convs = {var: (name, w) for var, name, w in float_convs(func)
                           if distinct_values(w) <= MAX_CODES}
-            return bool(self.plan or self.convs)
+            self.int8 = {var: (name, w) for var, name, _, w in int8_layers(func)}
+            return bool(self.plan or self.convs or self.int8)
 
         out = rewrite_functions(self, self.mod_, prepare)
         return self._add_decoder() if self.decoded else out
@@ -220,11 +254,11 @@ class _Rewriter(PyExprMutator):
         decoded = []
         with bb.function(DECODE_FUNCTION, [], pure=False):
             token = bb.emit(R.builtin.alloc_tensor(relax.ShapeExpr([1]), "int32", 0), "token")
-            for i, (key, (func, arrays, shape)) in enumerate(self.decoded.items()):
+            for i, (key, (func, arrays, shape, dtype)) in enumerate(self.decoded.items()):
                 gv = bb.add_func(func, f"tvmcomp_decode{i}")
                 args = [relax.const(a) for a in arrays] + [token]
-                w = bb.emit(R.call_tir(gv, relax.Tuple(args),
-                                       relax.TensorType(list(shape), "float32")))
+                w = bb.emit(R.call_tir(gv, relax.Tuple(args), relax.TensorType(list(shape),
+                                                                               dtype)))
                 bb.emit(relax.Call(relax.ExternFunc("vm.builtin.tensor_cache.update"),
                                    [tvm.ir.StringImm(key), w, relax.prim_value(True)],
                                    ty_args=[relax.ObjectType()]))
@@ -241,15 +275,22 @@ class _Rewriter(PyExprMutator):
     def _from_cache(self, value: np.ndarray, kernel, arrays: list, name: str):
         """``value`` read from the tensor cache, where :data:`DECODE_FUNCTION` puts it at
         load by calling ``kernel`` on ``arrays`` (what the artifact stores)."""
-        key = cache_key(value)
-        self.decoded[key] = (kernel, arrays, tuple(value.shape))
+        key, dtype = cache_key(value), str(value.dtype)
+        self.decoded[key] = (kernel, arrays, tuple(value.shape), dtype)
         return self.builder_.emit(relax.op.call_pure_packed(
             "vm.builtin.tensor_cache.get", tvm.ir.StringImm(key),
-            ty_args=[relax.TensorType(list(value.shape), "float32")]), name)
+            ty_args=[relax.TensorType(list(value.shape), dtype)]), name)
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         if binding.var in self.convs:
             self._conv(binding, *self.convs[binding.var])
+            return
+        if binding.var in self.int8:  # its int8 weight from the cache, the call as it was
+            name, w = self.int8[binding.var]
+            val = binding.value
+            call = relax.Call(val.op, [self.visit_expr(val.args[0]), self._cached(w, name)],
+                              val.attrs, val.ty_args)
+            rebind(self, binding, call, f"{name}_stream")
             return
         m = self.plan.get(binding.var)
         if m is None:
