@@ -9,7 +9,7 @@ import pytest
 
 from tvmcomp import cli
 from tvmcomp.compiler import QDQ_REFERENCE, QUANT_CONFIG, BuildOptions, build
-from tvmcomp.errors import TvmcompError, VerificationError
+from tvmcomp.errors import AccuracyDropError, TvmcompError, VerificationError
 from tvmcomp.quant import Percentile, PerTensor, QuantConfig
 
 
@@ -83,7 +83,7 @@ def test_int8_artifact_runs_through_runtime(int8_artifact, eval_set):
 
 
 def test_accuracy_drop_gate_refuses_artifact(tmp_path, lenet, eval_set, profile_with_db):
-    with pytest.raises(VerificationError, match="below float"):
+    with pytest.raises(AccuracyDropError, match="below float"):
         build(lenet.onnx, profile_with_db(tmp_path / "db"), tmp_path / "art",
               BuildOptions(batches=(1,), tune_budget_s=0, eval_set=eval_set, progress=False,
                            quant=QuantConfig(num_calib=16), max_accuracy_drop=-1.0))

@@ -27,7 +27,8 @@ def test_main_job_builds_every_form_and_writes_the_table(tmp_path, x86_host, pro
     mnist = _first_images(mnist_dir, tmp_path / "mnist", 500)
     s = run_main_job(tmp_path / "run", profile_with_db(tmp_path / "db"), mnist,
                      epochs=1, tune_budget_s=0, batches=(1,), tuning_dir=str(tmp_path / "c"),
-                     prune_epochs=1, smallest_prune_epochs=1, lowrank_epochs=1)
+                     prune_epochs=1, smallest_prune_epochs=1, lowrank_epochs=1,
+                     max_accuracy_drop=0.05)  # 1-epoch models lose more to int8
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved == s and list(s["forms"]) == list(FORMS)
     forms = s["forms"]
@@ -61,6 +62,10 @@ def test_main_job_builds_every_form_and_writes_the_table(tmp_path, x86_host, pro
     layers = forms["sparse+codebook"]["layers"]
     assert [r["layer"] for r in layers] == ["conv0", "conv1", "matmul2", "matmul3", "matmul4"]
     assert {r["form"] for r in layers} <= {"codebook", "sparse codebook"}
+    # the seed's last step: int8, pruned, shared; the fc layers as int8 code streams
+    i8cb = forms["int8+codebook"]
+    assert i8cb["weight_bytes"] < 0.5 * forms["int8"]["weight_bytes"]
+    assert "sparse codebook, decoded at load" in {r["form"] for r in i8cb["layers"]}
     # pruned further, per layer, shared to 32 values, every layer a code stream decoded at load
     small = forms["smallest"]
     assert {r["form"] for r in small["layers"]} <= {"codebook, decoded at load",
@@ -77,3 +82,36 @@ def test_main_job_builds_every_form_and_writes_the_table(tmp_path, x86_host, pro
     mtime = pruned.stat().st_mtime
     prune_lenet5(tmp_path / "run", tmp_path / "run" / "lenet5.pt", load_train_5k(), epochs=1)
     assert pruned.stat().st_mtime == mtime
+
+
+def test_a_form_refused_by_the_accuracy_gate_is_left_out_and_said(tmp_path, monkeypatch):
+    """build_forms: an int8 form the accuracy gate refuses is left out with its reason, the
+    forms after it are still built; a wrong output (any other VerificationError) stops it."""
+    import pytest
+
+    from tvmcomp import main_job
+    from tvmcomp.errors import AccuracyDropError, VerificationError
+
+    built = []
+
+    def fake_build(onnx_path, profile, out, opts):
+        if opts.quant is not None and not opts.sparse:
+            raise AccuracyDropError("accuracy 90% ... +0.60 pt below float (allowed 0.50 pt)")
+        built.append(out.name)
+        return out, {"tuning": {"used_s": 0.0}}
+
+    monkeypatch.setattr(main_job, "build", fake_build)
+    refused = {}
+    arts = main_job.build_forms(tmp_path, tmp_path / "d.onnx", tmp_path / "p.onnx", None, None,
+                                (1,), 0, None, refused=refused)
+    assert list(arts) == ["fp32", "sparse", "int8+sparse"] and built == ["fp32", "sparse",
+                                                                          "int8_sparse"]
+    assert list(refused) == ["int8"] and "below float" in refused["int8"]
+
+    def wrong(*a, **k):
+        raise VerificationError("max |err| 3 (tolerance 0.001)")
+
+    monkeypatch.setattr(main_job, "build", wrong)
+    with pytest.raises(VerificationError):
+        main_job.build_forms(tmp_path, tmp_path / "d.onnx", tmp_path / "p.onnx", None, None,
+                             (1,), 0, None)

@@ -21,6 +21,11 @@ class VerificationError(TvmcompError):
     """The compiled model disagrees with its float reference."""
 
 
+class AccuracyDropError(VerificationError):
+    """The compiled model agrees with its reference (an int8 model's QDQ), but quantization
+    cost more accuracy against the float model than allowed."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM: the CLI exits with 128 + the signal number (130 / 143)."""
 

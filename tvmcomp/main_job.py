@@ -12,8 +12,9 @@ from pathlib import Path
 
 from .compiler import BuildOptions, build
 from .data.mnist import default_mnist_dir, load_eval_set
+from .errors import AccuracyDropError
 from .defaults import (DEFAULT_BATCHES, DEFAULT_FINETUNE_EPOCHS, DEFAULT_LOWRANK_EPOCHS,
-                       DEFAULT_LOWRANK_LR, DEFAULT_TUNE_BUDGET_S)
+                       DEFAULT_LOWRANK_LR, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_TUNE_BUDGET_S)
 from .frontend import export_onnx
 from .frontend.onnx_import import CHECKPOINT_KEY
 from .model import LeNet5, TrainConfig, evaluate_torch, load_checkpoint, save_checkpoint, train
@@ -43,7 +44,7 @@ def prepare_lenet5(out: Path, train_set, epochs: int = 20):
 
 
 FORMS = ("fp32", "lowrank", "int8", "sparse", "int8+sparse", "codebook", "sparse+codebook",
-         "smallest")
+         "int8+codebook", "smallest")
 LOWRANK_BUDGET_PT = 0.3  # the low-rank form's held-out accuracy budget (compress --lowrank-budget)
 # the codebook forms, Deep Compression's bits: conv weights shared to 256 values, fc to 32;
 # sparse+codebook shares the pruned model's (its order: prune, then share the survivors)
@@ -151,15 +152,20 @@ def build_forms(out: Path, dense_onnx: Path, pruned_onnx: Path, profile: Profile
                 tuning_dir: str | None = None,
                 progress: bool = True, shared_onnx: Path | None = None,
                 pruned_shared_onnx: Path | None = None, smallest_onnx: Path | None = None,
-                lowrank_onnx: Path | None = None) -> dict:
+                lowrank_onnx: Path | None = None,
+                max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP,
+                refused: dict | None = None) -> dict:
     """``{form: (artifact dir, manifest)}`` for every form `tvmcomp build` makes of LeNet-5:
     fp32, int8, sparse (the pruned model), int8+sparse, with ``shared_onnx`` codebook and with
-    ``pruned_shared_onnx`` sparse+codebook (decoded in the kernels), with ``smallest_onnx``
+    ``pruned_shared_onnx`` sparse+codebook (decoded in the kernels) and int8+codebook (the
+    seed's last step: int8, pruned, shared; int8 codes decoded at load), with ``smallest_onnx``
     smallest (every layer decoded once at load from its code stream), with ``lowrank_onnx``
     lowrank (its gate keeps each factorization only where faster). The tuning budget is
     shared: each build gets what the builds before it left; lowrank builds last (its gate
     tunes the factorized kernels, which no committed record covers), and the result is in
-    :data:`FORMS` order."""
+    :data:`FORMS` order. An int8 form whose accuracy falls more than ``max_accuracy_drop``
+    below the float model's is refused by the build's gate: it is left out, with the reason
+    in ``refused`` (form -> message), and the other forms are built."""
     from .quant import QuantConfig
 
     plans = {"fp32": (dense_onnx, {}), "int8": (dense_onnx, {"quant": QuantConfig()}),
@@ -169,6 +175,7 @@ def build_forms(out: Path, dense_onnx: Path, pruned_onnx: Path, profile: Profile
         plans["codebook"] = (shared_onnx, {"codebook": True})
     if pruned_shared_onnx is not None:
         plans["sparse+codebook"] = (pruned_shared_onnx, {"sparse": True, "codebook": True})
+        plans["int8+codebook"] = (pruned_shared_onnx, {"quant": QuantConfig(), "codebook": True})
     if smallest_onnx is not None:
         plans["smallest"] = (smallest_onnx, {"codebook": True, "codebook_decode": "load"})
     if lowrank_onnx is not None:
@@ -176,9 +183,17 @@ def build_forms(out: Path, dense_onnx: Path, pruned_onnx: Path, profile: Profile
     left, arts = tune_budget_s, {}
     for form, (onnx_path, kw) in plans.items():
         print(f"== build {form} (tuning budget left {left:.0f} s)", flush=True)
-        arts[form] = build(onnx_path, profile, out / form.replace("+", "_"),
-                           BuildOptions(batches=tuple(batches), tune_budget_s=left, eval_set=ev,
-                                        tuning_dir=tuning_dir, progress=progress, **kw))
+        try:
+            arts[form] = build(onnx_path, profile, out / form.replace("+", "_"),
+                               BuildOptions(batches=tuple(batches), tune_budget_s=left,
+                                            eval_set=ev, tuning_dir=tuning_dir,
+                                            progress=progress,
+                                            max_accuracy_drop=max_accuracy_drop, **kw))
+        except AccuracyDropError as e:  # (a wrong output is an error, and stops the job)
+            print(f"== {form} refused, left out: {e}", flush=True)
+            if refused is not None:
+                refused[form] = str(e)
+            continue
         left = max(0.0, left - arts[form][1]["tuning"]["used_s"])
     return {f: arts[f] for f in FORMS if f in arts}
 
@@ -189,8 +204,12 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
                  tuning_dir: str | None = None,
                  prune_epochs: int = DEFAULT_FINETUNE_EPOCHS,
                  smallest_prune_epochs: int = 2 * DEFAULT_FINETUNE_EPOCHS,
-                 lowrank_epochs: int = DEFAULT_LOWRANK_EPOCHS) -> dict:
+                 lowrank_epochs: int = DEFAULT_LOWRANK_EPOCHS,
+                 max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP) -> dict:
     """Train LeNet-5, build every form, verify, benchmark against the peers, print a table.
+
+    An int8 form refused by the accuracy gate (``max_accuracy_drop`` below float) is left out
+    of the table, and a note says why.
 
     Saves ``results.json``, ``results.md``, and the plots and ``report.html`` of
     :mod:`tvmcomp.report`, in ``out_dir``.
@@ -227,10 +246,12 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
                                               plot=out / "lowrank_ranks.png",
                                               epochs=lowrank_epochs)
     stages["lowrank"] = time.monotonic() - t0 - sum(stages.values())
+    refused: dict[str, str] = {}
     arts = build_forms(out, onnx_path, pruned_onnx, profile, ev, batches, tune_budget_s,
                        tuning_dir, shared_onnx=shared_onnx,
                        pruned_shared_onnx=pruned_shared_onnx, smallest_onnx=smallest_onnx,
-                       lowrank_onnx=lowrank_onnx)
+                       lowrank_onnx=lowrank_onnx, max_accuracy_drop=max_accuracy_drop,
+                       refused=refused)
     stages["build"] = time.monotonic() - t0 - sum(stages.values())
     print("== bench (same run: every form, then each peer)")
     res = bench_artifacts({f: a for f, (a, _) in arts.items()}, batches,
@@ -266,7 +287,8 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
                   for f, (_, m) in arts.items()},
         "latency_us": res["results"],
         "kernel_profile": {"batch": top, "forms": kernels},
-        "notes": res["notes"],
+        "notes": [*(f"{f} left out, refused by the build: {why}"
+                    for f, why in refused.items()), *res["notes"]],
         "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
         "seconds": round(time.monotonic() - t0, 1),
     }
@@ -292,7 +314,9 @@ def format_results(s: dict) -> str:
              f"{s['accuracy']['torch_pruned']:.2%}, weights shared "
              f"({', '.join(f'{k} {v} bits' for k, v in SHARE_BITS.items())}) "
              f"{s['accuracy']['torch_shared']:.2%}, pruned then shared "
-             f"{s['accuracy']['torch_pruned_shared']:.2%}; smallest: pruned per layer ("
+             f"{s['accuracy']['torch_pruned_shared']:.2%} (int8+codebook: that model in int8, "
+             "per-channel scales, its int8 weights stored as codes into int8 codebooks where "
+             "smaller, decoded at load); smallest: pruned per layer ("
              + ", ".join(f"{k} {v:.0%}" for k, v in SMALLEST_PRUNE.items()) + "), shared ("
              + ", ".join(f"{k} {v} bits" for k, v in SMALLEST_BITS.items()) + "), every layer "
              f"decoded at load, {s['accuracy'].get('torch_smallest', float('nan')):.2%}; "
@@ -316,8 +340,9 @@ def format_results(s: dict) -> str:
               "model.so; batch entries share them):", "",
               format_layer_sizes(s["forms"][smallest]["layers"],
                                  s["forms"][smallest]["weight_bytes"])]
-    lines += ["", "Not yet in the chain: int8 codebooks (scales folded in); codes below 5 bits "
-              "(built packed, not in this job's bits); low-rank with pruning or sharing."]
+    lines += ["", "Not yet in the chain: int8 codebooks decoded inside the int8 kernels (they "
+              "are decoded at load); codes below 5 bits (built packed, not in this job's "
+              "bits); low-rank with pruning or sharing."]
     return "\n".join(lines)
 
 

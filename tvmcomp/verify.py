@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .data import Dataset, normalize
-from .errors import VerificationError
+from .errors import AccuracyDropError, VerificationError
 
 MNIST_SHAPE = (1, 28, 28)
 ACCURACY_TOLERANCE = 0.0005  # 0.05 percentage points
@@ -152,12 +152,14 @@ def verify(run_fn, onnx_path: str, input_shape: tuple, dtype: str,
             res.float_accuracy = float(np.mean(float_ref.argmax(1) == labels))
             res.max_accuracy_drop = max_accuracy_drop
             drop = res.float_accuracy - res.accuracy
-            ok = ok and drop <= max_accuracy_drop
+            agrees, ok = ok, ok and drop <= max_accuracy_drop
             why += (f", {drop * 100:+.2f} pt below float {res.float_accuracy:.4%} "
                     f"(allowed {max_accuracy_drop * 100:.2f} pt)")
     res.passed = ok
     if not ok and raise_on_fail:
-        raise VerificationError(
+        error = AccuracyDropError if res.max_accuracy_drop is not None and agrees \
+            else VerificationError
+        raise error(
             f"compiled model disagrees with {reference_name}: {why}; artifact not written"
         )
     return res
