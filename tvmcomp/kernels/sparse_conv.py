@@ -1,0 +1,160 @@
+"""Direct sparse convolution: ``y = act(conv2d(x, W) + b)`` over the non-zeros of a pruned ``W``.
+
+For stride 1, no dilation, no groups and no padding (a padded input is padded before the
+kernel), output ``(oy, ox)`` of channel ``o`` is a sum over ``W[o]``'s non-zeros ``(c, kh,
+kw)``::
+
+    y[n, o, oy, ox] = sum  W[o, c, kh, kw] * x[n, c, oy + kh, ox + kw]
+
+Read on the image's flat ``C*H*W`` plane, with ``p = oy * W + ox``, every non-zero adds a
+scalar times the contiguous run ``x_flat[n, off + p]`` (``off = c*H*W + kh*W + kw``), so one
+non-zero is one broadcast and a few vector FMAs over ``p``: the positions ``p < P = (OH - 1)
+* W + OW`` hold every output, plus ``W - OW`` positions a row that are computed and never
+stored (29 % of the work for LeNet-5's second convolution, 5x5 on 14x14). Each run of
+:data:`LANES`-wide vectors is kept in registers (at most :data:`MAX_TILE` a tile) while the
+channel's non-zeros stream past; the last vector starts at ``P - LANES`` (overlapping the one
+before it), so no read passes the end of the image. Bias and ReLU are applied in registers,
+and the valid lanes stored.
+
+This is the direct sparse convolution of Park et al. ("Faster CNNs with direct sparse
+convolutions", ICLR 2017), there over CSR rows, here for AVX2 registers. Stored per layer:
+the non-zero values (float32), their plane offsets (int32) and a row pointer per output
+channel (int32): 8 bytes a non-zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import HAND_SCHEDULED
+
+LANES = 8      # float32 lanes of an AVX2 register
+MAX_TILE = 9   # vector accumulators a tile keeps in registers (16 ymm: 9 + broadcast + loads)
+HAND_SCHEDULED_ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True,
+                        HAND_SCHEDULED: "direct sparse convolution"}
+
+
+@dataclass(frozen=True)
+class SparseConvWeight:
+    """A conv weight ``[OC, C, KH, KW]`` as the kernel reads it over ``C x H x W`` inputs:
+    ``values[j]`` and ``offsets[j]`` (``c*H*W + kh*W + kw``) of output channel ``o``'s
+    non-zeros for ``row_ptr[o] <= j < row_ptr[o + 1]``."""
+
+    values: np.ndarray    # float32 [nnz] (at least one entry: a buffer is never empty)
+    offsets: np.ndarray   # int32 [nnz]
+    row_ptr: np.ndarray   # int32 [OC + 1]
+    shape: tuple[int, int, int, int]
+    in_hw: tuple[int, int]
+
+    @property
+    def nnz(self) -> int:
+        return int(self.row_ptr[-1])
+
+    def nbytes(self) -> dict[str, int]:
+        out = {"values": int(self.values.nbytes), "offsets": int(self.offsets.nbytes),
+               "row_ptr": int(self.row_ptr.nbytes)}
+        return {**out, "total": sum(out.values())}
+
+    def to_dense(self) -> np.ndarray:
+        oc, c, kh, kw = self.shape
+        h, w = self.in_hw
+        out = np.zeros(self.shape, np.float32)
+        for o in range(oc):
+            for j in range(self.row_ptr[o], self.row_ptr[o + 1]):
+                off = int(self.offsets[j])
+                ci, r = divmod(off, h * w)
+                out[o, ci, r // w, r % w] = self.values[j]
+        return out
+
+
+def sparse_conv_from_dense(w: np.ndarray, in_hw: tuple[int, int]) -> SparseConvWeight:
+    """``w`` (float32 OIHW) in the kernel's form for inputs of spatial size ``in_hw``."""
+    w = np.ascontiguousarray(w, np.float32)
+    oc, c, kh, kw = w.shape
+    h, wd = in_hw
+    o, ci, y, x = np.nonzero(w)  # row-major: grouped by output channel, in plane order
+    offsets = (ci * h * wd + y * wd + x).astype(np.int32)
+    row_ptr = np.zeros(oc + 1, np.int32)
+    np.cumsum(np.bincount(o, minlength=oc), out=row_ptr[1:])
+    values = w[o, ci, y, x]
+    if values.size == 0:
+        values, offsets = np.zeros(1, np.float32), np.zeros(1, np.int32)
+    return SparseConvWeight(values, offsets, row_ptr, (oc, c, kh, kw), (h, wd))
+
+
+def supported(in_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> bool:
+    """Whether the kernel handles this convolution (after any padding): at least one
+    vector of flat positions holds outputs."""
+    (h, w), (kh, kw) = in_hw, kernel_hw
+    oh, ow = h - kh + 1, w - kw + 1
+    return oh >= 1 and ow >= 1 and (oh - 1) * w + ow >= LANES
+
+
+def sparse_conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels: int,
+                       kernel_hw: tuple[int, int], relu: bool):
+    """The PrimFunc ``(x, values, offsets, row_ptr, bias) -> y`` for ``R.call_tir``:
+    ``x`` float32 ``[batch, channels, H, W]``, ``y`` ``[batch, out_channels, OH, OW]``; the
+    number of non-zeros is symbolic, so one kernel serves every weight of the shape.
+    Parallel over (image, output channel)."""
+    from tvm.script import tirx as T
+
+    (h, w), (kh, kw) = in_hw, kernel_hw
+    if not supported(in_hw, kernel_hw):
+        raise ValueError(f"sparse conv needs at least {LANES} flat output positions, got "
+                         f"input {h}x{w} and kernel {kh}x{kw}")
+    B, C, OC = batch, channels, out_channels  # noqa: N806
+    OH, OW = h - kh + 1, w - kw + 1  # noqa: N806
+    PLANE, P = C * h * w, (OH - 1) * w + OW  # noqa: N806
+    NV = -(-P // LANES)  # noqa: N806 - vectors covering the positions, the last one shifted
+    NT = -(-NV // MAX_TILE)  # noqa: N806
+    TILE = -(-NV // NT)  # noqa: N806
+    L = LANES  # noqa: N806
+
+    def first(t, v):  # the flat position of a tile's v-th vector (the last one shifted)
+        return T.min((t * T.int64(TILE) + v) * T.int64(L), T.int64(P - L))
+
+    @T.macro
+    def tile_loops(n, o, t, acc, xf, values, offsets, row_ptr, bias, y):
+        for v in T.unroll(T.int64(TILE)):
+            if t * T.int64(TILE) + v < T.int64(NV):
+                for lane in T.vectorized(T.int64(L)):
+                    acc[v * T.int64(L) + lane] = T.float32(0)
+        for j in range(T.Cast("int64", row_ptr[o]), T.Cast("int64", row_ptr[o + 1])):
+            for v in T.unroll(T.int64(TILE)):
+                if t * T.int64(TILE) + v < T.int64(NV):
+                    for lane in T.vectorized(T.int64(L)):
+                        acc[v * T.int64(L) + lane] = acc[v * T.int64(L) + lane] + values[j] * xf[
+                            n * T.int64(PLANE) + T.Cast("int64", offsets[j]) + first(t, v)
+                            + lane]
+        for v in T.unroll(T.int64(TILE)):  # bias, ReLU, and the lanes that are outputs
+            if t * T.int64(TILE) + v < T.int64(NV):
+                for lane in T.unroll(T.int64(L)):
+                    p = first(t, v) + lane
+                    if p % T.int64(w) < T.int64(OW):
+                        if relu:
+                            y[n, o, p // T.int64(w), p % T.int64(w)] = T.max(
+                                acc[v * T.int64(L) + lane] + bias[o], T.float32(0))
+                        else:
+                            y[n, o, p // T.int64(w), p % T.int64(w)] = \
+                                acc[v * T.int64(L) + lane] + bias[o]
+
+    @T.prim_func(private=True, s_tir=True)
+    def sparse_conv(x: T.Buffer((T.int64(B), T.int64(C), T.int64(h), T.int64(w)), "float32"),
+                    values_h: T.handle, offsets_h: T.handle,
+                    row_ptr: T.Buffer((T.int64(OC + 1),), "int32"),
+                    bias: T.Buffer((T.int64(OC),), "float32"),
+                    y: T.Buffer((T.int64(B), T.int64(OC), T.int64(OH), T.int64(OW)), "float32")):
+        T.func_attr(HAND_SCHEDULED_ATTRS)
+        nnz = T.int64()
+        values = T.match_buffer(values_h, (nnz,), "float32")
+        offsets = T.match_buffer(offsets_h, (nnz,), "int32")
+        xf = T.decl_buffer((T.int64(B * PLANE),), "float32", data=x.data)
+        for n in T.parallel(T.int64(B)):  # images; at batch 1 one thread (no launch)
+            acc = T.decl_buffer((T.int64(TILE * L),), "float32", scope="local")
+            for o in range(T.int64(OC)):
+                for t in T.unroll(T.int64(NT)):
+                    tile_loops(n, o, t, acc, xf, values, offsets, row_ptr, bias, y)
+
+    return sparse_conv
