@@ -43,7 +43,10 @@ def test_sparse_build_records_gate_and_sizes(pruned, profile_with_db, eval_set, 
     out, man = _build(pruned, profile_with_db, eval_set, "fp32", sparse_min_speedup=0.0)
     sp = man["sparse"]
     gate = {d["key"]: d for d in sp["gate"]}
-    assert set(gate) == {f"main_b{b}/matmul{k}" for b in (1, 8) for k in (2, 3, 4)}
+    assert set(gate) == {f"main_b{b}/{layer}" for b in (1, 8)
+                         for layer in ("conv0", "conv1", "matmul2", "matmul3", "matmul4")}
+    for b in (1, 8):  # the convs are candidates too (direct sparse convolution): not pruned
+        assert all("< 0.7" in gate[f"main_b{b}/conv{k}"]["reason"] for k in (0, 1))
     assert not gate["main_b1/matmul4"]["keep_sparse"]          # fc3 is dense: below threshold
     assert "sparsity 0.000 < 0.7" in gate["main_b8/matmul4"]["reason"]
     for d in (gate[f"main_b{b}/matmul{k}"] for b in (1, 8) for k in (2, 3)):
@@ -68,12 +71,13 @@ def test_sparse_build_records_gate_and_sizes(pruned, profile_with_db, eval_set, 
     assert set(man["kernels"]) == kernels_in_so(out)
     assert {k for k, v in man["kernels"].items() if v == "hand-scheduled"} == {
         k for k in man["kernels"] if k.startswith("sell_dense_")} != set()
-    assert "layer_forms/SparseDense(threshold=0.7, keep=4/6 layers sparse)" in man["passes"]
+    assert "layer_forms/SparseDense(threshold=0.7, keep=4/10 layers sparse)" in man["passes"]
     # the plan saved beside the artifact is the one applied: with min speedup 0, fc1 and fc2
     # are sparse in both entries, fc3 (below the threshold) dense, and model.so calls exactly
     # the sparse kernels of the layers the plan keeps sparse
     plan = json.loads((out / "plan.json").read_text())
-    expected = {f"main_b{b}/matmul{k}": k in (2, 3) for b in (1, 8) for k in (2, 3, 4)}
+    expected = {f"main_b{b}/{layer}{k}": layer == "matmul" and k in (2, 3) for b in (1, 8)
+                for layer, ks in (("conv", (0, 1)), ("matmul", (2, 3, 4))) for k in ks}
     assert plan["sparse"]["keep"] == expected
     so = kernels_in_so(out)
     assert {k for k, d in gate.items() if set(d["sparse_kernels"][:1]) & so} == {
@@ -92,7 +96,8 @@ def test_gate_can_refuse_every_layer(pruned, profile_with_db, eval_set, x86_host
     out, man = _build(pruned, profile_with_db, eval_set, "refused", batches=(1,),
                       sparse_min_speedup=1e6)
     assert not any(d["keep_sparse"] for d in man["sparse"]["gate"])
-    assert "below the 1e+06x gate" in man["sparse"]["gate"][0]["reason"]
+    gate = {d["key"]: d for d in man["sparse"]["gate"]}
+    assert "below the 1e+06x gate" in gate["main_b1/matmul2"]["reason"]
     assert man["weight_bytes"] == man["sparse"]["dense_size"]["bytes"]["total"]
 
 

@@ -90,7 +90,7 @@ def plot_latency(s: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-KERNEL_KINDS = (("sparse", ("sell_",)), ("conv", ("conv",)), ("pool", ("pool",)),
+KERNEL_KINDS = (("sparse", ("sell_", "sparse_conv_")), ("conv", ("conv",)), ("pool", ("pool",)),
                 ("dense", ("matmul", "dense")), ("other", ("",)))
 
 

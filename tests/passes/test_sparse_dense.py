@@ -181,6 +181,9 @@ def test_int8_values(batch):
 
 
 def test_lenet_layers_and_conv_report(tmp_path):
+    """LeNet-5 with conv2 and fc1 pruned to 90 %: both take sparse kernels (the direct sparse
+    convolution for conv2, at both batch entries), the unpruned layers stay dense, and the
+    whole model still computes PyTorch's outputs."""
     import torch
 
     from tvmcomp.frontend import export_onnx
@@ -200,7 +203,10 @@ def test_lenet_layers_and_conv_report(tmp_path):
     out = SparseDense(threshold=0.8)(mod)
     names = sorted(gv.name_hint for gv, f in out.functions.items()
                    if isinstance(f, tvm.tirx.PrimFunc))
-    assert names == ["sell_dense_b1_400x120_relu", "sell_dense_b4_400x120_relu"]
+    assert names == ["sell_dense_b1_400x120_relu", "sell_dense_b4_400x120_relu",
+                     "sparse_conv_b1_6x14x14_16k5x5_relu", "sparse_conv_b4_6x14x14_16k5x5_relu"]
+    assert SparseDense(threshold=0.8, values="codebook")(mod).get_global_vars() != \
+        out.get_global_vars()  # with codes (--codebook), convs stay dense
     from tvmcomp.pipeline import compile_fused, fuse
 
     target = tvm.target.Target(TARGET)
@@ -365,3 +371,31 @@ def test_gate_integer_layer():
                threshold=0.5, progress=False)
     assert len(dec) == 1 and dec[0].dense_us > 0 and dec[0].sparse_us > 0
     assert dec[0].sparse_kernels == ("sell_int_b1_64x16_int8",)
+
+
+def test_gate_times_a_pruned_convolution(tmp_path):
+    """The gate times a pruned conv's dense fused kernel against the direct sparse
+    convolution (bias and ReLU inside it) on the layer's real weight; with --codebook
+    (codes stay dense for convs) the conv is not a candidate."""
+    import torch
+
+    from tvmcomp.frontend import export_onnx
+    from tvmcomp.frontend.onnx_import import import_batches, load_onnx
+    from tvmcomp.model import LeNet5
+
+    torch.manual_seed(0)
+    m = LeNet5().eval()
+    with torch.no_grad():
+        m.conv2.weight[torch.rand_like(m.conv2.weight) < 0.8] = 0
+    model, info = load_onnx(export_onnx(m, tmp_path / "l.onnx"))
+    mod = import_batches(model, info, [4])
+    target = tvm.target.Target(TARGET)
+    dec = {d.key: d for d in gate(mod, target, None, threshold=0.7, progress=False)}
+    d = dec["main_b4/conv1"]
+    assert d.shape == (16, 150) and d.sparsity == pytest.approx(0.8, abs=0.05)
+    assert d.dense_kernels[0].startswith("fused_conv2d") and d.dense_us > 0
+    assert d.sparse_kernels == ("sparse_conv_b4_6x14x14_16k5x5_relu",) and d.sparse_us > 0
+    assert d.keep_sparse == (d.dense_us >= d.sparse_us)
+    assert "sparsity" in dec["main_b4/conv0"].reason  # not pruned: not timed
+    assert "main_b4/conv1" not in {d.key for d in gate(mod, target, None, threshold=0.7,
+                                                       progress=False, codebook=True)}

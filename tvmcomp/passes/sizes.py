@@ -11,9 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels.codebook import DECODE_BLOCK, code_bits
+from ..kernels.sparse_conv import sparse_conv_from_dense
 from .codebook_dense import codebook_layers
 from .layers import layer_key
-from .sparse_dense import goes_sparse, layer_weights, sliced_layout, sparse_candidates
+from .sparse_dense import (goes_sparse, layer_weights, sliced_layout, sparse_candidates,
+                           sparse_conv_candidates)
 
 ROLES = ("values", "col_indices", "structure", "codebook")
 # a CodebookDense layer's form (codebook_layers) as the table names it
@@ -33,8 +35,9 @@ def layer_sizes(mod, sparse: dict | None = None, codebook: bool = False,
          "stored_bytes": ..., "fp32_bytes": 192000}
 
     ``values``: the weights, codes or sparse values; ``col_indices``: sparse column steps (a
-    layer decoded at load: its code stream's zero-run lengths);
-    ``structure``: slice pointers and row order; ``codebook``: the codebook. Biases, scales and
+    layer decoded at load: its code stream's zero-run lengths; a sparse conv: its non-zeros'
+    input offsets); ``structure``: slice pointers and row order (a sparse conv: a row pointer
+    per output channel); ``codebook``: the codebook. Biases, scales and
     every other constant are not in a layer's row (the artifact's ``weight_bytes`` holds all).
     """
     from tvm import relax
@@ -47,6 +50,8 @@ def layer_sizes(mod, sparse: dict | None = None, codebook: bool = False,
         if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
             continue
         candidates = {m.name: m for m in sparse_candidates(func)[0]}
+        if sparse is not None and values == "float32":  # SparseDense's conv candidates
+            candidates.update({m.name: m for m in sparse_conv_candidates(func)})
         for _, name, kind, w in layer_weights(func):
             if name in rows:
                 continue  # another batch entry of the same layer: stored once
@@ -56,7 +61,13 @@ def layer_sizes(mod, sparse: dict | None = None, codebook: bool = False,
                    "weights": int(w.size), "nonzeros": int(np.count_nonzero(w)),
                    "fp32_bytes": int(w.size) * 4}
             by = dict.fromkeys(ROLES, 0)
-            if sparse is not None and m is not None and goes_sparse(
+            if sparse is not None and m is not None and m.kind == "conv" and \
+                    goes_sparse(key, m.w, sparse_args.get("threshold", 0.0),
+                                sparse_args.get("keep") or {}):
+                b = sparse_conv_from_dense(m.w, m.padded_hw).nbytes()
+                by.update(values=b["values"], col_indices=b["offsets"], structure=b["row_ptr"])
+                row.update(form="sparse conv float32", value_bits=32)
+            elif sparse is not None and m is not None and goes_sparse(
                     key, m.w, sparse_args.get("threshold", 0.0), sparse_args.get("keep") or {}):
                 c, form = sliced_layout(m.w, values, m.x_dtype)
                 b = c.nbytes()

@@ -12,6 +12,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..defaults import DEFAULT_SPARSE_THRESHOLD
 from ..kernels.codebook import MAX_CODES, distinct_values
+from ..kernels.sparse_conv import sparse_conv_from_dense, sparse_conv_kernel, supported
 from ..kernels.sell import (
     SlicedMatrix,
     sell_codebook_from_dense,
@@ -86,6 +87,14 @@ class SparseDense:
     ``R.call_tir(sell_int_b{B}_..., (x_q, data_i8, indices, slice_ptr, row_order),
     out_ty=int32)``: exact,
     and the bias add / requantization that follow are left as they were.
+    With ``values="float32"``, a float ``[relu](add(conv2d(x, W), b))`` (NCHW, constant OIHW
+    ``W``, stride 1, no dilation, one group: :func:`sparse_conv_candidates`, keyed
+    ``"<function>/conv<k>"``) becomes the direct sparse convolution
+    (:mod:`tvmcomp.kernels.sparse_conv`; a padded conv pads its input first)::
+
+        y = R.call_tir(sparse_conv_b{B}_{C}x{H}x{W}_{OC}k{KH}x{KW}[_relu],
+                       (x, values, offsets, row_ptr, b), out_ty=R.Tensor((B, OC, OH, OW)))
+
     A module with no such layer is returned unchanged.
     """
 
@@ -135,6 +144,7 @@ class _Match:
     batch: int
     name: str
     x_dtype: str = "float32"   # int8/uint8: the integer kernel (QuantizeInt8's int8 matmul)
+    kind: str = "matmul"
 
 
 class _Bindings:
@@ -289,6 +299,72 @@ def sliced_layout(w: np.ndarray, values: str = "float32",
     return build(w), values
 
 
+@dataclass
+class _ConvMatch:
+    """A float conv2d SparseDense can give the direct sparse convolution kernel."""
+
+    top: relax.Var       # the var whose binding becomes the call_tir (conv, +bias, +relu)
+    x: relax.Expr
+    w: np.ndarray        # OIHW
+    bias: np.ndarray | None
+    relu: bool
+    batch: int
+    name: str
+    in_shape: tuple[int, int, int, int]   # NCHW, before padding
+    pad: tuple[int, int, int, int]        # top, left, bottom, right
+    x_dtype: str = "float32"
+    kind: str = "conv"
+
+    @property
+    def padded_hw(self) -> tuple[int, int]:
+        return (self.in_shape[2] + self.pad[0] + self.pad[2],
+                self.in_shape[3] + self.pad[1] + self.pad[3])
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        (h, w), (kh, kw) = self.padded_hw, self.w.shape[2:]
+        return (self.batch, int(self.w.shape[0]), h - kh + 1, w - kw + 1)
+
+
+def sparse_conv_candidates(func: relax.Function) -> list[_ConvMatch]:
+    """The float ``[relu](add(conv2d(x, W), b))`` layers of ``func`` the direct sparse
+    convolution kernel computes (:mod:`tvmcomp.kernels.sparse_conv`): constant OIHW ``W``,
+    NCHW, stride 1, no dilation, one group, static shapes; padding becomes a pad before it."""
+    b = _Bindings(func)
+    out = []
+    for var, val, op, idx in _indexed_calls(b):
+        if op != "relax.nn.conv2d":
+            continue
+        w, xs, at = _const(val.args[1]), _static_shape(val.args[0]), val.attrs
+        if (w is None or w.ndim != 4 or w.dtype != np.float32 or xs is None or len(xs) != 4
+                or xs[1] != w.shape[1] or str(val.args[0].ty.dtype) != "float32"
+                or str(at.out_dtype) not in ("", "void", "None", "float32")
+                or int(at.groups) != 1 or any(int(v) != 1 for v in (*at.strides, *at.dilation))
+                or (str(at.data_layout), str(at.kernel_layout)) != ("NCHW", "OIHW")
+                or str(at.out_layout) not in ("NCHW", "")):
+            continue
+        pad = tuple(int(p) for p in at.padding)
+        hw = (xs[2] + pad[0] + pad[2], xs[3] + pad[1] + pad[3])
+        if not supported(hw, (int(w.shape[2]), int(w.shape[3]))):
+            continue
+        top, bias, relu = var, None, False
+        add = b.single_user(top, "relax.add")
+        if add is not None:
+            arg = b.value[add].args[1]
+            if isinstance(arg, relax.Var) and _op(b.value.get(arg)) == "relax.reshape":
+                arg = b.value[arg].args[0]  # the bias as ONNX Conv imports it
+            bv = _const(arg)
+            if bv is not None and bv.dtype == np.float32 and bv.size == w.shape[0] and (
+                    bv.ndim == 1 or bv.shape[-3:] == (w.shape[0], 1, 1)):
+                top, bias = add, bv.reshape(-1)
+        relu_v = b.single_user(top, "relax.nn.relu")
+        if relu_v is not None:
+            top, relu = relu_v, True
+        out.append(_ConvMatch(top, val.args[0], w, bias, relu, xs[0], layer_name(op, idx),
+                              tuple(xs), pad))
+    return out
+
+
 def goes_sparse(key: str, w: np.ndarray, threshold: float, keep: dict[str, bool]) -> bool:
     """Whether ``SparseDense(threshold, keep)`` rewrites the candidate layer ``key`` with
     weight ``w``: sparse enough, and not vetoed by ``keep``."""
@@ -308,6 +384,8 @@ class _Rewriter(PyExprMutator):
     def run(self) -> tvm.IRModule:
         def prepare(gv, func) -> bool:
             matches, _, _ = sparse_candidates(func)
+            if self.values == "float32":  # convs keep their codes / int8 values dense
+                matches = [*matches, *sparse_conv_candidates(func)]
             self.plan = {m.top: m for m in matches if goes_sparse(
                 layer_key(gv.name_hint, m.name), m.w, self.threshold, self.keep)}
             return bool(self.plan)
@@ -318,6 +396,9 @@ class _Rewriter(PyExprMutator):
         m = self.plan.get(binding.var)
         if m is None:
             super().visit_var_binding_(binding)
+            return
+        if isinstance(m, _ConvMatch):
+            self._emit_conv(binding, m)
             return
         out_f, in_f = m.w.shape
         if m.x_dtype != "float32":
@@ -335,6 +416,36 @@ class _Rewriter(PyExprMutator):
         call = relax.call_tir(self.kernels[key],
                               [self.visit_expr(m.x), *arrays, bias, scale],
                               relax.TensorType((m.batch, out_f), "float32"))
+        rebind(self, binding, call, f"{m.name}_sparse")
+
+    def _emit_conv(self, binding, m: _ConvMatch) -> None:
+        n, c, _, _ = m.in_shape
+        oc, _, kh, kw = m.w.shape
+        hw = m.padded_hw
+        key = ("conv", n, c, hw, oc, kh, kw, m.relu)
+        if key not in self.kernels:
+            name = (f"sparse_conv_b{n}_{c}x{hw[0]}x{hw[1]}_{oc}k{kh}x{kw}"
+                    + ("_relu" if m.relu else ""))
+            kern = sparse_conv_kernel(n, c, hw, oc, (kh, kw), m.relu)
+            self.kernels[key] = self.builder_.add_func(kern.with_attr("global_symbol", name),
+                                                        name)
+        h = "c" + hashlib.sha256(m.w.tobytes() + repr(hw).encode()).hexdigest()
+        if h not in self.consts:
+            s = sparse_conv_from_dense(m.w, hw)
+            self.consts[h] = (relax.const(s.values), relax.const(s.offsets),
+                              relax.const(s.row_ptr))
+        bias = np.ascontiguousarray(m.bias if m.bias is not None else np.zeros(oc, np.float32),
+                                    np.float32)
+        hb = "b" + hashlib.sha256(bias.tobytes()).hexdigest()
+        if hb not in self.consts:
+            self.consts[hb] = relax.const(bias)
+        x = self.visit_expr(m.x)
+        if any(m.pad):
+            t, left, bottom, right = m.pad
+            x = self.builder_.emit(R.nn.pad(x, [0, 0, 0, 0, t, bottom, left, right]),
+                                   f"{m.name}_padded")
+        call = relax.call_tir(self.kernels[key], [x, *self.consts[h], self.consts[hb]],
+                              relax.TensorType(m.out_shape, "float32"))
         rebind(self, binding, call, f"{m.name}_sparse")
 
     def _emit_int(self, binding, m: _Match) -> None:
@@ -404,7 +515,8 @@ def size_report(mod: tvm.IRModule) -> dict:
         def visit(e, calls=sparse_calls):
             if isinstance(e, tvm.ir.Call) and _op(e) == "relax.call_tir":
                 callee = e.args[0]
-                if isinstance(callee, tvm.ir.GlobalVar) and callee.name_hint.startswith("sell_"):
+                if isinstance(callee, tvm.ir.GlobalVar) and callee.name_hint.startswith(
+                        ("sell_", "sparse_conv_")):
                     calls.append(e)
 
         relax.analysis.post_order_visit(func, visit)
@@ -414,6 +526,8 @@ def size_report(mod: tvm.IRModule) -> dict:
             vals = args[1].value.numpy() if isinstance(args[1], tvm.ir.Constant) else None
             coded = vals is not None and vals.dtype == np.uint8  # the last slot is a codebook
             roles = (*_SPARSE_ARGS[:-1], "codebook") if coded else _SPARSE_ARGS
+            if entry["kernel"].startswith("sparse_conv_"):  # values, offsets, row_ptr, bias
+                roles = ("values", "col_indices", "slice_pointers", "bias")
             for role, a in zip(roles, args[1:]):
                 if isinstance(a, tvm.ir.Constant):
                     k = key(a)

@@ -172,10 +172,13 @@ def plan_sparse(quantized, profile, records, threshold: float, min_speedup: floa
         database = checked_database(both, profile, records, progress)
         decisions = store_once(gate(quantized, target, database,
                                     threshold=threshold, min_speedup=min_speedup,
-                                    progress=progress, fused=both), min_speedup, progress)
+                                    progress=progress, fused=both, codebook=codebook),
+                               min_speedup, progress)
         return SparsePlan(threshold, min_speedup, {d.key: d.keep_sparse for d in decisions},
                           "measured", [d.to_dict() for d in decisions]), tuned
     keep = {L.key: L.sparsity >= threshold for L in find_layers(quantized) if L.candidate}
+    keep.update({L.key: False for L in find_layers(quantized)  # unmeasured convs stay dense
+                 if L.kind == "conv"})
     if progress:
         print(f"sparse: {profile.name} cannot run here, so nothing can be measured; static rule: "
               f"{sum(keep.values())}/{len(keep)} matmul layers at sparsity >= {threshold} go "

@@ -26,7 +26,7 @@ class GateDecision:
 
     key: str                 # "<function>/matmul<k>", what SparseDense(keep=...) takes
     batch: int
-    shape: tuple[int, int]   # [out, in]
+    shape: tuple[int, int]   # [out, in] (a conv's: [out channels, in channels x kernel])
     sparsity: float
     dense_us: float          # the dense form's kernels of this layer in the real model
     sparse_us: float         # the sparse form's kernels of this layer in the real model
@@ -74,24 +74,28 @@ def _build(fused, target, database):
                   device_for(target.kind.name))
 
 
-def _candidates(quantized, threshold: float):
+def _candidates(quantized, threshold: float, convs: bool = True):
     """(decisions of layers below ``threshold``, ``(function, match, decision)`` of those at
-    or above it, every candidate key in layer order)."""
+    or above it, every candidate key in layer order). ``convs``: float convolutions are
+    candidates too (not with ``--codebook``: SparseDense keeps their codes dense)."""
     from tvm import relax
 
-    from ..passes.layers import layer_key
-    from ..passes.sparse_dense import sparse_candidates
+    from ..passes.layers import layer_index, layer_key
+    from ..passes.sparse_dense import sparse_candidates, sparse_conv_candidates
 
     below, timed, order = [], [], []
     for gv, func in quantized.functions.items():
         if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
             continue
         matches, _, _ = sparse_candidates(func)
+        if convs:
+            matches = sorted([*matches, *sparse_conv_candidates(func)],
+                             key=lambda m: layer_index(m.name))
         for m in matches:
             key = layer_key(gv.name_hint, m.name)
             order.append(key)
             sp = 1.0 - np.count_nonzero(m.w) / m.w.size
-            d = GateDecision(key, m.batch, (int(m.w.shape[0]), int(m.w.shape[1])), sp,
+            d = GateDecision(key, m.batch, (int(m.w.shape[0]), int(m.w[0].size)), sp,
                              float("nan"), float("nan"))
             if sp < threshold:
                 below.append(dataclasses.replace(d, reason=f"sparsity {sp:.3f} < {threshold}"))
@@ -109,7 +113,7 @@ def forms(quantized, target, threshold: float = DEFAULT_SPARSE_THRESHOLD,
     kernels against sparse kernels with codes)."""
     from ..pipeline import fuse
 
-    _, timed, _ = _candidates(quantized, threshold)
+    _, timed, _ = _candidates(quantized, threshold, convs=not codebook)
     dense = fuse(quantized, target, start="layer_forms", codebook=codebook, at_load=at_load)
     if not timed:
         return dense, None
@@ -181,11 +185,12 @@ def _dense_calls(func, w: np.ndarray) -> list:
     return []
 
 
-def _sparse_calls(func, index: int, integer: bool) -> list:
-    """The ``index``-th sparse kernel call of ``func`` and, for integer layers, the fused
+def _sparse_calls(func, index: int, integer: bool, prefix: str = "sell_") -> list:
+    """The ``index``-th sparse kernel call of ``func`` whose kernel's name starts with
+    ``prefix`` (``sell_``: matmul; ``sparse_conv_``: conv) and, for integer layers, the fused
     epilogue (bias, requantization) that consumes its output."""
     calls = _calls(func)
-    sparse = [(v, c) for v, c in calls if c.args[0].name_hint.startswith("sell_")]
+    sparse = [(v, c) for v, c in calls if c.args[0].name_hint.startswith(prefix)]
     if index >= len(sparse):
         return []
     var, call = sparse[index]
@@ -301,7 +306,7 @@ def gate(quantized, target, database=None, threshold: float = DEFAULT_SPARSE_THR
     """
     from ..bench import interleaved_us
 
-    out, timed, order = _candidates(quantized, threshold)
+    out, timed, order = _candidates(quantized, threshold, convs=not codebook)
     if not timed:
         return out  # already in layer order
     dense_mod, sparse_mod = fused or forms(quantized, target, threshold, codebook)
@@ -312,10 +317,11 @@ def gate(quantized, target, database=None, threshold: float = DEFAULT_SPARSE_THR
     rng = np.random.default_rng(0)
     timers, layer_calls, seen = {}, [], {}
     for fname, m, d in timed:
-        index = seen.get(fname, 0)
-        seen[fname] = index + 1
+        prefix = "sparse_conv_" if m.kind == "conv" else "sell_"
+        index = seen.get((fname, prefix), 0)
+        seen[(fname, prefix)] = index + 1
         dc = _dense_calls(dense.fused[fname], m.w)
-        sc = _sparse_calls(sparse.fused[fname], index, m.x_dtype != "float32")
+        sc = _sparse_calls(sparse.fused[fname], index, m.x_dtype != "float32", prefix)
         if not dc or not sc:
             raise ValueError(f"{d.key}: cannot find its kernels in the fused modules")
         for tag, built, calls in (("d", dense, dc), ("s", sparse, sc)):
