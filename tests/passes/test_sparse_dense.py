@@ -375,8 +375,9 @@ def test_gate_integer_layer():
 
 def test_gate_times_a_pruned_convolution(tmp_path):
     """The gate times a pruned conv's dense fused kernel against the direct sparse
-    convolution (bias and ReLU inside it) on the layer's real weight; with --codebook
-    (codes stay dense for convs) the conv is not a candidate."""
+    convolution (bias and ReLU inside it) on the layer's real weight, a padded conv's with
+    the kernel that pads its input; with --codebook (codes stay dense for convs) the conv
+    is not a candidate."""
     import torch
 
     from tvmcomp.frontend import export_onnx
@@ -387,6 +388,7 @@ def test_gate_times_a_pruned_convolution(tmp_path):
     m = LeNet5().eval()
     with torch.no_grad():
         m.conv2.weight[torch.rand_like(m.conv2.weight) < 0.8] = 0
+        m.conv1.weight[torch.rand_like(m.conv1.weight) < 0.5] = 0
     model, info = load_onnx(export_onnx(m, tmp_path / "l.onnx"))
     mod = import_batches(model, info, [4])
     target = tvm.target.Target(TARGET)
@@ -396,6 +398,11 @@ def test_gate_times_a_pruned_convolution(tmp_path):
     assert d.dense_kernels[0].startswith("fused_conv2d") and d.dense_us > 0
     assert d.sparse_kernels == ("sparse_conv_b4_6x14x14_16k5x5_relu",) and d.sparse_us > 0
     assert d.keep_sparse == (d.dense_us >= d.sparse_us)
-    assert "sparsity" in dec["main_b4/conv0"].reason  # not pruned: not timed
+    first = dec["main_b4/conv0"]  # padded by 2: its input padded first, timed with it
+    assert first.sparsity < 0.7 and "sparsity" in first.reason  # below the threshold
+    first = {d.key: d for d in gate(mod, target, None, threshold=0.3,
+                                    progress=False)}["main_b4/conv0"]
+    assert [k.rstrip("0123456789") for k in first.sparse_kernels] == [
+        "pad", "sparse_conv_b4_1x32x32_6k5x5_relu"] and first.sparse_us > 0
     assert "main_b4/conv1" not in {d.key for d in gate(mod, target, None, threshold=0.7,
                                                        progress=False, codebook=True)}

@@ -187,14 +187,18 @@ def _dense_calls(func, w: np.ndarray) -> list:
 
 def _sparse_calls(func, index: int, integer: bool, prefix: str = "sell_") -> list:
     """The ``index``-th sparse kernel call of ``func`` whose kernel's name starts with
-    ``prefix`` (``sell_``: matmul; ``sparse_conv_``: conv) and, for integer layers, the fused
-    epilogue (bias, requantization) that consumes its output."""
+    ``prefix`` (``sell_``: matmul; ``sparse_conv_``: conv, after the pad of its input if it
+    has one) and, for integer layers, the fused epilogue (bias, requantization) that
+    consumes its output."""
     calls = _calls(func)
     sparse = [(v, c) for v, c in calls if c.args[0].name_hint.startswith(prefix)]
     if index >= len(sparse):
         return []
     var, call = sparse[index]
     out = [call]
+    if prefix == "sparse_conv_":  # a padded conv's input is padded by a kernel of its own
+        x = call.args[1].fields[0]
+        out[:0] = [c for v, c in calls if v.same_as(x) and "pad" in c.args[0].name_hint]
     if integer:
         for _, c in calls:
             if any(a.same_as(var) for a in c.args[1].fields):
