@@ -51,3 +51,32 @@ def test_too_few_positions_for_a_vector_is_refused():
     assert supported((14, 14), (5, 5)) and not supported((3, 3), (3, 3))
     with pytest.raises(ValueError, match="flat output positions"):
         sparse_conv_kernel(1, 1, (3, 3), 2, (3, 3), False)
+
+
+@pytest.mark.parametrize("x_dtype", ["int8", "uint8"])
+def test_integer_sparse_conv_is_exact(x_dtype):
+    """QuantizeInt8's operands (int8 / uint8 activations, int8 weights): the int32 sums equal
+    an int64 NumPy convolution bit for bit, at the extremes of both ranges."""
+    n, c, (h, w), oc, k = 2, 6, (14, 14), 16, 5
+    rng = np.random.default_rng(3)
+    wq = rng.integers(-127, 128, (oc, c, k, k)).astype(np.int8)
+    wq[:, :, 0, 0] = -127  # the largest products
+    wq *= (rng.random(wq.shape) < 0.3).astype(np.int8)
+    info = np.iinfo(x_dtype)
+    x = rng.integers(info.min, info.max + 1, (n, c, h, w)).astype(x_dtype)
+    x[..., :3, :3] = info.min
+    s = sparse_conv_from_dense(wq, (h, w))
+    assert s.values.dtype == np.int8
+    np.testing.assert_array_equal(s.to_dense(), wq)
+    func = sparse_conv_kernel(n, c, (h, w), oc, (k, k), False, x_dtype).with_attr(
+        "global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(TARGET))
+    out = tvm.runtime.tensor(np.full((n, oc, h - k + 1, w - k + 1), 7, np.int32))
+    lib["main"](*(tvm.runtime.tensor(a) for a in (x, s.values, s.offsets, s.row_ptr)), out)
+    x64, w64 = x.astype(np.int64), wq.astype(np.int64)
+    ref = np.zeros(out.shape, np.int64)
+    for i in range(k):
+        for j in range(k):
+            ref += np.einsum("nchw,oc->nohw", x64[:, :, i:i + h - k + 1, j:j + w - k + 1],
+                             w64[:, :, i, j])
+    np.testing.assert_array_equal(out.numpy(), ref)

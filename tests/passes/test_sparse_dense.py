@@ -406,3 +406,35 @@ def test_gate_times_a_pruned_convolution(tmp_path):
         "pad", "sparse_conv_b4_1x32x32_6k5x5_relu"] and first.sparse_us > 0
     assert "main_b4/conv1" not in {d.key for d in gate(mod, target, None, threshold=0.7,
                                                        progress=False, codebook=True)}
+
+
+@pytest.mark.parametrize("accumulate", ["int32", "float32"])
+def test_int8_conv_takes_the_integer_sparse_kernel_exactly(tmp_path, accumulate):
+    """After QuantizeInt8 (both accumulations), a pruned int8 conv becomes the integer
+    direct sparse convolution (int32 sums; bias and requantization as they were): the whole
+    int8 model's outputs are bit for bit the dense int8 model's."""
+    import torch
+
+    from tvmcomp.frontend import export_onnx
+    from tvmcomp.frontend.onnx_import import import_batches, load_onnx
+    from tvmcomp.model import LeNet5
+    from tvmcomp.passes import QuantizeInt8
+    from tvmcomp.pipeline import compile_fused, fuse
+    from tvmcomp.quant import QuantConfig, quantize_onnx
+
+    torch.manual_seed(0)
+    m = LeNet5().eval()
+    with torch.no_grad():
+        m.conv2.weight[torch.rand_like(m.conv2.weight) < 0.8] = 0
+    model, info = load_onnx(export_onnx(m, tmp_path / "l.onnx"))
+    x = np.random.default_rng(0).random((8, 1, 28, 28)).astype(np.float32)
+    qm = quantize_onnx(model, x, QuantConfig(num_calib=8))
+    mod = QuantizeInt8(accumulate)(import_batches(qm.model, info, [2]))
+    sparse = SparseDense(threshold=0.7)(mod)
+    names = [gv.name_hint for gv, f in sparse.functions.items()
+             if isinstance(f, tvm.tirx.PrimFunc)]
+    assert "sparse_conv_b2_6x14x14_16k5x5_int8" in names
+    target = tvm.target.Target(TARGET)
+    outs = [relax.VirtualMachine(compile_fused(fuse(mm, target), target), tvm.cpu())["main_b2"](
+        tvm.runtime.tensor(x[:2])).numpy() for mm in (mod, sparse)]
+    np.testing.assert_array_equal(outs[1], outs[0])

@@ -42,7 +42,7 @@ class SparseConvWeight:
     ``values[j]`` and ``offsets[j]`` (``c*H*W + kh*W + kw``) of output channel ``o``'s
     non-zeros for ``row_ptr[o] <= j < row_ptr[o + 1]``."""
 
-    values: np.ndarray    # float32 [nnz] (at least one entry: a buffer is never empty)
+    values: np.ndarray    # float32 (int8) [nnz] (at least one entry: a buffer is never empty)
     offsets: np.ndarray   # int32 [nnz]
     row_ptr: np.ndarray   # int32 [OC + 1]
     shape: tuple[int, int, int, int]
@@ -60,7 +60,7 @@ class SparseConvWeight:
     def to_dense(self) -> np.ndarray:
         oc, c, kh, kw = self.shape
         h, w = self.in_hw
-        out = np.zeros(self.shape, np.float32)
+        out = np.zeros(self.shape, self.values.dtype)
         for o in range(oc):
             for j in range(self.row_ptr[o], self.row_ptr[o + 1]):
                 off = int(self.offsets[j])
@@ -70,8 +70,9 @@ class SparseConvWeight:
 
 
 def sparse_conv_from_dense(w: np.ndarray, in_hw: tuple[int, int]) -> SparseConvWeight:
-    """``w`` (float32 OIHW) in the kernel's form for inputs of spatial size ``in_hw``."""
-    w = np.ascontiguousarray(w, np.float32)
+    """``w`` (float32 OIHW, or an int8 layer's int8) in the kernel's form for inputs of
+    spatial size ``in_hw``."""
+    w = np.ascontiguousarray(w, np.int8 if w.dtype == np.int8 else np.float32)
     oc, c, kh, kw = w.shape
     h, wd = in_hw
     o, ci, y, x = np.nonzero(w)  # row-major: grouped by output channel, in plane order
@@ -80,7 +81,7 @@ def sparse_conv_from_dense(w: np.ndarray, in_hw: tuple[int, int]) -> SparseConvW
     np.cumsum(np.bincount(o, minlength=oc), out=row_ptr[1:])
     values = w[o, ci, y, x]
     if values.size == 0:
-        values, offsets = np.zeros(1, np.float32), np.zeros(1, np.int32)
+        values, offsets = np.zeros(1, w.dtype), np.zeros(1, np.int32)
     return SparseConvWeight(values, offsets, row_ptr, (oc, c, kh, kw), (h, wd))
 
 
@@ -93,11 +94,13 @@ def supported(in_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> bool:
 
 
 def sparse_conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels: int,
-                       kernel_hw: tuple[int, int], relu: bool):
+                       kernel_hw: tuple[int, int], relu: bool, x_dtype: str = "float32"):
     """The PrimFunc ``(x, values, offsets, row_ptr, bias) -> y`` for ``R.call_tir``:
     ``x`` float32 ``[batch, channels, H, W]``, ``y`` ``[batch, out_channels, OH, OW]``; the
     number of non-zeros is symbolic, so one kernel serves every weight of the shape.
-    Parallel over (image, output channel)."""
+    Parallel over images. With an int8 / uint8 ``x`` (``QuantizeInt8``'s), the values are
+    int8 and the kernel is ``(x, values, offsets, row_ptr) -> y`` int32, the exact integer
+    sums (no bias or ReLU: the requantization that follows does them)."""
     from tvm.script import tirx as T
 
     (h, w), (kh, kw) = in_hw, kernel_hw
@@ -111,34 +114,65 @@ def sparse_conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_ch
     NT = -(-NV // MAX_TILE)  # noqa: N806
     TILE = -(-NV // NT)  # noqa: N806
     L = LANES  # noqa: N806
+    integer = x_dtype != "float32"
+    acc_t, val_t = ("int32", "int8") if integer else ("float32", "float32")
 
     def first(t, v):  # the flat position of a tile's v-th vector (the last one shifted)
         return T.min((t * T.int64(TILE) + v) * T.int64(L), T.int64(P - L))
+
+    def product(value, x):
+        return T.Cast(acc_t, value) * T.Cast(acc_t, x) if integer else value * x
+
+    def result(acc, bias, o):
+        if integer:
+            return acc
+        return T.max(acc + bias[o], T.float32(0)) if relu else acc + bias[o]
 
     @T.macro
     def tile_loops(n, o, t, acc, xf, values, offsets, row_ptr, bias, y):
         for v in T.unroll(T.int64(TILE)):
             if t * T.int64(TILE) + v < T.int64(NV):
                 for lane in T.vectorized(T.int64(L)):
-                    acc[v * T.int64(L) + lane] = T.float32(0)
+                    acc[v * T.int64(L) + lane] = T.Cast(acc_t, 0)
         for j in range(T.Cast("int64", row_ptr[o]), T.Cast("int64", row_ptr[o + 1])):
             for v in T.unroll(T.int64(TILE)):
                 if t * T.int64(TILE) + v < T.int64(NV):
                     for lane in T.vectorized(T.int64(L)):
-                        acc[v * T.int64(L) + lane] = acc[v * T.int64(L) + lane] + values[j] * xf[
-                            n * T.int64(PLANE) + T.Cast("int64", offsets[j]) + first(t, v)
-                            + lane]
+                        acc[v * T.int64(L) + lane] = acc[v * T.int64(L) + lane] + product(
+                            values[j], xf[n * T.int64(PLANE) + T.Cast("int64", offsets[j])
+                                          + first(t, v) + lane])
         for v in T.unroll(T.int64(TILE)):  # bias, ReLU, and the lanes that are outputs
             if t * T.int64(TILE) + v < T.int64(NV):
                 for lane in T.unroll(T.int64(L)):
                     p = first(t, v) + lane
                     if p % T.int64(w) < T.int64(OW):
-                        if relu:
-                            y[n, o, p // T.int64(w), p % T.int64(w)] = T.max(
-                                acc[v * T.int64(L) + lane] + bias[o], T.float32(0))
-                        else:
-                            y[n, o, p // T.int64(w), p % T.int64(w)] = \
-                                acc[v * T.int64(L) + lane] + bias[o]
+                        y[n, o, p // T.int64(w), p % T.int64(w)] = result(
+                            acc[v * T.int64(L) + lane], bias, o)
+
+    @T.macro
+    def image_loops(xf, values, offsets, row_ptr, bias, y):
+        for n in T.parallel(T.int64(B)):  # images; at batch 1 one thread (no launch)
+            acc = T.decl_buffer((T.int64(TILE * L),), acc_t, scope="local")
+            for o in range(T.int64(OC)):
+                for t in T.unroll(T.int64(NT)):
+                    tile_loops(n, o, t, acc, xf, values, offsets, row_ptr, bias, y)
+
+    if integer:
+        @T.prim_func(private=True, s_tir=True)
+        def sparse_conv_int(x: T.Buffer((T.int64(B), T.int64(C), T.int64(h), T.int64(w)),
+                                        x_dtype),
+                            values_h: T.handle, offsets_h: T.handle,
+                            row_ptr: T.Buffer((T.int64(OC + 1),), "int32"),
+                            y: T.Buffer((T.int64(B), T.int64(OC), T.int64(OH), T.int64(OW)),
+                                        "int32")):
+            T.func_attr(HAND_SCHEDULED_ATTRS)
+            nnz = T.int64()
+            values = T.match_buffer(values_h, (nnz,), val_t)
+            offsets = T.match_buffer(offsets_h, (nnz,), "int32")
+            xf = T.decl_buffer((T.int64(B * PLANE),), x_dtype, data=x.data)
+            image_loops(xf, values, offsets, row_ptr, None, y)
+
+        return sparse_conv_int
 
     @T.prim_func(private=True, s_tir=True)
     def sparse_conv(x: T.Buffer((T.int64(B), T.int64(C), T.int64(h), T.int64(w)), "float32"),
@@ -151,10 +185,6 @@ def sparse_conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_ch
         values = T.match_buffer(values_h, (nnz,), "float32")
         offsets = T.match_buffer(offsets_h, (nnz,), "int32")
         xf = T.decl_buffer((T.int64(B * PLANE),), "float32", data=x.data)
-        for n in T.parallel(T.int64(B)):  # images; at batch 1 one thread (no launch)
-            acc = T.decl_buffer((T.int64(TILE * L),), "float32", scope="local")
-            for o in range(T.int64(OC)):
-                for t in T.unroll(T.int64(NT)):
-                    tile_loops(n, o, t, acc, xf, values, offsets, row_ptr, bias, y)
+        image_loops(xf, values, offsets, row_ptr, bias, y)
 
     return sparse_conv

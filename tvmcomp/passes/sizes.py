@@ -64,9 +64,11 @@ def layer_sizes(mod, sparse: dict | None = None, codebook: bool = False,
             if sparse is not None and m is not None and m.kind == "conv" and \
                     goes_sparse(key, m.w, sparse_args.get("threshold", 0.0),
                                 sparse_args.get("keep") or {}):
-                b = sparse_conv_from_dense(m.w, m.padded_hw).nbytes()
+                c = sparse_conv_from_dense(m.w, m.padded_hw)
+                b = c.nbytes()
                 by.update(values=b["values"], col_indices=b["offsets"], structure=b["row_ptr"])
-                row.update(form="sparse conv float32", value_bits=32)
+                row.update(form=f"sparse conv {c.values.dtype}",
+                           value_bits=c.values.dtype.itemsize * 8)
             elif sparse is not None and m is not None and goes_sparse(
                     key, m.w, sparse_args.get("threshold", 0.0), sparse_args.get("keep") or {}):
                 c, form = sliced_layout(m.w, values, m.x_dtype)

@@ -95,6 +95,10 @@ class SparseDense:
         y = R.call_tir(sparse_conv_b{B}_{C}x{H}x{W}_{OC}k{KH}x{KW}[_relu],
                        (x, values, offsets, row_ptr, b), out_ty=R.Tensor((B, OC, OH, OW)))
 
+    and ``QuantizeInt8``'s integer conv2d (int32 out, or its exact float32 accumulation cast
+    to int32) the integer kernel ``sparse_conv_..._{int8|uint8}(x_q, values_i8, offsets,
+    row_ptr)`` with int32 out, bias and requantization left as they were.
+
     A module with no such layer is returned unchanged.
     """
 
@@ -329,16 +333,24 @@ class _ConvMatch:
 def sparse_conv_candidates(func: relax.Function) -> list[_ConvMatch]:
     """The float ``[relu](add(conv2d(x, W), b))`` layers of ``func`` the direct sparse
     convolution kernel computes (:mod:`tvmcomp.kernels.sparse_conv`): constant OIHW ``W``,
-    NCHW, stride 1, no dilation, one group, static shapes; padding becomes a pad before it."""
+    NCHW, stride 1, no dilation, one group, static shapes; padding becomes a pad before it.
+    And ``QuantizeInt8``'s integer convolutions (int8 / uint8 ``x``, int8 ``W``, int32 out,
+    or float32 out cast to int32: its exact float accumulation), without their epilogue."""
     b = _Bindings(func)
     out = []
     for var, val, op, idx in _indexed_calls(b):
         if op != "relax.nn.conv2d":
             continue
         w, xs, at = _const(val.args[1]), _static_shape(val.args[0]), val.attrs
-        if (w is None or w.ndim != 4 or w.dtype != np.float32 or xs is None or len(xs) != 4
-                or xs[1] != w.shape[1] or str(val.args[0].ty.dtype) != "float32"
-                or str(at.out_dtype) not in ("", "void", "None", "float32")
+        xd, od = str(val.args[0].ty.dtype), str(at.out_dtype)
+        is_float = xd == "float32" and w is not None and w.dtype == np.float32 and od in (
+            "", "void", "None", "float32")
+        int_in = xd in ("int8", "uint8") and w is not None and w.dtype == np.int8
+        cast = b.single_user(var, "relax.astype") if int_in and od == "float32" else None
+        if cast is not None and str(b.value[cast].attrs.dtype) != "int32":
+            cast = None
+        if (w is None or w.ndim != 4 or xs is None or len(xs) != 4 or xs[1] != w.shape[1]
+                or not (is_float or int_in and (od == "int32" or cast is not None))
                 or int(at.groups) != 1 or any(int(v) != 1 for v in (*at.strides, *at.dilation))
                 or (str(at.data_layout), str(at.kernel_layout)) != ("NCHW", "OIHW")
                 or str(at.out_layout) not in ("NCHW", "")):
@@ -346,6 +358,10 @@ def sparse_conv_candidates(func: relax.Function) -> list[_ConvMatch]:
         pad = tuple(int(p) for p in at.padding)
         hw = (xs[2] + pad[0] + pad[2], xs[3] + pad[1] + pad[3])
         if not supported(hw, (int(w.shape[2]), int(w.shape[3]))):
+            continue
+        if int_in:  # bias and requantization stay as QuantizeInt8 emitted them
+            out.append(_ConvMatch(var if cast is None else cast, val.args[0], w, None, False,
+                                  xs[0], layer_name(op, idx), tuple(xs), pad, xd))
             continue
         top, bias, relu = var, None, False
         add = b.single_user(top, "relax.add")
@@ -422,11 +438,12 @@ class _Rewriter(PyExprMutator):
         n, c, _, _ = m.in_shape
         oc, _, kh, kw = m.w.shape
         hw = m.padded_hw
-        key = ("conv", n, c, hw, oc, kh, kw, m.relu)
+        integer = m.x_dtype != "float32"
+        key = ("conv", n, c, hw, oc, kh, kw, m.relu, m.x_dtype)
         if key not in self.kernels:
             name = (f"sparse_conv_b{n}_{c}x{hw[0]}x{hw[1]}_{oc}k{kh}x{kw}"
-                    + ("_relu" if m.relu else ""))
-            kern = sparse_conv_kernel(n, c, hw, oc, (kh, kw), m.relu)
+                    + ("_relu" if m.relu else "") + (f"_{m.x_dtype}" if integer else ""))
+            kern = sparse_conv_kernel(n, c, hw, oc, (kh, kw), m.relu, m.x_dtype)
             self.kernels[key] = self.builder_.add_func(kern.with_attr("global_symbol", name),
                                                         name)
         h = "c" + hashlib.sha256(m.w.tobytes() + repr(hw).encode()).hexdigest()
@@ -434,16 +451,21 @@ class _Rewriter(PyExprMutator):
             s = sparse_conv_from_dense(m.w, hw)
             self.consts[h] = (relax.const(s.values), relax.const(s.offsets),
                               relax.const(s.row_ptr))
+        x = self.visit_expr(m.x)
+        if any(m.pad):  # zeros: for an int8 conv, QuantizeInt8 pads with the zero point itself
+            t, left, bottom, right = m.pad
+            x = self.builder_.emit(R.nn.pad(x, [0, 0, 0, 0, t, bottom, left, right]),
+                                   f"{m.name}_padded")
+        if integer:  # the int32 sums; bias and requantization follow as they were
+            call = relax.call_tir(self.kernels[key], [x, *self.consts[h]],
+                                  relax.TensorType(m.out_shape, "int32"))
+            rebind(self, binding, call, f"{m.name}_sparse_i32")
+            return
         bias = np.ascontiguousarray(m.bias if m.bias is not None else np.zeros(oc, np.float32),
                                     np.float32)
         hb = "b" + hashlib.sha256(bias.tobytes()).hexdigest()
         if hb not in self.consts:
             self.consts[hb] = relax.const(bias)
-        x = self.visit_expr(m.x)
-        if any(m.pad):
-            t, left, bottom, right = m.pad
-            x = self.builder_.emit(R.nn.pad(x, [0, 0, 0, 0, t, bottom, left, right]),
-                                   f"{m.name}_padded")
         call = relax.call_tir(self.kernels[key], [x, *self.consts[h], self.consts[hb]],
                               relax.TensorType(m.out_shape, "float32"))
         rebind(self, binding, call, f"{m.name}_sparse")
