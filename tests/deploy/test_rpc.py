@@ -62,9 +62,10 @@ def test_rpc_list(tracker, server):
     assert r.returncode == 0 and f"{KEY}\t1" in r.stdout
 
 
-def test_silent_tracker_is_one_line_not_a_hang(run_tvmcomp, lenet_artifact):
+def test_silent_tracker_is_one_line_not_a_hang(run_tvmcomp, lenet_artifact, monkeypatch):
     """Something accepts connections at the tracker address and never answers: `bench` gives
-    up after the timeout with one line instead of waiting forever."""
+    up after the timeout ($TVMCOMP_RPC_TIMEOUT, 1 s here) with one line instead of waiting
+    forever; a timeout that is not a positive number is one line too."""
     import socket
     import threading
 
@@ -75,12 +76,19 @@ def test_silent_tracker_is_one_line_not_a_hang(run_tvmcomp, lenet_artifact):
     held = []
     threading.Thread(target=lambda: held.append(listener.accept()), daemon=True).start()
     try:
+        monkeypatch.setenv("TVMCOMP_RPC_TIMEOUT", "1")
         t0 = time.monotonic()
         r = run_tvmcomp("bench", str(lenet_artifact.path), "--batch", "1", "--rpc-tracker",
                         f"{HOST}:{port}", timeout=120)
         assert time.monotonic() - t0 < 60
-        assert r.returncode == 2 and "sent no answer" in r.stderr, r.stderr
+        assert r.returncode == 2 and "sent no answer in 1 s" in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+        from tvmcomp.errors import TvmcompError
+        from tvmcomp.rpc import tracker_summary
+
+        monkeypatch.setenv("TVMCOMP_RPC_TIMEOUT", "-3")
+        with pytest.raises(TvmcompError, match="positive number of seconds, got '-3'"):
+            tracker_summary(HOST, port)
     finally:
         listener.close()
 

@@ -392,27 +392,24 @@ def test_gate_times_a_pruned_convolution(tmp_path):
     model, info = load_onnx(export_onnx(m, tmp_path / "l.onnx"))
     mod = import_batches(model, info, [4])
     target = tvm.target.Target(TARGET)
-    dec = {d.key: d for d in gate(mod, target, None, threshold=0.7, progress=False)}
+    dec = {d.key: d for d in gate(mod, target, None, threshold=0.3, progress=False)}
     d = dec["main_b4/conv1"]
     assert d.shape == (16, 150) and d.sparsity == pytest.approx(0.8, abs=0.05)
     assert d.dense_kernels[0].startswith("fused_conv2d") and d.dense_us > 0
     assert d.sparse_kernels == ("sparse_conv_b4_6x14x14_16k5x5_relu",) and d.sparse_us > 0
     assert d.keep_sparse == (d.dense_us >= d.sparse_us)
     first = dec["main_b4/conv0"]  # padded by 2: its input padded first, timed with it
-    assert first.sparsity < 0.7 and "sparsity" in first.reason  # below the threshold
-    first = {d.key: d for d in gate(mod, target, None, threshold=0.3,
-                                    progress=False)}["main_b4/conv0"]
     assert [k.rstrip("0123456789") for k in first.sparse_kernels] == [
         "pad", "sparse_conv_b4_1x32x32_6k5x5_relu"] and first.sparse_us > 0
     assert "main_b4/conv1" not in {d.key for d in gate(mod, target, None, threshold=0.7,
                                                        progress=False, codebook=True)}
 
 
-@pytest.mark.parametrize("accumulate", ["int32", "float32"])
-def test_int8_conv_takes_the_integer_sparse_kernel_exactly(tmp_path, accumulate):
-    """After QuantizeInt8 (both accumulations), a pruned int8 conv becomes the integer
+def test_int8_conv_takes_the_integer_sparse_kernel_exactly(tmp_path):
+    """After QuantizeInt8 (either accumulation), a pruned int8 conv becomes the integer
     direct sparse convolution (int32 sums; bias and requantization as they were): the whole
-    int8 model's outputs are bit for bit the dense int8 model's."""
+    int8 model's outputs are bit for bit the dense int8 model's (float32 accumulation, what
+    AVX2 profiles use, compiled; int32 accumulation rewritten the same way)."""
     import torch
 
     from tvmcomp.frontend import export_onnx
@@ -429,11 +426,13 @@ def test_int8_conv_takes_the_integer_sparse_kernel_exactly(tmp_path, accumulate)
     model, info = load_onnx(export_onnx(m, tmp_path / "l.onnx"))
     x = np.random.default_rng(0).random((8, 1, 28, 28)).astype(np.float32)
     qm = quantize_onnx(model, x, QuantConfig(num_calib=8))
-    mod = QuantizeInt8(accumulate)(import_batches(qm.model, info, [2]))
-    sparse = SparseDense(threshold=0.7)(mod)
-    names = [gv.name_hint for gv, f in sparse.functions.items()
-             if isinstance(f, tvm.tirx.PrimFunc)]
-    assert "sparse_conv_b2_6x14x14_16k5x5_int8" in names
+    imported = import_batches(qm.model, info, [2])
+    for accumulate in ("int32", "float32"):
+        mod = QuantizeInt8(accumulate)(imported)
+        sparse = SparseDense(threshold=0.7)(mod)
+        names = [gv.name_hint for gv, f in sparse.functions.items()
+                 if isinstance(f, tvm.tirx.PrimFunc)]
+        assert "sparse_conv_b2_6x14x14_16k5x5_int8" in names, accumulate
     target = tvm.target.Target(TARGET)
     outs = [relax.VirtualMachine(compile_fused(fuse(mm, target), target), tvm.cpu())["main_b2"](
         tvm.runtime.tensor(x[:2])).numpy() for mm in (mod, sparse)]

@@ -197,8 +197,9 @@ def _sparse_calls(func, index: int, integer: bool, prefix: str = "sell_") -> lis
     var, call = sparse[index]
     out = [call]
     if prefix == "sparse_conv_":  # a padded conv's input is padded by a kernel of its own
-        x = call.args[1].fields[0]
-        out[:0] = [c for v, c in calls if v.same_as(x) and "pad" in c.args[0].name_hint]
+        x = call.args[1].fields[0]  # (fused into its producer, e.g. the input's quantize,
+        out[:0] = [c for v, c in calls  # it is not counted: the dense side has that one alone)
+                   if v.same_as(x) and c.args[0].name_hint.rstrip("0123456789") == "pad"]
     if integer:
         for _, c in calls:
             if any(a.same_as(var) for a in c.args[1].fields):

@@ -8,6 +8,8 @@ that measure tuning trials (:mod:`tvmcomp.tune.remote`).
 
 from __future__ import annotations
 
+import math
+import os
 import socket
 import time
 from pathlib import Path
@@ -22,6 +24,8 @@ DEFAULT_HOST = "127.0.0.1"
 TRACKER_PORT = 9190
 SERVER_PORT = 9090
 SERVER_ID_FUNC = "tvm.rpc.server.tvmcomp_server_id"  # see _register_server_id
+RPC_TIMEOUT_ENV = "TVMCOMP_RPC_TIMEOUT"  # seconds a tracker may take to answer (default 5)
+DEFAULT_RPC_TIMEOUT_S = 5.0
 
 
 def parse_addr(text: str) -> tuple[str, int]:
@@ -33,9 +37,28 @@ def parse_addr(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def tracker_summary(host: str, port: int, timeout_s: float = 5.0) -> dict:
-    """The tracker's summary (servers and queues); a one-line error if it cannot be reached."""
+def rpc_timeout_s() -> float:
+    """How long a tracker may take to connect and answer: ``$TVMCOMP_RPC_TIMEOUT`` seconds
+    (e.g. for a board on a slow link), else 5; one line for anything but a positive number."""
+    text = os.environ.get(RPC_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_RPC_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value > 0):
+        raise TvmcompError(f"{RPC_TIMEOUT_ENV} must be a positive number of seconds, "
+                           f"got {text!r}")
+    return value
+
+
+def tracker_summary(host: str, port: int, timeout_s: float | None = None) -> dict:
+    """The tracker's summary (servers and queues); a one-line error if it cannot be reached
+    or does not answer within ``timeout_s`` (default :func:`rpc_timeout_s`)."""
     from tvm import rpc
+
+    timeout_s = rpc_timeout_s() if timeout_s is None else timeout_s
 
     where = f"{host}:{port}"
     try:
