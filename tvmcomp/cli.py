@@ -141,7 +141,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "batch, else 1,64)")
     s = p.add_argument_group("sparse kernels")
     s.add_argument("--sparse", action="store_true",
-                   help="sparse (sliced-ELLPACK) kernels for sparse dense layers, kept only "
+                   help="sparse kernels for pruned layers (sliced ELLPACK for dense layers, "
+                        "direct sparse convolution for stride-1 convolutions), kept only "
                         "where measured faster")
     s.add_argument("--sparse-threshold", type=_sparsity, default=DEFAULT_SPARSE_THRESHOLD,
                    help="weight sparsity from which a layer is tried sparse (default "
