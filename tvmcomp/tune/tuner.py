@@ -343,6 +343,13 @@ def trials_per_task(budget_s: float, tasks: int) -> int:
     return max(MIN_TRIALS_PER_TASK, math.ceil(budget_s / (TRIAL_S * max(1, tasks))))
 
 
+def search_population(trials: int) -> int:
+    """The evolutionary search's population for a task tuned ``trials`` times: 256 (64 or
+    more trials), else 4 candidates a trial, at least 16. Evolving 256 candidates for a
+    trial or two spent ~3 s a task in the search alone (LeNet-5's int8 kernels, Zen 3)."""
+    return min(256, max(16, 4 * trials))
+
+
 def tune_module(mod, target, records: Records, *, budget_s: float,
                 max_trials_per_task: int | None = None, only_missing: bool = True,
                 trials_per_iter: int = 32, runner=None, runner_gone=None, seed: int = 0,
@@ -414,11 +421,15 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
         report.measured = {t.task_name: workload_key(t.dispatched[0]) for t in chosen}
         logs = records.paths.cache  # MetaSchedule writes its per-task logs/ here, never committed
         logs.mkdir(parents=True, exist_ok=True)
+        if max_trials_per_task is None:
+            max_trials_per_task = trials_per_task(budget_s, len(chosen))
+        population = search_population(max_trials_per_task)
         with _unnamed_log_handlers_detached(), _no_info_lines():
             contexts, weights = extracted_tasks_to_tune_contexts(
                 chosen, work_dir=str(logs), num_threads="physical", seed=seed,
                 strategy=ms.search_strategy.EvolutionarySearch(
-                    population_size=256, init_measured_ratio=0.2, genetic_num_iters=3),
+                    population_size=population, init_measured_ratio=0.2,
+                    init_min_unmeasured=min(50, population), genetic_num_iters=3),
             )
             builder_key = ("builder", family, cross_compiler)
             builder = _kept(builder_key, lambda: _local_builder(
@@ -431,8 +442,6 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
                                                            min_repeat_ms=20),
             ))
         finished = False
-        if max_trials_per_task is None:
-            max_trials_per_task = trials_per_task(budget_s, len(contexts))
         total = max_trials_per_task * len(contexts)
         counter, fired = [0, 0], [False]  # trials, of which measured; why it stopped
         bar = tqdm(total=total, desc=f"tune {len(contexts)} tasks", unit="trial",
