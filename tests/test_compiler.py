@@ -295,3 +295,24 @@ def test_codebook_decode_auto_measures_where_each_layer_decodes(shared_lenet, tm
     assert plan["codebook_gate"] == gate
     assert plan["codebook_at_load"] == [d["layer"] for d in gate if d["at_load"]]
     assert man["verification"]["passed"]
+
+
+def test_verify_tells_a_wrong_output_from_too_much_accuracy_lost(lenet, eval_set):
+    """verify with an accuracy budget: outputs that agree with the reference but fall too far
+    below float raise AccuracyDropError (the main job leaves such a form out); outputs that
+    disagree with the reference raise a plain VerificationError, budget or not."""
+    from tvmcomp.errors import AccuracyDropError
+    from tvmcomp.verify import verify
+
+    def ref(x):
+        return ort_run(ort_session(str(lenet.onnx)), x)
+
+    with pytest.raises(AccuracyDropError, match="below float"):
+        verify(ref, str(lenet.onnx), (1, 1, 28, 28), "float32", eval_set, reference_fn=ref,
+               max_accuracy_drop=-1.0)
+    for drop in (-1.0, None):
+        with pytest.raises(VerificationError) as e:
+            verify(lambda x: ref(x) + 100.0 * np.eye(10, dtype=np.float32)[0], str(lenet.onnx),
+                   (1, 1, 28, 28), "float32", eval_set, reference_fn=ref,
+                   max_accuracy_drop=drop)  # class 0 always wins: wrong outputs
+        assert type(e.value) is VerificationError and "max |err|" in str(e.value)

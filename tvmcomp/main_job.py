@@ -12,9 +12,9 @@ from pathlib import Path
 
 from .compiler import BuildOptions, build
 from .data.mnist import default_mnist_dir, load_eval_set
-from .errors import AccuracyDropError
 from .defaults import (DEFAULT_BATCHES, DEFAULT_FINETUNE_EPOCHS, DEFAULT_LOWRANK_EPOCHS,
                        DEFAULT_LOWRANK_LR, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_TUNE_BUDGET_S)
+from .errors import AccuracyDropError
 from .frontend import export_onnx
 from .frontend.onnx_import import CHECKPOINT_KEY
 from .model import LeNet5, TrainConfig, evaluate_torch, load_checkpoint, save_checkpoint, train

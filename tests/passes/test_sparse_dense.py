@@ -437,3 +437,30 @@ def test_int8_conv_takes_the_integer_sparse_kernel_exactly(tmp_path):
     outs = [relax.VirtualMachine(compile_fused(fuse(mm, target), target), tvm.cpu())["main_b2"](
         tvm.runtime.tensor(x[:2])).numpy() for mm in (mod, sparse)]
     np.testing.assert_array_equal(outs[1], outs[0])
+
+
+def test_static_rule_keeps_unmeasured_convolutions_dense(tmp_path, capsys):
+    """A profile that cannot run here (ARM) gets the static rule: matmuls at or above the
+    threshold go sparse, convolutions, however pruned, stay dense (never measured)."""
+    import torch
+
+    from tvmcomp.frontend import export_onnx
+    from tvmcomp.frontend.onnx_import import import_batches, load_onnx
+    from tvmcomp.model import LeNet5
+    from tvmcomp.plan import plan_sparse
+    from tvmcomp.targets import load_profile
+
+    torch.manual_seed(0)
+    m = LeNet5().eval()
+    with torch.no_grad():
+        for layer in (m.conv2, m.fc1):
+            layer.weight[torch.rand_like(layer.weight) < 0.9] = 0
+    model, info = load_onnx(export_onnx(m, tmp_path / "l.onnx"))
+    plan, tuned = plan_sparse(import_batches(model, info, [1]), load_profile("arm_cortex_a72"),
+                              None, 0.7, 1.0)
+    assert plan.decided_by == "static rule" and tuned == {}
+    assert plan.keep == {"main_b1/conv0": False, "main_b1/conv1": False,
+                         "main_b1/matmul2": True, "main_b1/matmul3": False,
+                         "main_b1/matmul4": False}
+    assert "1/3 matmul layers at sparsity >= 0.7 go sparse, convolutions stay dense" in \
+        capsys.readouterr().out

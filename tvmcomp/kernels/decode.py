@@ -150,11 +150,12 @@ def _stream_bytes(w: np.ndarray, gap_bits: int) -> int:
 
 def stream_decode_kernel(s: CodeStream):
     """The PrimFunc ``(codebook, data, token) -> w`` that decodes ``s`` into its dense
-    weight (float32, or int8 from an int8 codebook): zero-fills ``w``, then walks the entries, each read from the (at most)
-    three bytes of the stream it spans. A serial loop: it runs once, at load. ``token`` is
-    not read: called with a tensor allocated at run time, the call has an argument that is not
-    a constant, so Relax's ``FoldConstant`` cannot evaluate it at compile time (it would put
-    the decoded weight back into the artifact)."""
+    weight (float32, or int8 from an int8 codebook): zero-fills ``w``, then walks the
+    entries, each read from the (at most) three bytes of the stream it spans. A serial loop:
+    it runs once, at load. ``token`` is not read: called with a tensor allocated at run
+    time, the call has an argument that is not a constant, so Relax's ``FoldConstant``
+    cannot evaluate it at compile time (it would put the decoded weight back into the
+    artifact)."""
     from tvm.script import tirx as T
 
     NE, ND, CB = s.entries, int(s.data.size), int(s.codebook.size)  # noqa: N806

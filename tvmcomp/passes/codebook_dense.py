@@ -146,9 +146,8 @@ def int8_layers(func: relax.Function) -> list[tuple[relax.Var, str, str, np.ndar
     for var, name, kind, _ in layer_weights(func):
         arg = b.value[var].args[1]
         w = arg.value.numpy() if isinstance(arg, tvm.ir.Constant) else None
-        if w is not None and w.dtype == np.int8:
-            if code_stream(w).nbytes()["total"] < w.nbytes:
-                out.append((var, name, kind, w))
+        if w is not None and w.dtype == np.int8 and code_stream(w).nbytes()["total"] < w.nbytes:
+            out.append((var, name, kind, w))
     return out
 
 
@@ -183,9 +182,10 @@ class CodebookDense:
 
     ``at_load``: names of layers (``conv0``, ``matmul2``, ..., in every function) decoded once
     at load instead (and every :func:`int8_layers` layer: an int8 conv2d / matmul reads its
-    int8 weight from the cache, decoded from a code stream with an int8 codebook): the module gains a function :data:`DECODE_FUNCTION` that decodes their
-    stored codes (a :func:`~tvmcomp.kernels.decode.code_stream` each, by a hand-written kernel)
-    into the TVM tensor cache, and the layer reads its dense weight from the cache
+    int8 weight from the cache, decoded from a code stream with an int8 codebook): the
+    module gains a function :data:`DECODE_FUNCTION` that decodes their stored codes (a
+    :func:`~tvmcomp.kernels.decode.code_stream` each, by a hand-written kernel) into the TVM
+    tensor cache, and the layer reads its dense weight from the cache
     (``vm.builtin.tensor_cache.get``), so it runs the float layer's own kernel. Each read is
     one VM instruction a call (~0.2 µs on a Zen 3; passing the tensor as an argument from
     Python costs as much), so biases stay float32 constants, which cost nothing a call. With

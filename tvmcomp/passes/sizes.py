@@ -14,8 +14,7 @@ from ..kernels.codebook import DECODE_BLOCK, code_bits
 from ..kernels.sparse_conv import sparse_conv_from_dense
 from .codebook_dense import codebook_layers
 from .layers import layer_key
-from .sparse_dense import (goes_sparse, layer_weights, sliced_layout, sparse_candidates,
-                           sparse_conv_candidates)
+from .sparse_dense import goes_sparse, layer_weights, rewritable_layers, sliced_layout
 
 ROLES = ("values", "col_indices", "structure", "codebook")
 # a CodebookDense layer's form (codebook_layers) as the table names it
@@ -49,9 +48,7 @@ def layer_sizes(mod, sparse: dict | None = None, codebook: bool = False,
     for gv, func in mod.functions.items():
         if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
             continue
-        candidates = {m.name: m for m in sparse_candidates(func)[0]}
-        if sparse is not None and values == "float32":  # SparseDense's conv candidates
-            candidates.update({m.name: m for m in sparse_conv_candidates(func)})
+        candidates = {m.name: m for m in rewritable_layers(func, values)}
         for _, name, kind, w in layer_weights(func):
             if name in rows:
                 continue  # another batch entry of the same layer: stored once
@@ -61,23 +58,23 @@ def layer_sizes(mod, sparse: dict | None = None, codebook: bool = False,
                    "weights": int(w.size), "nonzeros": int(np.count_nonzero(w)),
                    "fp32_bytes": int(w.size) * 4}
             by = dict.fromkeys(ROLES, 0)
-            if sparse is not None and m is not None and m.kind == "conv" and \
-                    goes_sparse(key, m.w, sparse_args.get("threshold", 0.0),
-                                sparse_args.get("keep") or {}):
-                c = sparse_conv_from_dense(m.w, m.padded_hw)
-                b = c.nbytes()
-                by.update(values=b["values"], col_indices=b["offsets"], structure=b["row_ptr"])
-                row.update(form=f"sparse conv {c.values.dtype}",
-                           value_bits=c.values.dtype.itemsize * 8)
-            elif sparse is not None and m is not None and goes_sparse(
+            if sparse is not None and m is not None and goes_sparse(
                     key, m.w, sparse_args.get("threshold", 0.0), sparse_args.get("keep") or {}):
-                c, form = sliced_layout(m.w, values, m.x_dtype)
-                b = c.nbytes()
-                by.update(values=b["values"], col_indices=b["col_indices"],
-                          structure=b["slice_pointers"] + b["row_order"],
-                          codebook=b.get("codebook", 0))
-                row.update(form=f"sparse {'codebook' if form == 'codebook' else c.data.dtype}",
-                           value_bits=c.code_bits or c.data.dtype.itemsize * 8)
+                if m.kind == "conv":  # direct sparse convolution: values, offsets, row_ptr
+                    c = sparse_conv_from_dense(m.w, m.padded_hw)
+                    b = c.nbytes()
+                    by.update(values=b["values"], col_indices=b["offsets"],
+                              structure=b["row_ptr"])
+                    row.update(form=f"sparse conv {c.values.dtype}",
+                               value_bits=c.values.dtype.itemsize * 8)
+                else:
+                    c, form = sliced_layout(m.w, values, m.x_dtype)
+                    b = c.nbytes()
+                    by.update(values=b["values"], col_indices=b["col_indices"],
+                              structure=b["slice_pointers"] + b["row_order"],
+                              codebook=b.get("codebook", 0))
+                    row.update(form=f"sparse {'codebook' if form == 'codebook' else c.data.dtype}",
+                               value_bits=c.code_bits or c.data.dtype.itemsize * 8)
             elif key in folded:  # CodebookDense: codes + codebook, in the kernel or at load
                 L = folded[key]  # at load: a code stream's codes and zero-run lengths
                 by.update(values=L.index_bytes, col_indices=L.structure_bytes,

@@ -22,7 +22,7 @@ from ..kernels.sell import (
     sell_int_kernel,
 )
 from ._emit import rebind, rewrite_functions
-from .layers import INDEXED_OPS, layer_key, layer_name
+from .layers import INDEXED_OPS, layer_index, layer_key, layer_name
 
 R = relax.op
 # what ONNX Conv/Gemm/MatMul import to: the k-th of these is layer "conv<k>"/"matmul<k>",
@@ -381,6 +381,17 @@ def sparse_conv_candidates(func: relax.Function) -> list[_ConvMatch]:
     return out
 
 
+def rewritable_layers(func: relax.Function, values: str = "float32") -> list:
+    """The layers of ``func`` ``SparseDense(values=...)`` can rewrite, in layer order: the
+    matmuls of :func:`sparse_candidates` and, with ``values="float32"``, the convolutions of
+    :func:`sparse_conv_candidates` (with codes, a conv keeps its codes dense:
+    ``CodebookDense``)."""
+    matches = sparse_candidates(func)[0]
+    if values != "float32":
+        return matches
+    return sorted([*matches, *sparse_conv_candidates(func)], key=lambda m: layer_index(m.name))
+
+
 def goes_sparse(key: str, w: np.ndarray, threshold: float, keep: dict[str, bool]) -> bool:
     """Whether ``SparseDense(threshold, keep)`` rewrites the candidate layer ``key`` with
     weight ``w``: sparse enough, and not vetoed by ``keep``."""
@@ -399,10 +410,7 @@ class _Rewriter(PyExprMutator):
 
     def run(self) -> tvm.IRModule:
         def prepare(gv, func) -> bool:
-            matches, _, _ = sparse_candidates(func)
-            if self.values == "float32":  # convs keep their codes / int8 values dense
-                matches = [*matches, *sparse_conv_candidates(func)]
-            self.plan = {m.top: m for m in matches if goes_sparse(
+            self.plan = {m.top: m for m in rewritable_layers(func, self.values) if goes_sparse(
                 layer_key(gv.name_hint, m.name), m.w, self.threshold, self.keep)}
             return bool(self.plan)
 

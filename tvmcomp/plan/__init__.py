@@ -176,13 +176,13 @@ def plan_sparse(quantized, profile, records, threshold: float, min_speedup: floa
                                min_speedup, progress)
         return SparsePlan(threshold, min_speedup, {d.key: d.keep_sparse for d in decisions},
                           "measured", [d.to_dict() for d in decisions]), tuned
-    keep = {L.key: L.sparsity >= threshold for L in find_layers(quantized) if L.candidate}
-    keep.update({L.key: False for L in find_layers(quantized)  # unmeasured convs stay dense
-                 if L.kind == "conv"})
+    layers = find_layers(quantized)
+    keep = {L.key: L.sparsity >= threshold for L in layers if L.candidate}
     if progress:
         print(f"sparse: {profile.name} cannot run here, so nothing can be measured; static rule: "
               f"{sum(keep.values())}/{len(keep)} matmul layers at sparsity >= {threshold} go "
-              "sparse", flush=True)
+              "sparse, convolutions stay dense", flush=True)
+    keep.update({L.key: False for L in layers if L.kind == "conv"})  # unmeasured: dense
     return SparsePlan(threshold, min_speedup, keep, "static rule"), {}
 
 

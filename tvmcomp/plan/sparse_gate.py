@@ -74,24 +74,20 @@ def _build(fused, target, database):
                   device_for(target.kind.name))
 
 
-def _candidates(quantized, threshold: float, convs: bool = True):
+def _candidates(quantized, threshold: float, codebook: bool = False):
     """(decisions of layers below ``threshold``, ``(function, match, decision)`` of those at
-    or above it, every candidate key in layer order). ``convs``: float convolutions are
-    candidates too (not with ``--codebook``: SparseDense keeps their codes dense)."""
+    or above it, every candidate key in layer order): the layers ``SparseDense`` can rewrite,
+    with codes where the build keeps them (``codebook``)."""
     from tvm import relax
 
-    from ..passes.layers import layer_index, layer_key
-    from ..passes.sparse_dense import sparse_candidates, sparse_conv_candidates
+    from ..passes.layers import layer_key
+    from ..passes.sparse_dense import rewritable_layers
 
     below, timed, order = [], [], []
     for gv, func in quantized.functions.items():
         if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
             continue
-        matches, _, _ = sparse_candidates(func)
-        if convs:
-            matches = sorted([*matches, *sparse_conv_candidates(func)],
-                             key=lambda m: layer_index(m.name))
-        for m in matches:
+        for m in rewritable_layers(func, "codebook" if codebook else "float32"):
             key = layer_key(gv.name_hint, m.name)
             order.append(key)
             sp = 1.0 - np.count_nonzero(m.w) / m.w.size
@@ -113,7 +109,7 @@ def forms(quantized, target, threshold: float = DEFAULT_SPARSE_THRESHOLD,
     kernels against sparse kernels with codes)."""
     from ..pipeline import fuse
 
-    _, timed, _ = _candidates(quantized, threshold, convs=not codebook)
+    _, timed, _ = _candidates(quantized, threshold, codebook)
     dense = fuse(quantized, target, start="layer_forms", codebook=codebook, at_load=at_load)
     if not timed:
         return dense, None
@@ -311,7 +307,7 @@ def gate(quantized, target, database=None, threshold: float = DEFAULT_SPARSE_THR
     """
     from ..bench import interleaved_us
 
-    out, timed, order = _candidates(quantized, threshold, convs=not codebook)
+    out, timed, order = _candidates(quantized, threshold, codebook)
     if not timed:
         return out  # already in layer order
     dense_mod, sparse_mod = fused or forms(quantized, target, threshold, codebook)
