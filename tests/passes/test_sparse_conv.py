@@ -8,6 +8,7 @@ import pytest
 tvm = pytest.importorskip("tvm")
 
 from tvmcomp.kernels.sparse_conv import (  # noqa: E402
+    pool_fits,
     sparse_conv_from_dense,
     sparse_conv_kernel,
     supported,
@@ -16,16 +17,21 @@ from tvmcomp.kernels.sparse_conv import (  # noqa: E402
 TARGET = {"kind": "llvm", "mcpu": "core-avx2", "num-cores": 2}
 
 
-@pytest.mark.parametrize("n, c, hw, oc, k, density, relu", [
-    (3, 6, (14, 14), 16, 5, 0.21, True),   # LeNet-5's second conv, pruned: two tiles
-    (1, 1, (32, 32), 6, 5, 0.55, True),    # its first, on the padded 28x28 input: 14 tiles
-    (2, 4, (5, 6), 5, 3, 0.5, False),      # two vectors, the second shifted back
-    (2, 3, (9, 9), 4, 1, 0.0, True),       # an all-zero weight: bias and ReLU only
-    (2, 3, (11, 7), 4, (3, 2), 1.0, False)])  # dense, a non-square kernel
-def test_sparse_conv_matches_torch(n, c, hw, oc, k, density, relu):
+@pytest.mark.parametrize("n, c, hw, oc, k, density, relu, pool", [
+    (3, 6, (14, 14), 16, 5, 0.21, True, 1),   # LeNet-5's second conv, pruned: two tiles
+    (1, 1, (32, 32), 6, 5, 0.55, True, 1),    # its first, on the padded 28x28 input: 14 tiles
+    (2, 4, (5, 6), 5, 3, 0.5, False, 1),      # two vectors, the second shifted back
+    (2, 3, (9, 9), 4, 1, 0.0, True, 1),       # an all-zero weight: bias and ReLU only
+    (2, 3, (11, 7), 4, (3, 2), 1.0, False, 1),  # dense, a non-square kernel
+    (3, 6, (14, 14), 16, 5, 0.21, True, 2),   # + its pool: 2 row pairs a tile, the last 1
+    (1, 1, (32, 32), 6, 5, 0.55, True, 2),    # + its pool: a row pair a tile, the last shifted
+    (2, 3, (12, 11), 4, 3, 0.5, False, 2),    # 10x9 sums: the pool drops the last column
+    (2, 2, (7, 9), 3, 2, 1.0, True, 2)])      # 6x8 sums: one tile, its last vector shifted
+def test_sparse_conv_matches_torch(n, c, hw, oc, k, density, relu, pool):
     """Every output of every channel (the lanes of a row's last positions never stored, the
     last vector shifted back so nothing is read past the image), over a buffer that held
-    garbage; the weight's form gives back the weight."""
+    garbage; the weight's form gives back the weight. With ``pool=2`` the kernel's outputs
+    are the 2x2 max pool of those (floor mode)."""
     import torch
 
     kh, kw = (k, k) if isinstance(k, int) else k
@@ -37,13 +43,15 @@ def test_sparse_conv_matches_torch(n, c, hw, oc, k, density, relu):
     s = sparse_conv_from_dense(w, hw)
     np.testing.assert_array_equal(s.to_dense(), w)
     assert s.nnz == np.count_nonzero(w) and s.nbytes()["total"] == 8 * max(1, s.nnz) + 4 * (oc + 1)
-    func = sparse_conv_kernel(n, c, hw, oc, (kh, kw), relu).with_attr("global_symbol", "main")
+    func = sparse_conv_kernel(n, c, hw, oc, (kh, kw), relu, pool=pool).with_attr(
+        "global_symbol", "main")
     lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(TARGET))
-    out = tvm.runtime.tensor(np.full((n, oc, hw[0] - kh + 1, hw[1] - kw + 1), 7, np.float32))
-    lib["main"](*(tvm.runtime.tensor(a) for a in (x, s.values, s.offsets, s.row_ptr, b)), out)
     ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
                                      torch.from_numpy(b))
-    ref = (torch.relu(ref) if relu else ref).numpy()
+    ref = torch.relu(ref) if relu else ref
+    ref = (torch.nn.functional.max_pool2d(ref, 2) if pool == 2 else ref).numpy()
+    out = tvm.runtime.tensor(np.full(ref.shape, 7, np.float32))
+    lib["main"](*(tvm.runtime.tensor(a) for a in (x, s.values, s.offsets, s.row_ptr, b)), out)
     np.testing.assert_allclose(out.numpy(), ref, rtol=1e-5, atol=1e-5)
 
 
@@ -51,6 +59,16 @@ def test_too_few_positions_for_a_vector_is_refused():
     assert supported((14, 14), (5, 5)) and not supported((3, 3), (3, 3))
     with pytest.raises(ValueError, match="flat output positions"):
         sparse_conv_kernel(1, 1, (3, 3), 2, (3, 3), False)
+
+
+def test_pool_only_where_a_pair_of_rows_fits_the_registers():
+    """A pair of output rows 60 positions apart fits 9 vectors; 76 does not: no pooled
+    kernel (the pass leaves that pool to its own kernel); nor for integer sums."""
+    assert pool_fits((32, 32), (5, 5)) and not pool_fits((40, 40), (5, 5))
+    with pytest.raises(ValueError, match="pair of output rows"):
+        sparse_conv_kernel(1, 1, (40, 40), 2, (5, 5), False, pool=2)
+    with pytest.raises(ValueError, match="pair of output rows"):
+        sparse_conv_kernel(1, 1, (32, 32), 2, (5, 5), False, "int8", pool=2)
 
 
 @pytest.mark.parametrize("x_dtype", ["int8", "uint8"])

@@ -180,14 +180,14 @@ def test_int8_values(batch):
     assert np.abs(_run(out, x) - (x @ w.T + b)).max() < 0.1
 
 
-def test_lenet_layers_and_conv_report(tmp_path):
-    """LeNet-5 with conv2 and fc1 pruned to 90 %: both take sparse kernels (the direct sparse
-    convolution for conv2, at both batch entries), the unpruned layers stay dense, and the
-    whole model still computes PyTorch's outputs."""
+@pytest.fixture(scope="module")
+def pruned_lenet(tmp_path_factory):
+    """LeNet-5 (untrained) with conv2 and fc1 pruned to 90 %: the PyTorch model and its ONNX
+    import, ``(model, onnx model, import info)``."""
     import torch
 
     from tvmcomp.frontend import export_onnx
-    from tvmcomp.frontend.onnx_import import import_batches, load_onnx
+    from tvmcomp.frontend.onnx_import import load_onnx
     from tvmcomp.model import LeNet5
 
     torch.manual_seed(0)
@@ -195,7 +195,19 @@ def test_lenet_layers_and_conv_report(tmp_path):
     with torch.no_grad():
         for layer in (m.conv2, m.fc1):
             layer.weight[torch.rand_like(layer.weight) < 0.9] = 0
-    model, info = load_onnx(export_onnx(m, tmp_path / "l.onnx"))
+    model, info = load_onnx(export_onnx(m, tmp_path_factory.mktemp("lenet") / "l.onnx"))
+    return m, model, info
+
+
+def test_lenet_layers_and_conv_report(pruned_lenet):
+    """LeNet-5 with conv2 and fc1 pruned to 90 %: both take sparse kernels (the direct sparse
+    convolution for conv2, at both batch entries), the unpruned layers stay dense, and the
+    whole model still computes PyTorch's outputs."""
+    import torch
+
+    from tvmcomp.frontend.onnx_import import import_batches
+
+    m, model, info = pruned_lenet
     mod = import_batches(model, info, [1, 4])
     layers = {L.key: L for L in find_layers(mod)}
     assert layers["main_b1/conv1"].kind == "conv" and layers["main_b1/conv1"].sparsity > 0.85
@@ -204,7 +216,8 @@ def test_lenet_layers_and_conv_report(tmp_path):
     names = sorted(gv.name_hint for gv, f in out.functions.items()
                    if isinstance(f, tvm.tirx.PrimFunc))
     assert names == ["sell_dense_b1_400x120_relu", "sell_dense_b4_400x120_relu",
-                     "sparse_conv_b1_6x14x14_16k5x5_relu", "sparse_conv_b4_6x14x14_16k5x5_relu"]
+                     "sparse_conv_b1_6x14x14_16k5x5_relu_pool2",
+                     "sparse_conv_b4_6x14x14_16k5x5_relu_pool2"]
     assert SparseDense(threshold=0.8, values="codebook")(mod).get_global_vars() != \
         out.get_global_vars()  # with codes (--codebook), convs stay dense
     from tvmcomp.pipeline import compile_fused, fuse
@@ -375,7 +388,8 @@ def test_gate_integer_layer():
 
 def test_gate_times_a_pruned_convolution(tmp_path):
     """The gate times a pruned conv's dense fused kernel against the direct sparse
-    convolution (bias and ReLU inside it) on the layer's real weight, a padded conv's with
+    convolution (bias, ReLU and the 2x2 max pool inside it: the dense side is timed with its
+    pool kernel) on the layer's real weight, a padded conv's with
     the kernel that pads its input; with --codebook (codes stay dense for convs) the conv
     is not a candidate."""
     import torch
@@ -396,11 +410,13 @@ def test_gate_times_a_pruned_convolution(tmp_path):
     d = dec["main_b4/conv1"]
     assert d.shape == (16, 150) and d.sparsity == pytest.approx(0.8, abs=0.05)
     assert d.dense_kernels[0].startswith("fused_conv2d") and d.dense_us > 0
-    assert d.sparse_kernels == ("sparse_conv_b4_6x14x14_16k5x5_relu",) and d.sparse_us > 0
+    assert d.sparse_kernels == ("sparse_conv_b4_6x14x14_16k5x5_relu_pool2",) and d.sparse_us > 0
+    assert d.dense_kernels[1].startswith("max_pool2d")  # the pool it takes in, timed dense too
     assert d.keep_sparse == (d.dense_us >= d.sparse_us)
     first = dec["main_b4/conv0"]  # padded by 2: its input padded first, timed with it
-    assert [k.rstrip("0123456789") for k in first.sparse_kernels] == [
-        "pad", "sparse_conv_b4_1x32x32_6k5x5_relu"] and first.sparse_us > 0
+    pad, conv = first.sparse_kernels
+    assert pad.rstrip("0123456789") == "pad" and first.sparse_us > 0
+    assert conv == "sparse_conv_b4_1x32x32_6k5x5_relu_pool2"
     assert "main_b4/conv1" not in {d.key for d in gate(mod, target, None, threshold=0.7,
                                                        progress=False, codebook=True)}
 
@@ -439,23 +455,14 @@ def test_int8_conv_takes_the_integer_sparse_kernel_exactly(tmp_path):
     np.testing.assert_array_equal(outs[1], outs[0])
 
 
-def test_static_rule_keeps_unmeasured_convolutions_dense(tmp_path, capsys):
+def test_static_rule_keeps_unmeasured_convolutions_dense(pruned_lenet, capsys):
     """A profile that cannot run here (ARM) gets the static rule: matmuls at or above the
     threshold go sparse, convolutions, however pruned, stay dense (never measured)."""
-    import torch
-
-    from tvmcomp.frontend import export_onnx
-    from tvmcomp.frontend.onnx_import import import_batches, load_onnx
-    from tvmcomp.model import LeNet5
+    from tvmcomp.frontend.onnx_import import import_batches
     from tvmcomp.plan import plan_sparse
     from tvmcomp.targets import load_profile
 
-    torch.manual_seed(0)
-    m = LeNet5().eval()
-    with torch.no_grad():
-        for layer in (m.conv2, m.fc1):
-            layer.weight[torch.rand_like(layer.weight) < 0.9] = 0
-    model, info = load_onnx(export_onnx(m, tmp_path / "l.onnx"))
+    _, model, info = pruned_lenet
     plan, tuned = plan_sparse(import_batches(model, info, [1]), load_profile("arm_cortex_a72"),
                               None, 0.7, 1.0)
     assert plan.decided_by == "static rule" and tuned == {}
@@ -464,3 +471,26 @@ def test_static_rule_keeps_unmeasured_convolutions_dense(tmp_path, capsys):
                          "main_b1/matmul4": False}
     assert "1/3 matmul layers at sparsity >= 0.7 go sparse, convolutions stay dense" in \
         capsys.readouterr().out
+
+
+@pytest.mark.parametrize("pool, strides, fused", [((2, 2), (2, 2), True),
+                                                  ((3, 3), (2, 2), False),
+                                                  ((2, 2), (1, 1), False)])
+def test_only_a_plain_2x2_pool_goes_into_the_sparse_conv(pool, strides, fused):
+    """conv2d + bias + ReLU + max pool: a 2x2 pool of stride 2 is taken into the kernel
+    (its output pooled), any other pool stays a kernel of its own on the conv's output."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 2, 3, 3)).astype(np.float32) * (rng.random((4, 2, 3, 3)) < 0.2)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 2, 12, 12), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(w)))
+            y = bb.emit(relax.op.add(y, relax.const(np.ones((1, 4, 1, 1), np.float32))))
+            y = bb.emit(relax.op.nn.relu(y))
+            y = bb.emit_output(relax.op.nn.max_pool2d(y, pool, strides))
+        bb.emit_func_output(y)
+    out = SparseDense(threshold=0.5)(bb.get())
+    names = [gv.name_hint for gv, f in out.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert names == ["sparse_conv_b1_2x12x12_4k3x3_relu" + ("_pool2" if fused else "")]
+    assert ("max_pool2d" in out["main"].script()) == (not fused)

@@ -93,32 +93,82 @@ def supported(in_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> bool:
     return oh >= 1 and ow >= 1 and (oh - 1) * w + ow >= LANES
 
 
+def pooled_hw(out_hw: tuple[int, int], pool: int) -> tuple[int, int]:
+    """The output size of a ``pool`` x ``pool`` max pool of stride ``pool`` (floor mode)."""
+    return out_hw[0] // pool, out_hw[1] // pool
+
+
+def _pooled_span(w: int, ow: int, row_pairs: int) -> int:
+    """Flat positions from a pooling tile's first sum to its last, + 1."""
+    return (2 * row_pairs - 1) * w + 2 * (ow // 2)
+
+
+def pool_fits(in_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> bool:
+    """Whether the kernel can also take a 2x2 max pool of the convolution's outputs: a pair of
+    output rows fits the registers of a tile."""
+    (h, w), (kh, kw) = in_hw, kernel_hw
+    oh, ow = h - kh + 1, w - kw + 1
+    return (supported(in_hw, kernel_hw) and oh >= 2 and ow >= 2
+            and _pooled_span(w, ow, 1) <= MAX_TILE * LANES)
+
+
 def sparse_conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels: int,
-                       kernel_hw: tuple[int, int], relu: bool, x_dtype: str = "float32"):
+                       kernel_hw: tuple[int, int], relu: bool, x_dtype: str = "float32",
+                       pool: int = 1):
     """The PrimFunc ``(x, values, offsets, row_ptr, bias) -> y`` for ``R.call_tir``:
     ``x`` float32 ``[batch, channels, H, W]``, ``y`` ``[batch, out_channels, OH, OW]``; the
     number of non-zeros is symbolic, so one kernel serves every weight of the shape.
     Parallel over images. With an int8 / uint8 ``x`` (``QuantizeInt8``'s), the values are
     int8 and the kernel is ``(x, values, offsets, row_ptr) -> y`` int32, the exact integer
-    sums (no bias or ReLU: the requantization that follows does them)."""
+    sums (no bias or ReLU: the requantization that follows does them).
+
+    ``pool=2`` (float only) also takes the 2x2 max pool of stride 2 that follows: a tile holds
+    whole pairs of output rows, the four sums of a pooled output are taken from registers,
+    and only ``y[batch, out_channels, OH // 2, OW // 2]`` is stored (max commutes with the
+    bias and the ReLU)."""
     from tvm.script import tirx as T
 
     (h, w), (kh, kw) = in_hw, kernel_hw
     if not supported(in_hw, kernel_hw):
         raise ValueError(f"sparse conv needs at least {LANES} flat output positions, got "
                          f"input {h}x{w} and kernel {kh}x{kw}")
+    integer = x_dtype != "float32"
+    if pool not in (1, 2) or pool == 2 and (integer or not pool_fits(in_hw, kernel_hw)):
+        raise ValueError(f"sparse conv takes a 2x2 max pool of a float conv's outputs when a "
+                         f"pair of output rows fits its registers, not pool={pool} ({x_dtype}, "
+                         f"input {h}x{w}, kernel {kh}x{kw})")
     B, C, OC = batch, channels, out_channels  # noqa: N806
     OH, OW = h - kh + 1, w - kw + 1  # noqa: N806
     PLANE, P = C * h * w, (OH - 1) * w + OW  # noqa: N806
-    NV = -(-P // LANES)  # noqa: N806 - vectors covering the positions, the last one shifted
-    NT = -(-NV // MAX_TILE)  # noqa: N806
-    TILE = -(-NV // NT)  # noqa: N806
     L = LANES  # noqa: N806
-    integer = x_dtype != "float32"
+    if pool == 1:  # a tile: TILE vectors of consecutive positions
+        NV = -(-P // LANES)  # noqa: N806 - vectors covering the positions, the last shifted
+        NT = -(-NV // MAX_TILE)  # noqa: N806
+        TILE = -(-NV // NT)  # noqa: N806
+        YH, YW = OH, OW  # noqa: N806
+    else:  # a tile: RP pairs of output rows, as many as MAX_TILE vectors cover
+        YH, YW = pooled_hw((OH, OW), 2)  # noqa: N806
+        RP = max(r for r in range(1, YH + 1)  # noqa: N806
+                 if _pooled_span(w, OW, r) <= MAX_TILE * L)
+        NT = -(-YH // RP)  # noqa: N806
+        TILE = -(-_pooled_span(w, OW, RP) // L)  # noqa: N806
     acc_t, val_t = ("int32", "int8") if integer else ("float32", "float32")
 
-    def first(t, v):  # the flat position of a tile's v-th vector (the last one shifted)
-        return T.min((t * T.int64(TILE) + v) * T.int64(L), T.int64(P - L))
+    def start(t):  # the flat position of a tile's first vector
+        return t * T.int64(TILE * L if pool == 1 else 2 * RP * w)
+
+    def first(t, v):  # the flat position of a tile's v-th vector (shifted back at the end)
+        return T.min(start(t) + v * T.int64(L), T.int64(P - L))
+
+    def active(t, v):  # whether a tile has a v-th vector
+        if pool == 1:
+            return t * T.int64(TILE) + v < T.int64(NV)
+        rows = T.min(T.int64(RP), T.int64(YH) - t * T.int64(RP))
+        return v * T.int64(L) < (2 * rows - 1) * T.int64(w) + T.int64(2 * YW)
+
+    def at(acc, t, q):  # the sum of flat position q (a tile's, known at compile time)
+        v = (q - start(t)) // T.int64(L)
+        return acc[v * T.int64(L) + q - first(t, v)]
 
     def product(value, x):
         return T.Cast(acc_t, value) * T.Cast(acc_t, x) if integer else value * x
@@ -129,20 +179,24 @@ def sparse_conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_ch
         return T.max(acc + bias[o], T.float32(0)) if relu else acc + bias[o]
 
     @T.macro
-    def tile_loops(n, o, t, acc, xf, values, offsets, row_ptr, bias, y):
+    def sums(n, o, t, acc, xf, values, offsets, row_ptr):
         for v in T.unroll(T.int64(TILE)):
-            if t * T.int64(TILE) + v < T.int64(NV):
+            if active(t, v):
                 for lane in T.vectorized(T.int64(L)):
                     acc[v * T.int64(L) + lane] = T.Cast(acc_t, 0)
         for j in range(T.Cast("int64", row_ptr[o]), T.Cast("int64", row_ptr[o + 1])):
             for v in T.unroll(T.int64(TILE)):
-                if t * T.int64(TILE) + v < T.int64(NV):
+                if active(t, v):
                     for lane in T.vectorized(T.int64(L)):
                         acc[v * T.int64(L) + lane] = acc[v * T.int64(L) + lane] + product(
                             values[j], xf[n * T.int64(PLANE) + T.Cast("int64", offsets[j])
                                           + first(t, v) + lane])
+
+    @T.macro
+    def tile_loops(n, o, t, acc, xf, values, offsets, row_ptr, bias, y):
+        sums(n, o, t, acc, xf, values, offsets, row_ptr)
         for v in T.unroll(T.int64(TILE)):  # bias, ReLU, and the lanes that are outputs
-            if t * T.int64(TILE) + v < T.int64(NV):
+            if active(t, v):
                 for lane in T.unroll(T.int64(L)):
                     p = first(t, v) + lane
                     if p % T.int64(w) < T.int64(OW):
@@ -150,12 +204,27 @@ def sparse_conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_ch
                             acc[v * T.int64(L) + lane], bias, o)
 
     @T.macro
+    def pooled_tile_loops(n, o, t, acc, xf, values, offsets, row_ptr, bias, y):
+        sums(n, o, t, acc, xf, values, offsets, row_ptr)
+        for r in T.unroll(T.int64(RP)):  # each pair of rows: max of 2x2, bias, ReLU
+            if t * T.int64(RP) + r < T.int64(YH):
+                for px in T.unroll(T.int64(YW)):
+                    q = start(t) + r * T.int64(2 * w) + px * T.int64(2)
+                    y[n, o, t * T.int64(RP) + r, px] = result(
+                        T.max(T.max(at(acc, t, q), at(acc, t, q + T.int64(1))),
+                              T.max(at(acc, t, q + T.int64(w)),
+                                    at(acc, t, q + T.int64(w + 1)))), bias, o)
+
+    @T.macro
     def image_loops(xf, values, offsets, row_ptr, bias, y):
         for n in T.parallel(T.int64(B)):  # images; at batch 1 one thread (no launch)
             acc = T.decl_buffer((T.int64(TILE * L),), acc_t, scope="local")
             for o in range(T.int64(OC)):
                 for t in T.unroll(T.int64(NT)):
-                    tile_loops(n, o, t, acc, xf, values, offsets, row_ptr, bias, y)
+                    if pool == 1:
+                        tile_loops(n, o, t, acc, xf, values, offsets, row_ptr, bias, y)
+                    else:
+                        pooled_tile_loops(n, o, t, acc, xf, values, offsets, row_ptr, bias, y)
 
     if integer:
         @T.prim_func(private=True, s_tir=True)
@@ -179,7 +248,7 @@ def sparse_conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_ch
                     values_h: T.handle, offsets_h: T.handle,
                     row_ptr: T.Buffer((T.int64(OC + 1),), "int32"),
                     bias: T.Buffer((T.int64(OC),), "float32"),
-                    y: T.Buffer((T.int64(B), T.int64(OC), T.int64(OH), T.int64(OW)), "float32")):
+                    y: T.Buffer((T.int64(B), T.int64(OC), T.int64(YH), T.int64(YW)), "float32")):
         T.func_attr(HAND_SCHEDULED_ATTRS)
         nnz = T.int64()
         values = T.match_buffer(values_h, (nnz,), "float32")

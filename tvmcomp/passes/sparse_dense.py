@@ -12,7 +12,13 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..defaults import DEFAULT_SPARSE_THRESHOLD
 from ..kernels.codebook import MAX_CODES, distinct_values
-from ..kernels.sparse_conv import sparse_conv_from_dense, sparse_conv_kernel, supported
+from ..kernels.sparse_conv import (
+    pool_fits,
+    pooled_hw,
+    sparse_conv_from_dense,
+    sparse_conv_kernel,
+    supported,
+)
 from ..kernels.sell import (
     SlicedMatrix,
     sell_codebook_from_dense,
@@ -94,6 +100,9 @@ class SparseDense:
 
         y = R.call_tir(sparse_conv_b{B}_{C}x{H}x{W}_{OC}k{KH}x{KW}[_relu],
                        (x, values, offsets, row_ptr, b), out_ty=R.Tensor((B, OC, OH, OW)))
+
+    taking in the 2x2 max pool of stride 2 that may follow it (``..._pool2``, out_ty
+    ``(B, OC, OH // 2, OW // 2)``) where a pair of output rows fits the kernel's registers,
 
     and ``QuantizeInt8``'s integer conv2d (int32 out, or its exact float32 accumulation cast
     to int32) the integer kernel ``sparse_conv_..._{int8|uint8}(x_q, values_i8, offsets,
@@ -318,6 +327,7 @@ class _ConvMatch:
     pad: tuple[int, int, int, int]        # top, left, bottom, right
     x_dtype: str = "float32"
     kind: str = "conv"
+    pool: int = 1                         # 2: the 2x2 max pool of stride 2 that follows, too
 
     @property
     def padded_hw(self) -> tuple[int, int]:
@@ -327,7 +337,22 @@ class _ConvMatch:
     @property
     def out_shape(self) -> tuple[int, int, int, int]:
         (h, w), (kh, kw) = self.padded_hw, self.w.shape[2:]
-        return (self.batch, int(self.w.shape[0]), h - kh + 1, w - kw + 1)
+        return (self.batch, int(self.w.shape[0]),
+                *pooled_hw((h - kh + 1, w - kw + 1), self.pool))
+
+
+def _pool_2x2(b: _Bindings, var) -> relax.Var | None:
+    """The single user of ``var`` when it is a 2x2 max pool of stride 2 (NCHW, no padding or
+    dilation, floor mode): what the direct sparse convolution can take in its epilogue."""
+    v = b.single_user(var, "relax.nn.max_pool2d")
+    if v is None:
+        return None
+    at = b.value[v].attrs
+    plain = ([int(i) for i in at.pool_size] == [2, 2] and [int(i) for i in at.strides] == [2, 2]
+             and all(int(i) == 0 for i in at.padding)
+             and all(int(i) == 1 for i in at.dilation) and not bool(at.ceil_mode)
+             and str(at.layout) == "NCHW" and str(at.out_layout) in ("NCHW", ""))
+    return v if plain else None
 
 
 def sparse_conv_candidates(func: relax.Function) -> list[_ConvMatch]:
@@ -376,8 +401,10 @@ def sparse_conv_candidates(func: relax.Function) -> list[_ConvMatch]:
         relu_v = b.single_user(top, "relax.nn.relu")
         if relu_v is not None:
             top, relu = relu_v, True
-        out.append(_ConvMatch(top, val.args[0], w, bias, relu, xs[0], layer_name(op, idx),
-                              tuple(xs), pad))
+        pool_v = _pool_2x2(b, top) if pool_fits(hw, (int(w.shape[2]), int(w.shape[3]))) else None
+        out.append(_ConvMatch(top if pool_v is None else pool_v, val.args[0], w, bias, relu,
+                              xs[0], layer_name(op, idx), tuple(xs), pad,
+                              pool=1 if pool_v is None else 2))
     return out
 
 
@@ -447,11 +474,12 @@ class _Rewriter(PyExprMutator):
         oc, _, kh, kw = m.w.shape
         hw = m.padded_hw
         integer = m.x_dtype != "float32"
-        key = ("conv", n, c, hw, oc, kh, kw, m.relu, m.x_dtype)
+        key = ("conv", n, c, hw, oc, kh, kw, m.relu, m.x_dtype, m.pool)
         if key not in self.kernels:
             name = (f"sparse_conv_b{n}_{c}x{hw[0]}x{hw[1]}_{oc}k{kh}x{kw}"
-                    + ("_relu" if m.relu else "") + (f"_{m.x_dtype}" if integer else ""))
-            kern = sparse_conv_kernel(n, c, hw, oc, (kh, kw), m.relu, m.x_dtype)
+                    + ("_relu" if m.relu else "") + ("_pool2" if m.pool == 2 else "")
+                    + (f"_{m.x_dtype}" if integer else ""))
+            kern = sparse_conv_kernel(n, c, hw, oc, (kh, kw), m.relu, m.x_dtype, m.pool)
             self.kernels[key] = self.builder_.add_func(kern.with_attr("global_symbol", name),
                                                         name)
         h = "c" + hashlib.sha256(m.w.tobytes() + repr(hw).encode()).hexdigest()

@@ -181,6 +181,13 @@ def _dense_calls(func, w: np.ndarray) -> list:
     return []
 
 
+def _consumer(func, call) -> list:
+    """The first call of ``func`` that reads the output of ``call`` (none: ``[]``)."""
+    calls = _calls(func)
+    var = next(v for v, c in calls if c.same_as(call))
+    return [c for _, c in calls if any(a.same_as(var) for a in c.args[1].fields)][:1]
+
+
 def _sparse_calls(func, index: int, integer: bool, prefix: str = "sell_") -> list:
     """The ``index``-th sparse kernel call of ``func`` whose kernel's name starts with
     ``prefix`` (``sell_``: matmul; ``sparse_conv_``: conv, after the pad of its input if it
@@ -190,17 +197,14 @@ def _sparse_calls(func, index: int, integer: bool, prefix: str = "sell_") -> lis
     sparse = [(v, c) for v, c in calls if c.args[0].name_hint.startswith(prefix)]
     if index >= len(sparse):
         return []
-    var, call = sparse[index]
+    _, call = sparse[index]
     out = [call]
     if prefix == "sparse_conv_":  # a padded conv's input is padded by a kernel of its own
         x = call.args[1].fields[0]  # (fused into its producer, e.g. the input's quantize,
         out[:0] = [c for v, c in calls  # it is not counted: the dense side has that one alone)
                    if v.same_as(x) and c.args[0].name_hint.rstrip("0123456789") == "pad"]
     if integer:
-        for _, c in calls:
-            if any(a.same_as(var) for a in c.args[1].fields):
-                out.append(c)
-                break
+        out += _consumer(func, call)
     return out
 
 
@@ -322,6 +326,8 @@ def gate(quantized, target, database=None, threshold: float = DEFAULT_SPARSE_THR
         index = seen.get((fname, prefix), 0)
         seen[(fname, prefix)] = index + 1
         dc = _dense_calls(dense.fused[fname], m.w)
+        if dc and m.kind == "conv" and m.pool > 1:  # the sparse kernel pools too: so does dense
+            dc += _consumer(dense.fused[fname], dc[-1])
         sc = _sparse_calls(sparse.fused[fname], index, m.x_dtype != "float32", prefix)
         if not dc or not sc:
             raise ValueError(f"{d.key}: cannot find its kernels in the fused modules")
