@@ -26,6 +26,7 @@ weight of the same shape.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -269,6 +270,7 @@ def sell_int_kernel(batch: int, in_features: int, out_features: int, x_dtype: st
     return _kernel(batch, in_features, out_features, x_dtype, "int8", False)
 
 
+@functools.lru_cache(maxsize=None)  # parsing TVMScript takes ~0.3 s a kernel
 def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool,  # noqa: N803
             codebook_len: int = 0):
     """The one template of every SELL kernel: float (``x_dtype`` float32; ``values`` float32,

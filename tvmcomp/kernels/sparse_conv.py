@@ -24,6 +24,7 @@ channel (int32): 8 bytes a non-zero.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,6 +113,7 @@ def pool_fits(in_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> bool:
             and _pooled_span(w, ow, 1) <= MAX_TILE * LANES)
 
 
+@functools.lru_cache(maxsize=None)  # parsing TVMScript takes ~0.3 s a kernel
 def sparse_conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels: int,
                        kernel_hw: tuple[int, int], relu: bool, x_dtype: str = "float32",
                        pool: int = 1):
