@@ -77,7 +77,8 @@ def main() -> int:
     ap.add_argument("--tune-budget", type=float, default=0.0,
                     help="seconds of tuning, shared by the builds, for kernels without records "
                          "(default 0)")
-    ap.add_argument("--prune", type=float, default=0.9, help="global weight sparsity")
+    ap.add_argument("--prune", type=float, default=None,
+                    help="global weight sparsity (default: the main job's per-layer sparsities)")
     ap.add_argument("--finetune-epochs", type=int, default=None,
                     help="default: tvmcomp compress's default")
     ap.add_argument("--reduced", action="store_true", help="1 epoch, for a smoke test")
