@@ -78,10 +78,15 @@ def test_main_job_builds_every_form_and_writes_the_table(tmp_path, x86_host, pro
     from tvmcomp.data import load_train_5k
     from tvmcomp.main_job import prune_lenet5
 
+    from tvmcomp.artifact import sha256_file
+
     pruned = tmp_path / "run" / "lenet5_pruned.pt"
-    mtime = pruned.stat().st_mtime
+    mtime, onnx = pruned.stat().st_mtime, sha256_file(pruned.with_suffix(".onnx"))
     prune_lenet5(tmp_path / "run", tmp_path / "run" / "lenet5.pt", load_train_5k(), epochs=1)
     assert pruned.stat().st_mtime == mtime
+    # exported again byte for byte: the build keys of its forms (saved for each) still match
+    assert sha256_file(pruned.with_suffix(".onnx")) == onnx
+    assert set(json.loads((tmp_path / "run" / "build_keys.json").read_text())) == set(FORMS)
 
 
 def test_a_form_refused_by_the_accuracy_gate_is_left_out_and_said(tmp_path, monkeypatch):
@@ -102,6 +107,8 @@ def test_a_form_refused_by_the_accuracy_gate_is_left_out_and_said(tmp_path, monk
 
     monkeypatch.setattr(main_job, "build", fake_build)
     refused = {}
+    for name in ("d.onnx", "p.onnx"):
+        (tmp_path / name).write_bytes(name.encode())
     arts = main_job.build_forms(tmp_path, tmp_path / "d.onnx", tmp_path / "p.onnx", None, None,
                                 (1,), 0, None, refused=refused)
     assert list(arts) == ["fp32", "sparse", "int8+sparse"] and built == ["fp32", "sparse",
@@ -115,3 +122,42 @@ def test_a_form_refused_by_the_accuracy_gate_is_left_out_and_said(tmp_path, monk
     with pytest.raises(VerificationError):
         main_job.build_forms(tmp_path, tmp_path / "d.onnx", tmp_path / "p.onnx", None, None,
                              (1,), 0, None)
+
+
+def test_a_rerun_reuses_each_form_whose_inputs_did_not_change(tmp_path, monkeypatch):
+    """build_forms again: every artifact (and a refusal) is reused; a changed source model
+    rebuilds its forms only; changed code rebuilds them all."""
+    from tvmcomp import main_job
+    from tvmcomp.errors import AccuracyDropError
+
+    built = []
+
+    def fake_build(onnx_path, profile, out, opts):
+        if opts.quant is not None and not opts.sparse:
+            raise AccuracyDropError("accuracy 90% ... +0.60 pt below float (allowed 0.50 pt)")
+        built.append(out.name)
+        out.mkdir(exist_ok=True)
+        man = {"tuning": {"used_s": 1.0}, "seen_budget_s": opts.tune_budget_s}
+        (out / "manifest.json").write_text(json.dumps(man))
+        return out, man
+
+    monkeypatch.setattr(main_job, "build", fake_build)
+    dense, pruned = tmp_path / "d.onnx", tmp_path / "p.onnx"
+    dense.write_bytes(b"dense")
+    pruned.write_bytes(b"pruned")
+
+    def run():
+        built.clear()
+        refused = {}
+        arts = main_job.build_forms(tmp_path, dense, pruned, None, None, (1,), 10, None,
+                                    refused=refused)
+        return arts, refused
+
+    first = run()
+    assert built == ["fp32", "sparse", "int8_sparse"] and list(first[1]) == ["int8"]
+    assert run() == first and built == []          # reused, the refusal too
+    pruned.write_bytes(b"pruned again")            # a new pruned model: its forms only
+    assert run() == first and built == ["sparse", "int8_sparse"]
+    monkeypatch.setattr(main_job, "code_fingerprint", lambda: "other code")
+    run()
+    assert built == ["fp32", "sparse", "int8_sparse"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -23,6 +24,23 @@ def sha256_file(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """sha256 over what an artifact built here depends on besides its inputs: tvmcomp's
+    source, the target profiles, the committed tuning records and TVM's version."""
+    import tvm
+
+    from .targets import TARGETS_DIR, TUNING_DIR
+
+    h = hashlib.sha256(str(tvm.__version__).encode())
+    package = Path(__file__).resolve().parent
+    roots = ((package, "*.py"), (TARGETS_DIR, "*.toml"), (TUNING_DIR, "*"))
+    for root, pattern in roots:
+        for f in sorted(p for p in Path(root).rglob(pattern) if p.is_file()):
+            h.update(f"{f.relative_to(root)}\0{sha256_file(f)}\0".encode())
     return h.hexdigest()
 
 
