@@ -200,7 +200,11 @@ def test_gate_tunes_both_forms_before_deciding(pruned, profile_with_db, eval_set
     out, man = build(onnx_path, profile_with_db(tmp_path / "db"), tmp_path / "art",
                      BuildOptions(batches=(1,), tune_budget_s=300, eval_set=eval_set,
                                   progress=False, sparse=True, sparse_min_speedup=0.0,
-                                  tuning_dir=tmp_path / "cache", **INT8))
+                                  tuning_dir=tmp_path / "cache", tuning_logs=tmp_path / "tvm",
+                                  **INT8))
+    # TVM's own per-task logs go where asked (the main job: its run directory), not the cache
+    assert list((tmp_path / "tvm" / "logs").glob("*.log"))
+    assert not (tmp_path / "cache" / "logs").exists()
     before = man["sparse"]["tuned_before_gate"]
     assert before["dense"]["trials"] >= 3  # the three int8 matmul kernels (and epilogues)
     assert before["trials"] == before["dense"]["trials"] + before["sparse"]["trials"]

@@ -135,6 +135,38 @@ def test_budget_zero_tunes_nothing(tmp_path, x86_host, gemm_onnx, profile_with_d
     assert len(rep.tasks) == 2 and len(rep.untuned) == 2
 
 
+def test_a_signal_whose_exception_is_swallowed_still_stops_tuning(tmp_path, x86_host,
+                                                                  gemm_onnx, profile_with_db,
+                                                                  monkeypatch, capsys):
+    """SIGTERM while tuning whose exception lands where Python ignores exceptions (as it did
+    in an import lock's callback, and the run went on to exit 0): tuning still ends as
+    interrupted, with the measured trials kept."""
+    import os
+    import signal
+    import time
+
+    import tvm.s_tir.meta_schedule as ms
+
+    from tvmcomp.errors import Interrupted
+
+    def swallowing(**kw):  # the signal arrives, its exception is lost, tuning "finishes"
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        except Interrupted:
+            pass
+
+    monkeypatch.setattr(ms.tune, "tune_tasks", swallowing)
+    onnx_path, _, _ = gemm_onnx(tmp_path / "gemm.onnx")
+    target = x86_host.tvm_target()
+    model, info = load_onnx(onnx_path)
+    fused = fuse(import_batches(model, info, [1]), target)
+    with pytest.raises(Interrupted):
+        tune_module(fused, target, _records(profile_with_db(tmp_path / "c"), tmp_path / "db"),
+                    budget_s=20, max_trials_per_task=1, progress=False)
+    assert "interrupted: the 0 trials measured in this run are kept in" in capsys.readouterr().err
+
+
 def test_unfused_module_has_no_tasks(tmp_path, x86_host, gemm_onnx, profile_with_db):
     onnx_path, _, _ = gemm_onnx(tmp_path / "gemm.onnx")
     model, info = load_onnx(onnx_path)

@@ -52,6 +52,7 @@ class BuildOptions:
     sparse_threshold: float = DEFAULT_SPARSE_THRESHOLD  # sparsity at which a layer is a candidate
     sparse_min_speedup: float = 1.0    # keep sparse only where dense / sparse kernel µs >= this
     tuning_dir: str | None = None      # the tuning cache (default $XDG_CACHE_HOME/tvmcomp/...)
+    tuning_logs: str | None = None     # where TVM's own tuning logs go (default: the cache)
     int8_accumulate: str | None = None  # override the profile's choice ("int32" / "float32")
     codebook: bool = False             # CodebookDense: shared weights as indices + codebook
     # where a codebook layer left dense decodes its codes: "kernel" (in its kernel, every
@@ -125,7 +126,7 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     target = profile.tvm_target()
     _say(f"build {Path(onnx_path).name} → {out_dir} | profile {profile.name} | batches "
          f"{batches} | target {profile.target}", opts.progress)
-    records = Records(RecordPaths.for_profile(profile, opts.tuning_dir))
+    records = Records(RecordPaths.for_profile(profile, opts.tuning_dir, logs=opts.tuning_logs))
     _say(records.describe(), opts.progress)
     # The plan: every graph rewrite decided and applied once, in pipeline order; the fused
     # module that comes out, and nothing else, is tuned, checked, compiled and described.

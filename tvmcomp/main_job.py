@@ -19,6 +19,7 @@ from .compiler import BuildOptions, build
 from .data.mnist import default_mnist_dir, load_eval_set
 from .defaults import (DEFAULT_BATCHES, DEFAULT_FINETUNE_EPOCHS, DEFAULT_LOWRANK_EPOCHS,
                        DEFAULT_LOWRANK_LR, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_TUNE_BUDGET_S)
+from .compress.errors import CompressError
 from .errors import AccuracyDropError
 from .frontend import export_onnx
 from .frontend.onnx_import import CHECKPOINT_KEY
@@ -49,6 +50,7 @@ def prepare_lenet5(out: Path, train_set, epochs: int = 20):
 
 
 BUILD_KEYS = "build_keys.json"  # in the run directory: each form's build_key, to reuse it
+TVM_LOGS = "tvm_logs"  # in the run directory: TVM's own tuning logs (MetaSchedule's logs/)
 FORMS = ("fp32", "lowrank", "int8", "sparse", "int8+sparse", "codebook", "sparse+codebook",
          "int8+codebook", "smallest")
 LOWRANK_BUDGET_PT = 0.3  # the low-rank form's held-out accuracy budget (compress --lowrank-budget)
@@ -209,8 +211,8 @@ def build_forms(out: Path, dense_onnx: Path, pruned_onnx: Path, profile: Profile
     for form, (onnx_path, kw) in plans.items():
         art = out / form.replace("+", "_")
         opts = BuildOptions(batches=tuple(batches), tune_budget_s=left, eval_set=ev,
-                            tuning_dir=tuning_dir, progress=progress,
-                            max_accuracy_drop=max_accuracy_drop, **kw)
+                            tuning_dir=tuning_dir, tuning_logs=str(out / TVM_LOGS),
+                            progress=progress, max_accuracy_drop=max_accuracy_drop, **kw)
         key = build_key(onnx_path, profile, opts)
         done = keys.get(form, {})
         if done.get("key") == key and (done.get("refused") or (art / MANIFEST).is_file()):
@@ -266,11 +268,13 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
                  prune_epochs: int = 2 * DEFAULT_FINETUNE_EPOCHS,
                  smallest_prune_epochs: int = 2 * DEFAULT_FINETUNE_EPOCHS,
                  lowrank_epochs: int = DEFAULT_LOWRANK_EPOCHS,
+                 lowrank_budget_pt: float = LOWRANK_BUDGET_PT,
                  max_accuracy_drop: float = DEFAULT_MAX_ACCURACY_DROP) -> dict:
     """Train LeNet-5, build every form, verify, benchmark against the peers, print a table.
 
     An int8 form refused by the accuracy gate (``max_accuracy_drop`` below float) is left out
-    of the table, and a note says why.
+    of the table, and a note says why; so is the lowrank form when no layer can be factorized
+    within ``lowrank_budget_pt`` points of held-out accuracy.
 
     Saves ``results.json``, ``results.md``, and the plots and ``report.html`` of
     :mod:`tvmcomp.report`, in ``out_dir``.
@@ -303,11 +307,16 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
     smallest, smallest_onnx = share_lenet5(out, compressed_path(out, "pruned95"), train_set,
                                            "smallest", SMALLEST_BITS)
     stages["share"] = time.monotonic() - t0 - sum(stages.values())
-    factorized, lowrank_onnx = lowrank_lenet5(out, ckpt, train_set,
-                                              plot=out / "lowrank_ranks.png",
-                                              epochs=lowrank_epochs)
-    stages["lowrank"] = time.monotonic() - t0 - sum(stages.values())
     refused: dict[str, str] = {}
+    try:
+        factorized, lowrank_onnx = lowrank_lenet5(out, ckpt, train_set,
+                                                  plot=out / "lowrank_ranks.png",
+                                                  epochs=lowrank_epochs,
+                                                  max_drop_pt=lowrank_budget_pt)
+    except CompressError as e:  # e.g. no rank within the budget: no lowrank form, said
+        print(f"== low-rank: left out: {e}", flush=True)
+        factorized, lowrank_onnx, refused["lowrank"] = None, None, str(e)
+    stages["lowrank"] = time.monotonic() - t0 - sum(stages.values())
     arts = build_forms(out, onnx_path, pruned_onnx, profile, ev, batches, tune_budget_s,
                        tuning_dir, shared_onnx=shared_onnx,
                        pruned_shared_onnx=pruned_shared_onnx, smallest_onnx=smallest_onnx,
@@ -329,12 +338,14 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
         "machine": f"{platform.machine()} {_cpu_name()}",
         "profile": profile.name,
         "eval_set": ev.source,
+        "lowrank_budget_pt": lowrank_budget_pt,
         "accuracy": {"torch_fp32": torch_acc,
                      "torch_pruned": evaluate_torch(pruned, ev),
                      "torch_shared": evaluate_torch(shared, ev),
                      "torch_pruned_shared": evaluate_torch(pruned_shared, ev),
                      "torch_smallest": evaluate_torch(smallest, ev),
-                     "torch_lowrank": evaluate_torch(factorized, ev),
+                     **({"torch_lowrank": evaluate_torch(factorized, ev)}
+                        if factorized is not None else {}),
                      "ort_fp32": fp32["verification"].get("reference_accuracy")},
         "forms": {f: {"accuracy": m["verification"].get("accuracy"),
                       "max_abs_err": m["verification"].get("max_abs_err"),
@@ -348,7 +359,8 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
                   for f, (_, m) in arts.items()},
         "latency_us": res["results"],
         "kernel_profile": {"batch": top, "forms": kernels},
-        "notes": [*(f"{f} left out, refused by the build: {why}"
+        "notes": [*(f"{f} left out, refused by the "
+                    f"{'low-rank stage' if f == 'lowrank' else 'build'}: {why}"
                     for f, why in refused.items()), *res["notes"]],
         "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
         "seconds": round(time.monotonic() - t0, 1),
@@ -412,7 +424,8 @@ def _lowrank_line(s: dict) -> str:
     """``factorized under a 0.3 pt held-out budget: conv1 rank 9 (kept: 343 vs 371 µs), ...``:
     what the lowrank form's gate did with each factorized layer."""
     lr = (s["forms"].get("lowrank") or {}).get("lowrank")
-    head = f"factorized under a {LOWRANK_BUDGET_PT:g} pt held-out budget"
+    head = (f"factorized under a {s.get('lowrank_budget_pt', LOWRANK_BUDGET_PT):g} pt "
+            "held-out budget")
     if not lr:
         return head + " (no layer factorized)"
     return head + ": " + ", ".join(

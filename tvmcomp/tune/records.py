@@ -60,6 +60,8 @@ class RecordPaths:
         Write new records into ``committed`` (``tvmcomp tune --commit``).
     fallbacks : tuple of (name, Path)
         Other profiles' committed databases, for tasks with no record of this profile.
+    logs : Path or None
+        Where MetaSchedule writes its own per-task logs (its ``logs/`` folder); None: ``cache``.
     """
 
     profile: str
@@ -67,21 +69,28 @@ class RecordPaths:
     cache: Path
     commit: bool = False
     fallbacks: tuple[tuple[str, Path], ...] = ()
+    logs: Path | None = None
 
     @classmethod
     def for_profile(cls, profile, tuning_dir: str | Path | None = None,
-                    commit: bool = False) -> RecordPaths:
+                    commit: bool = False, logs: str | Path | None = None) -> RecordPaths:
         """The paths of ``profile`` (a :class:`tvmcomp.targets.Profile`)."""
         from ..targets import load_profile
 
         cache = Path(tuning_dir) if tuning_dir else cache_root() / profile.name
         others = [load_profile(name) for name in profile.record_fallback]
         fallbacks = tuple((p.name, p.tuning_dir) for p in others if p.name != profile.name)
-        return cls(profile.name, profile.tuning_dir, cache, commit, fallbacks)
+        return cls(profile.name, profile.tuning_dir, cache, commit, fallbacks,
+                   Path(logs) if logs else None)
 
     @property
     def write_dir(self) -> Path:
         return self.committed if self.commit else self.cache
+
+    @property
+    def log_dir(self) -> Path:
+        """The folder MetaSchedule's ``logs/`` goes in (never a committed database)."""
+        return self.logs or self.cache
 
     @property
     def own(self) -> tuple[Path, ...]:

@@ -307,6 +307,14 @@ class _StopOnSignal:
         return False
 
 
+def _interrupted(bar: tqdm, measured: int, work_dir, signum: int) -> Interrupted:
+    """Close the bar and say what was kept; the error that ends an interrupted tuning."""
+    bar.close()
+    print(f"interrupted: the {measured} trials measured in this run are kept in {work_dir}; "
+          "run again to resume", file=sys.stderr, flush=True)
+    return Interrupted(signum)
+
+
 def _make_callback(deadline: float, bar: tqdm, counter: list, fired: list, runner_gone=None):
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
@@ -419,7 +427,7 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
             family)
     if chosen and budget_s > 0:
         report.measured = {t.task_name: workload_key(t.dispatched[0]) for t in chosen}
-        logs = records.paths.cache  # MetaSchedule writes its per-task logs/ here, never committed
+        logs = records.paths.log_dir  # MetaSchedule writes its per-task logs/ here
         logs.mkdir(parents=True, exist_ok=True)
         if max_trials_per_task is None:
             max_trials_per_task = trials_per_task(budget_s, len(chosen))
@@ -464,10 +472,7 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
                 )
         except (Exception, KeyboardInterrupt):  # noqa: BLE001 - both come back wrapped by the FFI
             if stop.signalled:
-                bar.close()
-                print(f"interrupted: the {counter[1]} trials measured in this run are kept in "
-                      f"{work_dir}; run again to resume", file=sys.stderr, flush=True)
-                raise Interrupted(stop.signalled) from None
+                raise _interrupted(bar, counter[1], work_dir, stop.signalled) from None
             if not fired[0]:
                 raise
             if isinstance(fired[0], str):  # the runner's tracker went away
@@ -478,6 +483,9 @@ def tune_module(mod, target, records: Records, *, budget_s: float,
             finished = True
         else:
             finished = True
+            if stop.signalled:  # its exception was swallowed where Python ignores them (seen:
+                # in an import lock's callback, "Exception ignored in"): stop all the same
+                raise _interrupted(bar, counter[1], work_dir, stop.signalled)
         finally:
             bar.close()
             if not finished:  # interrupted or failed: the workers may be mid-job
