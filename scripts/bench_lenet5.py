@@ -80,7 +80,7 @@ def main() -> int:
     ap.add_argument("--prune", type=float, default=None,
                     help="global weight sparsity (default: the main job's per-layer sparsities)")
     ap.add_argument("--finetune-epochs", type=int, default=None,
-                    help="default: tvmcomp compress's default")
+                    help="default: the main job's (twice tvmcomp compress's default)")
     ap.add_argument("--reduced", action="store_true", help="1 epoch, for a smoke test")
     args = ap.parse_args()
 

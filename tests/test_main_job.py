@@ -162,3 +162,15 @@ def test_a_rerun_reuses_each_form_whose_inputs_did_not_change(tmp_path, monkeypa
     monkeypatch.setattr(main_job, "code_fingerprint", lambda: "other code")
     run()
     assert built == ["fp32", "sparse", "int8_sparse"]
+
+
+def test_a_lowrank_stage_without_a_rank_in_budget_is_said_not_a_nan():
+    """No layer factorized within the budget: no lowrank form, and the table's heading says
+    so (it printed "nan%" for the missing model's accuracy)."""
+    from tvmcomp.main_job import _lowrank_line
+
+    line = _lowrank_line({"forms": {}, "accuracy": {}, "lowrank_budget_pt": 0.3})
+    assert line == ("factorized under a 0.3 pt held-out budget: no layer within it, so no "
+                    "lowrank form (see the notes)")
+    assert _lowrank_line({"forms": {}, "accuracy": {"torch_lowrank": 0.98}}).endswith(
+        "(no layer factorized), 98.00%")

@@ -394,8 +394,7 @@ def format_results(s: dict) -> str:
              + ", ".join(f"{k} {v:.0%}" for k, v in SMALLEST_PRUNE.items()) + "), shared ("
              + ", ".join(f"{k} {v} bits" for k, v in SMALLEST_BITS.items()) + "), every layer "
              f"decoded at load, {s['accuracy'].get('torch_smallest', float('nan')):.2%}; "
-             f"lowrank: {_lowrank_line(s)}, "
-             f"{s['accuracy'].get('torch_lowrank', float('nan')):.2%}. "
+             f"lowrank: {_lowrank_line(s)}. "
              "Latency: median µs per call, same run (ours interleaved, each peer in its own "
              "block).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -424,15 +423,19 @@ def _lowrank_line(s: dict) -> str:
     """``factorized under a 0.3 pt held-out budget: conv1 rank 9 (kept: 343 vs 371 µs), ...``:
     what the lowrank form's gate did with each factorized layer."""
     lr = (s["forms"].get("lowrank") or {}).get("lowrank")
+    acc = s["accuracy"].get("torch_lowrank")
     head = (f"factorized under a {s.get('lowrank_budget_pt', LOWRANK_BUDGET_PT):g} pt "
             "held-out budget")
+    if acc is None:  # the low-rank stage found no rank within the budget
+        return head + ": no layer within it, so no lowrank form (see the notes)"
     if not lr:
-        return head + " (no layer factorized)"
+        return head + f" (no layer factorized), {acc:.2%}"
     return head + ": " + ", ".join(
         f"{d['layer']} rank {d['rank']} ("
         + ("folded back" if d["folded"] else "kept")
         + (f": {d['factorized_us']:.1f} vs {d['whole_us']:.1f} µs"
-           if d.get("factorized_us") is not None else "") + ")" for d in lr["gate"])
+           if d.get("factorized_us") is not None else "") + ")" for d in lr["gate"]) + (
+        f", {acc:.2%}")
 
 
 def _cpu_name() -> str:
