@@ -16,10 +16,10 @@ import numpy as np
 
 from .artifact import MANIFEST, code_fingerprint, sha256_file
 from .compiler import BuildOptions, build
+from .compress.errors import CompressError
 from .data.mnist import default_mnist_dir, load_eval_set
 from .defaults import (DEFAULT_BATCHES, DEFAULT_FINETUNE_EPOCHS, DEFAULT_LOWRANK_EPOCHS,
                        DEFAULT_LOWRANK_LR, DEFAULT_MAX_ACCURACY_DROP, DEFAULT_TUNE_BUDGET_S)
-from .compress.errors import CompressError
 from .errors import AccuracyDropError
 from .frontend import export_onnx
 from .frontend.onnx_import import CHECKPOINT_KEY
@@ -207,6 +207,14 @@ def build_forms(out: Path, dense_onnx: Path, pruned_onnx: Path, profile: Profile
         plans["lowrank"] = (lowrank_onnx, {})
     keys_path = out / BUILD_KEYS
     keys = json.loads(keys_path.read_text()) if keys_path.is_file() else {}
+
+    def save_key(form: str, entry: dict | None) -> None:  # at once: a failed build keeps none
+        if entry is None:
+            keys.pop(form, None)
+        else:
+            keys[form] = entry
+        keys_path.write_text(json.dumps(keys, indent=1) + "\n")
+
     left, arts = tune_budget_s, {}
     for form, (onnx_path, kw) in plans.items():
         art = out / form.replace("+", "_")
@@ -215,31 +223,26 @@ def build_forms(out: Path, dense_onnx: Path, pruned_onnx: Path, profile: Profile
                             progress=progress, max_accuracy_drop=max_accuracy_drop, **kw)
         key = build_key(onnx_path, profile, opts)
         done = keys.get(form, {})
-        if done.get("key") == key and (done.get("refused") or (art / MANIFEST).is_file()):
+        why = done.get("refused")  # the accuracy gate's reason, when it refused the form
+        if done.get("key") == key and (why or (art / MANIFEST).is_file()):
             print(f"== build {form}: reusing {art} (same model, options, code and committed "
-                  "records)" + (f", refused: {done['refused']}" if done.get("refused") else ""),
-                  flush=True)
-            if done.get("refused"):
-                if refused is not None:
-                    refused[form] = done["refused"]
-                continue
-            arts[form] = (art, json.loads((art / MANIFEST).read_text()))
+                  "records)" + (f", refused: {why}" if why else ""), flush=True)
+            built = None if why else (art, json.loads((art / MANIFEST).read_text()))
         else:
-            keys.pop(form, None)
-            keys_path.write_text(json.dumps(keys, indent=1) + "\n")
+            save_key(form, None)
             print(f"== build {form} (tuning budget left {left:.0f} s)", flush=True)
             try:
-                arts[form] = build(onnx_path, profile, art, opts)
+                built, why = build(onnx_path, profile, art, opts), None
             except AccuracyDropError as e:  # (a wrong output is an error, and stops the job)
                 print(f"== {form} refused, left out: {e}", flush=True)
-                if refused is not None:
-                    refused[form] = str(e)
-                keys[form] = {"key": key, "refused": str(e)}
-                keys_path.write_text(json.dumps(keys, indent=1) + "\n")
-                continue
-            keys[form] = {"key": key}
-            keys_path.write_text(json.dumps(keys, indent=1) + "\n")
-        left = max(0.0, left - arts[form][1]["tuning"]["used_s"])
+                built, why = None, str(e)
+            save_key(form, {"key": key, **({"refused": why} if why else {})})
+        if why:
+            if refused is not None:
+                refused[form] = why
+            continue
+        arts[form] = built
+        left = max(0.0, left - built[1]["tuning"]["used_s"])
     return {f: arts[f] for f in FORMS if f in arts}
 
 

@@ -382,7 +382,8 @@ def sparse_conv_candidates(func: relax.Function) -> list[_ConvMatch]:
             continue
         pad = tuple(int(p) for p in at.padding)
         hw = (xs[2] + pad[0] + pad[2], xs[3] + pad[1] + pad[3])
-        if not supported(hw, (int(w.shape[2]), int(w.shape[3]))):
+        khw = (int(w.shape[2]), int(w.shape[3]))
+        if not supported(hw, khw):
             continue
         if int_in:  # bias and requantization stay as QuantizeInt8 emitted them
             out.append(_ConvMatch(var if cast is None else cast, val.args[0], w, None, False,
@@ -401,7 +402,7 @@ def sparse_conv_candidates(func: relax.Function) -> list[_ConvMatch]:
         relu_v = b.single_user(top, "relax.nn.relu")
         if relu_v is not None:
             top, relu = relu_v, True
-        pool_v = _pool_2x2(b, top) if pool_fits(hw, (int(w.shape[2]), int(w.shape[3]))) else None
+        pool_v = _pool_2x2(b, top) if pool_fits(hw, khw) else None
         out.append(_ConvMatch(top if pool_v is None else pool_v, val.args[0], w, bias, relu,
                               xs[0], layer_name(op, idx), tuple(xs), pad,
                               pool=1 if pool_v is None else 2))
