@@ -11,8 +11,9 @@ from tvm import relax
 
 from .defaults import DEFAULT_SPARSE_THRESHOLD
 from .kernels import HAND_SCHEDULED
-from .passes import CodebookDense, LowRankFold, QuantizeInt8, SparseDense
+from .passes import CodebookDense, Int8Vnni, LowRankFold, QuantizeInt8, SparseDense
 from .passes.gpu_default_schedule import GpuDefaultSchedule
+from .passes.int8_vnni import target_has_vnni
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,12 @@ def make_pipeline(target, database=None, sparse: dict | None = None,
     """
     with target:  # MetaScheduleApplyDatabase reads the current target when constructed
         return _phases(database, sparse, gpu="gpu" in list(target.keys),
+                       vnni=target_has_vnni(target),
                        accumulate=int8_acc, codebook=codebook, at_load=at_load,
                        lowrank_fold=lowrank_fold)
 
 
-def _phases(database, sparse: dict | None = None, gpu: bool = False,
+def _phases(database, sparse: dict | None = None, gpu: bool = False, vnni: bool = False,
             accumulate: str = "int32", codebook: bool = False,
             at_load: tuple[str, ...] = (), lowrank_fold: tuple[str, ...] = ()) -> list[Phase]:
     return [
@@ -86,12 +88,15 @@ def _phases(database, sparse: dict | None = None, gpu: bool = False,
         #    SparseDense (with --sparse) turns the sparse constant matmuls it keeps (float, or
         #    QuantizeInt8's int8 ones) into sparse (SELL) call_tir kernels; CodebookDense
         #    (with --codebook) keeps the weights of the float layers left dense that have at
-        #    most 256 distinct values as uint8 indices + a codebook, decoded in the kernel.
+        #    most 256 distinct values as uint8 indices + a codebook, decoded in the kernel;
+        #    Int8Vnni (where the target's CPU has AVX-512 VNNI) turns the int8 layers left
+        #    dense into our VNNI kernels.
         Phase("layer_forms", (
             SparseDense(**sparse) if sparse is not None
             else tvm.transform.Sequential([], name="SparseDense(off)"),
             CodebookDense(at_load) if codebook
             else tvm.transform.Sequential([], name="CodebookDense(off)"),
+            Int8Vnni() if vnni else tvm.transform.Sequential([], name="Int8Vnni(off)"),
         ), args=((("SparseDense", _sparse_args(sparse)),) if sparse is not None else ())
             + ((("CodebookDense", f"at_load={','.join(at_load)}"),) if at_load else ())),
         # 3. Canonicalise: batch-norm/dropout to inference arithmetic, trivial bindings

@@ -158,6 +158,7 @@ def _dense_calls(func, w: np.ndarray) -> list:
     """The call whose constants hold weight ``w`` (a matmul's [out, in] or a conv's OIHW, as
     given or transposed), or its codes and codebook (a codebook kernel), or that reads it
     decoded at load from the tensor cache."""
+    from ..kernels import vnni
     from ..kernels.codebook import decode
     from ..kernels.decode import cache_key
 
@@ -167,6 +168,8 @@ def _dense_calls(func, w: np.ndarray) -> list:
         if any(cached.get(a) in keys for a in call.args[1].fields):
             return [call]
         consts = _consts(call)
+        if vnni.holds(consts, w):  # its bias and requantization follow in their own kernel
+            return [call, *_consumer(func, call)]
         for c in consts:
             if (c.shape == w.shape and np.array_equal(c, w)) or \
                     (c.shape == w.T.shape and np.array_equal(c, w.T)):

@@ -1,0 +1,416 @@
+"""Exact int8 dense and convolution kernels on AVX-512 VNNI (``vpdpbusd``).
+
+``vpdpbusd acc, a, b`` adds to each of the 16 int32 lanes of ``acc`` the four products of
+the lane's four unsigned bytes of ``a`` with the four signed bytes of ``b``, in int32 with no
+saturation: with ``a`` the activations (uint8) and ``b`` the int8 weights, the sums are the
+exact integer sums the int32-accumulating ``R.matmul`` / ``R.nn.conv2d`` compute. An int8
+activation ``x`` enters as ``x ^ 0x80 = x + 128`` (uint8), and the kernel starts each sum at
+``comp = -128 * sum(W)`` of its output channel, the zero-point compensation oneDNN uses.
+
+- **Dense** ``y[M, N] = x[M, K] @ W[K, N]`` (``K % 4 == 0``): ``W`` is packed at build as
+  ``[N/16][K/4][16][4]`` (``N`` padded to 16 with zero columns), so a 64-byte load is the
+  ``b`` of 16 output columns and four ``k``; the four bytes ``x[m, 4kb:4kb+4]`` are broadcast
+  to every lane. A tile keeps ``rows x blocks`` accumulators in zmm registers (at most
+  :data:`MAX_ACC`), parallel over tiles of rows.
+- **Convolution** (stride 1, no dilation or groups; a padded input is padded first) reads the
+  image's flat ``C*H*W`` plane as the direct sparse convolution does
+  (:mod:`tvmcomp.kernels.sparse_conv`): output ``(oy, ox)`` is flat position ``p = oy*W + ox``
+  and tap ``(c, kh, kw)`` adds ``W[o, c, kh, kw] * x_flat[c*H*W + kh*W + kw + p]``. Here the
+  16 lanes are 16 consecutive positions and the taps go four at a time: the ``a`` operand
+  interleaves the four taps' runs of 16 bytes (zero-extended, shifted and or-ed as int32), and
+  the four weights of output channel ``o`` are one broadcast int32 (``b``). One ``a`` serves
+  every output channel; taps are padded to a multiple of 4 with zero weights. Positions with
+  ``p % W >= OW`` are computed and not stored. Parallel over images.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import HAND_SCHEDULED
+
+LANES = 16     # int32 lanes of a zmm register
+MAX_ACC = 24   # zmm accumulators a tile keeps (32 registers: the rest for operands)
+FLIP = -2139062144  # 0x80808080 as int32: x ^ FLIP turns four int8 into x + 128 as uint8
+INTRIN = "llvm.x86.avx512.vpdpbusd.512"
+X_DTYPES = ("int8", "uint8")
+
+
+def _attrs(what: str) -> dict:
+    return {"tirx.noalias": True, "tirx.is_scheduled": True, HAND_SCHEDULED: what}
+
+
+def compensation(w_sums: np.ndarray, x_dtype: str) -> np.ndarray:
+    """The sums' starting values: ``-128 * sum(W)`` per output channel for int8 inputs."""
+    return (-128 * w_sums if x_dtype == "int8" else np.zeros_like(w_sums)).astype(np.int32)
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """Elementwise ops applied to each int32 sum in registers before it is stored (the
+    bias and requantization :class:`~tvmcomp.passes.QuantizeInt8` emits after a layer).
+
+    ``steps``: ``(op, args, dtype)`` in order, ``op`` one of :data:`EPILOGUE_OPS`; an arg is
+    ``("acc",)`` (the sum), ``("step", k)`` (the k-th step's value), ``("const", value,
+    dtype)`` (a scalar) or ``("chan", row, dtype)`` (row ``row`` of the kernel's per-channel
+    constants: ``chan_i`` int64 for integer dtypes, ``chan_f`` float32 for float ones). The
+    last step's value, of dtype ``out_dtype``, is stored."""
+
+    steps: tuple
+    int_rows: int = 0
+    float_rows: int = 0
+
+    @property
+    def out_dtype(self) -> str:
+        return self.steps[-1][2] if self.steps else "int32"
+
+
+EPILOGUE_OPS = ("add", "subtract", "multiply", "astype", "less", "right_shift", "clip",
+                "maximum", "minimum", "relu")
+
+
+def _epilogue_value(epi: Epilogue | None, acc, chan):
+    """The TIR value of ``epi`` applied to the int32x16 sums ``acc``; ``chan(row, dtype,
+    is_int)``: a per-channel constant's 16 lanes."""
+    from tvm.script import tirx as T
+
+    if epi is None:
+        return acc
+    vals: list = []
+
+    def arg(a):
+        if a[0] == "acc":
+            return acc
+        if a[0] == "step":
+            return vals[a[1]]
+        if a[0] == "const":
+            import tvm
+
+            return T.Broadcast(tvm.tirx.const(a[1], a[2]), LANES)
+        return chan(a[1], a[2], not a[2].startswith("float"))
+
+    for op, args, dtype in epi.steps:
+        xs = [arg(a) for a in args]
+        if op == "add":
+            v = xs[0] + xs[1]
+        elif op == "subtract":
+            v = xs[0] - xs[1]
+        elif op == "multiply":
+            v = xs[0] * xs[1]
+        elif op == "astype":
+            v = T.Cast(f"{dtype}x{LANES}", xs[0])
+        elif op == "less":
+            v = xs[0] < xs[1]
+        elif op == "right_shift":
+            v = T.shift_right(xs[0], xs[1])
+        elif op == "clip":
+            v = T.max(T.min(xs[0], xs[2]), xs[1])
+        elif op == "maximum":
+            v = T.max(xs[0], xs[1])
+        elif op == "minimum":
+            v = T.min(xs[0], xs[1])
+        elif op == "relu":
+            import tvm
+
+            v = T.max(xs[0], T.Broadcast(tvm.tirx.const(0, dtype), LANES))
+        else:
+            raise ValueError(f"epilogue op {op!r} is not one of {', '.join(EPILOGUE_OPS)}")
+        vals.append(v)
+    return vals[-1]
+
+
+# ---- dense -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DenseWeight:
+    """``W[K, N]`` as the dense kernel reads it: ``packed[N/16, K/4, 64]`` and ``comp``."""
+
+    packed: np.ndarray  # int8 [NB, K/4, 64]
+    comp: np.ndarray    # int32 [NB * 16]
+    shape: tuple[int, int]
+
+    def to_dense(self) -> np.ndarray:
+        k, n = self.shape
+        nb = self.packed.shape[0]
+        w = self.packed.reshape(nb, k // 4, LANES, 4).transpose(1, 3, 0, 2)
+        return np.ascontiguousarray(w.reshape(k, nb * LANES)[:, :n])
+
+
+def dense_supported(k: int) -> bool:
+    return k % 4 == 0
+
+
+def pack_dense(w: np.ndarray, x_dtype: str) -> DenseWeight:
+    """``w`` int8 ``[K, N]`` (a matmul's right operand) in the dense kernel's form."""
+    k, n = w.shape
+    if not dense_supported(k):
+        raise ValueError(f"the VNNI dense kernel needs K % 4 == 0, got K = {k}")
+    nb = -(-n // LANES)
+    wp = np.zeros((k, nb * LANES), np.int8)
+    wp[:, :n] = w
+    packed = wp.reshape(k // 4, 4, nb, LANES).transpose(2, 0, 3, 1).reshape(nb, k // 4, 64)
+    sums = np.zeros(nb * LANES, np.int64)
+    sums[:n] = w.astype(np.int64).sum(0)
+    return DenseWeight(np.ascontiguousarray(packed), compensation(sums, x_dtype), (k, n))
+
+
+def _dense_tile(m: int, nb: int) -> tuple[int, int]:
+    """(rows, column blocks) of a register tile."""
+    blocks = min(nb, MAX_ACC)
+    return max(1, min(8, m, MAX_ACC // blocks)), blocks
+
+
+@functools.lru_cache(maxsize=None)  # parsing TVMScript takes ~0.3 s a kernel
+def dense_kernel(m: int, k: int, n: int, x_dtype: str, epilogue: Epilogue | None = None):
+    """The PrimFunc ``(x[m, k], packed, comp) -> y[m, n]`` int32 for ``R.call_tir``; with an
+    ``epilogue``, ``(x, packed, comp, chan_i, chan_f) -> y`` of its ``out_dtype`` (the
+    per-channel constants ``[rows, N/16 * 16]``, padded)."""
+    from tvm.script import tirx as T
+
+    if x_dtype not in X_DTYPES or not dense_supported(k):
+        raise ValueError(f"the VNNI dense kernel takes int8/uint8 x with K % 4 == 0, "
+                         f"got {x_dtype} and K = {k}")
+    NB, KB = -(-n // LANES), k // 4  # noqa: N806
+    MR, BT = _dense_tile(m, NB)  # noqa: N806
+    NCH, MT = -(-NB // BT), -(-m // MR)  # noqa: N806
+
+    def a_operand(xf, row, kb):  # x[row, 4kb:4kb+4] as uint8, in every lane
+        v = T.reinterpret(xf.vload([row * T.int64(k) + kb * T.int64(4)], x_dtype + "x4"),
+                          dtype="int32")
+        if x_dtype == "int8":
+            v = T.bitwise_xor(v, T.int32(FLIP))
+        return T.reinterpret(T.broadcast(v, LANES), dtype="uint8x64")
+
+    def row(mt, r):
+        return T.min(mt * T.int64(MR) + r, T.int64(m - 1))
+
+    def block(c, b):
+        return T.min(c * T.int64(BT) + b, T.int64(NB - 1))
+
+    def slot(r, b):
+        return (r * T.int64(BT) + b) * T.int64(LANES)
+
+    out_t = epilogue.out_dtype if epilogue is not None else "int32"
+    IR, FR = _rows(epilogue)  # noqa: N806
+
+    def result(acc, chan_i, chan_f, c, r, b):
+        def chan(row, dtype, is_int):
+            src = chan_i if is_int else chan_f
+            vec = src.vload([T.int64(row), block(c, b) * T.int64(LANES)],
+                            f"{'int64' if is_int else 'float32'}x{LANES}")
+            return T.Cast(f"{dtype}x{LANES}", vec) if dtype not in ("int64", "float32") else vec
+
+        return _epilogue_value(epilogue, acc.vload([slot(r, b)], "int32x16"), chan)
+
+    @T.macro
+    def body(xf, packed, comp, chan_i, chan_f, y):
+        for mt in T.parallel(T.int64(MT)):
+            acc = T.decl_buffer((T.int64(MR * BT * LANES),), "int32", scope="local")
+            res = T.decl_buffer((T.int64(LANES),), out_t, scope="local")
+            for c in range(T.int64(NCH)):
+                for r in T.unroll(T.int64(MR)):
+                    for b in T.unroll(T.int64(BT)):
+                        for lane in T.vectorized(T.int64(LANES)):
+                            acc[slot(r, b) + lane] = comp[block(c, b) * T.int64(LANES) + lane]
+                for kb in range(T.int64(KB)):
+                    for r in T.unroll(T.int64(MR)):
+                        for b in T.unroll(T.int64(BT)):
+                            acc[T.ramp(slot(r, b), 1, LANES)] = T.call_llvm_pure_intrin(
+                                T.llvm_lookup_intrinsic_id(INTRIN),
+                                acc.vload([slot(r, b)], "int32x16"),
+                                a_operand(xf, row(mt, r), kb),
+                                packed.vload([block(c, b), kb, T.int64(0)], "int8x64"),
+                                dtype="int32x16")
+                for r in T.unroll(T.int64(MR)):
+                    for b in T.unroll(T.int64(BT)):
+                        res[T.ramp(T.int64(0), 1, LANES)] = result(acc, chan_i, chan_f, c, r, b)
+                        for lane in T.unroll(T.int64(LANES)):
+                            if (mt * T.int64(MR) + r < T.int64(m)
+                                    and (c * T.int64(BT) + b) * T.int64(LANES) + lane
+                                    < T.int64(n)):
+                                y[mt * T.int64(MR) + r,
+                                  (c * T.int64(BT) + b) * T.int64(LANES) + lane] = res[lane]
+
+    if epilogue is None:
+        @T.prim_func(private=True, s_tir=True)
+        def vnni_dense(x: T.Buffer((T.int64(m), T.int64(k)), x_dtype),
+                       packed: T.Buffer((T.int64(NB), T.int64(KB), T.int64(64)), "int8"),
+                       comp: T.Buffer((T.int64(NB * LANES),), "int32"),
+                       y: T.Buffer((T.int64(m), T.int64(n)), "int32")):
+            T.func_attr(_attrs("VNNI int8 dense"))
+            xf = T.decl_buffer((T.int64(m * k),), x_dtype, data=x.data)
+            body(xf, packed, comp, None, None, y)
+
+        return vnni_dense
+
+    @T.prim_func(private=True, s_tir=True)
+    def vnni_dense_epilogue(x: T.Buffer((T.int64(m), T.int64(k)), x_dtype),
+                            packed: T.Buffer((T.int64(NB), T.int64(KB), T.int64(64)), "int8"),
+                            comp: T.Buffer((T.int64(NB * LANES),), "int32"),
+                            chan_i: T.Buffer((T.int64(IR), T.int64(NB * LANES)), "int64"),
+                            chan_f: T.Buffer((T.int64(FR), T.int64(NB * LANES)), "float32"),
+                            y: T.Buffer((T.int64(m), T.int64(n)), out_t)):
+        T.func_attr(_attrs("VNNI int8 dense + requantization"))
+        xf = T.decl_buffer((T.int64(m * k),), x_dtype, data=x.data)
+        body(xf, packed, comp, chan_i, chan_f, y)
+
+    return vnni_dense_epilogue
+
+
+def _rows(epilogue: Epilogue | None) -> tuple[int, int]:
+    """Rows of the per-channel constant buffers (at least one: a buffer is never empty)."""
+    if epilogue is None:
+        return 1, 1
+    return max(1, epilogue.int_rows), max(1, epilogue.float_rows)
+
+
+# ---- convolution -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConvWeight:
+    """A conv weight ``[OC, C, KH, KW]`` as the kernel reads it over ``C x H x W`` inputs:
+    ``quads[o, g]`` the four int8 weights of taps ``4g .. 4g+3`` as one int32, ``offsets``
+    each tap's plane offset ``c*H*W + kh*W + kw`` (0 for padding taps), ``comp``."""
+
+    quads: np.ndarray    # int32 [OC, G]
+    offsets: np.ndarray  # int32 [4G]
+    comp: np.ndarray     # int32 [OC]
+    shape: tuple[int, int, int, int]
+    in_hw: tuple[int, int]
+
+    def to_dense(self) -> np.ndarray:
+        oc, c, kh, kw = self.shape
+        taps = c * kh * kw
+        return self.quads.view(np.int8).reshape(oc, -1)[:, :taps].reshape(self.shape).copy()
+
+
+def conv_supported(in_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> bool:
+    """Whether the kernel handles this convolution (after padding): a vector of flat
+    positions holds outputs."""
+    (h, w), (kh, kw) = in_hw, kernel_hw
+    oh, ow = h - kh + 1, w - kw + 1
+    return oh >= 1 and ow >= 1 and (oh - 1) * w + ow >= LANES
+
+
+def pack_conv(w: np.ndarray, in_hw: tuple[int, int], x_dtype: str) -> ConvWeight:
+    """``w`` int8 OIHW in the conv kernel's form for inputs of spatial size ``in_hw``."""
+    oc, c, kh, kw = w.shape
+    h, wd = in_hw
+    taps = c * kh * kw
+    g = -(-taps // 4)
+    flat = np.zeros((oc, 4 * g), np.int8)
+    flat[:, :taps] = w.reshape(oc, taps)
+    ci, y, x = np.unravel_index(np.arange(taps), (c, kh, kw))
+    offsets = np.zeros(4 * g, np.int32)
+    offsets[:taps] = ci * h * wd + y * wd + x
+    comp = compensation(w.reshape(oc, -1).astype(np.int64).sum(1), x_dtype)
+    return ConvWeight(np.ascontiguousarray(flat).view(np.int32).reshape(oc, g), offsets, comp,
+                      (oc, c, kh, kw), (h, wd))
+
+
+@functools.lru_cache(maxsize=None)
+def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels: int,
+                kernel_hw: tuple[int, int], x_dtype: str):
+    """The PrimFunc ``(x, quads, offsets, comp) -> y`` int32 ``[batch, out_channels, OH, OW]``
+    for ``R.call_tir``."""
+    from tvm.script import tirx as T
+
+    (h, w), (kh, kw) = in_hw, kernel_hw
+    if x_dtype not in X_DTYPES or not conv_supported(in_hw, kernel_hw):
+        raise ValueError(f"the VNNI conv kernel takes int8/uint8 x and at least {LANES} flat "
+                         f"output positions, got {x_dtype}, input {h}x{w}, kernel {kh}x{kw}")
+    B, C, OC = batch, channels, out_channels  # noqa: N806
+    OH, OW = h - kh + 1, w - kw + 1  # noqa: N806
+    PLANE, P = C * h * w, (OH - 1) * w + OW  # noqa: N806
+    G = -(-(C * kh * kw) // 4)  # noqa: N806
+    NV = -(-P // LANES)  # noqa: N806 - vectors of positions, the last shifted back
+    TILE = max(1, min(NV, MAX_ACC // OC))  # noqa: N806 - vectors a tile (x OC accumulators)
+    NT = -(-NV // TILE)  # noqa: N806
+
+    def first(t, v):  # a tile's v-th vector's first position
+        return T.min((t * T.int64(TILE) + v) * T.int64(LANES), T.int64(P - LANES))
+
+    def run(xf, base):  # 16 bytes from base, zero-extended to int32 lanes
+        return T.Cast("int32x16", T.reinterpret(xf.vload([base], x_dtype + "x16"),
+                                                dtype="uint8x16"))
+
+    def a_operand(xf, offsets, n, g, p):  # taps 4g..4g+3 at positions p..p+15, interleaved
+        base = n * T.int64(PLANE) + p
+        v = run(xf, base + T.Cast("int64", offsets[g * T.int64(4)]))
+        for j in range(1, 4):
+            v = T.bitwise_or(v, T.shift_left(
+                run(xf, base + T.Cast("int64", offsets[g * T.int64(4) + T.int64(j)])),
+                T.Broadcast(T.int32(8 * j), LANES)))
+        if x_dtype == "int8":
+            v = T.bitwise_xor(v, T.Broadcast(T.int32(FLIP), LANES))
+        return v
+
+    def slot(o, v):
+        return (o * T.int64(TILE) + v) * T.int64(LANES)
+
+    @T.prim_func(private=True, s_tir=True)
+    def vnni_conv(x: T.Buffer((T.int64(B), T.int64(C), T.int64(h), T.int64(w)), x_dtype),
+                  quads: T.Buffer((T.int64(OC), T.int64(G)), "int32"),
+                  offsets: T.Buffer((T.int64(4 * G),), "int32"),
+                  comp: T.Buffer((T.int64(OC),), "int32"),
+                  y: T.Buffer((T.int64(B), T.int64(OC), T.int64(OH), T.int64(OW)), "int32")):
+        T.func_attr(_attrs("VNNI int8 convolution"))
+        xf = T.decl_buffer((T.int64(B * PLANE),), x_dtype, data=x.data)
+        for n in T.parallel(T.int64(B)):  # images; at batch 1 one thread (no launch)
+            acc = T.decl_buffer((T.int64(OC * TILE * LANES),), "int32", scope="local")
+            a = T.decl_buffer((T.int64(TILE * LANES),), "int32", scope="local")
+            for t in range(T.int64(NT)):
+                for o in T.unroll(T.int64(OC)):
+                    for v in T.unroll(T.int64(TILE)):
+                        for lane in T.vectorized(T.int64(LANES)):
+                            acc[slot(o, v) + lane] = comp[o]
+                for g in range(T.int64(G)):
+                    for v in T.unroll(T.int64(TILE)):
+                        a[T.ramp(v * T.int64(LANES), 1, LANES)] = a_operand(
+                            xf, offsets, n, g, first(t, v))
+                    for o in T.unroll(T.int64(OC)):
+                        for v in T.unroll(T.int64(TILE)):
+                            acc[T.ramp(slot(o, v), 1, LANES)] = T.call_llvm_pure_intrin(
+                                T.llvm_lookup_intrinsic_id(INTRIN),
+                                acc.vload([slot(o, v)], "int32x16"),
+                                T.reinterpret(a.vload([v * T.int64(LANES)], "int32x16"),
+                                              dtype="uint8x64"),
+                                T.reinterpret(T.Broadcast(quads[o, g], LANES), dtype="int8x64"),
+                                dtype="int32x16")
+                for o in T.unroll(T.int64(OC)):
+                    for v in T.unroll(T.int64(TILE)):
+                        for lane in T.unroll(T.int64(LANES)):
+                            if (t * T.int64(TILE) + v < T.int64(NV)
+                                    and (first(t, v) + lane) % T.int64(w) < T.int64(OW)):
+                                y[n, o, (first(t, v) + lane) // T.int64(w),
+                                  (first(t, v) + lane) % T.int64(w)] = acc[slot(o, v) + lane]
+
+    return vnni_conv
+
+
+def holds(consts: list[np.ndarray], w: np.ndarray) -> bool:
+    """Whether the constants of a VNNI kernel's call (in order) hold the int8 weight ``w``: a
+    dense kernel's ``W[K, N]`` (``w`` as given or transposed), a conv kernel's OIHW ``w``."""
+    if w.dtype != np.int8 or not consts:
+        return False
+    first = consts[0]
+    if first.dtype == np.int8 and first.ndim == 3 and first.shape[2] == 64:  # dense
+        nb, kb, _ = first.shape
+        got = first.reshape(nb, kb, LANES, 4).transpose(1, 3, 0, 2).reshape(4 * kb, nb * LANES)
+        for ref in (w, w.T):
+            k, n = ref.shape
+            if k == 4 * kb and -(-n // LANES) == nb:
+                if np.array_equal(got[:, :n], ref) and not got[:, n:].any():
+                    return True
+        return False
+    if first.dtype == np.int32 and first.ndim == 2 and w.ndim == 4 and len(consts) == 3:  # conv
+        oc, taps = w.shape[0], int(np.prod(w.shape[1:]))
+        flat = first.view(np.int8).reshape(first.shape[0], -1)
+        return (flat.shape[0] == oc and flat.shape[1] >= taps
+                and np.array_equal(flat[:, :taps], w.reshape(oc, taps)))
+    return False
