@@ -95,27 +95,44 @@ def test_unsupported_shapes_are_refused():
         pack_dense(np.zeros((6, 3), np.int8), "int8")
 
 
-def _int8_layers(x_dtype: str, pad: int):
-    """A Relax module: int8 conv (zero padding ``pad``) → flatten → int8 matmul, int32 sums,
-    with an int32 bias add after the conv (left as it is)."""
+def _int8_layers(x_dtype: str, pad: int, leak: bool):
+    """A Relax module as QuantizeInt8 makes them: an int8 conv (zero padding ``pad``) with
+    its bias and requantization (per-channel int32 / int64 constants, scalar ones), flatten,
+    an int8 matmul with a float output (``* scale``). ``leak``: the matmul's float value is
+    also read by a ``sum`` the kernel cannot take, so only the ``astype`` goes in."""
     from tvm import relax
     from tvm.script import relax as R
 
     rng = np.random.default_rng(3)
     wc = rng.integers(-128, 128, (4, 3, 3, 3)).astype(np.int8)
     wd = rng.integers(-128, 128, (4 * 6 * 6, 5)).astype(np.int8)
+
+    def c(a, dtype):
+        return relax.const(np.asarray(a, dtype), dtype)
+
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((2, 3, 8 - 2 * pad, 8 - 2 * pad), x_dtype))
     with bb.function("main", [x]):
         with bb.dataflow():
-            c = bb.emit(R.nn.conv2d(x, relax.const(wc), padding=[pad] * 4, out_dtype="int32"))
-            c = bb.emit(R.add(c, relax.const(np.arange(4, dtype=np.int32).reshape(1, 4, 1, 1))))
-            c = bb.emit(R.astype(R.clip(R.right_shift(c, relax.const(10, "int32")), -128, 127),
-                                 x_dtype))
-            f = bb.emit(R.reshape(c, (2, 4 * 6 * 6)))
-            y = bb.emit_output(R.matmul(f, relax.const(wd), out_dtype="int32"))
-        bb.emit_func_output(y)
-    return bb.get()
+            a = bb.emit(R.nn.conv2d(x, relax.const(wc), padding=[pad] * 4, out_dtype="int32"))
+            a = bb.emit(R.add(a, c(np.arange(-2, 2).reshape(1, 4, 1, 1) * 999, "int32")))
+            v = bb.emit(R.multiply(bb.emit(R.astype(a, "int64")),
+                                   c(np.array([3, 5, 7, 11]).reshape(1, 4, 1, 1) << 26,
+                                     "int64")))
+            neg = bb.emit(R.astype(R.less(v, c(0, "int64")), "int64"))
+            v = bb.emit(R.right_shift(R.subtract(R.add(v, c(1 << 40, "int64")), neg),
+                                      c(41, "int64")))
+            lo = 0 if x_dtype == "uint8" else -128
+            a8 = bb.emit(R.astype(bb.emit(R.clip(v, lo, 127)), x_dtype))
+            f = bb.emit(R.reshape(a8, (2, 4 * 6 * 6)))
+            y = bb.emit(R.astype(bb.emit(R.matmul(f, relax.const(wd), out_dtype="int32")),
+                                 "float32"))
+            out = bb.emit(R.multiply(y, c(np.linspace(0.5, 2, 5), "float32")))
+            if leak:
+                out = bb.emit(R.add(out, R.sum(y, axis=1, keepdims=True)))
+            out = bb.emit_output(out)
+        bb.emit_func_output(out)
+    return bb.get(), wc, wd
 
 
 def _kernel_names(mod) -> list[str]:
@@ -123,10 +140,12 @@ def _kernel_names(mod) -> list[str]:
                   if isinstance(f, tvm.tirx.PrimFunc))
 
 
-@pytest.mark.parametrize("x_dtype, pad", [("int8", 1), ("uint8", 0)])
-def test_pass_rewrites_int8_layers_where_the_target_has_vnni(x_dtype, pad):
+@pytest.mark.parametrize("x_dtype, pad, leak", [("int8", 1, False), ("uint8", 0, True)])
+def test_pass_rewrites_int8_layers_where_the_target_has_vnni(x_dtype, pad, leak):
     """The pipeline runs the pass for a VNNI target only; there both layers become our
-    kernels (a padded conv after a pad with zeros). On a VNNI CPU the built
+    kernels (a padded conv after a pad with zeros), each with the elementwise ops after it
+    that nothing else reads (the conv's whole requantization; the matmul's float scaling, or
+    only its ``astype`` when the float value is read elsewhere). On a VNNI CPU the built
     module's outputs equal those of the module without the pass, bit for bit."""
     from tvm import relax
 
@@ -134,7 +153,7 @@ def test_pass_rewrites_int8_layers_where_the_target_has_vnni(x_dtype, pad):
     from tvmcomp.passes.int8_vnni import target_has_vnni
     from tvmcomp.pipeline import make_pipeline, pass_names
 
-    mod = _int8_layers(x_dtype, pad)
+    mod, wc, wd = _int8_layers(x_dtype, pad, leak)
     target = tvm.target.Target(TARGET)
     for t, on in ((target, True), (tvm.target.Target({"kind": "llvm", "mcpu": "core-avx2"}),
                                    False)):
@@ -143,10 +162,19 @@ def test_pass_rewrites_int8_layers_where_the_target_has_vnni(x_dtype, pad):
                    for n in pass_names(make_pipeline(t)))
     with target:
         new = Int8Vnni()(mod)
-    assert _kernel_names(new) == [f"vnni_conv_b2_3x8x8_4k3x3_{x_dtype}",
-                                  f"vnni_dense_b2_144x5_{x_dtype}"]
+    conv, dense = _kernel_names(new)
+    assert conv.startswith(f"vnni_conv_b2_3x8x8_4k3x3_{x_dtype}_{x_dtype}_")
+    assert dense.startswith(f"vnni_dense_b2_144x5_{x_dtype}_float32_")
     text = new.script()
-    assert ("R.nn.pad" in text) == bool(pad) and "R.nn.conv2d" not in text
+    assert ("R.nn.pad" in text) == bool(pad)
+    for op in ("conv2d", "matmul", "right_shift", "clip", "astype"):
+        assert f"R.{op}(" not in text and f"R.nn.{op}(" not in text
+    assert text.count("R.multiply(") == int(leak)  # the float scaling stays out if leaked
+    consts = [[a.value.numpy() for a in b.value.args[1].fields if isinstance(a, tvm.ir.Constant)]
+              for b in new["main"].body.blocks[0].bindings
+              if getattr(b.value.op, "name", "") == "relax.call_tir"]
+    assert [holds(c, wc) for c in consts] == [True, False]  # how the sparse gate finds them
+    assert [holds(c, wd) for c in consts] == [False, True]
     if "avx512_vnni" not in cpu_flags():
         pytest.skip("this CPU has no AVX-512 VNNI")
     rng = np.random.default_rng(0)
@@ -155,4 +183,5 @@ def test_pass_rewrites_int8_layers_where_the_target_has_vnni(x_dtype, pad):
     for m in (mod, new):
         ex = tvm.compile(m, target=target)
         outs.append(relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy())
+    assert np.unique(outs[0]).size > 5  # not all clipped
     np.testing.assert_array_equal(outs[1], outs[0])

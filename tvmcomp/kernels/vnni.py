@@ -315,9 +315,10 @@ def pack_conv(w: np.ndarray, in_hw: tuple[int, int], x_dtype: str) -> ConvWeight
 
 @functools.lru_cache(maxsize=None)
 def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels: int,
-                kernel_hw: tuple[int, int], x_dtype: str):
+                kernel_hw: tuple[int, int], x_dtype: str, epilogue: Epilogue | None = None):
     """The PrimFunc ``(x, quads, offsets, comp) -> y`` int32 ``[batch, out_channels, OH, OW]``
-    for ``R.call_tir``."""
+    for ``R.call_tir``; with an ``epilogue``, ``(x, quads, offsets, comp, chan_i, chan_f) ->
+    y`` of its ``out_dtype`` (the per-channel constants ``[rows, out_channels]``)."""
     from tvm.script import tirx as T
 
     (h, w), (kh, kw) = in_hw, kernel_hw
@@ -353,17 +354,22 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
     def slot(o, v):
         return (o * T.int64(TILE) + v) * T.int64(LANES)
 
-    @T.prim_func(private=True, s_tir=True)
-    def vnni_conv(x: T.Buffer((T.int64(B), T.int64(C), T.int64(h), T.int64(w)), x_dtype),
-                  quads: T.Buffer((T.int64(OC), T.int64(G)), "int32"),
-                  offsets: T.Buffer((T.int64(4 * G),), "int32"),
-                  comp: T.Buffer((T.int64(OC),), "int32"),
-                  y: T.Buffer((T.int64(B), T.int64(OC), T.int64(OH), T.int64(OW)), "int32")):
-        T.func_attr(_attrs("VNNI int8 convolution"))
-        xf = T.decl_buffer((T.int64(B * PLANE),), x_dtype, data=x.data)
+    out_t = epilogue.out_dtype if epilogue is not None else "int32"
+    IR, FR = _rows(epilogue)  # noqa: N806
+
+    def result(acc, chan_i, chan_f, o, v):
+        def chan(row, dtype, is_int):
+            value = chan_i[T.int64(row), o] if is_int else chan_f[T.int64(row), o]
+            return T.Broadcast(T.Cast(dtype, value), LANES)
+
+        return _epilogue_value(epilogue, acc.vload([slot(o, v)], "int32x16"), chan)
+
+    @T.macro
+    def body(xf, quads, offsets, comp, chan_i, chan_f, y):
         for n in T.parallel(T.int64(B)):  # images; at batch 1 one thread (no launch)
             acc = T.decl_buffer((T.int64(OC * TILE * LANES),), "int32", scope="local")
             a = T.decl_buffer((T.int64(TILE * LANES),), "int32", scope="local")
+            res = T.decl_buffer((T.int64(LANES),), out_t, scope="local")
             for t in range(T.int64(NT)):
                 for o in T.unroll(T.int64(OC)):
                     for v in T.unroll(T.int64(TILE)):
@@ -384,18 +390,47 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                                 dtype="int32x16")
                 for o in T.unroll(T.int64(OC)):
                     for v in T.unroll(T.int64(TILE)):
+                        res[T.ramp(T.int64(0), 1, LANES)] = result(acc, chan_i, chan_f, o, v)
                         for lane in T.unroll(T.int64(LANES)):
                             if (t * T.int64(TILE) + v < T.int64(NV)
                                     and (first(t, v) + lane) % T.int64(w) < T.int64(OW)):
                                 y[n, o, (first(t, v) + lane) // T.int64(w),
-                                  (first(t, v) + lane) % T.int64(w)] = acc[slot(o, v) + lane]
+                                  (first(t, v) + lane) % T.int64(w)] = res[lane]
 
-    return vnni_conv
+    x_shape = (T.int64(B), T.int64(C), T.int64(h), T.int64(w))
+    y_shape = (T.int64(B), T.int64(OC), T.int64(OH), T.int64(OW))
+    if epilogue is None:
+        @T.prim_func(private=True, s_tir=True)
+        def vnni_conv(x: T.Buffer(x_shape, x_dtype),
+                      quads: T.Buffer((T.int64(OC), T.int64(G)), "int32"),
+                      offsets: T.Buffer((T.int64(4 * G),), "int32"),
+                      comp: T.Buffer((T.int64(OC),), "int32"),
+                      y: T.Buffer(y_shape, "int32")):
+            T.func_attr(_attrs("VNNI int8 convolution"))
+            xf = T.decl_buffer((T.int64(B * PLANE),), x_dtype, data=x.data)
+            body(xf, quads, offsets, comp, None, None, y)
+
+        return vnni_conv
+
+    @T.prim_func(private=True, s_tir=True)
+    def vnni_conv_epilogue(x: T.Buffer(x_shape, x_dtype),
+                           quads: T.Buffer((T.int64(OC), T.int64(G)), "int32"),
+                           offsets: T.Buffer((T.int64(4 * G),), "int32"),
+                           comp: T.Buffer((T.int64(OC),), "int32"),
+                           chan_i: T.Buffer((T.int64(IR), T.int64(OC)), "int64"),
+                           chan_f: T.Buffer((T.int64(FR), T.int64(OC)), "float32"),
+                           y: T.Buffer(y_shape, out_t)):
+        T.func_attr(_attrs("VNNI int8 convolution + requantization"))
+        xf = T.decl_buffer((T.int64(B * PLANE),), x_dtype, data=x.data)
+        body(xf, quads, offsets, comp, chan_i, chan_f, y)
+
+    return vnni_conv_epilogue
 
 
 def holds(consts: list[np.ndarray], w: np.ndarray) -> bool:
     """Whether the constants of a VNNI kernel's call (in order) hold the int8 weight ``w``: a
-    dense kernel's ``W[K, N]`` (``w`` as given or transposed), a conv kernel's OIHW ``w``."""
+    dense kernel's ``W[K, N]`` (``w`` as given or transposed), a conv kernel's OIHW ``w``
+    (``quads, offsets, comp``, then ``chan_i, chan_f`` with an epilogue)."""
     if w.dtype != np.int8 or not consts:
         return False
     first = consts[0]
@@ -408,7 +443,7 @@ def holds(consts: list[np.ndarray], w: np.ndarray) -> bool:
                 if np.array_equal(got[:, :n], ref) and not got[:, n:].any():
                     return True
         return False
-    if first.dtype == np.int32 and first.ndim == 2 and w.ndim == 4 and len(consts) == 3:  # conv
+    if first.dtype == np.int32 and first.ndim == 2 and w.ndim == 4 and len(consts) in (3, 5):
         oc, taps = w.shape[0], int(np.prod(w.shape[1:]))
         flat = first.view(np.int8).reshape(first.shape[0], -1)
         return (flat.shape[0] == oc and flat.shape[1] >= taps

@@ -16,6 +16,9 @@ they are.
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass, field
+
 import numpy as np
 import tvm
 from tvm import relax
@@ -60,15 +63,148 @@ def _const_int8(e) -> np.ndarray | None:
     return None
 
 
+EPILOGUE_OPS = {"relax.add": "add", "relax.subtract": "subtract",
+                "relax.multiply": "multiply", "relax.astype": "astype", "relax.less": "less",
+                "relax.right_shift": "right_shift", "relax.clip": "clip",
+                "relax.maximum": "maximum", "relax.minimum": "minimum", "relax.nn.relu": "relu"}
+
+
+@dataclass
+class _Layer:
+    """A layer the kernels take: its core binding's value, kind and output channels, and the
+    elementwise bindings after it that go into the kernel (their values, in order)."""
+
+    core: relax.Call
+    kind: str  # "dense" | "conv"
+    channels: int
+    steps: list = field(default_factory=list)      # Epilogue steps
+    members: list = field(default_factory=list)    # the vars the kernel computes, core first
+    int_rows: list = field(default_factory=list)   # per-channel integer constants
+    float_rows: list = field(default_factory=list)  # per-channel float constants
+
+
 @mutator
 class _Rewriter(PyExprMutator):
     def __init__(self, mod: tvm.IRModule) -> None:
         super().__init__(mod)
         self.mod_ = mod
         self.kernels: dict = {}
+        self.final: dict = {}
+        self.skip: set = set()
 
     def run(self) -> tvm.IRModule:
-        return rewrite_functions(self, self.mod_, lambda gv, func: True)
+        return rewrite_functions(self, self.mod_, lambda gv, func: self._plan(func))
+
+    # ---- planning: the layers, and the epilogue each takes ------------------------------
+
+    def _plan(self, func: relax.Function) -> bool:
+        bindings = [b for block in func.body.blocks for b in block.bindings]
+        uses: dict = {}
+
+        def count(e):
+            if isinstance(e, relax.Var):
+                uses[e] = uses.get(e, 0) + 1
+
+        for b in bindings:
+            relax.analysis.post_order_visit(b.value, count)
+        relax.analysis.post_order_visit(func.body.body, count)
+        self.final, self.skip = {}, set()
+        for i, b in enumerate(bindings):
+            layer = self._layer(b.value)
+            if layer is None:
+                continue
+            layer.members.append(b.var)
+            chain = {b.var: ("acc",)}
+            for nxt in bindings[i + 1:]:
+                step = self._step(nxt.value, chain, layer)
+                if step is None:
+                    break
+                layer.steps.append(step)
+                chain[nxt.var] = ("step", len(layer.steps) - 1)
+                layer.members.append(nxt.var)
+            self._trim(layer, uses)
+            self.final[layer.members[-1]] = layer
+            self.skip.update(layer.members[:-1])
+        return bool(self.final)
+
+    @staticmethod
+    def _trim(layer: _Layer, uses: dict) -> None:
+        """Keep the longest prefix of the epilogue whose values, but the last, are used
+        nowhere else (the kernel stores only the last)."""
+        while layer.steps:
+            inner: dict = {}
+            for _, args, _ in layer.steps:
+                for a in args:
+                    if a[0] in ("acc", "step"):
+                        v = layer.members[0 if a[0] == "acc" else a[1] + 1]
+                        inner[v] = inner.get(v, 0) + 1
+            if all(uses.get(v, 0) == inner.get(v, 0) for v in layer.members[:-1]):
+                return
+            layer.steps.pop()
+            layer.members.pop()
+
+    def _step(self, val, chain: dict, layer: _Layer):
+        op = EPILOGUE_OPS.get(getattr(getattr(val, "op", None), "name", ""))
+        if op is None:
+            return None
+        dtype = str(val.ty.dtype)
+        args = []
+        tensors = val.args[:1] if op in ("astype", "relu", "clip") else val.args
+        for a in tensors:
+            if isinstance(a, relax.Var) and a in chain:
+                args.append(chain[a])
+                continue
+            c = a.value.numpy() if isinstance(a, tvm.ir.Constant) else None
+            if c is None:
+                return None
+            enc = self._constant(c, layer)
+            if enc is None:
+                return None
+            args.append(enc)
+        if not any(a[0] in ("acc", "step") for a in args):
+            return None
+        if op == "clip":
+            args += [("const", int(getattr(p.value, "value", p.value)), dtype) for p in val.args[1:]]
+        return (op, tuple(args), dtype)
+
+    @staticmethod
+    def _constant(c: np.ndarray, layer: _Layer):
+        dtype = str(c.dtype)
+        if c.size == 1:
+            return ("const", c.item(), dtype)
+        oc = layer.channels
+        per_channel = ((1, oc, 1, 1), (oc, 1, 1)) if layer.kind == "conv" else ((oc,), (1, oc))
+        if c.shape not in per_channel or dtype not in ("int32", "int64", "float32"):
+            return None
+        rows = layer.float_rows if dtype == "float32" else layer.int_rows
+        rows.append(c.reshape(-1))
+        return ("chan", len(rows) - 1, dtype)
+
+    def _layer(self, val) -> _Layer | None:
+        op = getattr(getattr(val, "op", None), "name", "")
+        if op not in ("relax.matmul", "relax.nn.conv2d") or str(val.attrs.out_dtype) != "int32":
+            return None
+        x, w = val.args
+        shape, dtype = _static(x.ty), str(x.ty.dtype)
+        w = _const_int8(w)
+        if w is None or shape is None or dtype not in vnni.X_DTYPES:
+            return None
+        if op == "relax.matmul":
+            ok = w.ndim == 2 and len(shape) == 2 and vnni.dense_supported(w.shape[0])
+            return _Layer(val, "dense", int(w.shape[1])) if ok else None
+        at = val.attrs
+        top, left, bottom, right = (int(p) for p in at.padding)
+        plain = (w.ndim == 4 and len(shape) == 4 and int(at.groups) == 1
+                 and all(int(s) == 1 for s in at.strides)
+                 and all(int(d) == 1 for d in at.dilation)
+                 and (str(at.data_layout), str(at.kernel_layout), str(at.out_layout))
+                 == ("NCHW", "OIHW", "NCHW"))
+        if not plain or not vnni.conv_supported(
+                (shape[2] + top + bottom, shape[3] + left + right), w.shape[2:]):
+            return None
+        return _Layer(val, "conv", int(w.shape[0]))
+
+    # ---- rewriting -----------------------------------------------------------------------
 
     def _kernel(self, name: str, make):
         if name not in self.kernels:
@@ -77,58 +213,60 @@ class _Rewriter(PyExprMutator):
         return self.kernels[name]
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        val = binding.value
-        op = getattr(getattr(val, "op", None), "name", "")
-        call = None
-        if op == "relax.matmul" and str(val.attrs.out_dtype) == "int32":
-            call = self._dense(val)
-        elif op == "relax.nn.conv2d" and str(val.attrs.out_dtype) == "int32":
-            call = self._conv(val)
-        if call is None:
+        if binding.var in self.skip:
+            return  # computed inside the kernel of the layer it belongs to
+        layer = self.final.get(binding.var)
+        if layer is None:
             super().visit_var_binding_(binding)
             return
+        call = self._dense(layer) if layer.kind == "dense" else self._conv(layer)
         rebind(self, binding, call, f"{binding.var.name}_vnni")
 
-    def _dense(self, val):
-        x, w = val.args
-        shape, dtype = _static(x.ty), str(x.ty.dtype)
-        w = _const_int8(w)
-        if (w is None or w.ndim != 2 or shape is None or len(shape) != 2
-                or dtype not in vnni.X_DTYPES or not vnni.dense_supported(w.shape[0])):
-            return None
-        (m, k), n = shape, w.shape[1]
-        p = vnni.pack_dense(w, dtype)
-        gv = self._kernel(f"vnni_dense_b{m}_{k}x{n}_{dtype}",
-                          lambda: vnni.dense_kernel(m, k, n, dtype))
-        return relax.call_tir(gv, [self.visit_expr(x), relax.const(p.packed),
-                                   relax.const(p.comp)], relax.TensorType((m, n), "int32"))
+    def _epilogue(self, layer: _Layer, width: int):
+        """(the Epilogue or None, its constants as call arguments, a name suffix)."""
+        if not layer.steps:
+            return None, [], ""
+        epi = vnni.Epilogue(tuple(layer.steps), len(layer.int_rows), len(layer.float_rows))
 
-    def _conv(self, val):
-        x, w = val.args
-        at = val.attrs
-        shape, dtype = _static(x.ty), str(x.ty.dtype)
+        def rows(arrays, dtype):
+            out = np.zeros((max(1, len(arrays)), width), dtype)
+            for r, a in enumerate(arrays):
+                out[r, :a.size] = a
+            return relax.const(out, str(out.dtype))  # (int64 is kept only when named)
+
+        tag = hashlib.sha256(repr(epi.steps).encode()).hexdigest()[:8]
+        return epi, [rows(layer.int_rows, np.int64), rows(layer.float_rows, np.float32)], \
+            f"_{epi.out_dtype}_{tag}"
+
+    def _dense(self, layer: _Layer):
+        x, w = layer.core.args
+        (m, k), dtype = _static(x.ty), str(x.ty.dtype)
         w = _const_int8(w)
-        plain = (w is not None and w.ndim == 4 and shape is not None and len(shape) == 4
-                 and dtype in vnni.X_DTYPES and int(at.groups) == 1
-                 and all(int(s) == 1 for s in at.strides)
-                 and all(int(d) == 1 for d in at.dilation)
-                 and (str(at.data_layout), str(at.kernel_layout), str(at.out_layout))
-                 == ("NCHW", "OIHW", "NCHW"))
-        if not plain:
-            return None
-        top, left, bottom, right = (int(p) for p in at.padding)
-        n, c, h, wd = shape
+        n = w.shape[1]
+        p = vnni.pack_dense(w, dtype)
+        epi, extra, suffix = self._epilogue(layer, p.comp.size)
+        gv = self._kernel(f"vnni_dense_b{m}_{k}x{n}_{dtype}{suffix}",
+                          lambda: vnni.dense_kernel(m, k, n, dtype, epi))
+        return relax.call_tir(gv, [self.visit_expr(x), relax.const(p.packed),
+                                   relax.const(p.comp), *extra],
+                              relax.TensorType((m, n), epi.out_dtype if epi else "int32"))
+
+    def _conv(self, layer: _Layer):
+        x, w = layer.core.args
+        top, left, bottom, right = (int(p) for p in layer.core.attrs.padding)
+        (n, c, h, wd), dtype = _static(x.ty), str(x.ty.dtype)
+        w = _const_int8(w)
         hw = (h + top + bottom, wd + left + right)
         oc, _, kh, kw = w.shape
-        if not vnni.conv_supported(hw, (kh, kw)):
-            return None
         x = self.visit_expr(x)
         if top or left or bottom or right:  # the zero point is 0 here (QuantizeInt8 pads others)
             x = self.builder_.emit(R.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right]),
                                    "vnni_padded")
         p = vnni.pack_conv(w, hw, dtype)
-        gv = self._kernel(f"vnni_conv_b{n}_{c}x{hw[0]}x{hw[1]}_{oc}k{kh}x{kw}_{dtype}",
-                          lambda: vnni.conv_kernel(n, c, hw, oc, (kh, kw), dtype))
+        epi, extra, suffix = self._epilogue(layer, oc)
+        gv = self._kernel(f"vnni_conv_b{n}_{c}x{hw[0]}x{hw[1]}_{oc}k{kh}x{kw}_{dtype}{suffix}",
+                          lambda: vnni.conv_kernel(n, c, hw, oc, (kh, kw), dtype, epi))
         out = (n, oc, hw[0] - kh + 1, hw[1] - kw + 1)
         return relax.call_tir(gv, [x, relax.const(p.quads), relax.const(p.offsets),
-                                   relax.const(p.comp)], relax.TensorType(out, "int32"))
+                                   relax.const(p.comp), *extra],
+                              relax.TensorType(out, epi.out_dtype if epi else "int32"))

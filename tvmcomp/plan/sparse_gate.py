@@ -168,8 +168,9 @@ def _dense_calls(func, w: np.ndarray) -> list:
         if any(cached.get(a) in keys for a in call.args[1].fields):
             return [call]
         consts = _consts(call)
-        if vnni.holds(consts, w):  # its bias and requantization follow in their own kernel
-            return [call, *_consumer(func, call)]
+        if vnni.holds(consts, w):  # int32 sums: its requantization is the next kernel
+            fused = str(call.ty_args[0].dtype) != "int32"
+            return [call] if fused else [call, *_consumer(func, call)]
         for c in consts:
             if (c.shape == w.shape and np.array_equal(c, w)) or \
                     (c.shape == w.T.shape and np.array_equal(c, w.T)):
