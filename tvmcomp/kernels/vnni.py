@@ -434,7 +434,7 @@ def holds(consts: list[np.ndarray], w: np.ndarray) -> bool:
     if w.dtype != np.int8 or not consts:
         return False
     first = consts[0]
-    if first.dtype == np.int8 and first.ndim == 3 and first.shape[2] == 64:  # dense
+    if first.dtype == np.int8 and first.ndim == 3 and first.shape[2] == 64 and w.ndim == 2:
         nb, kb, _ = first.shape
         got = first.reshape(nb, kb, LANES, 4).transpose(1, 3, 0, 2).reshape(4 * kb, nb * LANES)
         for ref in (w, w.T):

@@ -164,7 +164,8 @@ class _Rewriter(PyExprMutator):
         if not any(a[0] in ("acc", "step") for a in args):
             return None
         if op == "clip":
-            args += [("const", int(getattr(p.value, "value", p.value)), dtype) for p in val.args[1:]]
+            bounds = [getattr(p.value, "value", p.value) for p in val.args[1:]]
+            args += [("const", int(b), dtype) for b in bounds]
         return (op, tuple(args), dtype)
 
     @staticmethod
