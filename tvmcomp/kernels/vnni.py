@@ -21,6 +21,10 @@ activation ``x`` enters as ``x ^ 0x80 = x + 128`` (uint8), and the kernel starts
   the four weights of output channel ``o`` are one broadcast int32 (``b``). One ``a`` serves
   every output channel; taps are padded to a multiple of 4 with zero weights. Positions with
   ``p % W >= OW`` are computed and not stored. Parallel over images.
+
+With an :class:`Epilogue`, either kernel applies the layer's bias, requantization and clamp
+(or float scaling) to the 16 sums in registers and stores only their result (int8 / uint8 /
+float32): one pass over the output instead of an int32 tensor written and read again.
 """
 
 from __future__ import annotations
@@ -56,12 +60,17 @@ class Epilogue:
     ``steps``: ``(op, args, dtype)`` in order, ``op`` one of :data:`EPILOGUE_OPS`; an arg is
     ``("acc",)`` (the sum), ``("step", k)`` (the k-th step's value), ``("const", value,
     dtype)`` (a scalar) or ``("chan", row, dtype)`` (row ``row`` of the kernel's per-channel
-    constants: ``chan_i`` int64 for integer dtypes, ``chan_f`` float32 for float ones). The
-    last step's value, of dtype ``out_dtype``, is stored."""
+    constants: ``chan_i`` of ``int_dtype`` for integer dtypes, ``chan_f`` float32 for float
+    ones). The last step's value, of dtype ``out_dtype``, is stored.
+
+    ``int_dtype="int32"`` when every integer constant fits: an int64 product of two
+    sign-extended int32 values is then one ``vpmuldq`` a half vector instead of the
+    three-uop ``vpmullq``."""
 
     steps: tuple
     int_rows: int = 0
     float_rows: int = 0
+    int_dtype: str = "int64"
 
     @property
     def out_dtype(self) -> str:
@@ -195,14 +204,15 @@ def dense_kernel(m: int, k: int, n: int, x_dtype: str, epilogue: Epilogue | None
         return (r * T.int64(BT) + b) * T.int64(LANES)
 
     out_t = epilogue.out_dtype if epilogue is not None else "int32"
+    int_t = epilogue.int_dtype if epilogue is not None else "int64"
     IR, FR = _rows(epilogue)  # noqa: N806
 
     def result(acc, chan_i, chan_f, c, r, b):
         def chan(row, dtype, is_int):
             src = chan_i if is_int else chan_f
-            vec = src.vload([T.int64(row), block(c, b) * T.int64(LANES)],
-                            f"{'int64' if is_int else 'float32'}x{LANES}")
-            return T.Cast(f"{dtype}x{LANES}", vec) if dtype not in ("int64", "float32") else vec
+            src_t = int_t if is_int else "float32"
+            vec = src.vload([T.int64(row), block(c, b) * T.int64(LANES)], f"{src_t}x{LANES}")
+            return T.Cast(f"{dtype}x{LANES}", vec) if dtype != src_t else vec
 
         return _epilogue_value(epilogue, acc.vload([slot(r, b)], "int32x16"), chan)
 
@@ -251,7 +261,7 @@ def dense_kernel(m: int, k: int, n: int, x_dtype: str, epilogue: Epilogue | None
     def vnni_dense_epilogue(x: T.Buffer((T.int64(m), T.int64(k)), x_dtype),
                             packed: T.Buffer((T.int64(NB), T.int64(KB), T.int64(64)), "int8"),
                             comp: T.Buffer((T.int64(NB * LANES),), "int32"),
-                            chan_i: T.Buffer((T.int64(IR), T.int64(NB * LANES)), "int64"),
+                            chan_i: T.Buffer((T.int64(IR), T.int64(NB * LANES)), int_t),
                             chan_f: T.Buffer((T.int64(FR), T.int64(NB * LANES)), "float32"),
                             y: T.Buffer((T.int64(m), T.int64(n)), out_t)):
         T.func_attr(_attrs("VNNI int8 dense + requantization"))
@@ -355,6 +365,7 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
         return (o * T.int64(TILE) + v) * T.int64(LANES)
 
     out_t = epilogue.out_dtype if epilogue is not None else "int32"
+    int_t = epilogue.int_dtype if epilogue is not None else "int64"
     IR, FR = _rows(epilogue)  # noqa: N806
 
     def result(acc, chan_i, chan_f, o, v):
@@ -417,7 +428,7 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                            quads: T.Buffer((T.int64(OC), T.int64(G)), "int32"),
                            offsets: T.Buffer((T.int64(4 * G),), "int32"),
                            comp: T.Buffer((T.int64(OC),), "int32"),
-                           chan_i: T.Buffer((T.int64(IR), T.int64(OC)), "int64"),
+                           chan_i: T.Buffer((T.int64(IR), T.int64(OC)), int_t),
                            chan_f: T.Buffer((T.int64(FR), T.int64(OC)), "float32"),
                            y: T.Buffer(y_shape, out_t)):
         T.func_attr(_attrs("VNNI int8 convolution + requantization"))

@@ -5,11 +5,19 @@ Runs after QuantizeInt8 and the per-layer forms, on the int8 layers still dense:
     acc = R.matmul(x_q, W_i8, out_dtype="int32")          # x_q int8/uint8 [M, K], K % 4 == 0
     acc = R.nn.conv2d(x_q, W_i8, out_dtype="int32", ...)  # NCHW/OIHW, stride 1, no groups
 
-become ``R.call_tir(vnni_dense_b{M}_{K}x{N}_{dtype}, (x_q, packed, comp))`` and, after an
-``R.nn.pad`` with zeros where the conv pads (QuantizeInt8 pads with a non-zero zero point
-itself), ``R.call_tir(vnni_conv_b{N}_{C}x{H}x{W}_{OC}k{KH}x{KW}_{dtype}, (x_q, quads,
-offsets, comp))`` (:mod:`tvmcomp.kernels.vnni`). The bias and requantization that follow
-stay as they are. The pipeline runs it where the target's CPU has ``avx512vnni`` (the
+Each layer's kernel (:mod:`tvmcomp.kernels.vnni`) also takes the elementwise bindings that
+follow it (QuantizeInt8's bias, requantization and clamp, or its float scaling: add,
+subtract, multiply, astype, less, right_shift, clip, maximum, minimum, relu over scalar or
+per-channel constants), as long as nothing else reads their intermediate values, and stores
+only the last value:
+
+    y = R.call_tir(vnni_dense_b{M}_{K}x{N}_{x dtype}[_{y dtype}_{hash}],
+                   (x_q, packed, comp[, chan_i, chan_f]))
+    y = R.call_tir(vnni_conv_b{N}_{C}x{H}x{W}_{OC}k{KH}x{KW}_{x dtype}[_{y dtype}_{hash}],
+                   (x_q, quads, offsets, comp[, chan_i, chan_f]))
+
+after an ``R.nn.pad`` with zeros where the conv pads (QuantizeInt8 pads with a non-zero zero
+point itself). The pipeline runs the pass where the target's CPU has ``avx512vnni`` (the
 profile's ``mcpu``: :func:`target_has_vnni`); layers the kernels do not take are left as
 they are.
 """
@@ -26,6 +34,8 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..kernels import vnni
 from ._emit import rebind, rewrite_functions
+from ._qdq_match import const_np, dtype_of, op_name, shape_of
+from .layers import direct_conv
 
 R = relax.op
 
@@ -49,24 +59,8 @@ class Int8Vnni:
         return _Rewriter(mod).run()
 
 
-def _static(ty) -> tuple[int, ...] | None:
-    shape = getattr(ty, "shape", None)
-    if not isinstance(shape, relax.ShapeExpr):
-        return None
-    dims = [d.value if isinstance(d, tvm.tirx.IntImm) else None for d in shape.values]
-    return None if None in dims else tuple(int(d) for d in dims)
-
-
-def _const_int8(e) -> np.ndarray | None:
-    if isinstance(e, tvm.ir.Constant) and str(e.value.dtype) == "int8":
-        return e.value.numpy()
-    return None
-
-
-EPILOGUE_OPS = {"relax.add": "add", "relax.subtract": "subtract",
-                "relax.multiply": "multiply", "relax.astype": "astype", "relax.less": "less",
-                "relax.right_shift": "right_shift", "relax.clip": "clip",
-                "relax.maximum": "maximum", "relax.minimum": "minimum", "relax.nn.relu": "relu"}
+# the Relax op of each step a kernel's epilogue computes
+EPILOGUE_OPS = {f"relax.{'nn.' if op == 'relu' else ''}{op}": op for op in vnni.EPILOGUE_OPS}
 
 
 @dataclass
@@ -144,7 +138,7 @@ class _Rewriter(PyExprMutator):
             layer.members.pop()
 
     def _step(self, val, chain: dict, layer: _Layer):
-        op = EPILOGUE_OPS.get(getattr(getattr(val, "op", None), "name", ""))
+        op = EPILOGUE_OPS.get(op_name(val))
         if op is None:
             return None
         dtype = str(val.ty.dtype)
@@ -154,7 +148,7 @@ class _Rewriter(PyExprMutator):
             if isinstance(a, relax.Var) and a in chain:
                 args.append(chain[a])
                 continue
-            c = a.value.numpy() if isinstance(a, tvm.ir.Constant) else None
+            c = const_np(a)
             if c is None:
                 return None
             enc = self._constant(c, layer)
@@ -181,27 +175,22 @@ class _Rewriter(PyExprMutator):
         rows.append(c.reshape(-1))
         return ("chan", len(rows) - 1, dtype)
 
-    def _layer(self, val) -> _Layer | None:
-        op = getattr(getattr(val, "op", None), "name", "")
+    @staticmethod
+    def _layer(val) -> _Layer | None:
+        op = op_name(val)
         if op not in ("relax.matmul", "relax.nn.conv2d") or str(val.attrs.out_dtype) != "int32":
             return None
-        x, w = val.args
-        shape, dtype = _static(x.ty), str(x.ty.dtype)
-        w = _const_int8(w)
-        if w is None or shape is None or dtype not in vnni.X_DTYPES:
+        x, w = val.args[0], const_np(val.args[1])
+        shape, dtype = shape_of(x), dtype_of(x)
+        if w is None or w.dtype != np.int8 or shape is None or dtype not in vnni.X_DTYPES:
             return None
         if op == "relax.matmul":
             ok = w.ndim == 2 and len(shape) == 2 and vnni.dense_supported(w.shape[0])
             return _Layer(val, "dense", int(w.shape[1])) if ok else None
-        at = val.attrs
-        top, left, bottom, right = (int(p) for p in at.padding)
-        plain = (w.ndim == 4 and len(shape) == 4 and int(at.groups) == 1
-                 and all(int(s) == 1 for s in at.strides)
-                 and all(int(d) == 1 for d in at.dilation)
-                 and (str(at.data_layout), str(at.kernel_layout), str(at.out_layout))
-                 == ("NCHW", "OIHW", "NCHW"))
-        if not plain or not vnni.conv_supported(
-                (shape[2] + top + bottom, shape[3] + left + right), w.shape[2:]):
+        top, left, bottom, right = (int(p) for p in val.attrs.padding)
+        if (w.ndim != 4 or len(shape) != 4 or not direct_conv(val.attrs) or not
+                vnni.conv_supported((shape[2] + top + bottom, shape[3] + left + right),
+                                    w.shape[2:])):
             return None
         return _Layer(val, "conv", int(w.shape[0]))
 
@@ -227,7 +216,10 @@ class _Rewriter(PyExprMutator):
         """(the Epilogue or None, its constants as call arguments, a name suffix)."""
         if not layer.steps:
             return None, [], ""
-        epi = vnni.Epilogue(tuple(layer.steps), len(layer.int_rows), len(layer.float_rows))
+        lo, hi = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+        narrow = all(r.min() >= lo and r.max() <= hi for r in layer.int_rows)
+        epi = vnni.Epilogue(tuple(layer.steps), len(layer.int_rows), len(layer.float_rows),
+                            "int32" if narrow else "int64")
 
         def rows(arrays, dtype):
             out = np.zeros((max(1, len(arrays)), width), dtype)
@@ -235,15 +227,13 @@ class _Rewriter(PyExprMutator):
                 out[r, :a.size] = a
             return relax.const(out, str(out.dtype))  # (int64 is kept only when named)
 
-        tag = hashlib.sha256(repr(epi.steps).encode()).hexdigest()[:8]
-        return epi, [rows(layer.int_rows, np.int64), rows(layer.float_rows, np.float32)], \
+        tag = hashlib.sha256(repr((epi.steps, epi.int_dtype)).encode()).hexdigest()[:8]
+        return epi, [rows(layer.int_rows, epi.int_dtype), rows(layer.float_rows, np.float32)], \
             f"_{epi.out_dtype}_{tag}"
 
     def _dense(self, layer: _Layer):
-        x, w = layer.core.args
-        (m, k), dtype = _static(x.ty), str(x.ty.dtype)
-        w = _const_int8(w)
-        n = w.shape[1]
+        x, w = layer.core.args[0], const_np(layer.core.args[1])
+        (m, k), dtype, n = shape_of(x), dtype_of(x), w.shape[1]
         p = vnni.pack_dense(w, dtype)
         epi, extra, suffix = self._epilogue(layer, p.comp.size)
         gv = self._kernel(f"vnni_dense_b{m}_{k}x{n}_{dtype}{suffix}",
@@ -253,10 +243,9 @@ class _Rewriter(PyExprMutator):
                               relax.TensorType((m, n), epi.out_dtype if epi else "int32"))
 
     def _conv(self, layer: _Layer):
-        x, w = layer.core.args
+        x, w = layer.core.args[0], const_np(layer.core.args[1])
         top, left, bottom, right = (int(p) for p in layer.core.attrs.padding)
-        (n, c, h, wd), dtype = _static(x.ty), str(x.ty.dtype)
-        w = _const_int8(w)
+        (n, c, h, wd), dtype = shape_of(x), dtype_of(x)
         hw = (h + top + bottom, wd + left + right)
         oc, _, kh, kw = w.shape
         x = self.visit_expr(x)

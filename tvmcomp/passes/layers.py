@@ -25,3 +25,13 @@ def layer_index(name: str) -> int:
 def layer_key(function: str, name: str) -> str:
     """``"<function>/<layer name>"``: the key of a layer across a module."""
     return f"{function}/{name}"
+
+
+def direct_conv(attrs) -> bool:
+    """Whether a ``relax.nn.conv2d``'s attributes are those our direct convolution kernels
+    (sparse, VNNI) take: NCHW data, OIHW weight, NCHW out, stride 1, no dilation, one group
+    (padding becomes a pad before the kernel)."""
+    return (int(attrs.groups) == 1
+            and all(int(v) == 1 for v in (*attrs.strides, *attrs.dilation))
+            and (str(attrs.data_layout), str(attrs.kernel_layout)) == ("NCHW", "OIHW")
+            and str(attrs.out_layout) in ("NCHW", ""))

@@ -28,7 +28,7 @@ from ..kernels.sell import (
     sell_int_kernel,
 )
 from ._emit import rebind, rewrite_functions
-from .layers import INDEXED_OPS, layer_index, layer_key, layer_name
+from .layers import INDEXED_OPS, direct_conv, layer_index, layer_key, layer_name
 
 R = relax.op
 # what ONNX Conv/Gemm/MatMul import to: the k-th of these is layer "conv<k>"/"matmul<k>",
@@ -376,9 +376,7 @@ def sparse_conv_candidates(func: relax.Function) -> list[_ConvMatch]:
             cast = None
         if (w is None or w.ndim != 4 or xs is None or len(xs) != 4 or xs[1] != w.shape[1]
                 or not (is_float or int_in and (od == "int32" or cast is not None))
-                or int(at.groups) != 1 or any(int(v) != 1 for v in (*at.strides, *at.dilation))
-                or (str(at.data_layout), str(at.kernel_layout)) != ("NCHW", "OIHW")
-                or str(at.out_layout) not in ("NCHW", "")):
+                or not direct_conv(at)):
             continue
         pad = tuple(int(p) for p in at.padding)
         hw = (xs[2] + pad[0] + pad[2], xs[3] + pad[1] + pad[3])
