@@ -63,7 +63,8 @@ def test_dense_is_exact(m, k, n, dtype):
 
 @pytest.mark.parametrize("n, c, hw, oc, k, dtype", [
     (2, 6, (14, 14), 16, 5, "int8"),   # LeNet-5's conv2: one vector a tile, 38 tap quads
-    (1, 1, (32, 32), 6, 5, "uint8"),   # conv1 on the padded input: 25 taps -> 7 quads
+    (1, 1, (32, 32), 6, 5, "uint8"),   # conv1, padded input: 25 taps -> 7 quads; rows of 28
+    (2, 2, (21, 38), 3, 3, "int8"),    # rows of 36: 3 vectors a row, 8 a tile, last one short
     (3, 3, (7, 9), 4, (3, 2), "int8"),  # a non-square kernel, the last vector shifted back
 ])
 def test_conv_is_exact(n, c, hw, oc, k, dtype):

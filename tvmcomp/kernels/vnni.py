@@ -19,7 +19,9 @@ activation ``x`` enters as ``x ^ 0x80 = x + 128`` (uint8), and the kernel starts
   16 lanes are 16 consecutive positions and the taps go four at a time: the ``a`` operand
   interleaves the four taps' runs of 16 bytes (zero-extended, shifted and or-ed as int32), and
   the four weights of output channel ``o`` are one broadcast int32 (``b``). One ``a`` serves
-  every output channel; taps are padded to a multiple of 4 with zero weights. Positions with
+  every output channel; taps are padded to a multiple of 4 with zero weights. Where output
+  rows hold at least 16 columns, each vector lies within a row (the last of a row shifted
+  back) and is stored whole; else vectors run across rows and positions with
   ``p % W >= OW`` are computed and not stored. Parallel over images.
 
 With an :class:`Epilogue`, either kernel applies the layer's bias, requantization and clamp
@@ -339,12 +341,23 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
     OH, OW = h - kh + 1, w - kw + 1  # noqa: N806
     PLANE, P = C * h * w, (OH - 1) * w + OW  # noqa: N806
     G = -(-(C * kh * kw) // 4)  # noqa: N806
-    NV = -(-P // LANES)  # noqa: N806 - vectors of positions, the last shifted back
+    rows = OW >= LANES  # vectors within output rows (all lanes stored), else across them
+    NR = -(-OW // LANES)  # noqa: N806 - vectors a row, the last shifted back
+    NV = OH * NR if rows else -(-P // LANES)  # noqa: N806
     TILE = max(1, min(NV, MAX_ACC // OC))  # noqa: N806 - vectors a tile (x OC accumulators)
     NT = -(-NV // TILE)  # noqa: N806
 
+    def index(t, v):  # a tile's v-th vector's index (the last tile repeats the last vector)
+        return T.min(t * T.int64(TILE) + v, T.int64(NV - 1))
+
+    def column(i):  # the first output column of vector i (rows)
+        return T.min(i % T.int64(NR) * T.int64(LANES), T.int64(OW - LANES))
+
     def first(t, v):  # a tile's v-th vector's first position
-        return T.min((t * T.int64(TILE) + v) * T.int64(LANES), T.int64(P - LANES))
+        i = index(t, v)
+        if rows:
+            return i // T.int64(NR) * T.int64(w) + column(i)
+        return T.min(i * T.int64(LANES), T.int64(P - LANES))
 
     def run(xf, base):  # 16 bytes from base, zero-extended to int32 lanes
         return T.Cast("int32x16", T.reinterpret(xf.vload([base], x_dtype + "x16"),
@@ -401,12 +414,17 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                                 dtype="int32x16")
                 for o in T.unroll(T.int64(OC)):
                     for v in T.unroll(T.int64(TILE)):
-                        res[T.ramp(T.int64(0), 1, LANES)] = result(acc, chan_i, chan_f, o, v)
-                        for lane in T.unroll(T.int64(LANES)):
-                            if (t * T.int64(TILE) + v < T.int64(NV)
-                                    and (first(t, v) + lane) % T.int64(w) < T.int64(OW)):
-                                y[n, o, (first(t, v) + lane) // T.int64(w),
-                                  (first(t, v) + lane) % T.int64(w)] = res[lane]
+                        if rows:  # 16 outputs of one row: one store
+                            y[n, o, index(t, v) // T.int64(NR),
+                              T.ramp(column(index(t, v)), 1, LANES)] = result(
+                                acc, chan_i, chan_f, o, v)
+                        else:
+                            res[T.ramp(T.int64(0), 1, LANES)] = result(acc, chan_i, chan_f, o, v)
+                            for lane in T.unroll(T.int64(LANES)):
+                                if (t * T.int64(TILE) + v < T.int64(NV)
+                                        and (first(t, v) + lane) % T.int64(w) < T.int64(OW)):
+                                    y[n, o, (first(t, v) + lane) // T.int64(w),
+                                      (first(t, v) + lane) % T.int64(w)] = res[lane]
 
     x_shape = (T.int64(B), T.int64(C), T.int64(h), T.int64(w))
     y_shape = (T.int64(B), T.int64(OC), T.int64(OH), T.int64(OW))
