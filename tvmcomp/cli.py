@@ -773,6 +773,17 @@ def _terminate(signum, frame):
 TORCH_FREE = frozenset({"build", "eval", "tune", "targets", "pipeline"})
 
 
+def import_tvm_without_torch() -> None:
+    """Import TVM with PyTorch marked absent, then unmark it: a ``None`` left in
+    ``sys.modules`` breaks libraries that look PyTorch up there (scipy's array-API checks,
+    which XGBoost's import runs: MetaSchedule's cost model crashed on its first update)."""
+    marked = sys.modules.setdefault("torch", None) is None
+    import tvm  # noqa: F401
+
+    if marked and sys.modules.get("torch", 0) is None:
+        del sys.modules["torch"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args, extra = parser.parse_known_args(argv)
@@ -780,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
         commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     if argv is None and args.command in TORCH_FREE:  # this process is the command's own
-        sys.modules.setdefault("torch", None)
+        import_tvm_without_torch()
     signal.signal(signal.SIGTERM, _terminate)  # as Ctrl-C: clean up, keep tuning records
     try:
         return args.fn(args)
