@@ -423,9 +423,10 @@ def test_gate_times_a_pruned_convolution(tmp_path):
 
 def test_int8_conv_takes_the_integer_sparse_kernel_exactly(tmp_path):
     """After QuantizeInt8 (either accumulation), a pruned int8 conv becomes the integer
-    direct sparse convolution (int32 sums; bias and requantization as they were): the whole
-    int8 model's outputs are bit for bit the dense int8 model's (float32 accumulation, what
-    AVX2 profiles use, compiled; int32 accumulation rewritten the same way)."""
+    direct sparse convolution with its bias, requantization and clamp in the kernel (int8
+    out; nothing of them left outside): the whole int8 model's outputs are bit for bit the
+    dense int8 model's (float32 accumulation, what AVX2 profiles use, compiled; int32
+    accumulation rewritten the same way)."""
     import torch
 
     from tvmcomp.frontend import export_onnx
@@ -448,7 +449,11 @@ def test_int8_conv_takes_the_integer_sparse_kernel_exactly(tmp_path):
         sparse = SparseDense(threshold=0.7)(mod)
         names = [gv.name_hint for gv, f in sparse.functions.items()
                  if isinstance(f, tvm.tirx.PrimFunc)]
-        assert "sparse_conv_b2_6x14x14_16k5x5_int8" in names, accumulate
+        assert any(n.startswith("sparse_conv_b2_6x14x14_16k5x5_int8_int8_") for n in names), \
+            (accumulate, names)
+        # conv1's requantization went in: one right_shift fewer than the dense module
+        assert sparse.script().count("R.right_shift(") == mod.script().count(
+            "R.right_shift(") - 1
     target = tvm.target.Target(TARGET)
     outs = [relax.VirtualMachine(compile_fused(fuse(mm, target), target), tvm.cpu())["main_b2"](
         tvm.runtime.tensor(x[:2])).numpy() for mm in (mod, sparse)]

@@ -30,6 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import HAND_SCHEDULED
+from .epilogue import Epilogue
+from .epilogue import rows as epilogue_rows
+from .epilogue import value as epilogue_value
 
 LANES = 8      # float32 lanes of an AVX2 register
 MAX_TILE = 9   # vector accumulators a tile keeps in registers (16 ymm: 9 + broadcast + loads)
@@ -116,13 +119,16 @@ def pool_fits(in_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> bool:
 @functools.lru_cache(maxsize=None)  # parsing TVMScript takes ~0.3 s a kernel
 def sparse_conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels: int,
                        kernel_hw: tuple[int, int], relu: bool, x_dtype: str = "float32",
-                       pool: int = 1):
+                       pool: int = 1, epilogue: Epilogue | None = None):
     """The PrimFunc ``(x, values, offsets, row_ptr, bias) -> y`` for ``R.call_tir``:
     ``x`` float32 ``[batch, channels, H, W]``, ``y`` ``[batch, out_channels, OH, OW]``; the
     number of non-zeros is symbolic, so one kernel serves every weight of the shape.
     Parallel over images. With an int8 / uint8 ``x`` (``QuantizeInt8``'s), the values are
     int8 and the kernel is ``(x, values, offsets, row_ptr) -> y`` int32, the exact integer
-    sums (no bias or ReLU: the requantization that follows does them).
+    sums (no bias or ReLU: the requantization that follows does them); with an ``epilogue``
+    (:mod:`tvmcomp.kernels.epilogue`) it is ``(x, values, offsets, row_ptr, chan_i, chan_f)
+    -> y`` and applies the layer's bias and requantization to each vector of sums before
+    it stores the result (the per-channel constants ``[rows, out_channels]``).
 
     ``pool=2`` (float only) also takes the 2x2 max pool of stride 2 that follows: a tile holds
     whole pairs of output rows, the four sums of a pooled output are taken from registers,
@@ -155,6 +161,11 @@ def sparse_conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_ch
         NT = -(-YH // RP)  # noqa: N806
         TILE = -(-_pooled_span(w, OW, RP) // L)  # noqa: N806
     acc_t, val_t = ("int32", "int8") if integer else ("float32", "float32")
+    if epilogue is not None and not integer:
+        raise ValueError("sparse conv takes an epilogue over integer sums only")
+    out_t = epilogue.out_dtype if epilogue is not None else acc_t
+    int_t = epilogue.int_dtype if epilogue is not None else "int64"
+    IR, FR = epilogue_rows(epilogue)  # noqa: N806
 
     def start(t):  # the flat position of a tile's first vector
         return t * T.int64(TILE * L if pool == 1 else 2 * RP * w)
@@ -194,6 +205,13 @@ def sparse_conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_ch
                             values[j], xf[n * T.int64(PLANE) + T.Cast("int64", offsets[j])
                                           + first(t, v) + lane])
 
+    def finished(acc, chan_i, chan_f, o, v):  # a vector of sums through the epilogue
+        def chan(row, dtype, is_int):
+            value = chan_i[T.int64(row), o] if is_int else chan_f[T.int64(row), o]
+            return T.Broadcast(T.Cast(dtype, value), L)
+
+        return epilogue_value(epilogue, acc.vload([v * T.int64(L)], f"int32x{L}"), chan, L)
+
     @T.macro
     def tile_loops(n, o, t, acc, xf, values, offsets, row_ptr, bias, y):
         sums(n, o, t, acc, xf, values, offsets, row_ptr)
@@ -204,6 +222,18 @@ def sparse_conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_ch
                     if p % T.int64(w) < T.int64(OW):
                         y[n, o, p // T.int64(w), p % T.int64(w)] = result(
                             acc[v * T.int64(L) + lane], bias, o)
+
+    @T.macro
+    def epilogue_tile_loops(n, o, t, acc, res, xf, values, offsets, row_ptr, chan_i, chan_f,
+                            y):
+        sums(n, o, t, acc, xf, values, offsets, row_ptr)
+        for v in T.unroll(T.int64(TILE)):  # the epilogue, and the lanes that are outputs
+            if active(t, v):
+                res[T.ramp(T.int64(0), 1, L)] = finished(acc, chan_i, chan_f, o, v)
+                for lane in T.unroll(T.int64(L)):
+                    p = first(t, v) + lane
+                    if p % T.int64(w) < T.int64(OW):
+                        y[n, o, p // T.int64(w), p % T.int64(w)] = res[lane]
 
     @T.macro
     def pooled_tile_loops(n, o, t, acc, xf, values, offsets, row_ptr, bias, y):
@@ -227,6 +257,30 @@ def sparse_conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_ch
                         tile_loops(n, o, t, acc, xf, values, offsets, row_ptr, bias, y)
                     else:
                         pooled_tile_loops(n, o, t, acc, xf, values, offsets, row_ptr, bias, y)
+
+    if epilogue is not None:
+        @T.prim_func(private=True, s_tir=True)
+        def sparse_conv_epilogue(
+                x: T.Buffer((T.int64(B), T.int64(C), T.int64(h), T.int64(w)), x_dtype),
+                values_h: T.handle, offsets_h: T.handle,
+                row_ptr: T.Buffer((T.int64(OC + 1),), "int32"),
+                chan_i: T.Buffer((T.int64(IR), T.int64(OC)), int_t),
+                chan_f: T.Buffer((T.int64(FR), T.int64(OC)), "float32"),
+                y: T.Buffer((T.int64(B), T.int64(OC), T.int64(OH), T.int64(OW)), out_t)):
+            T.func_attr(HAND_SCHEDULED_ATTRS)
+            nnz = T.int64()
+            values = T.match_buffer(values_h, (nnz,), val_t)
+            offsets = T.match_buffer(offsets_h, (nnz,), "int32")
+            xf = T.decl_buffer((T.int64(B * PLANE),), x_dtype, data=x.data)
+            for n in T.parallel(T.int64(B)):  # images; at batch 1 one thread (no launch)
+                acc = T.decl_buffer((T.int64(TILE * L),), acc_t, scope="local")
+                res = T.decl_buffer((T.int64(L),), out_t, scope="local")
+                for o in range(T.int64(OC)):
+                    for t in T.unroll(T.int64(NT)):
+                        epilogue_tile_loops(n, o, t, acc, res, xf, values, offsets, row_ptr,
+                                            chan_i, chan_f, y)
+
+        return sparse_conv_epilogue
 
     if integer:
         @T.prim_func(private=True, s_tir=True)

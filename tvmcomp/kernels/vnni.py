@@ -37,6 +37,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import HAND_SCHEDULED
+from .epilogue import Epilogue
+from .epilogue import rows as epilogue_rows
+from .epilogue import value as epilogue_value
 
 LANES = 16     # int32 lanes of a zmm register
 MAX_ACC = 24   # zmm accumulators a tile keeps (32 registers: the rest for operands)
@@ -52,85 +55,6 @@ def _attrs(what: str) -> dict:
 def compensation(w_sums: np.ndarray, x_dtype: str) -> np.ndarray:
     """The sums' starting values: ``-128 * sum(W)`` per output channel for int8 inputs."""
     return (-128 * w_sums if x_dtype == "int8" else np.zeros_like(w_sums)).astype(np.int32)
-
-
-@dataclass(frozen=True)
-class Epilogue:
-    """Elementwise ops applied to each int32 sum in registers before it is stored (the
-    bias and requantization :class:`~tvmcomp.passes.QuantizeInt8` emits after a layer).
-
-    ``steps``: ``(op, args, dtype)`` in order, ``op`` one of :data:`EPILOGUE_OPS`; an arg is
-    ``("acc",)`` (the sum), ``("step", k)`` (the k-th step's value), ``("const", value,
-    dtype)`` (a scalar) or ``("chan", row, dtype)`` (row ``row`` of the kernel's per-channel
-    constants: ``chan_i`` of ``int_dtype`` for integer dtypes, ``chan_f`` float32 for float
-    ones). The last step's value, of dtype ``out_dtype``, is stored.
-
-    ``int_dtype="int32"`` when every integer constant fits: an int64 product of two
-    sign-extended int32 values is then one ``vpmuldq`` a half vector instead of the
-    three-uop ``vpmullq``."""
-
-    steps: tuple
-    int_rows: int = 0
-    float_rows: int = 0
-    int_dtype: str = "int64"
-
-    @property
-    def out_dtype(self) -> str:
-        return self.steps[-1][2] if self.steps else "int32"
-
-
-EPILOGUE_OPS = ("add", "subtract", "multiply", "astype", "less", "right_shift", "clip",
-                "maximum", "minimum", "relu")
-
-
-def _epilogue_value(epi: Epilogue | None, acc, chan):
-    """The TIR value of ``epi`` applied to the int32x16 sums ``acc``; ``chan(row, dtype,
-    is_int)``: a per-channel constant's 16 lanes."""
-    from tvm.script import tirx as T
-
-    if epi is None:
-        return acc
-    vals: list = []
-
-    def arg(a):
-        if a[0] == "acc":
-            return acc
-        if a[0] == "step":
-            return vals[a[1]]
-        if a[0] == "const":
-            import tvm
-
-            return T.Broadcast(tvm.tirx.const(a[1], a[2]), LANES)
-        return chan(a[1], a[2], not a[2].startswith("float"))
-
-    for op, args, dtype in epi.steps:
-        xs = [arg(a) for a in args]
-        if op == "add":
-            v = xs[0] + xs[1]
-        elif op == "subtract":
-            v = xs[0] - xs[1]
-        elif op == "multiply":
-            v = xs[0] * xs[1]
-        elif op == "astype":
-            v = T.Cast(f"{dtype}x{LANES}", xs[0])
-        elif op == "less":
-            v = xs[0] < xs[1]
-        elif op == "right_shift":
-            v = T.shift_right(xs[0], xs[1])
-        elif op == "clip":
-            v = T.max(T.min(xs[0], xs[2]), xs[1])
-        elif op == "maximum":
-            v = T.max(xs[0], xs[1])
-        elif op == "minimum":
-            v = T.min(xs[0], xs[1])
-        elif op == "relu":
-            import tvm
-
-            v = T.max(xs[0], T.Broadcast(tvm.tirx.const(0, dtype), LANES))
-        else:
-            raise ValueError(f"epilogue op {op!r} is not one of {', '.join(EPILOGUE_OPS)}")
-        vals.append(v)
-    return vals[-1]
 
 
 # ---- dense -------------------------------------------------------------------------------
@@ -207,7 +131,7 @@ def dense_kernel(m: int, k: int, n: int, x_dtype: str, epilogue: Epilogue | None
 
     out_t = epilogue.out_dtype if epilogue is not None else "int32"
     int_t = epilogue.int_dtype if epilogue is not None else "int64"
-    IR, FR = _rows(epilogue)  # noqa: N806
+    IR, FR = epilogue_rows(epilogue)  # noqa: N806
 
     def result(acc, chan_i, chan_f, c, r, b):
         def chan(row, dtype, is_int):
@@ -216,7 +140,7 @@ def dense_kernel(m: int, k: int, n: int, x_dtype: str, epilogue: Epilogue | None
             vec = src.vload([T.int64(row), block(c, b) * T.int64(LANES)], f"{src_t}x{LANES}")
             return T.Cast(f"{dtype}x{LANES}", vec) if dtype != src_t else vec
 
-        return _epilogue_value(epilogue, acc.vload([slot(r, b)], "int32x16"), chan)
+        return epilogue_value(epilogue, acc.vload([slot(r, b)], "int32x16"), chan, LANES)
 
     @T.macro
     def body(xf, packed, comp, chan_i, chan_f, y):
@@ -271,13 +195,6 @@ def dense_kernel(m: int, k: int, n: int, x_dtype: str, epilogue: Epilogue | None
         body(xf, packed, comp, chan_i, chan_f, y)
 
     return vnni_dense_epilogue
-
-
-def _rows(epilogue: Epilogue | None) -> tuple[int, int]:
-    """Rows of the per-channel constant buffers (at least one: a buffer is never empty)."""
-    if epilogue is None:
-        return 1, 1
-    return max(1, epilogue.int_rows), max(1, epilogue.float_rows)
 
 
 # ---- convolution -------------------------------------------------------------------------
@@ -379,14 +296,14 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
 
     out_t = epilogue.out_dtype if epilogue is not None else "int32"
     int_t = epilogue.int_dtype if epilogue is not None else "int64"
-    IR, FR = _rows(epilogue)  # noqa: N806
+    IR, FR = epilogue_rows(epilogue)  # noqa: N806
 
     def result(acc, chan_i, chan_f, o, v):
         def chan(row, dtype, is_int):
             value = chan_i[T.int64(row), o] if is_int else chan_f[T.int64(row), o]
             return T.Broadcast(T.Cast(dtype, value), LANES)
 
-        return _epilogue_value(epilogue, acc.vload([slot(o, v)], "int32x16"), chan)
+        return epilogue_value(epilogue, acc.vload([slot(o, v)], "int32x16"), chan, LANES)
 
     @T.macro
     def body(xf, quads, offsets, comp, chan_i, chan_f, y):

@@ -24,8 +24,7 @@ they are.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
@@ -34,6 +33,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..kernels import vnni
 from ._emit import rebind, rewrite_functions
+from ._epilogue import Bindings, EpiloguePlan, plan_epilogue
 from ._qdq_match import const_np, dtype_of, op_name, shape_of
 from .layers import direct_conv
 
@@ -59,22 +59,12 @@ class Int8Vnni:
         return _Rewriter(mod).run()
 
 
-# the Relax op of each step a kernel's epilogue computes
-EPILOGUE_OPS = {f"relax.{'nn.' if op == 'relu' else ''}{op}": op for op in vnni.EPILOGUE_OPS}
-
-
 @dataclass
 class _Layer:
-    """A layer the kernels take: its core binding's value, kind and output channels, and the
-    elementwise bindings after it that go into the kernel (their values, in order)."""
+    """A layer the kernels take: its core binding's value and what its kernel computes."""
 
     core: relax.Call
-    kind: str  # "dense" | "conv"
-    channels: int
-    steps: list = field(default_factory=list)      # Epilogue steps
-    members: list = field(default_factory=list)    # the vars the kernel computes, core first
-    int_rows: list = field(default_factory=list)   # per-channel integer constants
-    float_rows: list = field(default_factory=list)  # per-channel float constants
+    plan: EpiloguePlan
 
 
 @mutator
@@ -89,94 +79,21 @@ class _Rewriter(PyExprMutator):
     def run(self) -> tvm.IRModule:
         return rewrite_functions(self, self.mod_, lambda gv, func: self._plan(func))
 
-    # ---- planning: the layers, and the epilogue each takes ------------------------------
-
     def _plan(self, func: relax.Function) -> bool:
-        bindings = [b for block in func.body.blocks for b in block.bindings]
-        uses: dict = {}
-
-        def count(e):
-            if isinstance(e, relax.Var):
-                uses[e] = uses.get(e, 0) + 1
-
-        for b in bindings:
-            relax.analysis.post_order_visit(b.value, count)
-        relax.analysis.post_order_visit(func.body.body, count)
+        b = Bindings(func)
         self.final, self.skip = {}, set()
-        for i, b in enumerate(bindings):
-            layer = self._layer(b.value)
-            if layer is None:
+        for var in b.order:
+            kind_channels = self._layer(b.value[var])
+            if kind_channels is None:
                 continue
-            layer.members.append(b.var)
-            chain = {b.var: ("acc",)}
-            for nxt in bindings[i + 1:]:
-                step = self._step(nxt.value, chain, layer)
-                if step is None:
-                    break
-                layer.steps.append(step)
-                chain[nxt.var] = ("step", len(layer.steps) - 1)
-                layer.members.append(nxt.var)
-            self._trim(layer, uses)
-            self.final[layer.members[-1]] = layer
-            self.skip.update(layer.members[:-1])
+            plan = plan_epilogue(b, var, *kind_channels)
+            self.final[plan.final] = _Layer(b.value[var], plan)
+            self.skip.update(plan.members[:-1])
         return bool(self.final)
 
     @staticmethod
-    def _trim(layer: _Layer, uses: dict) -> None:
-        """Keep the longest prefix of the epilogue whose values, but the last, are used
-        nowhere else (the kernel stores only the last)."""
-        while layer.steps:
-            inner: dict = {}
-            for _, args, _ in layer.steps:
-                for a in args:
-                    if a[0] in ("acc", "step"):
-                        v = layer.members[0 if a[0] == "acc" else a[1] + 1]
-                        inner[v] = inner.get(v, 0) + 1
-            if all(uses.get(v, 0) == inner.get(v, 0) for v in layer.members[:-1]):
-                return
-            layer.steps.pop()
-            layer.members.pop()
-
-    def _step(self, val, chain: dict, layer: _Layer):
-        op = EPILOGUE_OPS.get(op_name(val))
-        if op is None:
-            return None
-        dtype = str(val.ty.dtype)
-        args = []
-        tensors = val.args[:1] if op in ("astype", "relu", "clip") else val.args
-        for a in tensors:
-            if isinstance(a, relax.Var) and a in chain:
-                args.append(chain[a])
-                continue
-            c = const_np(a)
-            if c is None:
-                return None
-            enc = self._constant(c, layer)
-            if enc is None:
-                return None
-            args.append(enc)
-        if not any(a[0] in ("acc", "step") for a in args):
-            return None
-        if op == "clip":
-            bounds = [getattr(p.value, "value", p.value) for p in val.args[1:]]
-            args += [("const", int(b), dtype) for b in bounds]
-        return (op, tuple(args), dtype)
-
-    @staticmethod
-    def _constant(c: np.ndarray, layer: _Layer):
-        dtype = str(c.dtype)
-        if c.size == 1:
-            return ("const", c.item(), dtype)
-        oc = layer.channels
-        per_channel = ((1, oc, 1, 1), (oc, 1, 1)) if layer.kind == "conv" else ((oc,), (1, oc))
-        if c.shape not in per_channel or dtype not in ("int32", "int64", "float32"):
-            return None
-        rows = layer.float_rows if dtype == "float32" else layer.int_rows
-        rows.append(c.reshape(-1))
-        return ("chan", len(rows) - 1, dtype)
-
-    @staticmethod
-    def _layer(val) -> _Layer | None:
+    def _layer(val) -> tuple[str, int] | None:
+        """(kind, output channels) of an int8 layer the kernels take, else None."""
         op = op_name(val)
         if op not in ("relax.matmul", "relax.nn.conv2d") or str(val.attrs.out_dtype) != "int32":
             return None
@@ -186,13 +103,13 @@ class _Rewriter(PyExprMutator):
             return None
         if op == "relax.matmul":
             ok = w.ndim == 2 and len(shape) == 2 and vnni.dense_supported(w.shape[0])
-            return _Layer(val, "dense", int(w.shape[1])) if ok else None
+            return ("dense", int(w.shape[1])) if ok else None
         top, left, bottom, right = (int(p) for p in val.attrs.padding)
         if (w.ndim != 4 or len(shape) != 4 or not direct_conv(val.attrs) or not
                 vnni.conv_supported((shape[2] + top + bottom, shape[3] + left + right),
                                     w.shape[2:])):
             return None
-        return _Layer(val, "conv", int(w.shape[0]))
+        return ("conv", int(w.shape[0]))
 
     # ---- rewriting -----------------------------------------------------------------------
 
@@ -209,34 +126,15 @@ class _Rewriter(PyExprMutator):
         if layer is None:
             super().visit_var_binding_(binding)
             return
-        call = self._dense(layer) if layer.kind == "dense" else self._conv(layer)
+        call = self._dense(layer) if layer.plan.kind == "dense" else self._conv(layer)
         rebind(self, binding, call, f"{binding.var.name}_vnni")
-
-    def _epilogue(self, layer: _Layer, width: int):
-        """(the Epilogue or None, its constants as call arguments, a name suffix)."""
-        if not layer.steps:
-            return None, [], ""
-        lo, hi = np.iinfo(np.int32).min, np.iinfo(np.int32).max
-        narrow = all(r.min() >= lo and r.max() <= hi for r in layer.int_rows)
-        epi = vnni.Epilogue(tuple(layer.steps), len(layer.int_rows), len(layer.float_rows),
-                            "int32" if narrow else "int64")
-
-        def rows(arrays, dtype):
-            out = np.zeros((max(1, len(arrays)), width), dtype)
-            for r, a in enumerate(arrays):
-                out[r, :a.size] = a
-            return relax.const(out, str(out.dtype))  # (int64 is kept only when named)
-
-        tag = hashlib.sha256(repr((epi.steps, epi.int_dtype)).encode()).hexdigest()[:8]
-        return epi, [rows(layer.int_rows, epi.int_dtype), rows(layer.float_rows, np.float32)], \
-            f"_{epi.out_dtype}_{tag}"
 
     def _dense(self, layer: _Layer):
         x, w = layer.core.args[0], const_np(layer.core.args[1])
         (m, k), dtype, n = shape_of(x), dtype_of(x), w.shape[1]
         p = vnni.pack_dense(w, dtype)
-        epi, extra, suffix = self._epilogue(layer, p.comp.size)
-        gv = self._kernel(f"vnni_dense_b{m}_{k}x{n}_{dtype}{suffix}",
+        epi, extra = layer.plan.epilogue(), layer.plan.constants(p.comp.size)
+        gv = self._kernel(f"vnni_dense_b{m}_{k}x{n}_{dtype}{layer.plan.suffix()}",
                           lambda: vnni.dense_kernel(m, k, n, dtype, epi))
         return relax.call_tir(gv, [self.visit_expr(x), relax.const(p.packed),
                                    relax.const(p.comp), *extra],
@@ -253,8 +151,9 @@ class _Rewriter(PyExprMutator):
             x = self.builder_.emit(R.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right]),
                                    "vnni_padded")
         p = vnni.pack_conv(w, hw, dtype)
-        epi, extra, suffix = self._epilogue(layer, oc)
-        gv = self._kernel(f"vnni_conv_b{n}_{c}x{hw[0]}x{hw[1]}_{oc}k{kh}x{kw}_{dtype}{suffix}",
+        epi, extra = layer.plan.epilogue(), layer.plan.constants(oc)
+        gv = self._kernel(f"vnni_conv_b{n}_{c}x{hw[0]}x{hw[1]}_{oc}k{kh}x{kw}_{dtype}"
+                          f"{layer.plan.suffix()}",
                           lambda: vnni.conv_kernel(n, c, hw, oc, (kh, kw), dtype, epi))
         out = (n, oc, hw[0] - kh + 1, hw[1] - kw + 1)
         return relax.call_tir(gv, [x, relax.const(p.quads), relax.const(p.offsets),

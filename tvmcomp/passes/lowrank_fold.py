@@ -25,7 +25,8 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ._emit import rebind, rewrite_functions
-from .sparse_dense import _Bindings, _const, _indexed_calls, _static_shape, _weight_of
+from ._epilogue import Bindings
+from .sparse_dense import _const, _indexed_calls, _static_shape, _weight_of
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def _is_pointwise(call) -> bool:
 
 def _pairs_with_calls(func: relax.Function):
     """``(pair, first call, second var)`` of every float factorized layer of ``func``."""
-    b = _Bindings(func)
+    b = Bindings(func)
     calls = list(_indexed_calls(b))
     index = {var: k for var, _, _, k in calls}
     out = []

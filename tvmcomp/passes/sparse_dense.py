@@ -28,6 +28,7 @@ from ..kernels.sell import (
     sell_int_kernel,
 )
 from ._emit import rebind, rewrite_functions
+from ._epilogue import Bindings, plan_epilogue
 from .layers import INDEXED_OPS, direct_conv, layer_index, layer_key, layer_name
 
 R = relax.op
@@ -160,38 +161,7 @@ class _Match:
     kind: str = "matmul"
 
 
-class _Bindings:
-    """Value and use-count look-ups over one function."""
-
-    def __init__(self, func: relax.Function) -> None:
-        self.value: dict = {}
-        self.uses: dict = {}
-        self.order: list = []
-
-        def visit(e):
-            if isinstance(e, relax.Var):
-                self.uses[e] = self.uses.get(e, 0) + 1
-
-        for block in func.body.blocks:
-            for b in block.bindings:
-                if isinstance(b, relax.VarBinding):
-                    self.value[b.var] = b.value
-                    self.order.append(b.var)
-                    relax.analysis.post_order_visit(b.value, visit)
-        relax.analysis.post_order_visit(func.body.body, visit)
-
-    def single_user(self, var, op: str):
-        """The var bound to ``op(var, ...)`` if that is ``var``'s only use, else None."""
-        if self.uses.get(var, 0) != 1:
-            return None
-        for v in self.order:
-            val = self.value[v]
-            if _op(val) == op and len(val.args) >= 1 and val.args[0].same_as(var):
-                return v
-        return None
-
-
-def _weight_of(b: _Bindings, arg) -> np.ndarray | None:
+def _weight_of(b: Bindings, arg) -> np.ndarray | None:
     """``[out, in]`` weight of a matmul's second argument (constant or transposed constant)."""
     w = _const(arg)
     if w is not None:
@@ -205,7 +175,7 @@ def _weight_of(b: _Bindings, arg) -> np.ndarray | None:
     return None
 
 
-def _indexed_calls(b: _Bindings):
+def _indexed_calls(b: Bindings):
     """``(var, call, op, k)`` of the conv/matmul calls in binding order: the k-th is layer
     ``conv<k>`` / ``matmul<k>`` (:mod:`tvmcomp.passes.layers`)."""
     k = 0
@@ -218,9 +188,9 @@ def _indexed_calls(b: _Bindings):
 
 
 def sparse_candidates(func: relax.Function) -> tuple[list[_Match], list[LayerSparsity],
-                                                      _Bindings]:
+                                                      Bindings]:
     """(layers SparseDense can rewrite, every conv/matmul layer, bindings) of ``func``."""
-    b = _Bindings(func)
+    b = Bindings(func)
     fname = ""
     matches, layers = [], []
     for var, val, op, idx in _indexed_calls(b):
@@ -273,7 +243,7 @@ def layer_weights(func: relax.Function) -> list[tuple[relax.Var, str, str, np.nd
     """``(var, name, kind, weight)`` of every conv/matmul call of ``func`` with a constant
     weight, in layer order: ``kind`` "conv" (weight as stored, e.g. OIHW) or "matmul"
     (weight as ``[out, in]``)."""
-    b = _Bindings(func)
+    b = Bindings(func)
     out = []
     for var, val, op, idx in _indexed_calls(b):
         if op == "relax.matmul":
@@ -341,7 +311,7 @@ class _ConvMatch:
                 *pooled_hw((h - kh + 1, w - kw + 1), self.pool))
 
 
-def _pool_2x2(b: _Bindings, var) -> relax.Var | None:
+def _pool_2x2(b: Bindings, var) -> relax.Var | None:
     """The single user of ``var`` when it is a 2x2 max pool of stride 2 (NCHW, no padding or
     dilation, floor mode): what the direct sparse convolution can take in its epilogue."""
     v = b.single_user(var, "relax.nn.max_pool2d")
@@ -361,7 +331,7 @@ def sparse_conv_candidates(func: relax.Function) -> list[_ConvMatch]:
     NCHW, stride 1, no dilation, one group, static shapes; padding becomes a pad before it.
     And ``QuantizeInt8``'s integer convolutions (int8 / uint8 ``x``, int8 ``W``, int32 out,
     or float32 out cast to int32: its exact float accumulation), without their epilogue."""
-    b = _Bindings(func)
+    b = Bindings(func)
     out = []
     for var, val, op, idx in _indexed_calls(b):
         if op != "relax.nn.conv2d":
@@ -431,18 +401,33 @@ class _Rewriter(PyExprMutator):
         self.mod_ = mod
         self.threshold, self.keep, self.values = threshold, keep, values
         self.plan: dict = {}
+        self.epilogues: dict = {}
+        self.skip: set = set()
         self.kernels: dict = {}
         self.consts: dict = {}
 
     def run(self) -> tvm.IRModule:
         def prepare(gv, func) -> bool:
-            self.plan = {m.top: m for m in rewritable_layers(func, self.values) if goes_sparse(
-                layer_key(gv.name_hint, m.name), m.w, self.threshold, self.keep)}
+            self.plan, self.epilogues, self.skip = {}, {}, set()
+            b = Bindings(func)
+            for m in rewritable_layers(func, self.values):
+                if not goes_sparse(layer_key(gv.name_hint, m.name), m.w, self.threshold,
+                                   self.keep):
+                    continue
+                if isinstance(m, _ConvMatch) and m.x_dtype != "float32":
+                    # the integer kernel also takes the bias and requantization after it
+                    ep = plan_epilogue(b, m.top, "conv", int(m.w.shape[0]))
+                    self.plan[ep.final], self.epilogues[ep.final] = m, ep
+                    self.skip.update(ep.members[:-1])
+                else:
+                    self.plan[m.top] = m
             return bool(self.plan)
 
         return rewrite_functions(self, self.mod_, prepare)
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        if binding.var in self.skip:
+            return  # computed inside the kernel of the layer it belongs to
         m = self.plan.get(binding.var)
         if m is None:
             super().visit_var_binding_(binding)
@@ -473,12 +458,15 @@ class _Rewriter(PyExprMutator):
         oc, _, kh, kw = m.w.shape
         hw = m.padded_hw
         integer = m.x_dtype != "float32"
-        key = ("conv", n, c, hw, oc, kh, kw, m.relu, m.x_dtype, m.pool)
+        ep = self.epilogues.get(binding.var)
+        epi = ep.epilogue() if ep is not None else None
+        suffix = ep.suffix() if ep is not None else ""
+        key = ("conv", n, c, hw, oc, kh, kw, m.relu, m.x_dtype, m.pool, suffix)
         if key not in self.kernels:
             name = (f"sparse_conv_b{n}_{c}x{hw[0]}x{hw[1]}_{oc}k{kh}x{kw}"
                     + ("_relu" if m.relu else "") + ("_pool2" if m.pool == 2 else "")
-                    + (f"_{m.x_dtype}" if integer else ""))
-            kern = sparse_conv_kernel(n, c, hw, oc, (kh, kw), m.relu, m.x_dtype, m.pool)
+                    + (f"_{m.x_dtype}" if integer else "") + suffix)
+            kern = sparse_conv_kernel(n, c, hw, oc, (kh, kw), m.relu, m.x_dtype, m.pool, epi)
             self.kernels[key] = self.builder_.add_func(kern.with_attr("global_symbol", name),
                                                         name)
         h = "c" + hashlib.sha256(m.w.tobytes() + repr(hw).encode()).hexdigest()
@@ -491,10 +479,12 @@ class _Rewriter(PyExprMutator):
             t, left, bottom, right = m.pad
             x = self.builder_.emit(R.nn.pad(x, [0, 0, 0, 0, t, bottom, left, right]),
                                    f"{m.name}_padded")
-        if integer:  # the int32 sums; bias and requantization follow as they were
-            call = relax.call_tir(self.kernels[key], [x, *self.consts[h]],
-                                  relax.TensorType(m.out_shape, "int32"))
-            rebind(self, binding, call, f"{m.name}_sparse_i32")
+        if integer:  # the sums through the bias and requantization after them
+            call = relax.call_tir(self.kernels[key],
+                                  [x, *self.consts[h], *(ep.constants(oc) if ep else [])],
+                                  relax.TensorType(m.out_shape, epi.out_dtype if epi
+                                                   else "int32"))
+            rebind(self, binding, call, f"{m.name}_sparse_{epi.out_dtype if epi else 'i32'}")
             return
         bias = np.ascontiguousarray(m.bias if m.bias is not None else np.zeros(oc, np.float32),
                                     np.float32)

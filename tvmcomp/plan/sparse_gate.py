@@ -168,9 +168,8 @@ def _dense_calls(func, w: np.ndarray) -> list:
         if any(cached.get(a) in keys for a in call.args[1].fields):
             return [call]
         consts = _consts(call)
-        if vnni.holds(consts, w):  # int32 sums: its requantization is the next kernel
-            fused = str(call.ty_args[0].dtype) != "int32"
-            return [call] if fused else [call, *_consumer(func, call)]
+        if vnni.holds(consts, w):
+            return _finished(func, call)
         for c in consts:
             if (c.shape == w.shape and np.array_equal(c, w)) or \
                     (c.shape == w.T.shape and np.array_equal(c, w.T)):
@@ -192,11 +191,19 @@ def _consumer(func, call) -> list:
     return [c for _, c in calls if any(a.same_as(var) for a in c.args[1].fields)][:1]
 
 
+def _finished(func, call) -> list:
+    """``[call]``, and the kernel that finishes its sums (bias, requantization) where the
+    call stores int32 sums of an int8 layer rather than taking those in its epilogue."""
+    if str(call.ty_args[0].dtype) != "int32":
+        return [call]
+    return [call, *_consumer(func, call)]
+
+
 def _sparse_calls(func, index: int, integer: bool, prefix: str = "sell_") -> list:
     """The ``index``-th sparse kernel call of ``func`` whose kernel's name starts with
     ``prefix`` (``sell_``: matmul; ``sparse_conv_``: conv, after the pad of its input if it
-    has one) and, for integer layers, the fused epilogue (bias, requantization) that
-    consumes its output."""
+    has one) and, for integer layers whose kernel stores int32 sums, the fused epilogue
+    (bias, requantization) that consumes its output."""
     calls = _calls(func)
     sparse = [(v, c) for v, c in calls if c.args[0].name_hint.startswith(prefix)]
     if index >= len(sparse):
@@ -207,9 +214,7 @@ def _sparse_calls(func, index: int, integer: bool, prefix: str = "sell_") -> lis
         x = call.args[1].fields[0]  # (fused into its producer, e.g. the input's quantize,
         out[:0] = [c for v, c in calls  # it is not counted: the dense side has that one alone)
                    if v.same_as(x) and c.args[0].name_hint.rstrip("0123456789") == "pad"]
-    if integer:
-        out += _consumer(func, call)
-    return out
+    return out[:-1] + _finished(func, call) if integer else out
 
 
 def _timer(built: _Built, call, rng):
@@ -343,8 +348,9 @@ def gate(quantized, target, database=None, threshold: float = DEFAULT_SPARSE_THR
     for (fname, m, d), (dnames, snames) in zip(timed, layer_calls):
         dense_us = sum(us[("d", n)] for n in dnames)
         sparse_us = sum(us[("s", n)] for n in snames)
-        tuned = all(dense.kernels.get(n) == "tuned" for n in dnames)
-        sparse_tuned = all(sparse.kernels.get(n) in ("tuned", "hand-scheduled") for n in snames)
+        scheduled = ("tuned", "hand-scheduled")  # a hand-written kernel needs no record
+        tuned = all(dense.kernels.get(n) in scheduled for n in dnames)
+        sparse_tuned = all(sparse.kernels.get(n) in scheduled for n in snames)
         keep = dense_us / sparse_us >= min_speedup
         untuned = " and ".join(f for f, ok in (("dense", tuned), ("sparse", sparse_tuned))
                                if not ok)

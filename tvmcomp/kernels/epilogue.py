@@ -1,0 +1,88 @@
+"""The epilogue a kernel applies to its integer sums before it stores them: the bias,
+requantization and clamp (or float scaling) :class:`~tvmcomp.passes.QuantizeInt8` emits after
+an int8 layer, computed in registers instead of by a separate kernel over an int32 tensor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OPS = ("add", "subtract", "multiply", "astype", "less", "right_shift", "clip", "maximum",
+       "minimum", "relu")
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """Elementwise ops applied to each int32 sum before it is stored.
+
+    ``steps``: ``(op, args, dtype)`` in order, ``op`` one of :data:`OPS`; an arg is
+    ``("acc",)`` (the sum), ``("step", k)`` (the k-th step's value), ``("const", value,
+    dtype)`` (a scalar) or ``("chan", row, dtype)`` (row ``row`` of the kernel's per-channel
+    constants: ``chan_i`` of ``int_dtype`` for integer dtypes, ``chan_f`` float32 for float
+    ones). The last step's value, of dtype ``out_dtype``, is stored.
+
+    ``int_dtype="int32"`` when every integer constant fits: an int64 product of two
+    sign-extended int32 values is then one ``vpmuldq`` a half vector instead of the
+    three-uop ``vpmullq``."""
+
+    steps: tuple
+    int_rows: int = 0
+    float_rows: int = 0
+    int_dtype: str = "int64"
+
+    @property
+    def out_dtype(self) -> str:
+        return self.steps[-1][2] if self.steps else "int32"
+
+
+def rows(epilogue: Epilogue | None) -> tuple[int, int]:
+    """Rows of the per-channel constant buffers (at least one: a buffer is never empty)."""
+    if epilogue is None:
+        return 1, 1
+    return max(1, epilogue.int_rows), max(1, epilogue.float_rows)
+
+
+def value(epi: Epilogue | None, acc, chan, lanes: int):
+    """The TIR value of ``epi`` applied to the ``int32x{lanes}`` sums ``acc``; ``chan(row,
+    dtype, is_int)``: a per-channel constant's ``lanes`` lanes."""
+    import tvm
+    from tvm.script import tirx as T
+
+    if epi is None:
+        return acc
+    vals: list = []
+
+    def arg(a):
+        if a[0] == "acc":
+            return acc
+        if a[0] == "step":
+            return vals[a[1]]
+        if a[0] == "const":
+            return T.Broadcast(tvm.tirx.const(a[1], a[2]), lanes)
+        return chan(a[1], a[2], not a[2].startswith("float"))
+
+    for op, args, dtype in epi.steps:
+        xs = [arg(a) for a in args]
+        if op == "add":
+            v = xs[0] + xs[1]
+        elif op == "subtract":
+            v = xs[0] - xs[1]
+        elif op == "multiply":
+            v = xs[0] * xs[1]
+        elif op == "astype":
+            v = T.Cast(f"{dtype}x{lanes}", xs[0])
+        elif op == "less":
+            v = xs[0] < xs[1]
+        elif op == "right_shift":
+            v = T.shift_right(xs[0], xs[1])
+        elif op == "clip":
+            v = T.max(T.min(xs[0], xs[2]), xs[1])
+        elif op == "maximum":
+            v = T.max(xs[0], xs[1])
+        elif op == "minimum":
+            v = T.min(xs[0], xs[1])
+        elif op == "relu":
+            v = T.max(xs[0], T.Broadcast(tvm.tirx.const(0, dtype), lanes))
+        else:
+            raise ValueError(f"epilogue op {op!r} is not one of {', '.join(OPS)}")
+        vals.append(v)
+    return vals[-1]

@@ -1,0 +1,165 @@
+"""Which elementwise bindings after a layer go into its kernel: the bias, requantization and
+clamp (or float scaling) QuantizeInt8 emits after an int8 conv/matmul, as a
+:class:`~tvmcomp.kernels.epilogue.Epilogue` for kernels that take it (VNNI, direct sparse
+convolution)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+from tvm import relax
+
+from ..kernels.epilogue import OPS, Epilogue
+from ._qdq_match import const_np, op_name
+
+# the Relax op of each step a kernel's epilogue computes
+EPILOGUE_OPS = {f"relax.{'nn.' if op == 'relu' else ''}{op}": op for op in OPS}
+
+
+class Bindings:
+    """Value and use-count look-ups over one function's bindings, in order."""
+
+    def __init__(self, func: relax.Function) -> None:
+        self.value: dict = {}
+        self.uses: dict = {}
+        self.order: list = []
+
+        def visit(e):
+            if isinstance(e, relax.Var):
+                self.uses[e] = self.uses.get(e, 0) + 1
+
+        for block in func.body.blocks:
+            for b in block.bindings:
+                if isinstance(b, relax.VarBinding):
+                    self.value[b.var] = b.value
+                    self.order.append(b.var)
+                    relax.analysis.post_order_visit(b.value, visit)
+        relax.analysis.post_order_visit(func.body.body, visit)
+
+    def single_user(self, var, op: str):
+        """The var bound to ``op(var, ...)`` if that is ``var``'s only use, else None."""
+        if self.uses.get(var, 0) != 1:
+            return None
+        for v in self.order:
+            val = self.value[v]
+            if op_name(val) == op and len(val.args) >= 1 and val.args[0].same_as(var):
+                return v
+        return None
+
+
+@dataclass
+class EpiloguePlan:
+    """The bindings a layer's kernel computes: ``members[0]`` the layer's int32 sums, then
+    one var per step; the kernel stores ``members[-1]`` only."""
+
+    kind: str      # "dense" ([batch, channels]) or "conv" (NCHW): which constants are per channel
+    channels: int
+    members: list
+    steps: list = field(default_factory=list)
+    int_rows: list = field(default_factory=list)    # per-channel integer constants
+    float_rows: list = field(default_factory=list)  # per-channel float constants
+
+    @property
+    def final(self):
+        return self.members[-1]
+
+    def epilogue(self) -> Epilogue | None:
+        if not self.steps:
+            return None
+        lo, hi = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+        narrow = all(r.min() >= lo and r.max() <= hi for r in self.int_rows)
+        return Epilogue(tuple(self.steps), len(self.int_rows), len(self.float_rows),
+                        "int32" if narrow else "int64")
+
+    def constants(self, width: int) -> list:
+        """The kernel's ``chan_i, chan_f`` arguments (``width`` columns: the channels, or
+        more for a kernel that pads them); none without an epilogue."""
+        epi = self.epilogue()
+        if epi is None:
+            return []
+
+        def table(arrays, dtype):
+            out = np.zeros((max(1, len(arrays)), width), dtype)
+            for r, a in enumerate(arrays):
+                out[r, :a.size] = a
+            return relax.const(out, str(out.dtype))  # (int64 is kept only when named)
+
+        return [table(self.int_rows, epi.int_dtype), table(self.float_rows, np.float32)]
+
+    def suffix(self) -> str:
+        """``_{out dtype}_{hash of the steps}`` for a kernel's name ("" without an epilogue):
+        layers of one shape and the same steps share a kernel (constants are arguments)."""
+        epi = self.epilogue()
+        if epi is None:
+            return ""
+        tag = hashlib.sha256(repr((epi.steps, epi.int_dtype)).encode()).hexdigest()[:8]
+        return f"_{epi.out_dtype}_{tag}"
+
+    def _constant(self, c: np.ndarray):
+        dtype = str(c.dtype)
+        if c.size == 1:
+            return ("const", c.item(), dtype)
+        oc = self.channels
+        per_channel = ((1, oc, 1, 1), (oc, 1, 1)) if self.kind == "conv" else ((oc,), (1, oc))
+        if c.shape not in per_channel or dtype not in ("int32", "int64", "float32"):
+            return None
+        rows = self.float_rows if dtype == "float32" else self.int_rows
+        rows.append(c.reshape(-1))
+        return ("chan", len(rows) - 1, dtype)
+
+    def _step(self, val, chain: dict):
+        op = EPILOGUE_OPS.get(op_name(val))
+        if op is None:
+            return None
+        dtype = str(val.ty.dtype)
+        args = []
+        tensors = val.args[:1] if op in ("astype", "relu", "clip") else val.args
+        for a in tensors:
+            if isinstance(a, relax.Var) and a in chain:
+                args.append(chain[a])
+                continue
+            c = const_np(a)
+            enc = self._constant(c) if c is not None else None
+            if enc is None:
+                return None
+            args.append(enc)
+        if not any(a[0] in ("acc", "step") for a in args):
+            return None
+        if op == "clip":
+            bounds = [getattr(p.value, "value", p.value) for p in val.args[1:]]
+            args += [("const", int(b), dtype) for b in bounds]
+        return (op, tuple(args), dtype)
+
+    def _trim(self, uses: dict) -> None:
+        """Keep the longest prefix of the steps whose values, but the last, are read nowhere
+        else (the kernel stores only the last)."""
+        while self.steps:
+            inner: dict = {}
+            for _, args, _ in self.steps:
+                for a in args:
+                    if a[0] in ("acc", "step"):
+                        v = self.members[0 if a[0] == "acc" else a[1] + 1]
+                        inner[v] = inner.get(v, 0) + 1
+            if all(uses.get(v, 0) == inner.get(v, 0) for v in self.members[:-1]):
+                return
+            self.steps.pop()
+            self.members.pop()
+
+
+def plan_epilogue(b: Bindings, var, kind: str, channels: int) -> EpiloguePlan:
+    """The elementwise bindings right after ``var`` (a layer's int32 sums) that its kernel
+    can compute: each one's tensor arguments are earlier members or constants (scalar or
+    per output channel), and no value but the last is read elsewhere."""
+    plan = EpiloguePlan(kind, channels, [var])
+    chain = {var: ("acc",)}
+    for nxt in b.order[b.order.index(var) + 1:]:
+        step = plan._step(b.value[nxt], chain)
+        if step is None:
+            break
+        plan.steps.append(step)
+        chain[nxt] = ("step", len(plan.steps) - 1)
+        plan.members.append(nxt)
+    plan._trim(b.uses)
+    return plan
