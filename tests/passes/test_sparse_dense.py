@@ -356,8 +356,11 @@ def test_integer_matmul_is_exact(batch, x_dtype, acc):
     np.testing.assert_array_equal(got, x.astype(np.int64) @ w.T.astype(np.int64))
 
 
-def test_after_quantize_int8():
-    """QuantizeInt8's int8 Gemm core becomes the integer sparse kernel; result bit-exact."""
+@pytest.mark.parametrize("batch, accumulate", [(1, "int32"), (2, "int32"), (21, "float32")])
+def test_after_quantize_int8(batch, accumulate):
+    """QuantizeInt8's int8 Gemm core becomes the integer sparse kernel with the bias and
+    requantization in it (the slice kernel at batch 1, the batched one, ragged, above);
+    result bit-exact."""
     from test_quantize_int8 import qdq_layer
 
     from tvmcomp.passes import QuantizeInt8
@@ -367,13 +370,17 @@ def test_after_quantize_int8():
     w_q[rng.random(w_q.shape) < 0.9] = 0
     w_scale = np.full(16, 0.02, np.float32)
     b_q = rng.integers(-500, 500, 16).astype(np.int32)
-    mod = qdq_layer("matmul", (2, 48), w_q, w_scale, b_q, 0.05, 0, 0.1, 0, True)
-    q = QuantizeInt8()(mod)
+    mod = qdq_layer("matmul", (batch, 48), w_q, w_scale, b_q, 0.05, 0, 0.1, 0, True)
+    q = QuantizeInt8(accumulate)(mod)
     s = SparseDense(threshold=0.5)(q)
     assert "relax.matmul" in _ops(q) and "relax.matmul" not in _ops(s)
-    assert any(gv.name_hint == "sell_int_b2_48x16_int8" for gv in s.get_global_vars())
-    x = rng.integers(-128, 128, (2, 48)).astype(np.int8)
-    np.testing.assert_array_equal(_run(s, x), _run(q, x))
+    assert "relax.right_shift" in _ops(q) and "relax.right_shift" not in _ops(s)
+    assert any(gv.name_hint.startswith(f"sell_int_b{batch}_48x16_int8_int8_")
+               for gv in s.get_global_vars())
+    x = rng.integers(-128, 128, (batch, 48)).astype(np.int8)
+    got, ref = _run(s, x), _run(q, x)
+    assert np.unique(ref).size > 3  # not all clipped
+    np.testing.assert_array_equal(got, ref)
 
 
 def test_gate_integer_layer():

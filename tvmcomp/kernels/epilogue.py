@@ -42,8 +42,8 @@ def rows(epilogue: Epilogue | None) -> tuple[int, int]:
 
 
 def value(epi: Epilogue | None, acc, chan, lanes: int):
-    """The TIR value of ``epi`` applied to the ``int32x{lanes}`` sums ``acc``; ``chan(row,
-    dtype, is_int)``: a per-channel constant's ``lanes`` lanes."""
+    """The TIR value of ``epi`` applied to the ``int32x{lanes}`` sums ``acc`` (``lanes=1``: a
+    scalar); ``chan(row, dtype, is_int)``: a per-channel constant's ``lanes`` lanes."""
     import tvm
     from tvm.script import tirx as T
 
@@ -51,13 +51,16 @@ def value(epi: Epilogue | None, acc, chan, lanes: int):
         return acc
     vals: list = []
 
+    def wide(e):
+        return e if lanes == 1 else T.Broadcast(e, lanes)
+
     def arg(a):
         if a[0] == "acc":
             return acc
         if a[0] == "step":
             return vals[a[1]]
         if a[0] == "const":
-            return T.Broadcast(tvm.tirx.const(a[1], a[2]), lanes)
+            return wide(tvm.tirx.const(a[1], a[2]))
         return chan(a[1], a[2], not a[2].startswith("float"))
 
     for op, args, dtype in epi.steps:
@@ -69,7 +72,7 @@ def value(epi: Epilogue | None, acc, chan, lanes: int):
         elif op == "multiply":
             v = xs[0] * xs[1]
         elif op == "astype":
-            v = T.Cast(f"{dtype}x{lanes}", xs[0])
+            v = T.Cast(dtype if lanes == 1 else f"{dtype}x{lanes}", xs[0])
         elif op == "less":
             v = xs[0] < xs[1]
         elif op == "right_shift":
@@ -81,7 +84,7 @@ def value(epi: Epilogue | None, acc, chan, lanes: int):
         elif op == "minimum":
             v = T.min(xs[0], xs[1])
         elif op == "relu":
-            v = T.max(xs[0], T.Broadcast(tvm.tirx.const(0, dtype), lanes))
+            v = T.max(xs[0], wide(tvm.tirx.const(0, dtype)))
         else:
             raise ValueError(f"epilogue op {op!r} is not one of {', '.join(OPS)}")
         vals.append(v)

@@ -33,6 +33,9 @@ import numpy as np
 
 from . import HAND_SCHEDULED
 from .codebook import MAX_CODES, code_bits, codes_per_byte, encode, pack, unpack
+from .epilogue import Epilogue
+from .epilogue import rows as epilogue_rows
+from .epilogue import value as epilogue_value
 
 MAX_GAP = 255    # the largest column step one uint8 index entry holds
 SLICE = 8        # rows per slice = lanes of the batch-1 kernel's vector accumulators
@@ -255,24 +258,28 @@ def sell_dense_kernel(batch: int, in_features: int, out_features: int, relu: boo
     return _kernel(batch, in_features, out_features, "float32", values, relu, codebook_len)
 
 
-def sell_int_kernel(batch: int, in_features: int, out_features: int, x_dtype: str = "int8"):
+def sell_int_kernel(batch: int, in_features: int, out_features: int, x_dtype: str = "int8",
+                    epilogue: Epilogue | None = None):
     """Integer kernel ``(x, data, indices, slice_ptr, row_order, y)``: ``y = x @ Wᵀ`` in int32.
 
     For the int8 graphs :class:`~tvmcomp.passes.QuantizeInt8` emits (``x`` int8/uint8,
-    ``W`` int8, exact int32 accumulation; bias and requantization stay in the Relax ops that
-    follow). The same loops as :func:`sell_dense_kernel` (one template): the slice kernel
-    (``int32x8`` accumulators) at batch 1, the batched kernel (int32 x-tile, 16-wide)
-    otherwise.
+    ``W`` int8, exact int32 accumulation). With an ``epilogue``
+    (:mod:`tvmcomp.kernels.epilogue`), ``(x, data, indices, slice_ptr, row_order, chan_i,
+    chan_f, y)``: each output row's sums go through the layer's bias and requantization
+    before they are stored (the per-row constants ``[rows, out_features]``); without one, they
+    stay in the Relax ops that follow. The same loops as :func:`sell_dense_kernel` (one
+    template): the slice kernel (``int32x8`` accumulators) at batch 1, the batched kernel
+    (int32 x-tile, 16-wide) otherwise.
     """
     if x_dtype not in ("int8", "uint8"):
         raise ValueError(f"x_dtype must be int8 or uint8, got {x_dtype!r}")
     _check_shape(batch, in_features, out_features)
-    return _kernel(batch, in_features, out_features, x_dtype, "int8", False)
+    return _kernel(batch, in_features, out_features, x_dtype, "int8", False, epilogue=epilogue)
 
 
 @functools.lru_cache(maxsize=None)  # parsing TVMScript takes ~0.3 s a kernel
 def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool,  # noqa: N803
-            codebook_len: int = 0):
+            codebook_len: int = 0, epilogue: Epilogue | None = None):
     """The one template of every SELL kernel: float (``x_dtype`` float32; ``values`` float32,
     int8 with a per-row scale, or codes into a codebook; bias, optional relu) or integer
     (``x_dtype`` int8/uint8, int32 result). The loop nests are shared macros; only the
@@ -382,6 +389,69 @@ def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool,  # no
                         for t in range(T.int64(TL)):
                             if bt * TL + t < B:
                                 y[bt * TL + t, r] = out[t]
+
+    out_t = epilogue.out_dtype if epilogue is not None else "int32"
+    int_t = epilogue.int_dtype if epilogue is not None else "int64"
+    IR, FR = epilogue_rows(epilogue)  # noqa: N806
+
+    def finished(sums, chan_i, chan_f, r, lanes):  # row r's sums through the epilogue
+        def chan(row, dtype, is_int):
+            v = T.Cast(dtype, chan_i[T.int64(row), r] if is_int else chan_f[T.int64(row), r])
+            return v if lanes == 1 else T.Broadcast(v, lanes)
+
+        return epilogue_value(epilogue, sums, chan, lanes)
+
+    if integer and epilogue is not None:
+        @T.macro
+        def store_epi(y, chan_i, chan_f, xg, lane, r):
+            y[T.int64(0), r] = finished(xg[lane], chan_i, chan_f, r, 1)
+
+        @T.macro
+        def finish_epi(chan_i, chan_f, acc, out, r):
+            out[T.ramp(T.int64(0), T.int64(1), TL)] = finished(acc[0] + acc[1], chan_i, chan_f,
+                                                               r, TL)
+
+        if B == 1:
+            @T.prim_func
+            def sell_int_epilogue_b1(
+                    x: T.Buffer((T.int64(1), T.int64(K)), x_dtype), data_h: T.handle,
+                    idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
+                    row_order: T.Buffer((T.int64(NS * C),), row_t),
+                    chan_i: T.Buffer((T.int64(IR), T.int64(N)), int_t),
+                    chan_f: T.Buffer((T.int64(FR), T.int64(N)), "float32"),
+                    y: T.Buffer((T.int64(1), T.int64(N)), out_t)):
+                T.func_attr(HAND_SCHEDULED_ATTRS)
+                nnz = T.int64()
+                data = T.match_buffer(data_h, (nnz,), "int8")
+                idx = T.match_buffer(idx_h, (nnz,), "uint8")
+                acc = T.decl_buffer((U,), vec1, scope="local")
+                xg = T.decl_buffer((C,), "int32", scope="local")
+                cv = T.decl_buffer((C,), "int32", scope="local")
+                slice_loops(x, data, idx, slice_ptr, row_order, acc, xg, xg, cv, y, chan_i,
+                            chan_f, store_epi)
+
+            return sell_int_epilogue_b1
+
+        @T.prim_func
+        def sell_int_epilogue_bn(
+                x: T.Buffer((T.int64(B), T.int64(K)), x_dtype), data_h: T.handle,
+                idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
+                row_order: T.Buffer((T.int64(NS * C),), row_t),
+                chan_i: T.Buffer((T.int64(IR), T.int64(N)), int_t),
+                chan_f: T.Buffer((T.int64(FR), T.int64(N)), "float32"),
+                y: T.Buffer((T.int64(B), T.int64(N)), out_t)):
+            T.func_attr(HAND_SCHEDULED_ATTRS)
+            nnz = T.int64()
+            data = T.match_buffer(data_h, (nnz,), "int8")
+            idx = T.match_buffer(idx_h, (nnz,), "uint8")
+            xt = T.decl_buffer((T.int64(K), T.int64(TL)), "int32")
+            acc = T.decl_buffer((U,), vecb, scope="local")
+            out = T.decl_buffer((T.int64(TL),), out_t, scope="local")
+            col = T.decl_buffer((1,), "int32", scope="local")
+            batched_loops(x, data, idx, slice_ptr, row_order, xt, acc, out, col, y, chan_i,
+                          chan_f, finish_epi)
+
+        return sell_int_epilogue_bn
 
     if integer:
         @T.macro

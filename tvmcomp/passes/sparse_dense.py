@@ -414,9 +414,10 @@ class _Rewriter(PyExprMutator):
                 if not goes_sparse(layer_key(gv.name_hint, m.name), m.w, self.threshold,
                                    self.keep):
                     continue
-                if isinstance(m, _ConvMatch) and m.x_dtype != "float32":
+                if m.x_dtype != "float32":
                     # the integer kernel also takes the bias and requantization after it
-                    ep = plan_epilogue(b, m.top, "conv", int(m.w.shape[0]))
+                    ep = plan_epilogue(b, m.top, "conv" if isinstance(m, _ConvMatch)
+                                       else "dense", int(m.w.shape[0]))
                     self.plan[ep.final], self.epilogues[ep.final] = m, ep
                     self.skip.update(ep.members[:-1])
                 else:
@@ -497,10 +498,13 @@ class _Rewriter(PyExprMutator):
 
     def _emit_int(self, binding, m: _Match) -> None:
         out_f, in_f = m.w.shape
-        key = (m.batch, in_f, out_f, m.x_dtype)
+        ep = self.epilogues.get(binding.var)
+        epi = ep.epilogue() if ep is not None else None
+        suffix = ep.suffix() if ep is not None else ""
+        key = (m.batch, in_f, out_f, m.x_dtype, suffix)
         if key not in self.kernels:
-            name = f"sell_int_b{m.batch}_{in_f}x{out_f}_{m.x_dtype}"
-            kern = sell_int_kernel(m.batch, in_f, out_f, m.x_dtype)
+            name = f"sell_int_b{m.batch}_{in_f}x{out_f}_{m.x_dtype}{suffix}"
+            kern = sell_int_kernel(m.batch, in_f, out_f, m.x_dtype, epi)
             self.kernels[key] = self.builder_.add_func(kern.with_attr("global_symbol", name),
                                                         name)
         h = "i" + hashlib.sha256(m.w.tobytes()).hexdigest()
@@ -508,9 +512,11 @@ class _Rewriter(PyExprMutator):
             c, _ = sliced_layout(m.w, x_dtype=m.x_dtype)
             self.consts[h] = (relax.const(c.data), relax.const(c.indices),
                               relax.const(c.slice_ptr), relax.const(c.row_order))
-        call = relax.call_tir(self.kernels[key], [self.visit_expr(m.x), *self.consts[h]],
-                              relax.TensorType((m.batch, out_f), "int32"))
-        rebind(self, binding, call, f"{m.name}_sparse_i32")
+        call = relax.call_tir(self.kernels[key], [self.visit_expr(m.x), *self.consts[h],
+                                                  *(ep.constants(out_f) if ep else [])],
+                              relax.TensorType((m.batch, out_f), epi.out_dtype if epi
+                                               else "int32"))
+        rebind(self, binding, call, f"{m.name}_sparse_{epi.out_dtype if epi else 'i32'}")
 
     def _consts(self, m: _Match):
         """``(arrays, bias, scale or codebook, values)``: Relax constants for ``m``'s sparse
