@@ -260,14 +260,15 @@ def sell_dense_kernel(batch: int, in_features: int, out_features: int, relu: boo
 
 def sell_int_kernel(batch: int, in_features: int, out_features: int, x_dtype: str = "int8",
                     epilogue: Epilogue | None = None):
-    """Integer kernel ``(x, data, indices, slice_ptr, row_order, y)``: ``y = x @ Wᵀ`` in int32.
+    """Integer kernel ``(x, data, indices, slice_ptr, row_order, chan_i, chan_f, y)``: ``y =
+    x @ Wᵀ`` in int32.
 
     For the int8 graphs :class:`~tvmcomp.passes.QuantizeInt8` emits (``x`` int8/uint8,
     ``W`` int8, exact int32 accumulation). With an ``epilogue``
-    (:mod:`tvmcomp.kernels.epilogue`), ``(x, data, indices, slice_ptr, row_order, chan_i,
-    chan_f, y)``: each output row's sums go through the layer's bias and requantization
-    before they are stored (the per-row constants ``[rows, out_features]``); without one, they
-    stay in the Relax ops that follow. The same loops as :func:`sell_dense_kernel` (one
+    (:mod:`tvmcomp.kernels.epilogue`) each output row's sums go through the layer's bias and
+    requantization before they are stored (``chan_i, chan_f``: its per-row constants
+    ``[rows, out_features]``; ``y`` of its ``out_dtype``); without one (the tables unread, one
+    row of zeros), ``y`` is the int32 sums. The same loops as :func:`sell_dense_kernel` (one
     template): the slice kernel (``int32x8`` accumulators) at batch 1, the batched kernel
     (int32 x-tile, 16-wide) otherwise.
     """
@@ -401,25 +402,24 @@ def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool,  # no
 
         return epilogue_value(epilogue, sums, chan, lanes)
 
-    if integer and epilogue is not None:
+    if integer:  # (x, data, indices, slice_ptr, row_order, chan_i, chan_f) -> y
         @T.macro
-        def store_epi(y, chan_i, chan_f, xg, lane, r):
+        def store_int(y, chan_i, chan_f, xg, lane, r):
             y[T.int64(0), r] = finished(xg[lane], chan_i, chan_f, r, 1)
 
         @T.macro
-        def finish_epi(chan_i, chan_f, acc, out, r):
+        def finish_int(chan_i, chan_f, acc, out, r):
             out[T.ramp(T.int64(0), T.int64(1), TL)] = finished(acc[0] + acc[1], chan_i, chan_f,
                                                                r, TL)
 
         if B == 1:
             @T.prim_func
-            def sell_int_epilogue_b1(
-                    x: T.Buffer((T.int64(1), T.int64(K)), x_dtype), data_h: T.handle,
-                    idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
-                    row_order: T.Buffer((T.int64(NS * C),), row_t),
-                    chan_i: T.Buffer((T.int64(IR), T.int64(N)), int_t),
-                    chan_f: T.Buffer((T.int64(FR), T.int64(N)), "float32"),
-                    y: T.Buffer((T.int64(1), T.int64(N)), out_t)):
+            def sell_int_b1(x: T.Buffer((T.int64(1), T.int64(K)), x_dtype), data_h: T.handle,
+                            idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
+                            row_order: T.Buffer((T.int64(NS * C),), row_t),
+                            chan_i: T.Buffer((T.int64(IR), T.int64(N)), int_t),
+                            chan_f: T.Buffer((T.int64(FR), T.int64(N)), "float32"),
+                            y: T.Buffer((T.int64(1), T.int64(N)), out_t)):
                 T.func_attr(HAND_SCHEDULED_ATTRS)
                 nnz = T.int64()
                 data = T.match_buffer(data_h, (nnz,), "int8")
@@ -428,18 +428,17 @@ def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool,  # no
                 xg = T.decl_buffer((C,), "int32", scope="local")
                 cv = T.decl_buffer((C,), "int32", scope="local")
                 slice_loops(x, data, idx, slice_ptr, row_order, acc, xg, xg, cv, y, chan_i,
-                            chan_f, store_epi)
+                            chan_f, store_int)
 
-            return sell_int_epilogue_b1
+            return sell_int_b1
 
         @T.prim_func
-        def sell_int_epilogue_bn(
-                x: T.Buffer((T.int64(B), T.int64(K)), x_dtype), data_h: T.handle,
-                idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
-                row_order: T.Buffer((T.int64(NS * C),), row_t),
-                chan_i: T.Buffer((T.int64(IR), T.int64(N)), int_t),
-                chan_f: T.Buffer((T.int64(FR), T.int64(N)), "float32"),
-                y: T.Buffer((T.int64(B), T.int64(N)), out_t)):
+        def sell_int_bn(x: T.Buffer((T.int64(B), T.int64(K)), x_dtype), data_h: T.handle,
+                        idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
+                        row_order: T.Buffer((T.int64(NS * C),), row_t),
+                        chan_i: T.Buffer((T.int64(IR), T.int64(N)), int_t),
+                        chan_f: T.Buffer((T.int64(FR), T.int64(N)), "float32"),
+                        y: T.Buffer((T.int64(B), T.int64(N)), out_t)):
             T.func_attr(HAND_SCHEDULED_ATTRS)
             nnz = T.int64()
             data = T.match_buffer(data_h, (nnz,), "int8")
@@ -449,52 +448,7 @@ def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool,  # no
             out = T.decl_buffer((T.int64(TL),), out_t, scope="local")
             col = T.decl_buffer((1,), "int32", scope="local")
             batched_loops(x, data, idx, slice_ptr, row_order, xt, acc, out, col, y, chan_i,
-                          chan_f, finish_epi)
-
-        return sell_int_epilogue_bn
-
-    if integer:
-        @T.macro
-        def store_int(y, bias, scale, xg, lane, r):  # bias, scale: unused (no epilogue)
-            y[T.int64(0), r] = xg[lane]
-
-        @T.macro
-        def finish_int(bias, scale, acc, out, r):
-            out[T.ramp(T.int64(0), T.int64(1), TL)] = acc[0] + acc[1]
-
-        if B == 1:
-            @T.prim_func
-            def sell_int_b1(x: T.Buffer((T.int64(1), T.int64(K)), x_dtype), data_h: T.handle,
-                            idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
-                            row_order: T.Buffer((T.int64(NS * C),), row_t),
-                            y: T.Buffer((T.int64(1), T.int64(N)), "int32")):
-                T.func_attr(HAND_SCHEDULED_ATTRS)
-                nnz = T.int64()
-                data = T.match_buffer(data_h, (nnz,), "int8")
-                idx = T.match_buffer(idx_h, (nnz,), "uint8")
-                acc = T.decl_buffer((U,), vec1, scope="local")
-                xg = T.decl_buffer((C,), "int32", scope="local")
-                cv = T.decl_buffer((C,), "int32", scope="local")
-                slice_loops(x, data, idx, slice_ptr, row_order, acc, xg, xg, cv, y, y, y,
-                            store_int)
-
-            return sell_int_b1
-
-        @T.prim_func
-        def sell_int_bn(x: T.Buffer((T.int64(B), T.int64(K)), x_dtype), data_h: T.handle,
-                        idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
-                        row_order: T.Buffer((T.int64(NS * C),), row_t),
-                        y: T.Buffer((T.int64(B), T.int64(N)), "int32")):
-            T.func_attr(HAND_SCHEDULED_ATTRS)
-            nnz = T.int64()
-            data = T.match_buffer(data_h, (nnz,), "int8")
-            idx = T.match_buffer(idx_h, (nnz,), "uint8")
-            xt = T.decl_buffer((T.int64(K), T.int64(TL)), "int32")
-            acc = T.decl_buffer((U,), vecb, scope="local")
-            out = T.decl_buffer((T.int64(TL),), "int32", scope="local")
-            col = T.decl_buffer((1,), "int32", scope="local")
-            batched_loops(x, data, idx, slice_ptr, row_order, xt, acc, out, col, y, y, y,
-                          finish_int)
+                          chan_f, finish_int)
 
         return sell_int_bn
 

@@ -75,10 +75,8 @@ class EpiloguePlan:
 
     def constants(self, width: int) -> list:
         """The kernel's ``chan_i, chan_f`` arguments (``width`` columns: the channels, or
-        more for a kernel that pads them); none without an epilogue."""
-        epi = self.epilogue()
-        if epi is None:
-            return []
+        more for a kernel that pads them; one row of zeros for an empty table)."""
+        epi = self.epilogue() or Epilogue(())
 
         def table(arrays, dtype):
             out = np.zeros((max(1, len(arrays)), width), dtype)

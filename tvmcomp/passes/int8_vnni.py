@@ -133,7 +133,8 @@ class _Rewriter(PyExprMutator):
         x, w = layer.core.args[0], const_np(layer.core.args[1])
         (m, k), dtype, n = shape_of(x), dtype_of(x), w.shape[1]
         p = vnni.pack_dense(w, dtype)
-        epi, extra = layer.plan.epilogue(), layer.plan.constants(p.comp.size)
+        epi = layer.plan.epilogue()
+        extra = layer.plan.constants(p.comp.size) if epi else []
         gv = self._kernel(f"vnni_dense_b{m}_{k}x{n}_{dtype}{layer.plan.suffix()}",
                           lambda: vnni.dense_kernel(m, k, n, dtype, epi))
         return relax.call_tir(gv, [self.visit_expr(x), relax.const(p.packed),
@@ -151,7 +152,8 @@ class _Rewriter(PyExprMutator):
             x = self.builder_.emit(R.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right]),
                                    "vnni_padded")
         p = vnni.pack_conv(w, hw, dtype)
-        epi, extra = layer.plan.epilogue(), layer.plan.constants(oc)
+        epi = layer.plan.epilogue()
+        extra = layer.plan.constants(oc) if epi else []
         gv = self._kernel(f"vnni_conv_b{n}_{c}x{hw[0]}x{hw[1]}_{oc}k{kh}x{kw}_{dtype}"
                           f"{layer.plan.suffix()}",
                           lambda: vnni.conv_kernel(n, c, hw, oc, (kh, kw), dtype, epi))

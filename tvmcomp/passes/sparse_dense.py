@@ -482,7 +482,7 @@ class _Rewriter(PyExprMutator):
                                    f"{m.name}_padded")
         if integer:  # the sums through the bias and requantization after them
             call = relax.call_tir(self.kernels[key],
-                                  [x, *self.consts[h], *(ep.constants(oc) if ep else [])],
+                                  [x, *self.consts[h], *(ep.constants(oc) if epi else [])],
                                   relax.TensorType(m.out_shape, epi.out_dtype if epi
                                                    else "int32"))
             rebind(self, binding, call, f"{m.name}_sparse_{epi.out_dtype if epi else 'i32'}")
@@ -513,7 +513,7 @@ class _Rewriter(PyExprMutator):
             self.consts[h] = (relax.const(c.data), relax.const(c.indices),
                               relax.const(c.slice_ptr), relax.const(c.row_order))
         call = relax.call_tir(self.kernels[key], [self.visit_expr(m.x), *self.consts[h],
-                                                  *(ep.constants(out_f) if ep else [])],
+                                                  *ep.constants(out_f)],
                               relax.TensorType((m.batch, out_f), epi.out_dtype if epi
                                                else "int32"))
         rebind(self, binding, call, f"{m.name}_sparse_{epi.out_dtype if epi else 'i32'}")
