@@ -5,7 +5,10 @@ Trains (or reuses) LeNet-5, prunes, shares and factorizes copies, builds every f
 main job (``tvmcomp.main_job.FORMS``) with ``tvmcomp.compiler.build`` (the path users run:
 the committed tuning records, the build plan, the sparse gate, verification on the 10k MNIST
 test set), then times all of them with ONNX Runtime fp32 / int8 and PyTorch fp32 / int8 in one
-interleaved run (``tvmcomp.bench.bench_artifacts``). Writes a Markdown report and its JSON.
+interleaved run (``tvmcomp.bench.bench_artifacts``). Then it measures this machine's peak
+(``tvmcomp.peak``: fp32 FMA and, with VNNI, int8 microbenchmarks) and times each form's
+kernels alone at batch 64 (``tvmcomp.bench.kernel_profile``): µs, GOP/s and share of the peak
+per conv / matmul kernel. Writes a Markdown report, its JSON and the profile's PNG.
 
     .venv/bin/python scripts/bench_lenet5.py [--tune-budget 0] [--reduced]
 """
@@ -84,7 +87,9 @@ def main() -> int:
     ap.add_argument("--reduced", action="store_true", help="1 epoch, for a smoke test")
     args = ap.parse_args()
 
-    from tvmcomp.bench import bench_artifacts, format_table
+    from tvmcomp.bench import bench_artifacts, format_table, kernel_profile
+    from tvmcomp.peak import measure_peaks
+    from tvmcomp.report import plot_kernel_profile
     from tvmcomp.main_job import (FORMS, SMALLEST_BITS, build_forms, compressed_path,
                                   lowrank_lenet5, prune_lenet5, prune_lenet5_smallest,
                                   share_lenet5)
@@ -117,6 +122,10 @@ def main() -> int:
     mans = {f: m for f, (_, m) in built.items()}
     print("== bench (one run, interleaved)", flush=True)
     res = bench_artifacts(arts, (1, 64), ("torch_fp32", "ort_fp32"))
+    print("== this machine's peak; each form's kernels alone at batch 64", flush=True)
+    peaks = measure_peaks(profile)
+    kernels = {f: [[k, round(us, 3), *(ops or (None, None))]
+                   for k, us, ops in kernel_profile(a, 64)] for f, a in arts.items()}
 
     stamp = dt.datetime.now(dt.timezone.utc)
     report = {"date": stamp.isoformat(timespec="seconds"), "machine": machine(),
@@ -125,10 +134,38 @@ def main() -> int:
               "pruned_sparsity": summary["sparsity"]["overall_sparsity"],
               "latency_us": res["results"], "notes": res["notes"],
               "forms": {f: _form(mans[f]) for f in FORMS},
+              "peak_gops": peaks, "kernel_profile": {"batch": 64, "forms": kernels},
               "seconds": round(time.monotonic() - t0, 1)}
     name = f"{stamp:%Y-%m-%d_%H%M}_lenet5_{profile.name}{'_reduced' if args.reduced else ''}"
+    plot_kernel_profile({"kernel_profile": {"batch": 64, "forms": {
+        f: [row[:2] for row in rows] for f, rows in kernels.items()}}},
+        Path(args.results_dir) / f"{name}_kernels.png")
     save_results(args.results_dir, name, report, _markdown(report, format_table(res)))
     return 0
+
+
+def _kernel_lines(r: dict) -> list[str]:
+    """Each form's conv / matmul kernels at batch 64: µs, rate, share of the peak."""
+    peaks = r["peak_gops"]
+    int8 = f"{peaks['int8']:.0f} GOP/s (VNNI)" if peaks["int8"] else "none measured (no VNNI)"
+    lines = [f"Kernels at batch {r['kernel_profile']['batch']}, each timed alone on its real "
+             f"arguments. This machine's peak, measured in this run (one thread a core, 12 "
+             f"independent accumulators): fp32 {peaks['fp32']:.0f} GFLOP/s (vector FMA), "
+             f"int8 {int8}. Rates count the dense layer's operations (2 a multiply-add), so a "
+             "sparse kernel's is its dense-equivalent rate and may pass 100 %. Other kernels "
+             "(pools, pads, elementwise) are summed in the last column.", "",
+             "| form | kernel | µs | GOP/s | % of peak | other kernels µs |",
+             "|---|---|---|---|---|---|"]
+    for f, rows in r["kernel_profile"]["forms"].items():
+        other = sum(us for _, us, ops, _ in rows if ops is None)
+        counted = [row for row in rows if row[2] is not None]
+        for i, (k, us, ops, kind) in enumerate(counted):
+            gops = ops / us / 1e3
+            peak = peaks["int8" if kind == "int8" else "fp32"]
+            share = f"{100 * gops / peak:.1f} %" if peak else "–"
+            lines.append(f"| {f if i == 0 else ''} | `{k}` | {us:.2f} | {gops:.1f} | {share} | "
+                         f"{f'{other:.2f}' if i == 0 else ''} |")
+    return lines + [""]
 
 
 def _form(man: dict) -> dict:
@@ -188,6 +225,8 @@ def _markdown(r: dict, table: str) -> str:
                          f"vs its tuning record in the int8 build "
                          + (f"{rec:.2f} µs ({d['dense_us'] / rec:.2f}×)." if rec else
                             "(no record)."))
+    if r.get("kernel_profile"):
+        lines += ["", *_kernel_lines(r)]
     lines += ["", "Notes: " + ("; ".join(r["notes"]) or "none"), ""]
     return "\n".join(lines)
 

@@ -60,15 +60,54 @@ def test_render_html_needs_no_files_beyond_its_plots():
 
 def test_kernel_profile_times_each_kernel_the_artifact_calls(lenet_artifact, kernels_in_so):
     """The profile lists the kernels one call runs, in order (the VM's own instructions left
-    out), each timed alone; its plot stacks them per form."""
+    out), each timed alone, with the operations of its conv / matmul kernels: LeNet-5's
+    2 x (6*28*28*25 + 16*10*10*150 + 400*120 + 120*84 + 84*10) = 833,040 an image. Its plot
+    stacks them per form."""
     from tvmcomp.bench import kernel_profile
     from tvmcomp.report import plot_kernel_profile
 
     prof = kernel_profile(lenet_artifact.path, 1)
-    names = [k for k, _ in prof]
+    names = [k for k, _, _ in prof]
     assert len(names) >= 5 and set(names) <= kernels_in_so(lenet_artifact.path)
-    assert not any(k.startswith("vm.") for k in names) and all(us > 0 for _, us in prof)
+    assert not any(k.startswith("vm.") for k in names) and all(us > 0 for _, us, _ in prof)
     assert names.index(next(k for k in names if "conv" in k)) < names.index(
         next(k for k in names if "matmul" in k))  # call order: convolutions before the fc
-    s = dict(_results(), kernel_profile={"batch": 1, "forms": {"fp32": prof}})
+    counted = [(k, ops) for k, _, ops in prof if ops is not None]
+    assert sum(ops for _, (ops, _) in counted) == 833_040
+    assert {kind for _, (_, kind) in counted} == {"fp32"}
+    assert all("conv" in k or "matmul" in k for k, _ in counted) and len(counted) == 5
+    s = dict(_results(), kernel_profile={"batch": 1, "forms": {
+        "fp32": [[k, us] for k, us, _ in prof]}})
     assert plot_kernel_profile(s, lenet_artifact.path.parent / "kp.png").stat().st_size > 0
+
+
+def test_kernel_ops_counts_the_dense_layer_a_kernel_computes():
+    """2 operations a multiply-add of the dense layer, for our direct kernels (padded input,
+    kernel size from the shapes; a pooled output counts the convolution before the pool), for
+    TVM's fused ones (kernel size from the weight) and for matmuls; none for the rest."""
+    from tvmcomp.peak import kernel_ops
+
+    conv1 = 2 * 64 * 6 * 28 * 28 * 25
+    assert kernel_ops("vnni_conv_b64_1x32x32_6k5x5_int8_int8_55ac82fe",
+                      [(64, 1, 32, 32), (6, 7), (28,), (6,), (3, 6), (1, 6), (64, 6, 28, 28)],
+                      ["int8", "int32", "int32", "int32", "int32", "float32", "int8"]) == (
+        conv1, "int8")
+    assert kernel_ops("sparse_conv_b64_1x32x32_6k5x5_relu_pool2",
+                      [(64, 1, 32, 32), (45,), (45,), (7,), (6,), (64, 6, 14, 14)],
+                      ["float32", "float32", "int32", "int32", "float32", "float32"]) == (
+        conv1, "fp32")
+    assert kernel_ops("fused_conv2d_add_relu", [(64, 1, 28, 28), (6, 1, 5, 5), (1, 6, 1, 1),
+                                                (64, 6, 28, 28)], ["float32"] * 4) == (
+        conv1, "fp32")
+    assert kernel_ops("sell_int_b64_400x120_uint8_int8_1234abcd",
+                      [(64, 400), (99,), (99,), (9,), (120,), (2, 120), (1, 120), (64, 120)],
+                      ["uint8"] + ["int32"] * 7) == (2 * 64 * 400 * 120, "int8")
+    # a codebook kernel: the weight's uint8 codes first, then the float input
+    assert kernel_ops("fused_relax_astype_relax_take_relax_nn_conv2d_relax_add_relax_nn_relu",
+                      [(6, 1, 5, 5), (32,), (64, 1, 28, 28), (1, 6, 1, 1), (64, 6, 28, 28)],
+                      ["uint8", "float32", "float32", "float32", "float32"]) == (conv1, "fp32")
+    assert kernel_ops("fused_relax_astype_relax_take_relax_matmul_relax_add",
+                      [(400, 120), (32,), (64, 400), (120,), (64, 120)],
+                      ["uint8", "float32", "float32", "float32", "float32"]) == (
+        2 * 64 * 400 * 120, "fp32")
+    assert kernel_ops("max_pool2d", [(64, 6, 28, 28), (64, 6, 14, 14)], ["int8"] * 2) is None

@@ -262,14 +262,18 @@ def bench_artifacts(arts: dict, batches=None, baselines=BASELINES,
             "profile": man.profile["name"], "notes": notes}
 
 
-def kernel_profile(art_dir: str | Path, batch: int, repeat: int = 5) -> list[tuple[str, float]]:
-    """``[(kernel, median µs)]`` of one call of the artifact's batch-``batch`` entry point, in
-    call order: the VM's calls are recorded with their real arguments (the VM's instrument
-    hook), then each kernel is timed alone on those arguments (``time_evaluator``). The VM's
-    own instructions (allocation, reshape, tensor-cache reads) are not in it."""
+def kernel_profile(art_dir: str | Path, batch: int,
+                   repeat: int = 5) -> list[tuple[str, float, tuple[int, str] | None]]:
+    """``[(kernel, median µs, (operations, "int8" | "fp32") or None)]`` of one call of the
+    artifact's batch-``batch`` entry point, in call order: the VM's calls are recorded with
+    their real arguments (the VM's instrument hook), then each kernel is timed alone on those
+    arguments (``time_evaluator``); a conv / matmul kernel's operations are counted from its
+    arguments' shapes (:func:`tvmcomp.peak.kernel_ops`). The VM's own instructions
+    (allocation, reshape, tensor-cache reads) are not in it."""
     import tvm
 
     from . import runtime
+    from .peak import kernel_ops
 
     model = runtime.load(art_dir)
     if model.library is None:
@@ -292,7 +296,10 @@ def kernel_profile(art_dir: str | Path, batch: int, repeat: int = 5) -> list[tup
     for symbol, args in calls:
         ev = model.library.time_evaluator(symbol, model.device, number=1, repeat=repeat,
                                           min_repeat_ms=1)  # ≥ 1 ms a repeat
-        out.append((symbol, 1e6 * float(np.median(ev(*args).results))))
+        tensors = [a for a in args if hasattr(a, "shape")]
+        ops = kernel_ops(symbol, [tuple(int(d) for d in a.shape) for a in tensors],
+                         [str(a.dtype) for a in tensors])
+        out.append((symbol, 1e6 * float(np.median(ev(*args).results)), ops))
     return out
 
 

@@ -332,7 +332,7 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
     stages["bench"] = time.monotonic() - t0 - sum(stages.values())
     top = max(batches)
     print(f"== kernel profile (batch {top}: each kernel alone, on its arguments in the model)")
-    kernels = {f: [[k, round(us, 3)] for k, us in kernel_profile(a, top)]
+    kernels = {f: [[k, round(us, 3)] for k, us, _ in kernel_profile(a, top)]
                for f, (a, _) in arts.items()}
     stages["profile"] = time.monotonic() - t0 - sum(stages.values())
     fp32 = arts["fp32"][1]

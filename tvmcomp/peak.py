@@ -1,0 +1,143 @@
+"""This machine's peak arithmetic rate, measured, and the work of one kernel call.
+
+:func:`measure_peaks` times two microbenchmarks compiled for the profile's target, one thread
+per core: independent vector FMAs (fp32, 8 or 16 lanes as the target has AVX2 or AVX-512) and,
+where the target has AVX-512 VNNI, independent ``vpdpbusd`` (int8: 64 multiply-adds an
+instruction). Each keeps 12 accumulators in flight, enough to cover the instructions'
+latency. :func:`kernel_ops` counts a conv / matmul kernel call's operations (2 per
+multiply-add of the dense layer it computes, so a sparse kernel's rate is its dense-equivalent
+rate) from its arguments' shapes. Together they give each kernel's share of the peak
+(``scripts/bench_lenet5.py``'s kernel table).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+ACCUMULATORS = 12
+STEPS = 20000  # loop iterations a run: ~1-3 ms at peak
+
+
+def _fma_kernel(lanes: int, cores: int):
+    from tvm.script import tirx as T
+
+    vec = f"float32x{lanes}"
+    fma = f"llvm.fma.v{lanes}f32"
+
+    @T.prim_func(s_tir=True)
+    def fma_peak(a: T.Buffer((T.int64(cores * ACCUMULATORS * lanes),), "float32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        for c in T.parallel(T.int64(cores)):
+            acc = T.decl_buffer((T.int64(ACCUMULATORS * lanes),), "float32", scope="local")
+            for j in T.unroll(T.int64(ACCUMULATORS)):
+                for lane in T.vectorized(T.int64(lanes)):
+                    acc[j * lanes + lane] = a[(c * ACCUMULATORS + j) * lanes + lane]
+            for _ in range(T.int64(STEPS)):
+                for j in T.unroll(T.int64(ACCUMULATORS)):
+                    acc[T.ramp(j * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(fma), acc.vload([j * lanes], vec),
+                        T.Broadcast(T.float32(0.999), lanes), T.Broadcast(T.float32(1e-3), lanes),
+                        dtype=vec)
+            for j in T.unroll(T.int64(ACCUMULATORS)):
+                for lane in T.vectorized(T.int64(lanes)):
+                    a[(c * ACCUMULATORS + j) * lanes + lane] = acc[j * lanes + lane]
+
+    return fma_peak, 2 * lanes * ACCUMULATORS * STEPS * cores, cores * ACCUMULATORS * lanes
+
+
+def _vnni_kernel(cores: int):
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def vnni_peak(a: T.Buffer((T.int64(cores * ACCUMULATORS * 16),), "int32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        for c in T.parallel(T.int64(cores)):
+            acc = T.decl_buffer((T.int64(ACCUMULATORS * 16),), "int32", scope="local")
+            for j in T.unroll(T.int64(ACCUMULATORS)):
+                for lane in T.vectorized(T.int64(16)):
+                    acc[j * 16 + lane] = a[(c * ACCUMULATORS + j) * 16 + lane]
+            for _ in range(T.int64(STEPS)):
+                for j in T.unroll(T.int64(ACCUMULATORS)):
+                    acc[T.ramp(j * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                        acc.vload([j * 16], "int32x16"),
+                        T.reinterpret(T.Broadcast(T.int32(0x01010101), 16), dtype="uint8x64"),
+                        T.reinterpret(T.Broadcast(T.int32(0x01FF01FF), 16), dtype="int8x64"),
+                        dtype="int32x16")
+            for j in T.unroll(T.int64(ACCUMULATORS)):
+                for lane in T.vectorized(T.int64(16)):
+                    a[(c * ACCUMULATORS + j) * 16 + lane] = acc[j * 16 + lane]
+
+    return vnni_peak, 2 * 64 * ACCUMULATORS * STEPS * cores, cores * ACCUMULATORS * 16
+
+
+def _rate(func, ops: int, size: int, target, dtype: str, repeat: int = 15) -> float:
+    """Operations per second of ``func``'s fastest run (``size``: its buffer's length)."""
+    import tvm
+
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                      target=target)
+    a = tvm.runtime.tensor(np.zeros(size, dtype))
+    lib["main"](a)  # warm up (and start the thread pool)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        lib["main"](a)
+        best = min(best, time.perf_counter() - t0)
+    return ops / best
+
+
+def measure_peaks(profile) -> dict[str, float | None]:
+    """``{"fp32": GFLOP/s, "int8": GOP/s or None}`` of this machine, for ``profile``'s
+    target and cores (int8: only where the target has AVX-512 VNNI)."""
+    from tvm.target import codegen
+
+    from .passes.int8_vnni import target_has_vnni
+
+    target = profile.tvm_target()
+    lanes = 16 if codegen.target_has_features("avx512f", target) else 8
+    out: dict[str, float | None] = {
+        "fp32": _rate(*_fma_kernel(lanes, profile.cores), target, "float32") / 1e9,
+        "int8": None}
+    if target_has_vnni(target):
+        out["int8"] = _rate(*_vnni_kernel(profile.cores), target, "int32") / 1e9
+    return out
+
+
+def kernel_ops(symbol: str, shapes: list[tuple[int, ...]],
+               dtypes: list[str]) -> tuple[int, str] | None:
+    """``(operations, "int8" | "fp32")`` of one call of a conv / matmul kernel (2 per
+    multiply-add of the dense layer it computes), from its arguments' shapes (the output
+    last); None for other kernels (pools, elementwise, pads).
+
+    Convolutions (``conv`` in the name): input ``[N, C, H, W]``, output ``[N, OC, OH,
+    OW]`` last; the kernel size is the weight's (a 4-D ``[OC, C, KH, KW]`` argument, or its
+    codes) or, for our direct kernels over a padded input, ``H - OH + 1`` (their pooled output
+    counts the convolution's ``2 OH``). Matmuls (``matmul``, ``dense``, ``sell``): input
+    ``[M, K]``, output ``[M, N]`` last. The input is the first argument of the output's rank
+    and leading size; its type (int8 / uint8 or not) says which peak applies."""
+    if len(shapes) < 2:
+        return None
+    y = shapes[-1]
+    # the input: the first argument of the output's rank and batch (a weight's codes, which
+    # may come first, lead with the output channels or the input features)
+    i = next((i for i, s in enumerate(shapes[:-1]) if len(s) == len(y) and s[0] == y[0]), None)
+    if i is None:
+        return None
+    x = shapes[i]
+    kind = "int8" if dtypes[i] in ("int8", "uint8") else "fp32"
+    name = symbol.lower()
+    if "conv" in name and len(x) == 4 and len(y) == 4:
+        n, c, h, w = x
+        oc, oh, ow = y[1], y[2], y[3]
+        if "pool2" in name:
+            oh, ow = 2 * oh, 2 * ow
+        weight = next((s for j, s in enumerate(shapes[:-1])
+                       if j != i and len(s) == 4 and s[0] == oc and s[1] == c), None)
+        kh, kw = (weight[2], weight[3]) if weight else (h - oh + 1, w - ow + 1)
+        return 2 * n * oc * oh * ow * c * kh * kw, kind
+    if any(k in name for k in ("matmul", "dense", "sell")) and len(x) == 2 and len(y) == 2:
+        return 2 * x[0] * x[1] * y[1], kind
+    return None
