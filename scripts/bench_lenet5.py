@@ -175,12 +175,15 @@ def _form(man: dict) -> dict:
             "float_accuracy": v.get("float_accuracy"), "so_bytes": man["library"]["bytes"],
             "weight_bytes": man["weight_bytes"], "kernels": man["kernels"],
             "tuned": t["tuned"], "tasks": t["tasks"], "record_source": t.get("record_source"),
+            "hand_scheduled": len(t.get("hand_scheduled", [])),
             "tuned_kernel_us": t.get("tuned_kernel_us", {}),
             "gate": (man.get("sparse") or {}).get("gate", []),
             "accumulate": (man.get("quantization") or {}).get("accumulate")}
 
 
 def _markdown(r: dict, table: str) -> str:
+    from tvmcomp.main_job import tuned_kernels
+
     fp32 = r["forms"]["fp32"]
     lines = [f"# LeNet-5, every form, one run ({r['date']})", "",
              f"Machine: {r['machine']}. Profile {r['profile']}; tuning budget (shared) "
@@ -195,7 +198,7 @@ def _markdown(r: dict, table: str) -> str:
         lines.append(
             f"| {f} | {d['accuracy']:.2%} | {100 * (d['accuracy'] - r['float_accuracy']):+.2f} pt "
             f"| {d['so_bytes']:,} | {d['weight_bytes']:,} | "
-            f"{d['weight_bytes'] / fp32['weight_bytes']:.3f} | {d['tuned']}/{d['tasks']} | "
+            f"{d['weight_bytes'] / fp32['weight_bytes']:.3f} | {tuned_kernels(d)} | "
             f"{lat['1'].get(f, float('nan')):.1f} | {lat['64'].get(f, float('nan')):.1f} |")
     lines += ["", "Latency, median µs per call from Python; our artifacts interleaved, each peer in "
               "a block of its own (ours / ORT is a "

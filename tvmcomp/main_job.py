@@ -379,6 +379,13 @@ def run_main_job(out_dir: str | Path, profile: Profile, mnist_dir: str | None = 
     return summary
 
 
+def tuned_kernels(t: dict) -> str:
+    """``"6/6 (+10 hand-scheduled)"``: a build's tuned kernels of those that take a schedule
+    (``t``: the counts ``tuned``, ``tasks`` and ``hand_scheduled``)."""
+    hand = t.get("hand_scheduled", 0)
+    return f"{t['tuned']}/{t['tasks'] - hand}" + (f" (+{hand} hand-scheduled)" if hand else "")
+
+
 def format_results(s: dict) -> str:
     """The main job's table in Markdown: one row per form, then the peers."""
     from .report import results_table
@@ -402,11 +409,7 @@ def format_results(s: dict) -> str:
              "block).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    def kernels(t: dict) -> str:
-        hand = t.get("hand_scheduled", 0)
-        return f"{t['tuned']}/{t['tasks'] - hand}" + (f" (+{hand} hand-scheduled)" if hand else "")
-
-    tuned = ", ".join(f"{f} {kernels(d['tuning'])}" for f, d in s["forms"].items())
+    tuned = ", ".join(f"{f} {tuned_kernels(d['tuning'])}" for f, d in s["forms"].items())
     lines += ["", f"Tuned kernels: {tuned}. Stage seconds: "
               + ", ".join(f"{k} {v:.0f}" for k, v in s["stage_seconds"].items())
               + f"; total {s['seconds']:.0f} s."]
