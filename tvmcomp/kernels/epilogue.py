@@ -89,3 +89,18 @@ def value(epi: Epilogue | None, acc, chan, lanes: int):
             raise ValueError(f"epilogue op {op!r} is not one of {', '.join(OPS)}")
         vals.append(v)
     return vals[-1]
+
+
+def channel_value(epi: Epilogue | None, acc, chan_i, chan_f, channel, lanes: int):
+    """:func:`value` for sums that all belong to one output channel ``channel`` (a
+    convolution's vector of positions, a SELL row's batch entries or single sum): each
+    per-channel constant is one element of the tables ``chan_i`` / ``chan_f``, broadcast."""
+    from tvm.script import tirx as T
+
+    def chan(row, dtype, is_int):
+        v = T.Cast(dtype, chan_i[T.int64(row), channel] if is_int else
+                   chan_f[T.int64(row), channel])
+        return v if lanes == 1 else T.Broadcast(v, lanes)
+
+    return value(epi, acc, chan, lanes)
+

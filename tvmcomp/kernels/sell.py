@@ -33,9 +33,8 @@ import numpy as np
 
 from . import HAND_SCHEDULED
 from .codebook import MAX_CODES, code_bits, codes_per_byte, encode, pack, unpack
-from .epilogue import Epilogue
+from .epilogue import Epilogue, channel_value
 from .epilogue import rows as epilogue_rows
-from .epilogue import value as epilogue_value
 
 MAX_GAP = 255    # the largest column step one uint8 index entry holds
 SLICE = 8        # rows per slice = lanes of the batch-1 kernel's vector accumulators
@@ -395,22 +394,15 @@ def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool,  # no
     int_t = epilogue.int_dtype if epilogue is not None else "int64"
     IR, FR = epilogue_rows(epilogue)  # noqa: N806
 
-    def finished(sums, chan_i, chan_f, r, lanes):  # row r's sums through the epilogue
-        def chan(row, dtype, is_int):
-            v = T.Cast(dtype, chan_i[T.int64(row), r] if is_int else chan_f[T.int64(row), r])
-            return v if lanes == 1 else T.Broadcast(v, lanes)
-
-        return epilogue_value(epilogue, sums, chan, lanes)
-
     if integer:  # (x, data, indices, slice_ptr, row_order, chan_i, chan_f) -> y
         @T.macro
         def store_int(y, chan_i, chan_f, xg, lane, r):
-            y[T.int64(0), r] = finished(xg[lane], chan_i, chan_f, r, 1)
+            y[T.int64(0), r] = channel_value(epilogue, xg[lane], chan_i, chan_f, r, 1)
 
         @T.macro
         def finish_int(chan_i, chan_f, acc, out, r):
-            out[T.ramp(T.int64(0), T.int64(1), TL)] = finished(acc[0] + acc[1], chan_i, chan_f,
-                                                               r, TL)
+            out[T.ramp(T.int64(0), T.int64(1), TL)] = channel_value(
+                epilogue, acc[0] + acc[1], chan_i, chan_f, r, TL)
 
         if B == 1:
             @T.prim_func

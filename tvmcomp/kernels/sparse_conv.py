@@ -30,9 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import HAND_SCHEDULED
-from .epilogue import Epilogue
+from .epilogue import Epilogue, channel_value
 from .epilogue import rows as epilogue_rows
-from .epilogue import value as epilogue_value
 
 LANES = 8      # float32 lanes of an AVX2 register
 MAX_TILE = 9   # vector accumulators a tile keeps in registers (16 ymm: 9 + broadcast + loads)
@@ -89,12 +88,12 @@ def sparse_conv_from_dense(w: np.ndarray, in_hw: tuple[int, int]) -> SparseConvW
     return SparseConvWeight(values, offsets, row_ptr, (oc, c, kh, kw), (h, wd))
 
 
-def supported(in_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> bool:
+def supported(in_hw: tuple[int, int], kernel_hw: tuple[int, int], lanes: int = LANES) -> bool:
     """Whether the kernel handles this convolution (after any padding): at least one
-    vector of flat positions holds outputs."""
+    vector of ``lanes`` flat positions holds outputs (the VNNI kernel's vectors hold 16)."""
     (h, w), (kh, kw) = in_hw, kernel_hw
     oh, ow = h - kh + 1, w - kw + 1
-    return oh >= 1 and ow >= 1 and (oh - 1) * w + ow >= LANES
+    return oh >= 1 and ow >= 1 and (oh - 1) * w + ow >= lanes
 
 
 def pooled_hw(out_hw: tuple[int, int], pool: int) -> tuple[int, int]:
@@ -206,11 +205,8 @@ def sparse_conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_ch
                                           + first(t, v) + lane])
 
     def finished(acc, chan_i, chan_f, o, v):  # a vector of sums through the epilogue
-        def chan(row, dtype, is_int):
-            value = chan_i[T.int64(row), o] if is_int else chan_f[T.int64(row), o]
-            return T.Broadcast(T.Cast(dtype, value), L)
-
-        return epilogue_value(epilogue, acc.vload([v * T.int64(L)], f"int32x{L}"), chan, L)
+        return channel_value(epilogue, acc.vload([v * T.int64(L)], f"int32x{L}"), chan_i,
+                             chan_f, o, L)
 
     @T.macro
     def tile_loops(n, o, t, acc, xf, values, offsets, row_ptr, bias, y):

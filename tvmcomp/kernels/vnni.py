@@ -37,9 +37,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import HAND_SCHEDULED
-from .epilogue import Epilogue
+from .epilogue import Epilogue, channel_value
 from .epilogue import rows as epilogue_rows
 from .epilogue import value as epilogue_value
+from .sparse_conv import supported
 
 LANES = 16     # int32 lanes of a zmm register
 MAX_ACC = 24   # zmm accumulators a tile keeps (32 registers: the rest for operands)
@@ -220,10 +221,8 @@ class ConvWeight:
 
 def conv_supported(in_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> bool:
     """Whether the kernel handles this convolution (after padding): a vector of flat
-    positions holds outputs."""
-    (h, w), (kh, kw) = in_hw, kernel_hw
-    oh, ow = h - kh + 1, w - kw + 1
-    return oh >= 1 and ow >= 1 and (oh - 1) * w + ow >= LANES
+    positions holds outputs (the direct sparse convolution's rule, 16 lanes)."""
+    return supported(in_hw, kernel_hw, LANES)
 
 
 def pack_conv(w: np.ndarray, in_hw: tuple[int, int], x_dtype: str) -> ConvWeight:
@@ -299,11 +298,8 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
     IR, FR = epilogue_rows(epilogue)  # noqa: N806
 
     def result(acc, chan_i, chan_f, o, v):
-        def chan(row, dtype, is_int):
-            value = chan_i[T.int64(row), o] if is_int else chan_f[T.int64(row), o]
-            return T.Broadcast(T.Cast(dtype, value), LANES)
-
-        return epilogue_value(epilogue, acc.vload([slot(o, v)], "int32x16"), chan, LANES)
+        return channel_value(epilogue, acc.vload([slot(o, v)], "int32x16"), chan_i, chan_f, o,
+                             LANES)
 
     @T.macro
     def body(xf, quads, offsets, comp, chan_i, chan_f, y):

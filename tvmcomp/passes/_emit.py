@@ -1,10 +1,12 @@
-"""What our rewriting passes share: the loop over a module's functions, and binding a new
-expression in place of an old binding."""
+"""What our rewriting passes share: the loop over a module's functions, look-ups over a
+function's bindings, and binding a new expression in place of an old binding."""
 
 from __future__ import annotations
 
 import tvm
 from tvm import relax
+
+from ._qdq_match import op_name
 
 
 def rewrite_functions(mutator, mod: tvm.IRModule, prepare) -> tvm.IRModule:
@@ -37,3 +39,34 @@ def rebind(mutator, binding: relax.VarBinding, expr, name: str) -> None:
     else:
         new = bb.emit_output(expr, name)
     mutator.set_var_remap(binding.var, new)
+
+
+class Bindings:
+    """Value and use-count look-ups over one function's bindings, in order."""
+
+    def __init__(self, func: relax.Function) -> None:
+        self.value: dict = {}
+        self.uses: dict = {}
+        self.order: list = []
+
+        def visit(e):
+            if isinstance(e, relax.Var):
+                self.uses[e] = self.uses.get(e, 0) + 1
+
+        for block in func.body.blocks:
+            for b in block.bindings:
+                if isinstance(b, relax.VarBinding):
+                    self.value[b.var] = b.value
+                    self.order.append(b.var)
+                    relax.analysis.post_order_visit(b.value, visit)
+        relax.analysis.post_order_visit(func.body.body, visit)
+
+    def single_user(self, var, op: str):
+        """The var bound to ``op(var, ...)`` if that is ``var``'s only use, else None."""
+        if self.uses.get(var, 0) != 1:
+            return None
+        for v in self.order:
+            val = self.value[v]
+            if op_name(val) == op and len(val.args) >= 1 and val.args[0].same_as(var):
+                return v
+        return None

@@ -1,7 +1,7 @@
 """Which elementwise bindings after a layer go into its kernel: the bias, requantization and
 clamp (or float scaling) QuantizeInt8 emits after an int8 conv/matmul, as a
-:class:`~tvmcomp.kernels.epilogue.Epilogue` for kernels that take it (VNNI, direct sparse
-convolution)."""
+:class:`~tvmcomp.kernels.epilogue.Epilogue` for the kernels that take it (VNNI, the integer
+direct sparse convolution and SELL matmul)."""
 
 from __future__ import annotations
 
@@ -12,41 +12,11 @@ import numpy as np
 from tvm import relax
 
 from ..kernels.epilogue import OPS, Epilogue
+from ._emit import Bindings
 from ._qdq_match import const_np, op_name
 
 # the Relax op of each step a kernel's epilogue computes
 EPILOGUE_OPS = {f"relax.{'nn.' if op == 'relu' else ''}{op}": op for op in OPS}
-
-
-class Bindings:
-    """Value and use-count look-ups over one function's bindings, in order."""
-
-    def __init__(self, func: relax.Function) -> None:
-        self.value: dict = {}
-        self.uses: dict = {}
-        self.order: list = []
-
-        def visit(e):
-            if isinstance(e, relax.Var):
-                self.uses[e] = self.uses.get(e, 0) + 1
-
-        for block in func.body.blocks:
-            for b in block.bindings:
-                if isinstance(b, relax.VarBinding):
-                    self.value[b.var] = b.value
-                    self.order.append(b.var)
-                    relax.analysis.post_order_visit(b.value, visit)
-        relax.analysis.post_order_visit(func.body.body, visit)
-
-    def single_user(self, var, op: str):
-        """The var bound to ``op(var, ...)`` if that is ``var``'s only use, else None."""
-        if self.uses.get(var, 0) != 1:
-            return None
-        for v in self.order:
-            val = self.value[v]
-            if op_name(val) == op and len(val.args) >= 1 and val.args[0].same_as(var):
-                return v
-        return None
 
 
 @dataclass

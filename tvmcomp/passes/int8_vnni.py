@@ -32,8 +32,8 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..kernels import vnni
-from ._emit import rebind, rewrite_functions
-from ._epilogue import Bindings, EpiloguePlan, plan_epilogue
+from ._emit import Bindings, rebind, rewrite_functions
+from ._epilogue import EpiloguePlan, plan_epilogue
 from ._qdq_match import const_np, dtype_of, op_name, shape_of
 from .layers import direct_conv
 

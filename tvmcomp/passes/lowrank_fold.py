@@ -24,8 +24,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ._emit import rebind, rewrite_functions
-from ._epilogue import Bindings
+from ._emit import Bindings, rebind, rewrite_functions
 from .sparse_dense import _const, _indexed_calls, _static_shape, _weight_of
 
 

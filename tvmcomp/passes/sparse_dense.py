@@ -27,8 +27,8 @@ from ..kernels.sell import (
     sell_int8_from_dense,
     sell_int_kernel,
 )
-from ._emit import rebind, rewrite_functions
-from ._epilogue import Bindings, plan_epilogue
+from ._emit import Bindings, rebind, rewrite_functions
+from ._epilogue import plan_epilogue
 from .layers import INDEXED_OPS, direct_conv, layer_index, layer_key, layer_name
 
 R = relax.op

@@ -199,11 +199,11 @@ def _finished(func, call) -> list:
     return [call, *_consumer(func, call)]
 
 
-def _sparse_calls(func, index: int, integer: bool, prefix: str = "sell_") -> list:
+def _sparse_calls(func, index: int, prefix: str = "sell_") -> list:
     """The ``index``-th sparse kernel call of ``func`` whose kernel's name starts with
     ``prefix`` (``sell_``: matmul; ``sparse_conv_``: conv, after the pad of its input if it
-    has one) and, for integer layers whose kernel stores int32 sums, the fused epilogue
-    (bias, requantization) that consumes its output."""
+    has one) and, where the kernel stores an int8 layer's int32 sums, the fused epilogue
+    (bias, requantization) that consumes its output (:func:`_finished`)."""
     calls = _calls(func)
     sparse = [(v, c) for v, c in calls if c.args[0].name_hint.startswith(prefix)]
     if index >= len(sparse):
@@ -214,7 +214,7 @@ def _sparse_calls(func, index: int, integer: bool, prefix: str = "sell_") -> lis
         x = call.args[1].fields[0]  # (fused into its producer, e.g. the input's quantize,
         out[:0] = [c for v, c in calls  # it is not counted: the dense side has that one alone)
                    if v.same_as(x) and c.args[0].name_hint.rstrip("0123456789") == "pad"]
-    return out[:-1] + _finished(func, call) if integer else out
+    return out[:-1] + _finished(func, call)
 
 
 def _timer(built: _Built, call, rng):
@@ -337,7 +337,7 @@ def gate(quantized, target, database=None, threshold: float = DEFAULT_SPARSE_THR
         dc = _dense_calls(dense.fused[fname], m.w)
         if dc and m.kind == "conv" and m.pool > 1:  # the sparse kernel pools too: so does dense
             dc += _consumer(dense.fused[fname], dc[-1])
-        sc = _sparse_calls(sparse.fused[fname], index, m.x_dtype != "float32", prefix)
+        sc = _sparse_calls(sparse.fused[fname], index, prefix)
         if not dc or not sc:
             raise ValueError(f"{d.key}: cannot find its kernels in the fused modules")
         for tag, built, calls in (("d", dense, dc), ("s", sparse, sc)):
