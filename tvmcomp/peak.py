@@ -20,57 +20,61 @@ ACCUMULATORS = 12
 STEPS = 20000  # loop iterations a run: ~1-3 ms at peak
 
 
-def _fma_kernel(lanes: int, cores: int):
+def _loop_kernel(dtype: str, lanes: int, cores: int, step):
+    """A PrimFunc over one buffer (``cores * ACCUMULATORS * lanes`` of ``dtype``): per core,
+    :data:`ACCUMULATORS` vectors loaded, each replaced by ``step(vector)`` :data:`STEPS` times,
+    stored back; with its buffer's length."""
     from tvm.script import tirx as T
 
-    vec = f"float32x{lanes}"
-    fma = f"llvm.fma.v{lanes}f32"
+    size = cores * ACCUMULATORS * lanes
+    vec = f"{dtype}x{lanes}"
 
     @T.prim_func(s_tir=True)
-    def fma_peak(a: T.Buffer((T.int64(cores * ACCUMULATORS * lanes),), "float32")):
+    def peak(a: T.Buffer((T.int64(size),), dtype)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         for c in T.parallel(T.int64(cores)):
-            acc = T.decl_buffer((T.int64(ACCUMULATORS * lanes),), "float32", scope="local")
+            acc = T.decl_buffer((T.int64(ACCUMULATORS * lanes),), dtype, scope="local")
             for j in T.unroll(T.int64(ACCUMULATORS)):
                 for lane in T.vectorized(T.int64(lanes)):
                     acc[j * lanes + lane] = a[(c * ACCUMULATORS + j) * lanes + lane]
             for _ in range(T.int64(STEPS)):
                 for j in T.unroll(T.int64(ACCUMULATORS)):
-                    acc[T.ramp(j * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id(fma), acc.vload([j * lanes], vec),
-                        T.Broadcast(T.float32(0.999), lanes), T.Broadcast(T.float32(1e-3), lanes),
-                        dtype=vec)
+                    acc[T.ramp(j * lanes, 1, lanes)] = step(acc.vload([j * lanes], vec))
             for j in T.unroll(T.int64(ACCUMULATORS)):
                 for lane in T.vectorized(T.int64(lanes)):
                     a[(c * ACCUMULATORS + j) * lanes + lane] = acc[j * lanes + lane]
 
-    return fma_peak, 2 * lanes * ACCUMULATORS * STEPS * cores, cores * ACCUMULATORS * lanes
+    return peak, size
+
+
+def _fma_kernel(lanes: int, cores: int):
+    """Vector FMAs (2 operations a lane): ``(func, operations, buffer length)``."""
+    from tvm.script import tirx as T
+
+    def fma(v):
+        return T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id(f"llvm.fma.v{lanes}f32"), v,
+            T.Broadcast(T.float32(0.999), lanes), T.Broadcast(T.float32(1e-3), lanes),
+            dtype=f"float32x{lanes}")
+
+    func, size = _loop_kernel("float32", lanes, cores, fma)
+    return func, 2 * lanes * ACCUMULATORS * STEPS * cores, size
 
 
 def _vnni_kernel(cores: int):
+    """``vpdpbusd`` (64 multiply-adds, 128 operations, each): ``(func, operations, buffer
+    length)``."""
     from tvm.script import tirx as T
 
-    @T.prim_func(s_tir=True)
-    def vnni_peak(a: T.Buffer((T.int64(cores * ACCUMULATORS * 16),), "int32")):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        for c in T.parallel(T.int64(cores)):
-            acc = T.decl_buffer((T.int64(ACCUMULATORS * 16),), "int32", scope="local")
-            for j in T.unroll(T.int64(ACCUMULATORS)):
-                for lane in T.vectorized(T.int64(16)):
-                    acc[j * 16 + lane] = a[(c * ACCUMULATORS + j) * 16 + lane]
-            for _ in range(T.int64(STEPS)):
-                for j in T.unroll(T.int64(ACCUMULATORS)):
-                    acc[T.ramp(j * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                        acc.vload([j * 16], "int32x16"),
-                        T.reinterpret(T.Broadcast(T.int32(0x01010101), 16), dtype="uint8x64"),
-                        T.reinterpret(T.Broadcast(T.int32(0x01FF01FF), 16), dtype="int8x64"),
-                        dtype="int32x16")
-            for j in T.unroll(T.int64(ACCUMULATORS)):
-                for lane in T.vectorized(T.int64(16)):
-                    a[(c * ACCUMULATORS + j) * 16 + lane] = acc[j * 16 + lane]
+    def dot(v):
+        return T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), v,
+            T.reinterpret(T.Broadcast(T.int32(0x01010101), 16), dtype="uint8x64"),
+            T.reinterpret(T.Broadcast(T.int32(0x01FF01FF), 16), dtype="int8x64"),
+            dtype="int32x16")
 
-    return vnni_peak, 2 * 64 * ACCUMULATORS * STEPS * cores, cores * ACCUMULATORS * 16
+    func, size = _loop_kernel("int32", 16, cores, dot)
+    return func, 2 * 64 * ACCUMULATORS * STEPS * cores, size
 
 
 def _rate(func, ops: int, size: int, target, dtype: str, repeat: int = 15) -> float:
