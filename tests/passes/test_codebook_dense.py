@@ -367,6 +367,28 @@ def test_pruned_layers_decoded_at_load_store_sparse_codes(tmp_path, share_weight
                                rtol=1e-4, atol=1e-4)
 
 
+def test_layers_keep_their_names_after_an_earlier_one_went_sparse(tmp_path, share_weights):
+    """Layer names count the layers SparseDense already rewrote: with fc1 (matmul2) sparse,
+    ``at_load=("matmul3",)`` decodes fc2 at load, not fc3 (which was named ``matmul3`` once
+    fc1's matmul was gone, and the manifest then said a different layer took that form)."""
+    import torch
+
+    from tvmcomp.frontend.onnx_export import export_onnx
+    from tvmcomp.model.lenet import LeNet5
+    from tvmcomp.passes import SparseDense
+    from tvmcomp.passes.codebook_dense import decoded_bytes
+    from tvmcomp.pipeline import fuse
+
+    torch.manual_seed(0)
+    net = share_weights(LeNet5().eval(), 256, 16)
+    with torch.no_grad():
+        net.fc1.weight.mul_((torch.rand_like(net.fc1.weight) < 0.1).float())
+    model, info = load_onnx(export_onnx(net, tmp_path / "lenet.onnx"))
+    mod = SparseDense(threshold=0.5, values="codebook")(import_batches(model, info, [2]))
+    fused = fuse(CodebookDense(at_load=("matmul3",))(mod), tvm.target.Target(TARGET))
+    assert decoded_bytes(fused) == 120 * 84 * 4
+
+
 @pytest.mark.parametrize("levels, density, shape, gap_bits", [
     (3, 0.15, (84, 10), None), (15, 1.0, (16, 6, 5, 5), None), (200, 0.03, (400, 120), None),
     (16, 0.02, (400, 120), 3), (5, 0.5, (7,), 1), (4, 0.0, (10, 10), None)])

@@ -2,12 +2,28 @@
 
 ``k`` counts a Relax function's convolution and matmul calls in binding order (what ONNX
 Conv / Gemm / MatMul import to), so the k-th is the k-th such ONNX node. Keys across a module
-are ``"<function>/<name>"``, e.g. ``main_b1/matmul2`` (fc1 of LeNet-5).
+are ``"<function>/<name>"``, e.g. ``main_b1/matmul2`` (fc1 of LeNet-5). A layer a pass has
+already turned into one of our kernels (:data:`LAYER_KERNELS`) still counts, so the layers
+after it keep their names in the passes that follow.
 """
 
 from __future__ import annotations
 
+import tvm
+from tvm import relax
+
 INDEXED_OPS = ("relax.nn.conv1d", "relax.nn.conv2d", "relax.nn.conv3d", "relax.matmul")
+# name prefixes of the kernels the per-layer passes call in a layer's place (``R.call_tir``):
+# SparseDense's SELL matmuls and direct sparse convolutions, Int8Vnni's dense and convolution
+LAYER_KERNELS = ("sell_", "sparse_conv_", "vnni_dense_", "vnni_conv_")
+
+
+def is_layer_kernel(call) -> bool:
+    """Whether ``call`` is an ``R.call_tir`` of a :data:`LAYER_KERNELS` kernel: a layer."""
+    return (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op)
+            and str(call.op.name) == "relax.call_tir"
+            and isinstance(call.args[0], tvm.ir.GlobalVar)
+            and call.args[0].name_hint.startswith(LAYER_KERNELS))
 
 
 def layer_name(op: str, k: int) -> str:

@@ -29,7 +29,8 @@ from ..kernels.sell import (
 )
 from ._emit import Bindings, rebind, rewrite_functions
 from ._epilogue import plan_epilogue
-from .layers import INDEXED_OPS, direct_conv, layer_index, layer_key, layer_name
+from .layers import (INDEXED_OPS, direct_conv, is_layer_kernel, layer_index, layer_key,
+                     layer_name)
 
 R = relax.op
 # what ONNX Conv/Gemm/MatMul import to: the k-th of these is layer "conv<k>"/"matmul<k>",
@@ -177,14 +178,17 @@ def _weight_of(b: Bindings, arg) -> np.ndarray | None:
 
 def _indexed_calls(b: Bindings):
     """``(var, call, op, k)`` of the conv/matmul calls in binding order: the k-th is layer
-    ``conv<k>`` / ``matmul<k>`` (:mod:`tvmcomp.passes.layers`)."""
+    ``conv<k>`` / ``matmul<k>`` (:mod:`tvmcomp.passes.layers`; layers already rewritten
+    into our kernels count, and are not given)."""
     k = 0
     for var in b.order:
         val = b.value[var]
         op = _op(val)
         if op in INDEXED_OPS:
             yield var, val, op, k
-            k += 1
+        elif not is_layer_kernel(val):
+            continue
+        k += 1
 
 
 def sparse_candidates(func: relax.Function) -> tuple[list[_Match], list[LayerSparsity],
