@@ -86,17 +86,18 @@ def _phases(database, sparse: dict | None = None, gpu: bool = False, vnni: bool 
               else ()),
         # 2. Per-layer forms the build plan chose (before FoldConstant/LegalizeOps):
         #    SparseDense (with --sparse) turns the sparse constant matmuls it keeps (float, or
-        #    QuantizeInt8's int8 ones) into sparse (SELL) call_tir kernels; CodebookDense
-        #    (with --codebook) keeps the weights of the float layers left dense that have at
-        #    most 256 distinct values as uint8 indices + a codebook, decoded in the kernel;
-        #    Int8Vnni (where the target's CPU has AVX-512 VNNI) turns the int8 layers left
-        #    dense into our VNNI kernels.
+        #    QuantizeInt8's int8 ones) into sparse (SELL) call_tir kernels; Int8Vnni (where
+        #    the target's CPU has AVX-512 VNNI) turns the int8 layers left dense into our
+        #    VNNI kernels; CodebookDense (with --codebook) keeps the weights of the float
+        #    layers left dense that have at most 256 distinct values as uint8 indices + a
+        #    codebook, decoded in the kernel, and stores shared int8 weights (packed for the
+        #    VNNI kernels or not) as code streams decoded at load.
         Phase("layer_forms", (
             SparseDense(**sparse) if sparse is not None
             else tvm.transform.Sequential([], name="SparseDense(off)"),
+            Int8Vnni() if vnni else tvm.transform.Sequential([], name="Int8Vnni(off)"),
             CodebookDense(at_load) if codebook
             else tvm.transform.Sequential([], name="CodebookDense(off)"),
-            Int8Vnni() if vnni else tvm.transform.Sequential([], name="Int8Vnni(off)"),
         ), args=((("SparseDense", _sparse_args(sparse)),) if sparse is not None else ())
             + ((("CodebookDense", f"at_load={','.join(at_load)}"),) if at_load else ())),
         # 3. Canonicalise: batch-norm/dropout to inference arithmetic, trivial bindings

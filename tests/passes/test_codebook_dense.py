@@ -448,31 +448,40 @@ def test_int8_code_stream_decodes_to_int8(density):
     assert cache_key(w) != cache_key(w.astype(np.float32))
 
 
+def _int8_shared_lenet(tmp_path, shared_lenet, accumulate: str):
+    """The shared LeNet-5 with fc1 pruned to 10 % (its survivors keep their shared values),
+    quantized with per-tensor scales (a layer keeps one int8 value per shared one), as
+    ``QuantizeInt8(accumulate)`` makes it (batch 2), and 16 inputs."""
+    import copy
+
+    import torch
+
+    from tvmcomp.frontend.onnx_export import export_onnx
+    from tvmcomp.passes import QuantizeInt8
+    from tvmcomp.quant import PerTensor, QuantConfig, quantize_onnx
+
+    net = copy.deepcopy(shared_lenet.model)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        net.fc1.weight.mul_((torch.rand_like(net.fc1.weight) < 0.1).float())
+    model, info = load_onnx(export_onnx(net, tmp_path / "lenet.onnx"))
+    x = np.random.default_rng(0).random((16, 1, 28, 28)).astype(np.float32)
+    qm = quantize_onnx(model, x, QuantConfig(weights=PerTensor(), num_calib=16))
+    return QuantizeInt8(accumulate)(import_batches(qm.model, info, [2])), x
+
+
 def test_int8_layers_stored_as_int8_code_streams(tmp_path, shared_lenet):
     """int8 + sharing + pruning (the seed's third step): QuantizeInt8's int8 weights of a
     shared, pruned LeNet-5 (per-tensor scales: a layer keeps one int8 value per shared one)
     are stored as code streams with int8 codebooks, decoded to int8 at load, and only
     where that is smaller than the int8 weight; the int8 kernels give the same integers
     bit for bit; the per-layer table and the decoded RAM count int8 bytes."""
-    import copy
-
-    import torch
-
-    from tvmcomp.frontend.onnx_export import export_onnx
     from tvmcomp.kernels.decode import DECODE_FUNCTION
-    from tvmcomp.passes import QuantizeInt8
     from tvmcomp.passes.codebook_dense import decoded_bytes, int8_layers
     from tvmcomp.passes.sizes import layer_sizes
     from tvmcomp.pipeline import compile_fused, fuse
-    from tvmcomp.quant import PerTensor, QuantConfig, quantize_onnx
 
-    net = copy.deepcopy(shared_lenet.model)
-    with torch.no_grad():  # fc1 pruned to 10 %: its survivors keep their shared values
-        net.fc1.weight.mul_((torch.rand_like(net.fc1.weight) < 0.1).float())
-    model, info = load_onnx(export_onnx(net, tmp_path / "lenet.onnx"))
-    x = np.random.default_rng(0).random((16, 1, 28, 28)).astype(np.float32)
-    qm = quantize_onnx(model, x, QuantConfig(weights=PerTensor(), num_calib=16))
-    mod = QuantizeInt8("float32")(import_batches(qm.model, info, [2]))
+    mod, x = _int8_shared_lenet(tmp_path, shared_lenet, "float32")
     (func,) = [f for gv, f in mod.functions.items() if gv.name_hint == "main_b2"]
     streamed = {name: w for _, name, _, w in int8_layers(func)}
     # the fc layers (16 shared values); not the convs (256: 8-bit codes + a codebook are
@@ -496,4 +505,50 @@ def test_int8_layers_stored_as_int8_code_streams(tmp_path, shared_lenet):
             vm[DECODE_FUNCTION]()
         outs.append(vm["main_b2"](tvm.runtime.tensor(x[:2])).numpy())
     assert ("int8", (400, 120)) in consts[0] and ("int8", (400, 120)) not in consts[1]
+    np.testing.assert_array_equal(outs[1], outs[0])
+
+
+def test_int8_code_streams_decode_into_the_vnni_kernels_packed_weights(tmp_path, shared_lenet):
+    """With a VNNI target, Int8Vnni packs the int8 weights first; CodebookDense then stores
+    the shared fc layers' weights as the same code streams as without VNNI (the size report
+    holds for both) and decodes them at load straight into the packed weights and their
+    compensation terms, which the VNNI kernels read from the tensor cache: no packed or
+    dense int8 fc weight in the artifact, every layer still a VNNI kernel, and the outputs
+    equal those of the build without CodebookDense bit for bit (on a VNNI CPU)."""
+    from tvmcomp.kernels.decode import DECODE_FUNCTION, code_stream
+    from tvmcomp.passes import Int8Vnni
+    from tvmcomp.passes.codebook_dense import decoded_bytes, int8_layers
+    from tvmcomp.pipeline import compile_fused, fuse
+    from tvmcomp.targets import cpu_flags
+
+    mod, x = _int8_shared_lenet(tmp_path, shared_lenet, "int32")
+    (func,) = [f for gv, f in mod.functions.items() if gv.name_hint == "main_b2"]
+    streamed = {name: w for _, name, _, w in int8_layers(func)}
+    assert set(streamed) == {"matmul2", "matmul3", "matmul4"}
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
+    with target:
+        packed = Int8Vnni()(mod)
+    both = CodebookDense()(packed)
+    assert DECODE_FUNCTION in [gv.name_hint for gv in both.get_global_vars()]
+    kernels = sorted(gv.name_hint for gv, f in both.functions.items()
+                     if gv.name_hint.startswith("vnni_"))
+    assert len(kernels) == 5  # conv0, conv1 (256 values: stored int8) and the three fc
+    stored = _constants(both)
+    for name, w in streamed.items():  # [in, out], K % 4 == 0
+        nb = -(-w.shape[1] // 16)
+        assert ("int8", (nb, w.shape[0] // 4, 64)) not in stored
+        assert ("int8", tuple(w.shape)) not in stored
+        s = code_stream(w)
+        assert ("uint8", tuple(s.data.shape)) in stored
+    fused = [fuse(m, target) for m in (packed, both)]
+    ram = sum(-(-w.shape[1] // 16) * 16 * (w.shape[0] + 4) for w in streamed.values())
+    assert decoded_bytes(fused[1]) == ram  # packed weights + int32 compensation
+    if "avx512_vnni" not in cpu_flags():
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    outs = []
+    for m in fused:
+        vm = relax.VirtualMachine(compile_fused(m, target), tvm.cpu())
+        if m is fused[1]:
+            vm[DECODE_FUNCTION]()
+        outs.append(vm["main_b2"](tvm.runtime.tensor(x[:2])).numpy())
     np.testing.assert_array_equal(outs[1], outs[0])

@@ -88,6 +88,37 @@ def test_conv_is_exact(n, c, hw, oc, k, dtype):
     np.testing.assert_array_equal(got, ref.astype(np.int64))
 
 
+@pytest.mark.parametrize("kind, x_dtype, density", [
+    ("dense", "int8", 1.0), ("dense", "uint8", 0.1), ("conv", "int8", 0.1),
+    ("conv", "int8", 1.0)])
+def test_code_stream_decodes_into_the_packed_weight(kind, x_dtype, density):
+    """A shared int8 weight decoded at load goes straight into the kernel's packed form (from
+    the code stream of the weight as its layer reads it: what the artifact stores and the
+    size report counts), and its compensation is summed on the way: both equal what
+    ``pack_dense`` / ``pack_conv`` make from the weight, padding zeros included, over a
+    buffer full of garbage."""
+    from tvmcomp.kernels.decode import code_stream, stream_decode_kernel
+
+    rng = np.random.default_rng(3)
+    shape = (84, 10) if kind == "dense" else (16, 6, 5, 5)  # fc3 ([in, out]) / conv2
+    levels = np.array([-127, -40, -3, 5, 17, 90, 127], np.int8)
+    w = (levels[rng.integers(0, levels.size, shape)] * (rng.random(shape) < density))
+    w = w.astype(np.int8)
+    p = pack_dense(w, x_dtype) if kind == "dense" else pack_conv(w, (14, 14), x_dtype)
+    assert p.weight is (p.packed if kind == "dense" else p.quads)
+    s = code_stream(w)
+    assert (s.gap_bits > 0) == (density < 1)
+    func = stream_decode_kernel(s, p.placement(x_dtype)).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target="llvm")
+    out = [tvm.runtime.tensor(np.full(p.weight.shape, 99, np.int8)),
+           tvm.runtime.tensor(np.full(p.comp.shape, 99, np.int32))]
+    lib["main"](*(tvm.runtime.tensor(a) for a in (s.codebook, s.data, np.zeros(1, np.int32))),
+                *out)
+    np.testing.assert_array_equal(out[0].numpy(), p.weight)
+    np.testing.assert_array_equal(out[1].numpy(), p.comp)
+    assert p.comp.any() == (x_dtype == "int8")
+
+
 def test_unsupported_shapes_are_refused():
     assert conv_supported((14, 14), (5, 5)) and not conv_supported((4, 4), (3, 3))
     with pytest.raises(ValueError, match="flat output positions"):

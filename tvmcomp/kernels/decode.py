@@ -10,6 +10,7 @@ tuned): they run once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,11 +24,12 @@ CACHE_PREFIX = "tvmcomp.decoded."
 
 def cache_key(w: np.ndarray) -> str:
     """The tensor-cache key of weight ``w`` (as its layer reads it) decoded at load: a hash
-    of its values, shape and type (float32, or an int8 layer's int8), so two artifacts in
-    one process never read each other's weights (and identical ones share one)."""
+    of its values, shape and type (float32; an int8 layer's int8; a packed weight's
+    compensation int32), so two artifacts in one process never read each other's weights
+    (and identical ones share one)."""
     import hashlib
 
-    w = np.ascontiguousarray(w, decoded_dtype(w))
+    w = np.ascontiguousarray(w)
     h = hashlib.sha256(np.asarray(w.shape, np.int64).tobytes())
     if w.dtype != np.float32:
         h.update(str(w.dtype).encode())
@@ -148,33 +150,52 @@ def _stream_bytes(w: np.ndarray, gap_bits: int) -> int:
     return max(1, -(-n * (gap_bits + bits) // 8)) + _narrowed(values).nbytes
 
 
-def stream_decode_kernel(s: CodeStream):
+@dataclass(frozen=True)
+class Placement:
+    """Where a kernel that reads its weight packed (:mod:`tvmcomp.kernels.vnni`) has each
+    weight, so the decoder writes the packed weight straight from the code stream of the
+    weight as its layer reads it (what the artifact stores and the size report counts), and
+    the kernel's per-channel compensation ``scale * sum(w)`` with it. ``index`` and
+    ``channel`` map a flat position in the layer's weight (a TIR int64 expression) to its
+    flat index in the packed weight and to its output channel."""
+
+    shape: tuple[int, ...]   # the packed weight's (the rest of it is zeros)
+    channels: int            # the compensation's length
+    scale: int               # per weight: -128 (int8 inputs) or 0
+    index: Callable
+    channel: Callable
+
+
+def stream_decode_kernel(s: CodeStream, place: Placement | None = None):
     """The PrimFunc ``(codebook, data, token) -> w`` that decodes ``s`` into its dense
     weight (float32, or int8 from an int8 codebook): zero-fills ``w``, then walks the
-    entries, each read from the (at most) three bytes of the stream it spans. A serial loop:
-    it runs once, at load. ``token`` is not read: called with a tensor allocated at run
-    time, the call has an argument that is not a constant, so Relax's ``FoldConstant``
-    cannot evaluate it at compile time (it would put the decoded weight back into the
-    artifact)."""
+    entries, each read from the (at most) three bytes of the stream it spans. With a
+    ``place``: ``-> (w, comp)``, ``w`` packed as ``place`` says and ``comp`` int32
+    ``[place.channels]``. A serial loop: it runs once, at load. ``token`` is not read:
+    called with a tensor allocated at run time, the call has an argument that is not a
+    constant, so Relax's ``FoldConstant`` cannot evaluate it at compile time (it would put
+    the decoded weight back into the artifact)."""
     from tvm.script import tirx as T
 
     NE, ND, CB = s.entries, int(s.data.size), int(s.codebook.size)  # noqa: N806
     cb_t, out_t = str(s.codebook.dtype), s.dtype
     G, E = s.gap_bits, s.gap_bits + s.code_bits  # noqa: N806
-    total = int(np.prod(s.shape))
-    shape = [T.int64(int(d)) for d in s.shape]
+    stored = place.shape if place is not None else s.shape
+    total = int(np.prod(stored))
+    shape = [T.int64(int(d)) for d in stored]
+    NC = place.channels if place is not None else 1  # noqa: N806
 
-    @T.prim_func(private=True, s_tir=True)
-    def decode(codebook: T.Buffer((T.int64(CB),), cb_t),
-               data: T.Buffer((T.int64(ND),), "uint8"),
-               token: T.Buffer((T.int64(1),), "int32"),
-               w: T.Buffer(shape, out_t)):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
-                     HAND_SCHEDULED: "codebook stream decode"})
-        flat = T.decl_buffer((T.int64(total),), out_t, data=w.data)
+    def index(pos):
+        return place.index(pos) if place is not None else pos
+
+    @T.macro
+    def walk(codebook, data, flat, comp):
         pos = T.decl_buffer((1,), "int64", scope="local")
         for i in range(T.int64(total)):
             flat[i] = T.Cast(out_t, 0)
+        if place is not None:
+            for c in range(T.int64(NC)):
+                comp[c] = 0
         pos[0] = T.int64(-1)
         for k in range(T.int64(NE)):
             b = k * E // 8
@@ -185,6 +206,34 @@ def stream_decode_kernel(s: CodeStream):
                 T.shift_left(T.Cast("int32", data[T.min(b + 2, ND - 1)]), 16))
             v = T.bitwise_and(T.shift_right(word, T.Cast("int32", k * E % 8)), (1 << E) - 1)
             pos[0] = pos[0] + T.Cast("int64", T.bitwise_and(v, (1 << G) - 1)) + T.int64(1)
-            flat[pos[0]] = T.Cast(out_t, codebook[T.Cast("int64", T.shift_right(v, G))])
+            value = codebook[T.Cast("int64", T.shift_right(v, G))]
+            flat[index(pos[0])] = T.Cast(out_t, value)
+            if place is not None:
+                comp[place.channel(pos[0])] = (comp[place.channel(pos[0])]
+                                               + T.Cast("int32", value) * place.scale)
 
-    return decode
+    attrs = {"tirx.noalias": True, "tirx.is_scheduled": True,
+             HAND_SCHEDULED: "codebook stream decode"}
+    if place is None:
+        @T.prim_func(private=True, s_tir=True)
+        def decode(codebook: T.Buffer((T.int64(CB),), cb_t),
+                   data: T.Buffer((T.int64(ND),), "uint8"),
+                   token: T.Buffer((T.int64(1),), "int32"),
+                   w: T.Buffer(shape, out_t)):
+            T.func_attr(attrs)
+            flat = T.decl_buffer((T.int64(total),), out_t, data=w.data)
+            walk(codebook, data, flat, None)
+
+        return decode
+
+    @T.prim_func(private=True, s_tir=True)
+    def decode_packed(codebook: T.Buffer((T.int64(CB),), cb_t),
+                      data: T.Buffer((T.int64(ND),), "uint8"),
+                      token: T.Buffer((T.int64(1),), "int32"),
+                      w: T.Buffer(shape, out_t),
+                      comp: T.Buffer((T.int64(NC),), "int32")):
+        T.func_attr(attrs)
+        flat = T.decl_buffer((T.int64(total),), out_t, data=w.data)
+        walk(codebook, data, flat, comp)
+
+    return decode_packed

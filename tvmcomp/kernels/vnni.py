@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import HAND_SCHEDULED
+from .decode import Placement
 from .epilogue import Epilogue, channel_value
 from .epilogue import rows as epilogue_rows
 from .epilogue import value as epilogue_value
@@ -46,6 +47,7 @@ LANES = 16     # int32 lanes of a zmm register
 MAX_ACC = 24   # zmm accumulators a tile keeps (32 registers: the rest for operands)
 FLIP = -2139062144  # 0x80808080 as int32: x ^ FLIP turns four int8 into x + 128 as uint8
 INTRIN = "llvm.x86.avx512.vpdpbusd.512"
+DENSE_NAME, CONV_NAME = "vnni_dense_", "vnni_conv_"  # the kernels' name prefixes
 X_DTYPES = ("int8", "uint8")
 
 
@@ -53,9 +55,27 @@ def _attrs(what: str) -> dict:
     return {"tirx.noalias": True, "tirx.is_scheduled": True, HAND_SCHEDULED: what}
 
 
+def _scale(x_dtype: str) -> int:
+    return -128 if x_dtype == "int8" else 0
+
+
 def compensation(w_sums: np.ndarray, x_dtype: str) -> np.ndarray:
     """The sums' starting values: ``-128 * sum(W)`` per output channel for int8 inputs."""
-    return (-128 * w_sums if x_dtype == "int8" else np.zeros_like(w_sums)).astype(np.int32)
+    return (_scale(x_dtype) * w_sums).astype(np.int32)
+
+
+def call_weight(kernel: str, x_shape, out_shape, args: list) -> DenseWeight | ConvWeight | None:
+    """The weight of a call of one of these kernels: ``kernel`` its name (``vnni_dense_...``
+    or ``vnni_conv_...``, as ``Int8Vnni`` names them), ``x_shape`` / ``out_shape`` its input's
+    and output's, ``args`` its arguments after ``x`` (arrays where constant, else None);
+    None if it is not such a call or its weight is not constant."""
+    if kernel.startswith(DENSE_NAME) and len(args) >= 2 and all(a is not None for a in args[:2]):
+        return DenseWeight(args[0], args[1], (int(x_shape[1]), int(out_shape[1])))
+    if kernel.startswith(CONV_NAME) and len(args) >= 3 and all(a is not None for a in args[:3]):
+        (_, c, h, w), (_, oc, oh, ow) = x_shape, out_shape
+        return ConvWeight(args[0], args[1], args[2],
+                          (int(oc), int(c), int(h - oh + 1), int(w - ow + 1)), (int(h), int(w)))
+    return None
 
 
 # ---- dense -------------------------------------------------------------------------------
@@ -69,11 +89,29 @@ class DenseWeight:
     comp: np.ndarray    # int32 [NB * 16]
     shape: tuple[int, int]
 
+    comp_arg = 1  # the kernel's arguments after x: packed, comp[, chan_i, chan_f]
+
+    @property
+    def weight(self) -> np.ndarray:
+        return self.packed
+
     def to_dense(self) -> np.ndarray:
         k, n = self.shape
         nb = self.packed.shape[0]
         w = self.packed.reshape(nb, k // 4, LANES, 4).transpose(1, 3, 0, 2)
         return np.ascontiguousarray(w.reshape(k, nb * LANES)[:, :n])
+
+    def placement(self, x_dtype: str) -> Placement:
+        """Where ``W[k, n]`` (flat ``k*N + n``) is in ``packed``, for a decoder at load."""
+        k, n = self.shape
+        kb = k // 4
+
+        def index(pos):
+            col, row = pos % n, pos // n
+            return ((col // LANES * kb + row // 4) * LANES + col % LANES) * 4 + row % 4
+
+        return Placement(tuple(self.packed.shape), self.comp.size, _scale(x_dtype), index,
+                         lambda pos: pos % n)
 
 
 def dense_supported(k: int) -> bool:
@@ -204,19 +242,31 @@ def dense_kernel(m: int, k: int, n: int, x_dtype: str, epilogue: Epilogue | None
 @dataclass(frozen=True)
 class ConvWeight:
     """A conv weight ``[OC, C, KH, KW]`` as the kernel reads it over ``C x H x W`` inputs:
-    ``quads[o, g]`` the four int8 weights of taps ``4g .. 4g+3`` as one int32, ``offsets``
-    each tap's plane offset ``c*H*W + kh*W + kw`` (0 for padding taps), ``comp``."""
+    ``quads[o, 4g:4g+4]`` the four int8 weights of taps ``4g .. 4g+3`` (read as one int32),
+    ``offsets`` each tap's plane offset ``c*H*W + kh*W + kw`` (0 for padding taps), ``comp``."""
 
-    quads: np.ndarray    # int32 [OC, G]
+    quads: np.ndarray    # int8 [OC, 4G]
     offsets: np.ndarray  # int32 [4G]
     comp: np.ndarray     # int32 [OC]
     shape: tuple[int, int, int, int]
     in_hw: tuple[int, int]
 
+    comp_arg = 2  # the kernel's arguments after x: quads, offsets, comp[, chan_i, chan_f]
+
+    @property
+    def weight(self) -> np.ndarray:
+        return self.quads
+
     def to_dense(self) -> np.ndarray:
         oc, c, kh, kw = self.shape
         taps = c * kh * kw
-        return self.quads.view(np.int8).reshape(oc, -1)[:, :taps].reshape(self.shape).copy()
+        return self.quads[:, :taps].reshape(self.shape).copy()
+
+    def placement(self, x_dtype: str) -> Placement:
+        """Where ``W[o, c, kh, kw]`` (flat OIHW) is in ``quads``, for a decoder at load."""
+        taps, row = int(np.prod(self.shape[1:])), int(self.quads.shape[1])
+        return Placement(tuple(self.quads.shape), self.comp.size, _scale(x_dtype),
+                         lambda pos: pos // taps * row + pos % taps, lambda pos: pos // taps)
 
 
 def conv_supported(in_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> bool:
@@ -237,8 +287,7 @@ def pack_conv(w: np.ndarray, in_hw: tuple[int, int], x_dtype: str) -> ConvWeight
     offsets = np.zeros(4 * g, np.int32)
     offsets[:taps] = ci * h * wd + y * wd + x
     comp = compensation(w.reshape(oc, -1).astype(np.int64).sum(1), x_dtype)
-    return ConvWeight(np.ascontiguousarray(flat).view(np.int32).reshape(oc, g), offsets, comp,
-                      (oc, c, kh, kw), (h, wd))
+    return ConvWeight(flat, offsets, comp, (oc, c, kh, kw), (h, wd))
 
 
 @functools.lru_cache(maxsize=None)
@@ -293,6 +342,9 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
     def slot(o, v):
         return (o * T.int64(TILE) + v) * T.int64(LANES)
 
+    def quad(quads, o, g):  # output channel o's weights of taps 4g..4g+3, as one int32
+        return T.reinterpret(quads.vload([o, g * T.int64(4)], "int8x4"), dtype="int32")
+
     out_t = epilogue.out_dtype if epilogue is not None else "int32"
     int_t = epilogue.int_dtype if epilogue is not None else "int64"
     IR, FR = epilogue_rows(epilogue)  # noqa: N806
@@ -323,7 +375,8 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                                 acc.vload([slot(o, v)], "int32x16"),
                                 T.reinterpret(a.vload([v * T.int64(LANES)], "int32x16"),
                                               dtype="uint8x64"),
-                                T.reinterpret(T.Broadcast(quads[o, g], LANES), dtype="int8x64"),
+                                T.reinterpret(T.Broadcast(quad(quads, o, g), LANES),
+                                              dtype="int8x64"),
                                 dtype="int32x16")
                 for o in T.unroll(T.int64(OC)):
                     for v in T.unroll(T.int64(TILE)):
@@ -344,7 +397,7 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
     if epilogue is None:
         @T.prim_func(private=True, s_tir=True)
         def vnni_conv(x: T.Buffer(x_shape, x_dtype),
-                      quads: T.Buffer((T.int64(OC), T.int64(G)), "int32"),
+                      quads: T.Buffer((T.int64(OC), T.int64(4 * G)), "int8"),
                       offsets: T.Buffer((T.int64(4 * G),), "int32"),
                       comp: T.Buffer((T.int64(OC),), "int32"),
                       y: T.Buffer(y_shape, "int32")):
@@ -356,7 +409,7 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
 
     @T.prim_func(private=True, s_tir=True)
     def vnni_conv_epilogue(x: T.Buffer(x_shape, x_dtype),
-                           quads: T.Buffer((T.int64(OC), T.int64(G)), "int32"),
+                           quads: T.Buffer((T.int64(OC), T.int64(4 * G)), "int8"),
                            offsets: T.Buffer((T.int64(4 * G),), "int32"),
                            comp: T.Buffer((T.int64(OC),), "int32"),
                            chan_i: T.Buffer((T.int64(IR), T.int64(OC)), int_t),
@@ -385,9 +438,8 @@ def holds(consts: list[np.ndarray], w: np.ndarray) -> bool:
                 if np.array_equal(got[:, :n], ref) and not got[:, n:].any():
                     return True
         return False
-    if first.dtype == np.int32 and first.ndim == 2 and w.ndim == 4 and len(consts) in (3, 5):
+    if first.dtype == np.int8 and first.ndim == 2 and w.ndim == 4 and len(consts) in (3, 5):
         oc, taps = w.shape[0], int(np.prod(w.shape[1:]))
-        flat = first.view(np.int8).reshape(first.shape[0], -1)
-        return (flat.shape[0] == oc and flat.shape[1] >= taps
-                and np.array_equal(flat[:, :taps], w.reshape(oc, taps)))
+        return (first.shape[0] == oc and first.shape[1] >= taps
+                and np.array_equal(first[:, :taps], w.reshape(oc, taps)))
     return False

@@ -6,7 +6,9 @@ float32 codebook and fuses the decode into the layer's kernel, so ``model.so`` e
 indices and the codebook, not the dense weight (TVM's ``FoldConstant`` would otherwise fold
 ``take(codebook, indices)`` straight back into a dense constant). An int8 layer's weight
 (``QuantizeInt8``'s) is stored as a code stream with an int8 codebook wherever that takes
-fewer bytes than the int8 weight itself, and decoded to int8 once at load.
+fewer bytes than the int8 weight itself, and decoded to int8 once at load; where ``Int8Vnni``
+(which runs first) packed that weight for its kernel, it is decoded straight into the packed
+form, and the kernel's compensation term computed with it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from ..kernels.codebook import (MAX_CODES, code_bits, codebook_length, codes_per
 from ..kernels.decode import (DECODE_FUNCTION, cache_key, code_stream, decoded_dtype,
                               stream_decode_kernel)
 from ..kernels.sell import sell_codebook_from_dense
-from ._emit import rebind, rewrite_functions
+from ..kernels.vnni import call_weight
+from ._emit import Bindings, rebind, rewrite_functions
+from ._qdq_match import const_np, dtype_of, shape_of
 from .layers import layer_index, layer_key
 from .sparse_dense import goes_sparse, layer_weights, sparse_candidates
 
@@ -146,8 +150,31 @@ def int8_layers(func: relax.Function) -> list[tuple[relax.Var, str, str, np.ndar
     for var, name, kind, _ in layer_weights(func):
         arg = b.value[var].args[1]
         w = arg.value.numpy() if isinstance(arg, tvm.ir.Constant) else None
-        if w is not None and w.dtype == np.int8 and code_stream(w).nbytes()["total"] < w.nbytes:
+        if w is not None and w.dtype == np.int8 and _streams_smaller(w):
             out.append((var, name, kind, w))
+    return out
+
+
+def _streams_smaller(w: np.ndarray) -> bool:
+    """Whether a :func:`code_stream` stores int8 weight ``w`` in fewer bytes than ``w``."""
+    return code_stream(w).nbytes()["total"] < w.nbytes
+
+
+def packed_int8_layers(func: relax.Function) -> dict:
+    """``{var: (weight, x dtype)}`` of ``func``'s ``Int8Vnni`` kernel calls whose packed
+    int8 weight (:func:`~tvmcomp.kernels.vnni.call_weight`) a :func:`code_stream` of the
+    weight as the layer reads it stores in fewer bytes: :func:`int8_layers` after
+    ``Int8Vnni``."""
+    out = {}
+    for var, val in Bindings(func).value.items():
+        if not (isinstance(val, relax.Call) and isinstance(val.op, tvm.ir.Op)
+                and str(val.op.name) == "relax.call_tir"):
+            continue
+        x, *rest = val.args[1].fields
+        wt = call_weight(val.args[0].name_hint, shape_of(x) or (), shape_of(var) or (),
+                         [const_np(a) for a in rest])
+        if wt is not None and _streams_smaller(wt.to_dense()):
+            out[var] = (wt, dtype_of(x))
     return out
 
 
@@ -182,7 +209,8 @@ class CodebookDense:
 
     ``at_load``: names of layers (``conv0``, ``matmul2``, ..., in every function) decoded once
     at load instead (and every :func:`int8_layers` layer: an int8 conv2d / matmul reads its
-    int8 weight from the cache, decoded from a code stream with an int8 codebook): the
+    int8 weight from the cache, decoded from a code stream with an int8 codebook; a
+    :func:`packed_int8_layers` kernel call its packed weight and compensation): the
     module gains a function :data:`DECODE_FUNCTION` that decodes their stored codes (a
     :func:`~tvmcomp.kernels.decode.code_stream` each, by a hand-written kernel) into the TVM
     tensor cache, and the layer reads its dense weight from the cache
@@ -229,8 +257,10 @@ class _Rewriter(PyExprMutator):
         self.plan: dict = {}
         self.convs: dict = {}
         self.int8: dict = {}
-        self.decoded: dict[str, tuple] = {}  # cache key -> (decode kernel, its arrays, shape,
-        #                                       dtype)
+        self.packed: dict = {}
+        # the first value's cache key -> (decode kernel, its arrays, [(cache key, shape,
+        # dtype) of each value it decodes])
+        self.decoded: dict[str, tuple] = {}
 
     def run(self) -> tvm.IRModule:
         def prepare(gv, func) -> bool:
@@ -240,7 +270,8 @@ class _Rewriter(PyExprMutator):
             self.convs = {var: (name, w) for var, name, w in float_convs(func)
                           if distinct_values(w) <= MAX_CODES}
             self.int8 = {var: (name, w) for var, name, _, w in int8_layers(func)}
-            return bool(self.plan or self.convs or self.int8)
+            self.packed = packed_int8_layers(func)
+            return bool(self.plan or self.convs or self.int8 or self.packed)
 
         out = rewrite_functions(self, self.mod_, prepare)
         return self._add_decoder() if self.decoded else out
@@ -254,15 +285,19 @@ class _Rewriter(PyExprMutator):
         decoded = []
         with bb.function(DECODE_FUNCTION, [], pure=False):
             token = bb.emit(R.builtin.alloc_tensor(relax.ShapeExpr([1]), "int32", 0), "token")
-            for i, (key, (func, arrays, shape, dtype)) in enumerate(self.decoded.items()):
+            for i, (func, arrays, values) in enumerate(self.decoded.values()):
                 gv = bb.add_func(func, f"tvmcomp_decode{i}")
                 args = [relax.const(a) for a in arrays] + [token]
-                w = bb.emit(R.call_tir(gv, relax.Tuple(args), relax.TensorType(list(shape),
-                                                                               dtype)))
-                bb.emit(relax.Call(relax.ExternFunc("vm.builtin.tensor_cache.update"),
-                                   [tvm.ir.StringImm(key), w, relax.prim_value(True)],
-                                   ty_args=[relax.ObjectType()]))
-                decoded.append(w)
+                types = [relax.TensorType(list(shape), dtype) for _, shape, dtype in values]
+                out = bb.emit(R.call_tir(gv, relax.Tuple(args),
+                                         types if len(types) > 1 else types[0]))
+                ws = ([bb.emit(relax.TupleGetItem(out, j)) for j in range(len(types))]
+                      if len(types) > 1 else [out])
+                for (key, _, _), w in zip(values, ws):
+                    bb.emit(relax.Call(relax.ExternFunc("vm.builtin.tensor_cache.update"),
+                                       [tvm.ir.StringImm(key), w, relax.prim_value(True)],
+                                       ty_args=[relax.ObjectType()]))
+                decoded += ws
             bb.emit_func_output(relax.Tuple(decoded))
         return bb.get()
 
@@ -270,18 +305,32 @@ class _Rewriter(PyExprMutator):
         """``w`` (as the layer reads it), read from the tensor cache where
         :meth:`_add_decoder`'s function puts it at load, decoded from a :func:`code_stream`."""
         s = code_stream(w)
-        return self._from_cache(w, stream_decode_kernel(s), [s.codebook, s.data], f"{name}_w")
+        (read,) = self._from_cache([w], stream_decode_kernel(s), [s.codebook, s.data],
+                                   f"{name}_w")
+        return read
 
-    def _from_cache(self, value: np.ndarray, kernel, arrays: list, name: str):
-        """``value`` read from the tensor cache, where :data:`DECODE_FUNCTION` puts it at
-        load by calling ``kernel`` on ``arrays`` (what the artifact stores)."""
-        key, dtype = cache_key(value), str(value.dtype)
-        self.decoded[key] = (kernel, arrays, tuple(value.shape), dtype)
-        return self.builder_.emit(relax.op.call_pure_packed(
+    def _from_cache(self, values: list[np.ndarray], kernel, arrays: list, name: str) -> list:
+        """``values`` read from the tensor cache, where :data:`DECODE_FUNCTION` puts them
+        at load by calling ``kernel`` on ``arrays`` (what the artifact stores)."""
+        entries = [(cache_key(v), tuple(v.shape), str(v.dtype)) for v in values]
+        self.decoded[entries[0][0]] = (kernel, arrays, entries)
+        return [self.builder_.emit(relax.op.call_pure_packed(
             "vm.builtin.tensor_cache.get", tvm.ir.StringImm(key),
-            ty_args=[relax.TensorType(list(value.shape), dtype)]), name)
+            ty_args=[relax.TensorType(list(shape), dtype)]), name if len(values) == 1
+            else f"{name}{i}") for i, (key, shape, dtype) in enumerate(entries)]
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        if binding.var in self.packed:  # packed weight and compensation from the cache
+            wt, x_dtype = self.packed[binding.var]
+            s = code_stream(wt.to_dense())
+            val = binding.value
+            args = [self.visit_expr(a) for a in val.args[1].fields]
+            args[1], args[1 + wt.comp_arg] = self._from_cache(
+                [wt.weight, wt.comp], stream_decode_kernel(s, wt.placement(x_dtype)),
+                [s.codebook, s.data], f"{binding.var.name}_w")
+            call = relax.Call(val.op, [val.args[0], relax.Tuple(args)], val.attrs, val.ty_args)
+            rebind(self, binding, call, f"{binding.var.name}_stream")
+            return
         if binding.var in self.convs:
             self._conv(binding, *self.convs[binding.var])
             return

@@ -135,7 +135,7 @@ class _Rewriter(PyExprMutator):
         p = vnni.pack_dense(w, dtype)
         epi = layer.plan.epilogue()
         extra = layer.plan.constants(p.comp.size) if epi else []
-        gv = self._kernel(f"vnni_dense_b{m}_{k}x{n}_{dtype}{layer.plan.suffix()}",
+        gv = self._kernel(f"{vnni.DENSE_NAME}b{m}_{k}x{n}_{dtype}{layer.plan.suffix()}",
                           lambda: vnni.dense_kernel(m, k, n, dtype, epi))
         return relax.call_tir(gv, [self.visit_expr(x), relax.const(p.packed),
                                    relax.const(p.comp), *extra],
@@ -154,7 +154,7 @@ class _Rewriter(PyExprMutator):
         p = vnni.pack_conv(w, hw, dtype)
         epi = layer.plan.epilogue()
         extra = layer.plan.constants(oc) if epi else []
-        gv = self._kernel(f"vnni_conv_b{n}_{c}x{hw[0]}x{hw[1]}_{oc}k{kh}x{kw}_{dtype}"
+        gv = self._kernel(f"{vnni.CONV_NAME}b{n}_{c}x{hw[0]}x{hw[1]}_{oc}k{kh}x{kw}_{dtype}"
                           f"{layer.plan.suffix()}",
                           lambda: vnni.conv_kernel(n, c, hw, oc, (kh, kw), dtype, epi))
         out = (n, oc, hw[0] - kh + 1, hw[1] - kw + 1)
