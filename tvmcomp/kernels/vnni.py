@@ -342,6 +342,17 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
     def slot(o, v):
         return (o * T.int64(TILE) + v) * T.int64(LANES)
 
+    SPAN = -(-(LANES - 1) // w) + 1  # noqa: N806 - output rows a vector across rows meets
+
+    def segment(n, o, p, r):  # where the lanes of vector p in row r go (and the others would)
+        return T.Ramp(((n * T.int64(OC) + o) * T.int64(OH) + r) * T.int64(OW) + p
+                      - r * T.int64(w), T.int64(1), LANES)
+
+    def in_row(p, r):  # the lanes of the vector at p that are outputs of row r
+        pos = T.Ramp(p, T.int64(1), LANES)
+        return T.And(pos >= T.Broadcast(r * T.int64(w), LANES),
+                     pos < T.Broadcast(r * T.int64(w) + T.int64(OW), LANES))
+
     def quad(quads, o, g):  # output channel o's weights of taps 4g..4g+3, as one int32
         return T.reinterpret(quads.vload([o, g * T.int64(4)], "int8x4"), dtype="int32")
 
@@ -354,7 +365,7 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                              LANES)
 
     @T.macro
-    def body(xf, quads, offsets, comp, chan_i, chan_f, y):
+    def body(xf, quads, offsets, comp, chan_i, chan_f, y, yf):
         for n in T.parallel(T.int64(B)):  # images; at batch 1 one thread (no launch)
             acc = T.decl_buffer((T.int64(OC * TILE * LANES),), "int32", scope="local")
             a = T.decl_buffer((T.int64(TILE * LANES),), "int32", scope="local")
@@ -384,13 +395,16 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                             y[n, o, index(t, v) // T.int64(NR),
                               T.ramp(column(index(t, v)), 1, LANES)] = result(
                                 acc, chan_i, chan_f, o, v)
-                        else:
+                        else:  # one masked store for each output row the vector meets
                             res[T.ramp(T.int64(0), 1, LANES)] = result(acc, chan_i, chan_f, o, v)
-                            for lane in T.unroll(T.int64(LANES)):
+                            for j in T.unroll(T.int64(SPAN)):
                                 if (t * T.int64(TILE) + v < T.int64(NV)
-                                        and (first(t, v) + lane) % T.int64(w) < T.int64(OW)):
-                                    y[n, o, (first(t, v) + lane) // T.int64(w),
-                                      (first(t, v) + lane) % T.int64(w)] = res[lane]
+                                        and first(t, v) // T.int64(w) + j < T.int64(OH)):
+                                    T.evaluate(T.masked_store(
+                                        yf, res.vload([T.int64(0)], f"{out_t}x{LANES}"),
+                                        segment(n, o, first(t, v), first(t, v) // T.int64(w)
+                                                + j), in_row(first(t, v),
+                                                             first(t, v) // T.int64(w) + j)))
 
     x_shape = (T.int64(B), T.int64(C), T.int64(h), T.int64(w))
     y_shape = (T.int64(B), T.int64(OC), T.int64(OH), T.int64(OW))
@@ -403,7 +417,8 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                       y: T.Buffer(y_shape, "int32")):
             T.func_attr(_attrs("VNNI int8 convolution"))
             xf = T.decl_buffer((T.int64(B * PLANE),), x_dtype, data=x.data)
-            body(xf, quads, offsets, comp, None, None, y)
+            yf = T.decl_buffer((T.int64(B * OC * OH * OW),), "int32", data=y.data)
+            body(xf, quads, offsets, comp, None, None, y, yf)
 
         return vnni_conv
 
@@ -417,7 +432,8 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                            y: T.Buffer(y_shape, out_t)):
         T.func_attr(_attrs("VNNI int8 convolution + requantization"))
         xf = T.decl_buffer((T.int64(B * PLANE),), x_dtype, data=x.data)
-        body(xf, quads, offsets, comp, chan_i, chan_f, y)
+        yf = T.decl_buffer((T.int64(B * OC * OH * OW),), out_t, data=y.data)
+        body(xf, quads, offsets, comp, chan_i, chan_f, y, yf)
 
     return vnni_conv_epilogue
 
