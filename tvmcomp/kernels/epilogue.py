@@ -22,12 +22,15 @@ class Epilogue:
 
     ``int_dtype="int32"`` when every integer constant fits: an int64 product of two
     sign-extended int32 values is then one ``vpmuldq`` a half vector instead of the
-    three-uop ``vpmullq``."""
+    three-uop ``vpmullq``. Otherwise the rows in ``narrow`` fit int32 (a requantization's
+    multipliers, beside its int64 rounding constants): each is read as a sign-extended int32,
+    which gives LLVM the same ``vpmuldq``."""
 
     steps: tuple
     int_rows: int = 0
     float_rows: int = 0
     int_dtype: str = "int64"
+    narrow: tuple = ()
 
     @property
     def out_dtype(self) -> str:
@@ -61,7 +64,12 @@ def value(epi: Epilogue | None, acc, chan, lanes: int):
             return vals[a[1]]
         if a[0] == "const":
             return wide(tvm.tirx.const(a[1], a[2]))
-        return chan(a[1], a[2], not a[2].startswith("float"))
+        is_int = not a[2].startswith("float")
+        v = chan(a[1], a[2], is_int)
+        if is_int and a[1] in epi.narrow and a[2] == "int64":
+            v = T.Cast(a[2] if lanes == 1 else f"{a[2]}x{lanes}",
+                       T.Cast("int32" if lanes == 1 else f"int32x{lanes}", v))
+        return v
 
     for op, args, dtype in epi.steps:
         xs = [arg(a) for a in args]

@@ -39,9 +39,11 @@ class EpiloguePlan:
         if not self.steps:
             return None
         lo, hi = np.iinfo(np.int32).min, np.iinfo(np.int32).max
-        narrow = all(r.min() >= lo and r.max() <= hi for r in self.int_rows)
-        return Epilogue(tuple(self.steps), len(self.int_rows), len(self.float_rows),
-                        "int32" if narrow else "int64")
+        fits = tuple(i for i, r in enumerate(self.int_rows) if r.min() >= lo and r.max() <= hi)
+        narrow = len(fits) == len(self.int_rows)
+        return Epilogue(_without_sign_correction(tuple(self.steps), self.int_rows),
+                        len(self.int_rows), len(self.float_rows),
+                        "int32" if narrow else "int64", () if narrow else fits)
 
     def constants(self, width: int) -> list:
         """The kernel's ``chan_i, chan_f`` arguments (``width`` columns: the channels, or
@@ -114,6 +116,62 @@ class EpiloguePlan:
                 return
             self.steps.pop()
             self.members.pop()
+
+
+def _values(arg, int_rows: list) -> np.ndarray | None:
+    """A constant argument's values (a scalar, or a per-channel row), else None."""
+    if arg[0] == "const":
+        return np.asarray([arg[1]], np.int64)
+    if arg[0] == "chan" and not arg[2].startswith("float"):
+        return int_rows[arg[1]].astype(np.int64)
+    return None
+
+
+def _without_sign_correction(steps: tuple, int_rows: list) -> tuple:
+    """``steps`` without the round-half-away-from-zero correction of a requantization whose
+    result is clipped at 0 or above: ``(v + R - (v < 0)) >> s`` then ``clip(lo >= 0, hi)``
+    gives what ``(v + R) >> s`` then the clip gives, when every ``R < 2**s``: for ``v >= 0``
+    the correction is 0, and for ``v < 0`` both shifted values are ``<= 0`` (``v + R - c <
+    2**s``), which the clip takes to ``lo``. The ``less``, its ``astype`` and the
+    ``subtract`` go (three vector operations a half vector of int64)."""
+    steps = list(steps)
+    for k, (op, args, _) in enumerate(steps):
+        if op != "right_shift" or args[0][0] != "step":
+            continue
+        users = [u for u, (_, a, _) in enumerate(steps) if ("step", k) in a]
+        if not users or any(steps[u][0] != "clip" or steps[u][1][0] != ("step", k)
+                            or steps[u][1][1][0] != "const" or steps[u][1][1][1] < 0
+                            for u in users):
+            continue
+        j = args[0][1]
+        sub = steps[j]
+        if sub[0] != "subtract" or sub[1][0][0] != "step" or sub[1][1][0] != "step":
+            continue
+        a, c = sub[1][0][1], sub[1][1][1]
+        cast, add = steps[c], steps[a]
+        if cast[0] != "astype" or cast[1][0][0] != "step" or add[0] != "add":
+            continue
+        less = steps[cast[1][0][1]]
+        if (less[0] != "less" or less[1][0] != add[1][0] or less[1][1][0] != "const"
+                or less[1][1][1] != 0):
+            continue
+        r, shift = _values(add[1][1], int_rows), _values(args[1], int_rows)
+        if r is None or shift is None or (shift < 1).any() or (shift > 62).any() or \
+                not (r < (np.int64(1) << shift)).all():
+            continue
+        steps[k] = (op, (("step", a), args[1]), steps[k][2])
+    return _live(steps)
+
+
+def _live(steps: list) -> tuple:
+    """``steps`` without those no later step reads (the last is stored), renumbered."""
+    live = {len(steps) - 1}
+    for k in range(len(steps) - 1, -1, -1):
+        if k in live:
+            live |= {a[1] for a in steps[k][1] if a[0] == "step"}
+    new = {k: i for i, k in enumerate(sorted(live))}
+    return tuple((op, tuple(("step", new[a[1]]) if a[0] == "step" else a for a in args), dt)
+                 for k, (op, args, dt) in enumerate(steps) if k in live)
 
 
 def plan_epilogue(b: Bindings, var, kind: str, channels: int) -> EpiloguePlan:
