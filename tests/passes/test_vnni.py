@@ -88,6 +88,48 @@ def test_conv_is_exact(n, c, hw, oc, k, dtype):
     np.testing.assert_array_equal(got, ref.astype(np.int64))
 
 
+@pytest.mark.parametrize("n, c, hw, oc, k, dtype, epilogue", [
+    (2, 1, (32, 32), 6, 5, "int8", True),  # LeNet-5's conv1 + pool: 4 vectors a row pair
+    (1, 2, (11, 13), 4, 3, "uint8", False),  # odd output (9x11): the last row and column go
+    (3, 3, (8, 20), 2, 2, "int8", True),     # 7x19 -> 3x9, the last tile's vectors shifted
+])
+def test_conv_with_pool_is_exact(n, c, hw, oc, k, dtype, epilogue):
+    """``pool=2``: the 2x2 max pool of stride 2 after the convolution (and its epilogue, which
+    the max commutes with: here bias, clip at 0, int8) is taken in the kernel, exact."""
+    import torch
+
+    from tvmcomp.kernels.epilogue import Epilogue
+    from tvmcomp.kernels.vnni import conv_pool_fits
+
+    assert conv_pool_fits(hw, (k, k), oc) and not conv_pool_fits((14, 14), (5, 5), 16)
+    rng = np.random.default_rng(n + c)
+    x = _x(rng, dtype, (n, c, *hw))
+    w = rng.integers(-128, 128, (oc, c, k, k)).astype(np.int8)
+    bias = rng.integers(-30000, 30000, oc).astype(np.int32)
+    p = pack_conv(w, hw, dtype)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x.astype(np.float64)),
+                                     torch.from_numpy(w.astype(np.float64))).numpy()
+    epi, args = None, (x, p.quads, p.offsets, p.comp)
+    if epilogue:
+        epi = Epilogue((("add", (("acc",), ("chan", 0, "int32")), "int32"),
+                        ("right_shift", (("step", 0), ("const", 10, "int32")), "int32"),
+                        ("clip", (("step", 1), ("const", 0, "int32"), ("const", 127, "int32")),
+                         "int32"),
+                        ("astype", (("step", 2),), "int8")), 1, 0, "int32")
+        ref = np.clip((ref.astype(np.int64) + bias[None, :, None, None]) >> 10, 0, 127)
+        args += (bias[None, :], np.zeros((1, oc), np.float32))
+    ref = torch.nn.functional.max_pool2d(torch.from_numpy(ref.astype(np.float64)), 2).numpy()
+    func = conv_kernel(n, c, hw, oc, (k, k), dtype, epi, pool=2)
+    if "avx512_vnni" not in cpu_flags():
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                      target=tvm.target.Target(TARGET))
+    out = tvm.runtime.tensor(np.full(ref.shape, 7, "int8" if epilogue else "int32"))
+    lib["main"](*(tvm.runtime.tensor(a) for a in args), out)
+    assert np.unique(ref).size > 5
+    np.testing.assert_array_equal(out.numpy(), ref.astype(np.int64))
+
+
 @pytest.mark.parametrize("kind, x_dtype, density", [
     ("dense", "int8", 1.0), ("dense", "uint8", 0.1), ("conv", "int8", 0.1),
     ("conv", "int8", 1.0)])
@@ -127,23 +169,26 @@ def test_unsupported_shapes_are_refused():
         pack_dense(np.zeros((6, 3), np.int8), "int8")
 
 
-def _int8_layers(x_dtype: str, pad: int, leak: bool):
+def _int8_layers(x_dtype: str, pad: int, leak: bool, pool: bool = False):
     """A Relax module as QuantizeInt8 makes them: an int8 conv (zero padding ``pad``) with
     its bias and requantization (per-channel int32 / int64 constants, scalar ones), flatten,
     an int8 matmul with a float output (``* scale``). ``leak``: the matmul's float value is
-    also read by a ``sum`` the kernel cannot take, so only the ``astype`` goes in."""
+    also read by a ``sum`` the kernel cannot take, so only the ``astype`` goes in. ``pool``:
+    a 10x10 image and a 2x2 max pool after the conv."""
     from tvm import relax
     from tvm.script import relax as R
 
     rng = np.random.default_rng(3)
+    size = 10 if pool else 8
+    side = (size - 2) // (2 if pool else 1)
     wc = rng.integers(-128, 128, (4, 3, 3, 3)).astype(np.int8)
-    wd = rng.integers(-128, 128, (4 * 6 * 6, 5)).astype(np.int8)
+    wd = rng.integers(-128, 128, (4 * side * side, 5)).astype(np.int8)
 
     def c(a, dtype):
         return relax.const(np.asarray(a, dtype), dtype)
 
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType((2, 3, 8 - 2 * pad, 8 - 2 * pad), x_dtype))
+    x = relax.Var("x", relax.TensorType((2, 3, size - 2 * pad, size - 2 * pad), x_dtype))
     with bb.function("main", [x]):
         with bb.dataflow():
             a = bb.emit(R.nn.conv2d(x, relax.const(wc), padding=[pad] * 4, out_dtype="int32"))
@@ -156,7 +201,9 @@ def _int8_layers(x_dtype: str, pad: int, leak: bool):
                                       c(41, "int64")))
             lo = 0 if x_dtype == "uint8" else -128
             a8 = bb.emit(R.astype(bb.emit(R.clip(v, lo, 127)), x_dtype))
-            f = bb.emit(R.reshape(a8, (2, 4 * 6 * 6)))
+            if pool:
+                a8 = bb.emit(R.nn.max_pool2d(a8, (2, 2), (2, 2)))
+            f = bb.emit(R.reshape(a8, (2, 4 * side * side)))
             y = bb.emit(R.astype(bb.emit(R.matmul(f, relax.const(wd), out_dtype="int32")),
                                  "float32"))
             out = bb.emit(R.multiply(y, c(np.linspace(0.5, 2, 5), "float32")))
@@ -216,4 +263,31 @@ def test_pass_rewrites_int8_layers_where_the_target_has_vnni(x_dtype, pad, leak)
         ex = tvm.compile(m, target=target)
         outs.append(relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy())
     assert np.unique(outs[0]).size > 5  # not all clipped
+    np.testing.assert_array_equal(outs[1], outs[0])
+
+
+@pytest.mark.parametrize("x_dtype", ["uint8", "int8"])
+def test_pass_takes_the_pool_after_a_non_decreasing_epilogue(x_dtype):
+    """A 2x2 max pool after the conv's requantization goes into its kernel where the
+    requantization never decreases as the sum grows (clipped at 0: its sign correction
+    dropped); clipped at -128 the correction stays, and so does the pool. On a VNNI CPU the
+    outputs equal those of the module without the pass, bit for bit."""
+    from tvm import relax
+
+    from tvmcomp.passes import Int8Vnni
+
+    mod, _, _ = _int8_layers(x_dtype, 0, False, pool=True)
+    target = tvm.target.Target(TARGET)
+    with target:
+        new = Int8Vnni()(mod)
+    conv, _ = _kernel_names(new)
+    taken = x_dtype == "uint8"
+    assert ("_pool2_" in conv) == taken
+    assert ("max_pool2d" in new.script()) != taken
+    if "avx512_vnni" not in cpu_flags():
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    x = _x(np.random.default_rng(1), x_dtype, (2, 3, 10, 10))
+    outs = [relax.VirtualMachine(tvm.compile(m, target=target), tvm.cpu())["main"](
+        tvm.runtime.tensor(x)).numpy() for m in (mod, new)]
+    assert np.unique(outs[0]).size > 5
     np.testing.assert_array_equal(outs[1], outs[0])

@@ -72,9 +72,13 @@ def call_weight(kernel: str, x_shape, out_shape, args: list) -> DenseWeight | Co
     if kernel.startswith(DENSE_NAME) and len(args) >= 2 and all(a is not None for a in args[:2]):
         return DenseWeight(args[0], args[1], (int(x_shape[1]), int(out_shape[1])))
     if kernel.startswith(CONV_NAME) and len(args) >= 3 and all(a is not None for a in args[:3]):
-        (_, c, h, w), (_, oc, oh, ow) = x_shape, out_shape
-        return ConvWeight(args[0], args[1], args[2],
-                          (int(oc), int(c), int(h - oh + 1), int(w - ow + 1)), (int(h), int(w)))
+        # the kernel size from the taps' offsets (strictly increasing from 0; padding taps 0):
+        # the output may be pooled
+        (_, c, h, w), offsets = (int(d) for d in x_shape), args[1]
+        taps = 1 + int(np.count_nonzero(offsets[1:]))
+        kh, kw = divmod(int(offsets[taps - 1]) - (c - 1) * h * w, w)
+        return ConvWeight(args[0], offsets, args[2], (int(out_shape[1]), c, kh + 1, kw + 1),
+                          (h, w))
     return None
 
 
@@ -290,27 +294,67 @@ def pack_conv(w: np.ndarray, in_hw: tuple[int, int], x_dtype: str) -> ConvWeight
     return ConvWeight(flat, offsets, comp, (oc, c, kh, kw), (h, wd))
 
 
+def _pool_tile(in_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> int:
+    """Vectors a pooling tile takes: those that cover a pair of output rows (from the first
+    row's first sum to the second row's last pooled one)."""
+    (h, w), (kh, kw) = in_hw, kernel_hw
+    return -(-(w + 2 * ((w - kw + 1) // 2)) // LANES)
+
+
+def conv_pool_fits(in_hw: tuple[int, int], kernel_hw: tuple[int, int],
+                   out_channels: int) -> bool:
+    """Whether the conv kernel can also take the 2x2 max pool of stride 2 that follows: a
+    pair of output rows of every output channel fits the accumulators, and a pooled row
+    one vector."""
+    (h, w), (kh, kw) = in_hw, kernel_hw
+    oh, ow = h - kh + 1, w - kw + 1
+    if not (conv_supported(in_hw, kernel_hw) and oh >= 2 and 2 <= ow <= 2 * LANES):
+        return False
+    tile = _pool_tile(in_hw, kernel_hw)
+    last = (oh - 1) * w + ow - tile * LANES  # where the last tile's vectors must start
+    # only the last tile is shifted back (the kernel builds its pooling for that one alone)
+    return (out_channels * tile <= MAX_ACC and last >= 0
+            and 2 * w * max(0, oh // 2 - 2) <= last)
+
+
 @functools.lru_cache(maxsize=None)
 def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels: int,
-                kernel_hw: tuple[int, int], x_dtype: str, epilogue: Epilogue | None = None):
+                kernel_hw: tuple[int, int], x_dtype: str, epilogue: Epilogue | None = None,
+                pool: int = 1):
     """The PrimFunc ``(x, quads, offsets, comp) -> y`` int32 ``[batch, out_channels, OH, OW]``
     for ``R.call_tir``; with an ``epilogue``, ``(x, quads, offsets, comp, chan_i, chan_f) ->
-    y`` of its ``out_dtype`` (the per-channel constants ``[rows, out_channels]``)."""
+    y`` of its ``out_dtype`` (the per-channel constants ``[rows, out_channels]``).
+
+    ``pool=2`` (where :func:`conv_pool_fits`) also takes the 2x2 max pool of stride 2 that
+    follows: a tile is a pair of output rows, the max of each 2x2 block of sums is taken
+    before the epilogue (which must be non-decreasing: the max commutes with it), and ``y``
+    is ``[batch, out_channels, OH // 2, OW // 2]``: a quarter of the epilogues and stores."""
     from tvm.script import tirx as T
 
     (h, w), (kh, kw) = in_hw, kernel_hw
     if x_dtype not in X_DTYPES or not conv_supported(in_hw, kernel_hw):
         raise ValueError(f"the VNNI conv kernel takes int8/uint8 x and at least {LANES} flat "
                          f"output positions, got {x_dtype}, input {h}x{w}, kernel {kh}x{kw}")
+    if pool not in (1, 2) or pool == 2 and not conv_pool_fits(in_hw, kernel_hw, out_channels):
+        raise ValueError(f"the VNNI conv kernel takes a 2x2 max pool where a pair of output "
+                         f"rows fits its accumulators, not pool={pool} (input {h}x{w}, kernel "
+                         f"{kh}x{kw}, {out_channels} output channels)")
     B, C, OC = batch, channels, out_channels  # noqa: N806
     OH, OW = h - kh + 1, w - kw + 1  # noqa: N806
     PLANE, P = C * h * w, (OH - 1) * w + OW  # noqa: N806
     G = -(-(C * kh * kw) // 4)  # noqa: N806
-    rows = OW >= LANES  # vectors within output rows (all lanes stored), else across them
+    pooled = pool == 2
+    rows = OW >= LANES and not pooled  # vectors within output rows (all lanes stored)
     NR = -(-OW // LANES)  # noqa: N806 - vectors a row, the last shifted back
-    NV = OH * NR if rows else -(-P // LANES)  # noqa: N806
-    TILE = max(1, min(NV, MAX_ACC // OC))  # noqa: N806 - vectors a tile (x OC accumulators)
-    NT = -(-NV // TILE)  # noqa: N806
+    YH, YW = (OH // 2, OW // 2) if pooled else (OH, OW)  # noqa: N806
+    if pooled:  # a tile: the vectors from a pair of rows' first position on
+        TILE = _pool_tile(in_hw, kernel_hw)  # noqa: N806
+        NV, NT = YH * TILE, YH  # noqa: N806
+    else:
+        NV = OH * NR if rows else -(-P // LANES)  # noqa: N806
+        TILE = max(1, min(NV, MAX_ACC // OC))  # noqa: N806 - vectors a tile (x OC accs)
+        NT = -(-NV // TILE)  # noqa: N806
+    S_LAST = max(0, 2 * w * (NT - 1) - (P - TILE * LANES)) if pooled else 0  # noqa: N806
 
     def index(t, v):  # a tile's v-th vector's index (the last tile repeats the last vector)
         return T.min(t * T.int64(TILE) + v, T.int64(NV - 1))
@@ -319,6 +363,9 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
         return T.min(i % T.int64(NR) * T.int64(LANES), T.int64(OW - LANES))
 
     def first(t, v):  # a tile's v-th vector's first position
+        if pooled:  # the last tile shifted back whole (S_LAST), so no read passes the plane
+            return (T.min(t * T.int64(2 * w), T.int64(P - TILE * LANES))
+                    + v * T.int64(LANES))
         i = index(t, v)
         if rows:
             return i // T.int64(NR) * T.int64(w) + column(i)
@@ -364,50 +411,81 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
         return channel_value(epilogue, acc.vload([slot(o, v)], "int32x16"), chan_i, chan_f, o,
                              LANES)
 
+    def corner(acc, o, shift, d):  # sums d + 2i of a pooling tile's pair of rows, i < 16
+        return T.Shuffle([acc.vload([slot(o, v)], "int32x16") for v in range(TILE)],
+                         [shift + d + 2 * min(i, YW - 1) for i in range(LANES)])
+
+    @T.macro
+    def pool_row(acc, chan_i, chan_f, yf, n, o, t, shift):
+        # the max of each 2x2 block of output channel o's sums, taken from the accumulators
+        # (the tile's first row starts ``shift`` positions into them; lanes past YW are not
+        # stored), the epilogue, one masked store
+        T.evaluate(T.masked_store(
+            yf, channel_value(epilogue, T.max(
+                T.max(corner(acc, o, shift, 0), corner(acc, o, shift, 1)),
+                T.max(corner(acc, o, shift, w), corner(acc, o, shift, w + 1))),
+                chan_i, chan_f, o, LANES),
+            T.Ramp(((n * T.int64(OC) + o) * T.int64(YH) + t) * T.int64(YW), T.int64(1),
+                   LANES),
+            T.Ramp(T.int64(0), T.int64(1), LANES) < T.Broadcast(T.int64(YW), LANES)))
+
+    @T.macro
+    def store_tile(acc, res, chan_i, chan_f, y, yf, n, o, t):
+        for v in T.unroll(T.int64(TILE)):
+            if rows:  # 16 outputs of one row: one store
+                y[n, o, index(t, v) // T.int64(NR), T.ramp(column(index(t, v)), 1, LANES)] = \
+                    result(acc, chan_i, chan_f, o, v)
+            else:  # one masked store for each output row the vector meets
+                res[T.ramp(T.int64(0), 1, LANES)] = result(acc, chan_i, chan_f, o, v)
+                for j in T.unroll(T.int64(SPAN)):
+                    if (t * T.int64(TILE) + v < T.int64(NV)
+                            and first(t, v) // T.int64(w) + j < T.int64(OH)):
+                        T.evaluate(T.masked_store(
+                            yf, res.vload([T.int64(0)], f"{out_t}x{LANES}"),
+                            segment(n, o, first(t, v), first(t, v) // T.int64(w) + j),
+                            in_row(first(t, v), first(t, v) // T.int64(w) + j)))
+
+    @T.macro
+    def tile(xf, quads, offsets, comp, chan_i, chan_f, y, yf, acc, a, res, n, t, shift):
+        for o in T.unroll(T.int64(OC)):
+            for v in T.unroll(T.int64(TILE)):
+                for lane in T.vectorized(T.int64(LANES)):
+                    acc[slot(o, v) + lane] = comp[o]
+        for g in range(T.int64(G)):
+            for v in T.unroll(T.int64(TILE)):
+                a[T.ramp(v * T.int64(LANES), 1, LANES)] = a_operand(
+                    xf, offsets, n, g, first(t, v))
+            for o in T.unroll(T.int64(OC)):
+                for v in T.unroll(T.int64(TILE)):
+                    acc[T.ramp(slot(o, v), 1, LANES)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(INTRIN),
+                        acc.vload([slot(o, v)], "int32x16"),
+                        T.reinterpret(a.vload([v * T.int64(LANES)], "int32x16"),
+                                      dtype="uint8x64"),
+                        T.reinterpret(T.Broadcast(quad(quads, o, g), LANES), dtype="int8x64"),
+                        dtype="int32x16")
+        for o in T.unroll(T.int64(OC)):
+            if pooled:
+                pool_row(acc, chan_i, chan_f, yf, n, o, t, shift)
+            else:
+                store_tile(acc, res, chan_i, chan_f, y, yf, n, o, t)
+
     @T.macro
     def body(xf, quads, offsets, comp, chan_i, chan_f, y, yf):
         for n in T.parallel(T.int64(B)):  # images; at batch 1 one thread (no launch)
             acc = T.decl_buffer((T.int64(OC * TILE * LANES),), "int32", scope="local")
             a = T.decl_buffer((T.int64(TILE * LANES),), "int32", scope="local")
             res = T.decl_buffer((T.int64(LANES),), out_t, scope="local")
-            for t in range(T.int64(NT)):
-                for o in T.unroll(T.int64(OC)):
-                    for v in T.unroll(T.int64(TILE)):
-                        for lane in T.vectorized(T.int64(LANES)):
-                            acc[slot(o, v) + lane] = comp[o]
-                for g in range(T.int64(G)):
-                    for v in T.unroll(T.int64(TILE)):
-                        a[T.ramp(v * T.int64(LANES), 1, LANES)] = a_operand(
-                            xf, offsets, n, g, first(t, v))
-                    for o in T.unroll(T.int64(OC)):
-                        for v in T.unroll(T.int64(TILE)):
-                            acc[T.ramp(slot(o, v), 1, LANES)] = T.call_llvm_pure_intrin(
-                                T.llvm_lookup_intrinsic_id(INTRIN),
-                                acc.vload([slot(o, v)], "int32x16"),
-                                T.reinterpret(a.vload([v * T.int64(LANES)], "int32x16"),
-                                              dtype="uint8x64"),
-                                T.reinterpret(T.Broadcast(quad(quads, o, g), LANES),
-                                              dtype="int8x64"),
-                                dtype="int32x16")
-                for o in T.unroll(T.int64(OC)):
-                    for v in T.unroll(T.int64(TILE)):
-                        if rows:  # 16 outputs of one row: one store
-                            y[n, o, index(t, v) // T.int64(NR),
-                              T.ramp(column(index(t, v)), 1, LANES)] = result(
-                                acc, chan_i, chan_f, o, v)
-                        else:  # one masked store for each output row the vector meets
-                            res[T.ramp(T.int64(0), 1, LANES)] = result(acc, chan_i, chan_f, o, v)
-                            for j in T.unroll(T.int64(SPAN)):
-                                if (t * T.int64(TILE) + v < T.int64(NV)
-                                        and first(t, v) // T.int64(w) + j < T.int64(OH)):
-                                    T.evaluate(T.masked_store(
-                                        yf, res.vload([T.int64(0)], f"{out_t}x{LANES}"),
-                                        segment(n, o, first(t, v), first(t, v) // T.int64(w)
-                                                + j), in_row(first(t, v),
-                                                             first(t, v) // T.int64(w) + j)))
+            # a pooling kernel's last tile (shifted back S_LAST) on its own: its 2x2 blocks
+            # then lie at positions known when the kernel is built
+            for t in range(T.int64(NT - 1 if pooled else NT)):
+                tile(xf, quads, offsets, comp, chan_i, chan_f, y, yf, acc, a, res, n, t, 0)
+            if pooled:
+                tile(xf, quads, offsets, comp, chan_i, chan_f, y, yf, acc, a, res, n,
+                     T.int64(NT - 1), S_LAST)
 
     x_shape = (T.int64(B), T.int64(C), T.int64(h), T.int64(w))
-    y_shape = (T.int64(B), T.int64(OC), T.int64(OH), T.int64(OW))
+    y_shape = (T.int64(B), T.int64(OC), T.int64(YH), T.int64(YW))
     if epilogue is None:
         @T.prim_func(private=True, s_tir=True)
         def vnni_conv(x: T.Buffer(x_shape, x_dtype),
@@ -417,7 +495,7 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                       y: T.Buffer(y_shape, "int32")):
             T.func_attr(_attrs("VNNI int8 convolution"))
             xf = T.decl_buffer((T.int64(B * PLANE),), x_dtype, data=x.data)
-            yf = T.decl_buffer((T.int64(B * OC * OH * OW),), "int32", data=y.data)
+            yf = T.decl_buffer((T.int64(B * OC * YH * YW),), "int32", data=y.data)
             body(xf, quads, offsets, comp, None, None, y, yf)
 
         return vnni_conv
@@ -432,7 +510,7 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                            y: T.Buffer(y_shape, out_t)):
         T.func_attr(_attrs("VNNI int8 convolution + requantization"))
         xf = T.decl_buffer((T.int64(B * PLANE),), x_dtype, data=x.data)
-        yf = T.decl_buffer((T.int64(B * OC * OH * OW),), out_t, data=y.data)
+        yf = T.decl_buffer((T.int64(B * OC * YH * YW),), out_t, data=y.data)
         body(xf, quads, offsets, comp, chan_i, chan_f, y, yf)
 
     return vnni_conv_epilogue

@@ -61,6 +61,20 @@ class Bindings:
                     relax.analysis.post_order_visit(b.value, visit)
         relax.analysis.post_order_visit(func.body.body, visit)
 
+    def pool_2x2(self, var):
+        """The single user of ``var`` when it is a 2x2 max pool of stride 2 (NCHW, no padding
+        or dilation, floor mode): what our direct convolutions can take in, else None."""
+        v = self.single_user(var, "relax.nn.max_pool2d")
+        if v is None:
+            return None
+        at = self.value[v].attrs
+        plain = ([int(i) for i in at.pool_size] == [2, 2]
+                 and [int(i) for i in at.strides] == [2, 2]
+                 and all(int(i) == 0 for i in at.padding)
+                 and all(int(i) == 1 for i in at.dilation) and not bool(at.ceil_mode)
+                 and str(at.layout) == "NCHW" and str(at.out_layout) in ("NCHW", ""))
+        return v if plain else None
+
     def single_user(self, var, op: str):
         """The var bound to ``op(var, ...)`` if that is ``var``'s only use, else None."""
         if self.uses.get(var, 0) != 1:

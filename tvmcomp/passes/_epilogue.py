@@ -45,6 +45,39 @@ class EpiloguePlan:
                         len(self.int_rows), len(self.float_rows),
                         "int32" if narrow else "int64", () if narrow else fits)
 
+    def non_decreasing(self) -> bool:
+        """Whether the epilogue's result never decreases as the sum grows: then the max of
+        some sums' results is the result of their max, and a 2x2 max pool after the layer can
+        be taken on the sums before it (a quarter of the epilogues)."""
+        epi = self.epilogue()
+        if epi is None:
+            return True
+        steps = epi.steps
+        ranges = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767),
+                  "int32": (-(1 << 31), (1 << 31) - 1)}
+        for k, (op, args, dtype) in enumerate(steps):
+            running = [a[0] in ("acc", "step") for a in args]
+            consts = [self.float_rows[a[1]] if a[0] == "chan" and a[2].startswith("float")
+                      else _values(a, self.int_rows) for a, r in zip(args, running) if not r]
+            if op in ("add", "clip", "maximum", "minimum", "relu"):
+                ok = op == "add" or running[0] and not any(running[1:])
+            elif op in ("subtract", "right_shift"):
+                ok = running[0] and not running[1] and (op == "subtract"
+                                                        or (consts[0] >= 0).all())
+            elif op == "multiply":
+                ok = sum(running) == 1 and all((c >= 0).all() for c in consts)
+            elif op == "astype":  # narrowing: only values a clip before it kept in range
+                lo, hi = ranges.get(dtype, (None, None))
+                prev = steps[args[0][1]] if args[0][0] == "step" else None
+                ok = lo is None or dtype == "int32" and args[0][0] == "acc" or (
+                    prev is not None and prev[0] == "clip"
+                    and lo <= prev[1][1][1] and prev[1][2][1] <= hi)
+            else:
+                ok = False
+            if not ok:
+                return False
+        return True
+
     def constants(self, width: int) -> list:
         """The kernel's ``chan_i, chan_f`` arguments (``width`` columns: the channels, or
         more for a kernel that pads them; one row of zeros for an empty table)."""

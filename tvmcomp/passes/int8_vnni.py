@@ -17,9 +17,13 @@ only the last value:
                    (x_q, quads, offsets, comp[, chan_i, chan_f]))
 
 after an ``R.nn.pad`` with zeros where the conv pads (QuantizeInt8 pads with a non-zero zero
-point itself). The pipeline runs the pass where the target's CPU has ``avx512vnni`` (the
-profile's ``mcpu``: :func:`target_has_vnni`); layers the kernels do not take are left as
-they are.
+point itself). A conv kernel also takes the 2x2 max pool of stride 2 that follows its last
+value (``..._pool2``) where its epilogue never decreases as the sum grows (the max is taken
+on the sums; :meth:`EpiloguePlan.non_decreasing`) and a pair of output rows fits its
+accumulators (:func:`~tvmcomp.kernels.vnni.conv_pool_fits`).
+
+The pipeline runs the pass where the target's CPU has ``avx512vnni`` (the profile's
+``mcpu``: :func:`target_has_vnni`); layers the kernels do not take are left as they are.
 """
 
 from __future__ import annotations
@@ -61,10 +65,12 @@ class Int8Vnni:
 
 @dataclass
 class _Layer:
-    """A layer the kernels take: its core binding's value and what its kernel computes."""
+    """A layer the kernels take: its core binding's value, what its kernel computes, and
+    whether it takes the 2x2 max pool after that too (conv only)."""
 
     core: relax.Call
     plan: EpiloguePlan
+    pool: int = 1
 
 
 @mutator
@@ -87,9 +93,27 @@ class _Rewriter(PyExprMutator):
             if kind_channels is None:
                 continue
             plan = plan_epilogue(b, var, *kind_channels)
-            self.final[plan.final] = _Layer(b.value[var], plan)
-            self.skip.update(plan.members[:-1])
+            pool = self._pool(b, b.value[var], plan)
+            if pool is None:
+                self.final[plan.final] = _Layer(b.value[var], plan)
+                self.skip.update(plan.members[:-1])
+            else:  # the pool's binding takes the kernel's call
+                self.final[pool] = _Layer(b.value[var], plan, 2)
+                self.skip.update(plan.members)
         return bool(self.final)
+
+    @staticmethod
+    def _pool(b: Bindings, core, plan: EpiloguePlan):
+        """The 2x2 max pool after a conv's last computed value that its kernel can take (the
+        epilogue non-decreasing, the tile's row pair in its accumulators), else None."""
+        if plan.kind != "conv" or not plan.non_decreasing():
+            return None
+        pool = b.pool_2x2(plan.final)
+        (_, _, h, w), khw = shape_of(core.args[0]), const_np(core.args[1]).shape[2:]
+        top, left, bottom, right = (int(p) for p in core.attrs.padding)
+        hw = (h + top + bottom, w + left + right)
+        return pool if pool is not None and vnni.conv_pool_fits(hw, khw, plan.channels) \
+            else None
 
     @staticmethod
     def _layer(val) -> tuple[str, int] | None:
@@ -155,9 +179,10 @@ class _Rewriter(PyExprMutator):
         epi = layer.plan.epilogue()
         extra = layer.plan.constants(oc) if epi else []
         gv = self._kernel(f"{vnni.CONV_NAME}b{n}_{c}x{hw[0]}x{hw[1]}_{oc}k{kh}x{kw}_{dtype}"
-                          f"{layer.plan.suffix()}",
-                          lambda: vnni.conv_kernel(n, c, hw, oc, (kh, kw), dtype, epi))
-        out = (n, oc, hw[0] - kh + 1, hw[1] - kw + 1)
+                          f"{'_pool2' if layer.pool == 2 else ''}{layer.plan.suffix()}",
+                          lambda: vnni.conv_kernel(n, c, hw, oc, (kh, kw), dtype, epi,
+                                                   layer.pool))
+        out = (n, oc, (hw[0] - kh + 1) // layer.pool, (hw[1] - kw + 1) // layer.pool)
         return relax.call_tir(gv, [x, relax.const(p.quads), relax.const(p.offsets),
                                    relax.const(p.comp), *extra],
                               relax.TensorType(out, epi.out_dtype if epi else "int32"))

@@ -315,20 +315,6 @@ class _ConvMatch:
                 *pooled_hw((h - kh + 1, w - kw + 1), self.pool))
 
 
-def _pool_2x2(b: Bindings, var) -> relax.Var | None:
-    """The single user of ``var`` when it is a 2x2 max pool of stride 2 (NCHW, no padding or
-    dilation, floor mode): what the direct sparse convolution can take in its epilogue."""
-    v = b.single_user(var, "relax.nn.max_pool2d")
-    if v is None:
-        return None
-    at = b.value[v].attrs
-    plain = ([int(i) for i in at.pool_size] == [2, 2] and [int(i) for i in at.strides] == [2, 2]
-             and all(int(i) == 0 for i in at.padding)
-             and all(int(i) == 1 for i in at.dilation) and not bool(at.ceil_mode)
-             and str(at.layout) == "NCHW" and str(at.out_layout) in ("NCHW", ""))
-    return v if plain else None
-
-
 def sparse_conv_candidates(func: relax.Function) -> list[_ConvMatch]:
     """The float ``[relu](add(conv2d(x, W), b))`` layers of ``func`` the direct sparse
     convolution kernel computes (:mod:`tvmcomp.kernels.sparse_conv`): constant OIHW ``W``,
@@ -374,7 +360,7 @@ def sparse_conv_candidates(func: relax.Function) -> list[_ConvMatch]:
         relu_v = b.single_user(top, "relax.nn.relu")
         if relu_v is not None:
             top, relu = relu_v, True
-        pool_v = _pool_2x2(b, top) if pool_fits(hw, khw) else None
+        pool_v = b.pool_2x2(top) if pool_fits(hw, khw) else None
         out.append(_ConvMatch(top if pool_v is None else pool_v, val.args[0], w, bias, relu,
                               xs[0], layer_name(op, idx), tuple(xs), pad,
                               pool=1 if pool_v is None else 2))
