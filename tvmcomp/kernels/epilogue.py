@@ -37,11 +37,13 @@ class Epilogue:
         return self.steps[-1][2] if self.steps else "int32"
 
 
-def rows(epilogue: Epilogue | None) -> tuple[int, int]:
-    """Rows of the per-channel constant buffers (at least one: a buffer is never empty)."""
-    if epilogue is None:
-        return 1, 1
-    return max(1, epilogue.int_rows), max(1, epilogue.float_rows)
+def tables(epilogue: Epilogue | None, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Shapes of a kernel's per-channel constant tables ``chan_i`` and ``chan_f``: ``[rows,
+    width]``, or ``[1, 1]`` for a kind of constant the epilogue has none of (never read; a
+    buffer is never empty, and a row of zeros as wide as the layer would be stored in the
+    artifact for nothing)."""
+    ir, fr = (epilogue.int_rows, epilogue.float_rows) if epilogue is not None else (0, 0)
+    return ((ir, width) if ir else (1, 1)), ((fr, width) if fr else (1, 1))
 
 
 def value(epi: Epilogue | None, acc, chan, lanes: int):

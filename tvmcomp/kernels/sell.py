@@ -34,7 +34,7 @@ import numpy as np
 from . import HAND_SCHEDULED
 from .codebook import MAX_CODES, code_bits, codes_per_byte, encode, pack, unpack
 from .epilogue import Epilogue, channel_value
-from .epilogue import rows as epilogue_rows
+from .epilogue import tables as epilogue_tables
 
 MAX_GAP = 255    # the largest column step one uint8 index entry holds
 SLICE = 8        # rows per slice = lanes of the batch-1 kernel's vector accumulators
@@ -392,7 +392,7 @@ def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool,  # no
 
     out_t = epilogue.out_dtype if epilogue is not None else "int32"
     int_t = epilogue.int_dtype if epilogue is not None else "int64"
-    IR, FR = epilogue_rows(epilogue)  # noqa: N806
+    (IR, WI), (FR, WF) = epilogue_tables(epilogue, N)  # noqa: N806
 
     if integer:  # (x, data, indices, slice_ptr, row_order, chan_i, chan_f) -> y
         @T.macro
@@ -409,8 +409,8 @@ def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool,  # no
             def sell_int_b1(x: T.Buffer((T.int64(1), T.int64(K)), x_dtype), data_h: T.handle,
                             idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
                             row_order: T.Buffer((T.int64(NS * C),), row_t),
-                            chan_i: T.Buffer((T.int64(IR), T.int64(N)), int_t),
-                            chan_f: T.Buffer((T.int64(FR), T.int64(N)), "float32"),
+                            chan_i: T.Buffer((T.int64(IR), T.int64(WI)), int_t),
+                            chan_f: T.Buffer((T.int64(FR), T.int64(WF)), "float32"),
                             y: T.Buffer((T.int64(1), T.int64(N)), out_t)):
                 T.func_attr(HAND_SCHEDULED_ATTRS)
                 nnz = T.int64()
@@ -428,8 +428,8 @@ def _kernel(B: int, K: int, N: int, x_dtype: str, values: str, relu: bool,  # no
         def sell_int_bn(x: T.Buffer((T.int64(B), T.int64(K)), x_dtype), data_h: T.handle,
                         idx_h: T.handle, slice_ptr: T.Buffer((T.int64(NS + 1),), "int32"),
                         row_order: T.Buffer((T.int64(NS * C),), row_t),
-                        chan_i: T.Buffer((T.int64(IR), T.int64(N)), int_t),
-                        chan_f: T.Buffer((T.int64(FR), T.int64(N)), "float32"),
+                        chan_i: T.Buffer((T.int64(IR), T.int64(WI)), int_t),
+                        chan_f: T.Buffer((T.int64(FR), T.int64(WF)), "float32"),
                         y: T.Buffer((T.int64(B), T.int64(N)), out_t)):
             T.func_attr(HAND_SCHEDULED_ATTRS)
             nnz = T.int64()

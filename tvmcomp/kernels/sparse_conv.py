@@ -31,7 +31,7 @@ import numpy as np
 
 from . import HAND_SCHEDULED
 from .epilogue import Epilogue, channel_value
-from .epilogue import rows as epilogue_rows
+from .epilogue import tables as epilogue_tables
 
 LANES = 8      # float32 lanes of an AVX2 register
 MAX_TILE = 9   # vector accumulators a tile keeps in registers (16 ymm: 9 + broadcast + loads)
@@ -164,7 +164,7 @@ def sparse_conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_ch
         raise ValueError("sparse conv takes an epilogue over integer sums only")
     out_t = epilogue.out_dtype if epilogue is not None else acc_t
     int_t = epilogue.int_dtype if epilogue is not None else "int64"
-    IR, FR = epilogue_rows(epilogue)  # noqa: N806
+    (IR, WI), (FR, WF) = epilogue_tables(epilogue, OC)  # noqa: N806
 
     def start(t):  # the flat position of a tile's first vector
         return t * T.int64(TILE * L if pool == 1 else 2 * RP * w)
@@ -260,8 +260,8 @@ def sparse_conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_ch
                 x: T.Buffer((T.int64(B), T.int64(C), T.int64(h), T.int64(w)), x_dtype),
                 values_h: T.handle, offsets_h: T.handle,
                 row_ptr: T.Buffer((T.int64(OC + 1),), "int32"),
-                chan_i: T.Buffer((T.int64(IR), T.int64(OC)), int_t),
-                chan_f: T.Buffer((T.int64(FR), T.int64(OC)), "float32"),
+                chan_i: T.Buffer((T.int64(IR), T.int64(WI)), int_t),
+                chan_f: T.Buffer((T.int64(FR), T.int64(WF)), "float32"),
                 y: T.Buffer((T.int64(B), T.int64(OC), T.int64(OH), T.int64(OW)), out_t)):
             T.func_attr(HAND_SCHEDULED_ATTRS)
             nnz = T.int64()

@@ -39,7 +39,7 @@ import numpy as np
 from . import HAND_SCHEDULED
 from .decode import Placement
 from .epilogue import Epilogue, channel_value
-from .epilogue import rows as epilogue_rows
+from .epilogue import tables as epilogue_tables
 from .epilogue import value as epilogue_value
 from .sparse_conv import supported
 
@@ -174,7 +174,7 @@ def dense_kernel(m: int, k: int, n: int, x_dtype: str, epilogue: Epilogue | None
 
     out_t = epilogue.out_dtype if epilogue is not None else "int32"
     int_t = epilogue.int_dtype if epilogue is not None else "int64"
-    IR, FR = epilogue_rows(epilogue)  # noqa: N806
+    (IR, WI), (FR, WF) = epilogue_tables(epilogue, NB * LANES)  # noqa: N806
 
     def result(acc, chan_i, chan_f, c, r, b):
         def chan(row, dtype, is_int):
@@ -230,8 +230,8 @@ def dense_kernel(m: int, k: int, n: int, x_dtype: str, epilogue: Epilogue | None
     def vnni_dense_epilogue(x: T.Buffer((T.int64(m), T.int64(k)), x_dtype),
                             packed: T.Buffer((T.int64(NB), T.int64(KB), T.int64(64)), "int8"),
                             comp: T.Buffer((T.int64(NB * LANES),), "int32"),
-                            chan_i: T.Buffer((T.int64(IR), T.int64(NB * LANES)), int_t),
-                            chan_f: T.Buffer((T.int64(FR), T.int64(NB * LANES)), "float32"),
+                            chan_i: T.Buffer((T.int64(IR), T.int64(WI)), int_t),
+                            chan_f: T.Buffer((T.int64(FR), T.int64(WF)), "float32"),
                             y: T.Buffer((T.int64(m), T.int64(n)), out_t)):
         T.func_attr(_attrs("VNNI int8 dense + requantization"))
         xf = T.decl_buffer((T.int64(m * k),), x_dtype, data=x.data)
@@ -405,7 +405,7 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
 
     out_t = epilogue.out_dtype if epilogue is not None else "int32"
     int_t = epilogue.int_dtype if epilogue is not None else "int64"
-    IR, FR = epilogue_rows(epilogue)  # noqa: N806
+    (IR, WI), (FR, WF) = epilogue_tables(epilogue, OC)  # noqa: N806
 
     def result(acc, chan_i, chan_f, o, v):
         return channel_value(epilogue, acc.vload([slot(o, v)], "int32x16"), chan_i, chan_f, o,
@@ -505,8 +505,8 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                            quads: T.Buffer((T.int64(OC), T.int64(4 * G)), "int8"),
                            offsets: T.Buffer((T.int64(4 * G),), "int32"),
                            comp: T.Buffer((T.int64(OC),), "int32"),
-                           chan_i: T.Buffer((T.int64(IR), T.int64(OC)), int_t),
-                           chan_f: T.Buffer((T.int64(FR), T.int64(OC)), "float32"),
+                           chan_i: T.Buffer((T.int64(IR), T.int64(WI)), int_t),
+                           chan_f: T.Buffer((T.int64(FR), T.int64(WF)), "float32"),
                            y: T.Buffer(y_shape, out_t)):
         T.func_attr(_attrs("VNNI int8 convolution + requantization"))
         xf = T.decl_buffer((T.int64(B * PLANE),), x_dtype, data=x.data)

@@ -80,11 +80,12 @@ class EpiloguePlan:
 
     def constants(self, width: int) -> list:
         """The kernel's ``chan_i, chan_f`` arguments (``width`` columns: the channels, or
-        more for a kernel that pads them; one row of zeros for an empty table)."""
+        more for a kernel that pads them; ``[1, 1]`` for an empty table:
+        :func:`~tvmcomp.kernels.epilogue.tables`)."""
         epi = self.epilogue() or Epilogue(())
 
         def table(arrays, dtype):
-            out = np.zeros((max(1, len(arrays)), width), dtype)
+            out = np.zeros((len(arrays), width) if arrays else (1, 1), dtype)
             for r, a in enumerate(arrays):
                 out[r, :a.size] = a
             return relax.const(out, str(out.dtype))  # (int64 is kept only when named)
