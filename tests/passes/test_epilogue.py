@@ -7,7 +7,10 @@ import pytest
 
 pytest.importorskip("tvm")
 
-from tvmcomp.passes._epilogue import _without_sign_correction  # noqa: E402
+from tvmcomp.passes._epilogue import (  # noqa: E402
+    _rounding_in_shift,
+    _without_sign_correction,
+)
 
 # QuantizeInt8's requantization after an int8 layer, as the epilogue planner records it:
 # y = clip((int64(acc + bias) * M + R - (v < 0)) >> s, lo, hi), per-channel bias, M, R, s
@@ -82,3 +85,30 @@ def test_sign_correction_stays_when_the_rounding_constant_is_too_large():
     rows = _rows(np.random.default_rng(1), 4, 33)
     rows[2] = (np.int64(1) << rows[3]).astype(np.int64)
     assert _without_sign_correction(STEPS, rows) == STEPS
+
+
+@pytest.mark.parametrize("lo", [0, -128])
+def test_rounding_constant_folds_into_the_shift(lo):
+    """``(v + 2**(s-1)) >> s`` computed as ``((v >> (s-1)) + 1) >> 1``: bit for bit the same
+    over sums of both signs (exact halves among them), with or without the sign correction
+    before it; the int64 rounding row goes and the rows left fit int32."""
+    rng = np.random.default_rng(2)
+    steps = STEPS[:8] + (("clip", (("step", 7), ("const", lo, "int64"),
+                                   ("const", 127, "int64")), "int64"), STEPS[9])
+    rows = _rows(rng, 8, 40)
+    acc = rng.integers(-(1 << 18), 1 << 18, (4096, 8)).astype(np.int32)
+    v = (acc.astype(np.int64) + rows[0]) * rows[1]
+    acc[:8] = -rows[0].astype(np.int32)  # v == 0, and below exact halves of 2**s
+    simple = _without_sign_correction(steps, rows)
+    folded, left = _rounding_in_shift(simple, rows)
+    assert len(left) == 3 and all(np.abs(r).max() < 1 << 31 for r in left)
+    assert [op for op, _, _ in folded].count("right_shift") == 2
+    np.testing.assert_array_equal(_run(folded, acc, left), _run(steps, acc, rows))
+    assert len(np.unique(_run(steps, acc, rows))) > 50 and (v < 0).any()
+
+
+def test_rounding_constant_stays_when_it_is_not_half_the_shift():
+    rows = _rows(np.random.default_rng(3), 4, 40)
+    rows[2] = rows[2] + 1
+    steps, left = _rounding_in_shift(STEPS, rows)
+    assert steps == STEPS and len(left) == 4

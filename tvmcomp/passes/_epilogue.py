@@ -35,30 +35,36 @@ class EpiloguePlan:
     def final(self):
         return self.members[-1]
 
+    def simplified(self) -> tuple[tuple, list]:
+        """``(steps, integer rows)`` the kernel computes: the recorded steps without the sign
+        correction a clip at 0 makes moot (:func:`_without_sign_correction`), and with the
+        rounding constant folded into the shift (:func:`_rounding_in_shift`)."""
+        return _rounding_in_shift(_without_sign_correction(tuple(self.steps), self.int_rows),
+                                  self.int_rows)
+
     def epilogue(self) -> Epilogue | None:
         if not self.steps:
             return None
+        steps, int_rows = self.simplified()
         lo, hi = np.iinfo(np.int32).min, np.iinfo(np.int32).max
-        fits = tuple(i for i, r in enumerate(self.int_rows) if r.min() >= lo and r.max() <= hi)
-        narrow = len(fits) == len(self.int_rows)
-        return Epilogue(_without_sign_correction(tuple(self.steps), self.int_rows),
-                        len(self.int_rows), len(self.float_rows),
+        fits = tuple(i for i, r in enumerate(int_rows) if r.min() >= lo and r.max() <= hi)
+        narrow = len(fits) == len(int_rows)
+        return Epilogue(steps, len(int_rows), len(self.float_rows),
                         "int32" if narrow else "int64", () if narrow else fits)
 
     def non_decreasing(self) -> bool:
         """Whether the epilogue's result never decreases as the sum grows: then the max of
         some sums' results is the result of their max, and a 2x2 max pool after the layer can
         be taken on the sums before it (a quarter of the epilogues)."""
-        epi = self.epilogue()
-        if epi is None:
+        if not self.steps:
             return True
-        steps = epi.steps
+        steps, int_rows = self.simplified()
         ranges = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767),
                   "int32": (-(1 << 31), (1 << 31) - 1)}
         for k, (op, args, dtype) in enumerate(steps):
             running = [a[0] in ("acc", "step") for a in args]
             consts = [self.float_rows[a[1]] if a[0] == "chan" and a[2].startswith("float")
-                      else _values(a, self.int_rows) for a, r in zip(args, running) if not r]
+                      else _values(a, int_rows) for a, r in zip(args, running) if not r]
             if op in ("add", "clip", "maximum", "minimum", "relu"):
                 ok = op == "add" or running[0] and not any(running[1:])
             elif op in ("subtract", "right_shift"):
@@ -90,7 +96,8 @@ class EpiloguePlan:
                 out[r, :a.size] = a
             return relax.const(out, str(out.dtype))  # (int64 is kept only when named)
 
-        return [table(self.int_rows, epi.int_dtype), table(self.float_rows, np.float32)]
+        return [table(self.simplified()[1] if self.steps else [], epi.int_dtype),
+                table(self.float_rows, np.float32)]
 
     def suffix(self) -> str:
         """``_{out dtype}_{hash of the steps}`` for a kernel's name ("" without an epilogue):
@@ -195,6 +202,56 @@ def _without_sign_correction(steps: tuple, int_rows: list) -> tuple:
             continue
         steps[k] = (op, (("step", a), args[1]), steps[k][2])
     return _live(steps)
+
+
+def _rounding_in_shift(steps: tuple, int_rows: list) -> tuple[tuple, list]:
+    """``steps`` and their integer rows with ``(v + R) >> s``, where every channel's ``R`` is
+    ``2**(s-1)``, computed as ``((v >> (s-1)) + 1) >> 1``: the same for every int64 ``v``
+    (with ``v = q * 2**(s-1) + r``, ``0 <= r < 2**(s-1)``, both are ``floor((q+1) / 2)``);
+    with the sign correction ``c`` between the add and the shift, ``v - c`` takes ``v``'s
+    place. The int64 row ``R`` goes (a requantization's rows left, bias, multiplier and ``s-1``, fit
+    int32, so its whole table does: half the bytes, and ``vpmuldq`` multiplies)."""
+    steps, rows = list(steps), list(int_rows)
+
+    def only_user(j, k):
+        return [u for u, (_, uargs, _) in enumerate(steps) if ("step", j) in uargs] == [k]
+
+    for k, (op, args, dtype) in enumerate(steps):
+        if op != "right_shift" or args[0][0] != "step" or args[1][0] != "chan":
+            continue
+        a = args[0][1]
+        sub = None  # the sign correction between the add and the shift: (v + R - c) >> s
+        if steps[a][0] == "subtract" and steps[a][1][0][0] == "step" and only_user(a, k):
+            sub, a = steps[a], steps[a][1][0][1]
+        add = steps[a]
+        if add[0] != "add" or add[1][1][0] != "chan" or not only_user(a, k if sub is None
+                                                                       else args[0][1]):
+            continue
+        if sub is not None and not (sub[1][1][0] == "step" and sub[1][1][1] < a):
+            continue  # the correction is computed after the add: no place for it before
+        shift, r = rows[args[1][1]].astype(np.int64), rows[add[1][1][1]].astype(np.int64)
+        if (shift < 1).any() or (shift > 62).any() or \
+                not np.array_equal(r, np.int64(1) << (shift - 1)):
+            continue
+        rows.append(shift - 1)
+        x = add[1][0]
+        if sub is not None:  # ((v - c) + R) >> s: the correction first, then the shift
+            steps[a] = ("subtract", (x, sub[1][1]), sub[2])
+            x, a = ("step", a), args[0][1]
+        steps[a] = ("right_shift", (x, ("chan", len(rows) - 1, args[1][2])), add[2])
+        later = [(o, tuple(("step", j + 1) if x[0] == "step" and j >= k else x
+                           for x, j in ((x, x[1] if x[0] == "step" else -1) for x in xs)), d)
+                 for o, xs, d in steps[k + 1:]]
+        steps[k:] = [("add", (("step", a), ("const", 1, dtype)), dtype),
+                     ("right_shift", (("step", k), ("const", 1, dtype)), dtype), *later]
+        break
+    used = sorted({x[1] for _, xs, _ in steps for x in xs
+                   if x[0] == "chan" and not x[2].startswith("float")})
+    new = {old: i for i, old in enumerate(used)}
+    steps = [(o, tuple(("chan", new[x[1]], x[2]) if x[0] == "chan"
+                       and not x[2].startswith("float") else x for x in xs), d)
+             for o, xs, d in steps]
+    return tuple(steps), [rows[i] for i in used]
 
 
 def _live(steps: list) -> tuple:
