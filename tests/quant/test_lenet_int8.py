@@ -210,3 +210,57 @@ def test_whole_network_matches_numpy_integer_reference(cfg, lenet_onnx, calib_im
     got, ref = run(x), _numpy_int8_lenet(q, x)
     # every int8 layer bit-exact; only the final float32 scaling rounds
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_ort_quantizer_given_our_ranges_makes_our_scales(tmp_path, lenet_onnx, calib_images):
+    """Our calibrated ranges fed to ONNX Runtime's own quantizer (``TensorQuantOverrides``:
+    each tensor's rmin / rmax, symmetric int8 activations, per-channel symmetric int8
+    weights) give the QDQ parameters ours has: each activation's scale and zero point, each
+    weight's per-channel scales (ORT computes them from the weights itself)."""
+    from onnx import numpy_helper
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+
+    q = quantize_onnx(lenet_onnx, calib_images, QuantConfig(num_calib=64))
+    xc = calib_images[:64]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter({"input": xc[i: i + 16]} for i in range(0, len(xc), 16))
+
+        def get_next(self):
+            return next(self.it, None)
+
+    overrides = {name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
+                 for name, (lo, hi) in q.ranges.items()}
+    path = str(tmp_path / "ort_overrides.onnx")
+    quantize_static(lenet_onnx, path, Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    per_channel=True,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                   "TensorQuantOverrides": overrides})
+
+    def qparams(model) -> dict:
+        """{quantized tensor: (scale, zero point)} of a QDQ model's QuantizeLinear nodes
+        (activations) and weight DequantizeLinear nodes (their int8 initializer)."""
+        inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        out = {}
+        for n in model.graph.node:
+            if n.op_type == "QuantizeLinear" or (n.op_type == "DequantizeLinear"
+                                                 and inits.get(n.input[0]) is not None
+                                                 and inits[n.input[0]].ndim > 1):
+                out[n.input[0] if n.op_type == "QuantizeLinear" else n.output[0]] = (
+                    inits[n.input[1]].astype(np.float64), inits[n.input[2]].astype(np.int64))
+        return out
+
+    ours, theirs = qparams(q.model), qparams(onnx.load(path))
+    acts = [t for t in q.ranges if t in ours]
+    assert len(acts) >= 5 and set(acts) <= set(theirs)
+    for t in acts:
+        np.testing.assert_allclose(theirs[t][0], ours[t][0], rtol=1e-6, err_msg=t)
+        np.testing.assert_array_equal(theirs[t][1], ours[t][1], err_msg=t)
+    ours_w = sorted(s.tolist() for s, _ in ours.values() if s.ndim == 1 and s.size > 1)
+    theirs_w = sorted(s.tolist() for s, _ in theirs.values() if s.ndim == 1 and s.size > 1)
+    assert len(ours_w) == 5 and len(theirs_w) == 5
+    for a, b in zip(ours_w, theirs_w):
+        np.testing.assert_allclose(b, a, rtol=1e-6)
