@@ -92,6 +92,10 @@ def test_conv_is_exact(n, c, hw, oc, k, dtype):
     (2, 1, (32, 32), 6, 5, "int8", True),  # LeNet-5's conv1 + pool: 4 vectors a row pair
     (1, 2, (11, 13), 4, 3, "uint8", False),  # odd output (9x11): the last row and column go
     (3, 3, (8, 20), 2, 2, "int8", True),     # 7x19 -> 3x9, the last tile's vectors shifted
+    (1, 6, (14, 14), 16, 5, "int8", True),   # LeNet-5's conv2 at batch 1: a row a tile, a
+    #                                          pair's first kept aside; the last pair's second
+    #                                          shifted back
+    (1, 2, (9, 12), 16, 3, "uint8", False),  # a row a tile, odd output (7x10): nothing shifted
 ])
 def test_conv_with_pool_is_exact(n, c, hw, oc, k, dtype, epilogue):
     """``pool=2``: the 2x2 max pool of stride 2 after the convolution (and its epilogue, which
@@ -101,7 +105,8 @@ def test_conv_with_pool_is_exact(n, c, hw, oc, k, dtype, epilogue):
     from tvmcomp.kernels.epilogue import Epilogue
     from tvmcomp.kernels.vnni import conv_pool_fits
 
-    assert conv_pool_fits(hw, (k, k), oc) and not conv_pool_fits((14, 14), (5, 5), 16)
+    assert conv_pool_fits(hw, (k, k), oc, n) and not conv_pool_fits((14, 40), (5, 5), 16)
+    assert conv_pool_fits((14, 14), (5, 5), 16, 1) != conv_pool_fits((14, 14), (5, 5), 16, 2)
     rng = np.random.default_rng(n + c)
     x = _x(rng, dtype, (n, c, *hw))
     w = rng.integers(-128, 128, (oc, c, k, k)).astype(np.int8)

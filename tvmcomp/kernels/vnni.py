@@ -301,20 +301,39 @@ def _pool_tile(in_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> int:
     return -(-(w + 2 * ((w - kw + 1) // 2)) // LANES)
 
 
-def conv_pool_fits(in_hw: tuple[int, int], kernel_hw: tuple[int, int],
-                   out_channels: int) -> bool:
-    """Whether the conv kernel can also take the 2x2 max pool of stride 2 that follows: a
-    pair of output rows of every output channel fits the accumulators, and a pooled row
-    one vector."""
+def _pool_mode(in_hw: tuple[int, int], kernel_hw: tuple[int, int], out_channels: int,
+               batch: int = 1) -> str | None:
+    """How the conv kernel takes the 2x2 max pool that follows, if it can: ``"block"``, a
+    tile the vectors of a pair of output rows, every output channel's in the accumulators;
+    ``"rows"`` (at batch 1 only), a tile one output row (one vector: rows of at most 16
+    outputs), the first of a pair kept aside while the second is summed; None.
+
+    A row a vector computes more lanes than vectors across rows do (LeNet-5's conv2: 10
+    vectors an image instead of 9), which the pool kernel and the epilogues it saves pay for
+    only where a kernel's call costs count: LeNet-5 int8 on a 2-vCPU Xeon, 4 interleaved
+    bench runs, 13.2-13.3 -> 11.2-11.5 µs at batch 1 but 182-184 -> 186-192 µs at batch 64."""
     (h, w), (kh, kw) = in_hw, kernel_hw
     oh, ow = h - kh + 1, w - kw + 1
     if not (conv_supported(in_hw, kernel_hw) and oh >= 2 and 2 <= ow <= 2 * LANES):
-        return False
+        return None
+    p, yh = (oh - 1) * w + ow, oh // 2
     tile = _pool_tile(in_hw, kernel_hw)
-    last = (oh - 1) * w + ow - tile * LANES  # where the last tile's vectors must start
+    last = p - tile * LANES  # where the last tile's vectors must start
     # only the last tile is shifted back (the kernel builds its pooling for that one alone)
-    return (out_channels * tile <= MAX_ACC and last >= 0
-            and 2 * w * max(0, oh // 2 - 2) <= last)
+    if out_channels * tile <= MAX_ACC and last >= 0 and 2 * w * max(0, yh - 2) <= last:
+        return "block"
+    shift = max(0, (2 * yh - 1) * w + LANES - p)  # the last pair's second row's, back
+    if (batch == 1 and out_channels <= MAX_ACC and ow <= LANES and ow + shift <= LANES
+            and 2 * (yh - 1) * w + LANES <= p and (yh < 2 or (2 * yh - 3) * w + LANES <= p)):
+        return "rows"
+    return None
+
+
+def conv_pool_fits(in_hw: tuple[int, int], kernel_hw: tuple[int, int], out_channels: int,
+                   batch: int = 1) -> bool:
+    """Whether the conv kernel can also take the 2x2 max pool of stride 2 that follows
+    (:func:`_pool_mode`)."""
+    return _pool_mode(in_hw, kernel_hw, out_channels, batch) is not None
 
 
 @functools.lru_cache(maxsize=None)
@@ -326,16 +345,18 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
     y`` of its ``out_dtype`` (the per-channel constants ``[rows, out_channels]``).
 
     ``pool=2`` (where :func:`conv_pool_fits`) also takes the 2x2 max pool of stride 2 that
-    follows: a tile is a pair of output rows, the max of each 2x2 block of sums is taken
-    before the epilogue (which must be non-decreasing: the max commutes with it), and ``y``
-    is ``[batch, out_channels, OH // 2, OW // 2]``: a quarter of the epilogues and stores."""
+    follows: a tile is a pair of output rows (or one row, the pair's first kept aside:
+    :func:`_pool_mode`), the max of each 2x2 block of sums is taken before the epilogue
+    (which must be non-decreasing: the max commutes with it), and ``y`` is ``[batch,
+    out_channels, OH // 2, OW // 2]``: a quarter of the epilogues and stores."""
     from tvm.script import tirx as T
 
     (h, w), (kh, kw) = in_hw, kernel_hw
     if x_dtype not in X_DTYPES or not conv_supported(in_hw, kernel_hw):
         raise ValueError(f"the VNNI conv kernel takes int8/uint8 x and at least {LANES} flat "
                          f"output positions, got {x_dtype}, input {h}x{w}, kernel {kh}x{kw}")
-    if pool not in (1, 2) or pool == 2 and not conv_pool_fits(in_hw, kernel_hw, out_channels):
+    if pool not in (1, 2) or pool == 2 and not conv_pool_fits(in_hw, kernel_hw, out_channels,
+                                                              batch):
         raise ValueError(f"the VNNI conv kernel takes a 2x2 max pool where a pair of output "
                          f"rows fits its accumulators, not pool={pool} (input {h}x{w}, kernel "
                          f"{kh}x{kw}, {out_channels} output channels)")
@@ -344,17 +365,24 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
     PLANE, P = C * h * w, (OH - 1) * w + OW  # noqa: N806
     G = -(-(C * kh * kw) // 4)  # noqa: N806
     pooled = pool == 2
+    mode = _pool_mode(in_hw, kernel_hw, OC, B) if pooled else None
+    pairs = mode == "rows"  # a tile one output row, a pair's first kept in ``prev``
     rows = OW >= LANES and not pooled  # vectors within output rows (all lanes stored)
     NR = -(-OW // LANES)  # noqa: N806 - vectors a row, the last shifted back
     YH, YW = (OH // 2, OW // 2) if pooled else (OH, OW)  # noqa: N806
-    if pooled:  # a tile: the vectors from a pair of rows' first position on
+    if pairs:
+        TILE, NV, NT = 1, 2 * YH, 2 * YH  # noqa: N806
+    elif pooled:  # a tile: the vectors from a pair of rows' first position on
         TILE = _pool_tile(in_hw, kernel_hw)  # noqa: N806
         NV, NT = YH * TILE, YH  # noqa: N806
     else:
         NV = OH * NR if rows else -(-P // LANES)  # noqa: N806
         TILE = max(1, min(NV, MAX_ACC // OC))  # noqa: N806 - vectors a tile (x OC accs)
         NT = -(-NV // TILE)  # noqa: N806
-    S_LAST = max(0, 2 * w * (NT - 1) - (P - TILE * LANES)) if pooled else 0  # noqa: N806
+    if pairs:  # the last pair's second row, shifted back
+        S_LAST = max(0, (2 * YH - 1) * w + LANES - P)  # noqa: N806
+    else:
+        S_LAST = max(0, 2 * w * (NT - 1) - (P - TILE * LANES)) if pooled else 0  # noqa: N806
 
     def index(t, v):  # a tile's v-th vector's index (the last tile repeats the last vector)
         return T.min(t * T.int64(TILE) + v, T.int64(NV - 1))
@@ -363,6 +391,8 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
         return T.min(i % T.int64(NR) * T.int64(LANES), T.int64(OW - LANES))
 
     def first(t, v):  # a tile's v-th vector's first position
+        if pairs:  # output row t's first (the last row's shifted back S_LAST)
+            return T.min(t * T.int64(w), T.int64(P - LANES))
         if pooled:  # the last tile shifted back whole (S_LAST), so no read passes the plane
             return (T.min(t * T.int64(2 * w), T.int64(P - TILE * LANES))
                     + v * T.int64(LANES))
@@ -411,6 +441,21 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
         return channel_value(epilogue, acc.vload([slot(o, v)], "int32x16"), chan_i, chan_f, o,
                              LANES)
 
+    def pair_max(prev, acc, o, shift):  # the 2x2 maxima of a pair of rows, lanes < YW
+        top = prev.vload([o * T.int64(LANES)], "int32x16")
+        bottom = T.Shuffle([acc.vload([slot(o, 0)], "int32x16")],
+                           [min(c + shift, LANES - 1) for c in range(LANES)])
+        both = T.max(top, bottom)
+        return T.max(T.Shuffle([both], [2 * min(i, YW - 1) for i in range(LANES)]),
+                     T.Shuffle([both], [2 * min(i, YW - 1) + 1 for i in range(LANES)]))
+
+    def pooled_row(n, o, r):  # where output channel o's pooled row r goes (YW lanes)
+        return T.Ramp(((n * T.int64(OC) + o) * T.int64(YH) + r) * T.int64(YW), T.int64(1),
+                      LANES)
+
+    def first_lanes():
+        return T.Ramp(T.int64(0), T.int64(1), LANES) < T.Broadcast(T.int64(YW), LANES)
+
     def corner(acc, o, shift, d):  # sums d + 2i of a pooling tile's pair of rows, i < 16
         return T.Shuffle([acc.vload([slot(o, v)], "int32x16") for v in range(TILE)],
                          [shift + d + 2 * min(i, YW - 1) for i in range(LANES)])
@@ -425,9 +470,7 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                 T.max(corner(acc, o, shift, 0), corner(acc, o, shift, 1)),
                 T.max(corner(acc, o, shift, w), corner(acc, o, shift, w + 1))),
                 chan_i, chan_f, o, LANES),
-            T.Ramp(((n * T.int64(OC) + o) * T.int64(YH) + t) * T.int64(YW), T.int64(1),
-                   LANES),
-            T.Ramp(T.int64(0), T.int64(1), LANES) < T.Broadcast(T.int64(YW), LANES)))
+            pooled_row(n, o, t), first_lanes()))
 
     @T.macro
     def store_tile(acc, res, chan_i, chan_f, y, yf, n, o, t):
@@ -446,7 +489,7 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                             in_row(first(t, v), first(t, v) // T.int64(w) + j)))
 
     @T.macro
-    def tile(xf, quads, offsets, comp, chan_i, chan_f, y, yf, acc, a, res, n, t, shift):
+    def accumulate(xf, quads, offsets, comp, acc, a, n, t):
         for o in T.unroll(T.int64(OC)):
             for v in T.unroll(T.int64(TILE)):
                 for lane in T.vectorized(T.int64(LANES)):
@@ -464,6 +507,10 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                                       dtype="uint8x64"),
                         T.reinterpret(T.Broadcast(quad(quads, o, g), LANES), dtype="int8x64"),
                         dtype="int32x16")
+
+    @T.macro
+    def tile(xf, quads, offsets, comp, chan_i, chan_f, y, yf, acc, a, res, n, t, shift):
+        accumulate(xf, quads, offsets, comp, acc, a, n, t)
         for o in T.unroll(T.int64(OC)):
             if pooled:
                 pool_row(acc, chan_i, chan_f, yf, n, o, t, shift)
@@ -471,18 +518,39 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                 store_tile(acc, res, chan_i, chan_f, y, yf, n, o, t)
 
     @T.macro
+    def row_pair(xf, quads, offsets, comp, chan_i, chan_f, yf, acc, a, prev, n, r, shift):
+        accumulate(xf, quads, offsets, comp, acc, a, n, r * T.int64(2))
+        for o in T.unroll(T.int64(OC)):
+            prev[T.ramp(o * T.int64(LANES), 1, LANES)] = acc.vload([slot(o, 0)], "int32x16")
+        accumulate(xf, quads, offsets, comp, acc, a, n, r * T.int64(2) + T.int64(1))
+        for o in T.unroll(T.int64(OC)):
+            T.evaluate(T.masked_store(
+                yf, channel_value(epilogue, pair_max(prev, acc, o, shift), chan_i, chan_f, o,
+                                  LANES),
+                pooled_row(n, o, r), first_lanes()))
+
+    @T.macro
     def body(xf, quads, offsets, comp, chan_i, chan_f, y, yf):
         for n in T.parallel(T.int64(B)):  # images; at batch 1 one thread (no launch)
             acc = T.decl_buffer((T.int64(OC * TILE * LANES),), "int32", scope="local")
             a = T.decl_buffer((T.int64(TILE * LANES),), "int32", scope="local")
             res = T.decl_buffer((T.int64(LANES),), out_t, scope="local")
-            # a pooling kernel's last tile (shifted back S_LAST) on its own: its 2x2 blocks
-            # then lie at positions known when the kernel is built
-            for t in range(T.int64(NT - 1 if pooled else NT)):
-                tile(xf, quads, offsets, comp, chan_i, chan_f, y, yf, acc, a, res, n, t, 0)
-            if pooled:
-                tile(xf, quads, offsets, comp, chan_i, chan_f, y, yf, acc, a, res, n,
-                     T.int64(NT - 1), S_LAST)
+            prev = T.decl_buffer((T.int64(OC * LANES),), "int32", scope="local")
+            # a pooling kernel's last tile or pair (shifted back S_LAST) on its own: its 2x2
+            # blocks then lie at positions known when the kernel is built
+            if pairs:
+                for r in range(T.int64(YH - 1)):
+                    row_pair(xf, quads, offsets, comp, chan_i, chan_f, yf, acc, a, prev, n, r,
+                             0)
+                row_pair(xf, quads, offsets, comp, chan_i, chan_f, yf, acc, a, prev, n,
+                         T.int64(YH - 1), S_LAST)
+            else:
+                for t in range(T.int64(NT - 1 if pooled else NT)):
+                    tile(xf, quads, offsets, comp, chan_i, chan_f, y, yf, acc, a, res, n, t,
+                         0)
+                if pooled:
+                    tile(xf, quads, offsets, comp, chan_i, chan_f, y, yf, acc, a, res, n,
+                         T.int64(NT - 1), S_LAST)
 
     x_shape = (T.int64(B), T.int64(C), T.int64(h), T.int64(w))
     y_shape = (T.int64(B), T.int64(OC), T.int64(YH), T.int64(YW))

@@ -109,10 +109,10 @@ class _Rewriter(PyExprMutator):
         if plan.kind != "conv" or not plan.non_decreasing():
             return None
         pool = b.pool_2x2(plan.final)
-        (_, _, h, w), khw = shape_of(core.args[0]), const_np(core.args[1]).shape[2:]
+        (n, _, h, w), khw = shape_of(core.args[0]), const_np(core.args[1]).shape[2:]
         top, left, bottom, right = (int(p) for p in core.attrs.padding)
         hw = (h + top + bottom, w + left + right)
-        return pool if pool is not None and vnni.conv_pool_fits(hw, khw, plan.channels) \
+        return pool if pool is not None and vnni.conv_pool_fits(hw, khw, plan.channels, n) \
             else None
 
     @staticmethod
