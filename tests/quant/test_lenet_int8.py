@@ -102,26 +102,32 @@ def test_layer_report(lenet_onnx, calib_images, test_set, profile):
     assert "SQNR" in format_report(rows)
 
 
-@pytest.mark.parametrize("act", ["int8", "uint8"])
-def test_onnxruntime_quantize_static_interop(tmp_path, act, lenet_onnx, calib_images, test_set,
-                                             target, profile):
-    """A QDQ model from ORT's own quantizer compiles into the same int8 kernels."""
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
-
-    xc = calib_images[:64]
+def _ort_reader(images: np.ndarray, batch: int = 16):
+    """ONNX Runtime's calibration reader over ``images``, ``batch`` at a time."""
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter({"input": xc[i: i + 16]} for i in range(0, len(xc), 16))
+            self.it = iter({"input": images[i: i + batch]}
+                           for i in range(0, len(images), batch))
 
         def get_next(self):
             return next(self.it, None)
 
+    return Reader()
+
+
+@pytest.mark.parametrize("act", ["int8", "uint8"])
+def test_onnxruntime_quantize_static_interop(tmp_path, act, lenet_onnx, calib_images, test_set,
+                                             target, profile):
+    """A QDQ model from ORT's own quantizer compiles into the same int8 kernels."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
     path = str(tmp_path / f"ort_{act}.onnx")
     qtype = QuantType.QInt8 if act == "int8" else QuantType.QUInt8
-    quantize_static(lenet_onnx, path, Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=qtype, weight_type=QuantType.QInt8, per_channel=True)
+    quantize_static(lenet_onnx, path, _ort_reader(calib_images[:64]),
+                    quant_format=QuantFormat.QDQ, activation_type=qtype,
+                    weight_type=QuantType.QInt8, per_channel=True)
     model = onnx.load(path)
     run, mod = build_int8(model, target)
     assert_int8_graph(mod, act)
@@ -218,25 +224,15 @@ def test_ort_quantizer_given_our_ranges_makes_our_scales(tmp_path, lenet_onnx, c
     weights) give the QDQ parameters ours has: each activation's scale and zero point, each
     weight's per-channel scales (ORT computes them from the weights itself)."""
     from onnx import numpy_helper
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     q = quantize_onnx(lenet_onnx, calib_images, QuantConfig(num_calib=64))
-    xc = calib_images[:64]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter({"input": xc[i: i + 16]} for i in range(0, len(xc), 16))
-
-        def get_next(self):
-            return next(self.it, None)
-
     overrides = {name: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
                  for name, (lo, hi) in q.ranges.items()}
     path = str(tmp_path / "ort_overrides.onnx")
-    quantize_static(lenet_onnx, path, Reader(), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    per_channel=True,
+    quantize_static(lenet_onnx, path, _ort_reader(calib_images[:64]),
+                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, per_channel=True,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                                    "TensorQuantOverrides": overrides})
 
