@@ -21,8 +21,10 @@ activation ``x`` enters as ``x ^ 0x80 = x + 128`` (uint8), and the kernel starts
   the four weights of output channel ``o`` are one broadcast int32 (``b``). One ``a`` serves
   every output channel; taps are padded to a multiple of 4 with zero weights. Where output
   rows hold at least 16 columns, each vector lies within a row (the last of a row shifted
-  back) and is stored whole; else vectors run across rows and positions with
-  ``p % W >= OW`` are computed and not stored. Parallel over images.
+  back) and is stored whole; else vectors run across rows, positions with ``p % W >= OW``
+  are computed and not stored, and a vector is stored by one masked store per output row
+  it meets. With ``pool=2`` the kernel also takes the 2x2 max pool after the layer, on the
+  sums (:func:`_pool_mode`). Parallel over images.
 
 With an :class:`Epilogue`, either kernel applies the layer's bias, requantization and clamp
 (or float scaling) to the 16 sums in registers and stores only their result (int8 / uint8 /
