@@ -52,12 +52,12 @@ def test_dense_is_exact(m, k, n, dtype):
     p = pack_dense(w, dtype)
     np.testing.assert_array_equal(p.to_dense(), w)
     # the sparse gate finds the layer's kernel by its weight, given [in, out] or [out, in]
-    assert holds([p.packed, p.comp], w) and holds([p.packed, p.comp], w.T)
-    assert not holds([p.packed, p.comp], np.roll(w, 1, axis=1))
+    assert holds([p.packed], w) and holds([p.packed], w.T)
+    assert not holds([p.packed], np.roll(w, 1, axis=1))
     if "avx512_vnni" not in cpu_flags():
         dense_kernel(m, k, n, dtype)  # builds its TIR anywhere
         pytest.skip("this CPU has no AVX-512 VNNI")
-    got = _run(dense_kernel(m, k, n, dtype), (x, p.packed, p.comp), (m, n))
+    got = _run(dense_kernel(m, k, n, dtype), (x, p.packed), (m, n))
     np.testing.assert_array_equal(got, x.astype(np.int64) @ w.astype(np.int64))
 
 
@@ -76,15 +76,15 @@ def test_conv_is_exact(n, c, hw, oc, k, dtype):
     w = rng.integers(-128, 128, (oc, c, kh, kw)).astype(np.int8)
     p = pack_conv(w, hw, dtype)
     np.testing.assert_array_equal(p.to_dense(), w)
-    assert holds([p.quads, p.offsets, p.comp], w)
-    assert not holds([p.quads, p.offsets, p.comp], -w)
+    assert holds([p.quads, p.offsets], w)
+    assert not holds([p.quads, p.offsets], -w)
     ref = torch.nn.functional.conv2d(torch.from_numpy(x.astype(np.float64)),
                                      torch.from_numpy(w.astype(np.float64))).numpy()
     if "avx512_vnni" not in cpu_flags():
         conv_kernel(n, c, hw, oc, (kh, kw), dtype)
         pytest.skip("this CPU has no AVX-512 VNNI")
     got = _run(conv_kernel(n, c, hw, oc, (kh, kw), dtype),
-               (x, p.quads, p.offsets, p.comp), ref.shape)
+               (x, p.quads, p.offsets), ref.shape)
     np.testing.assert_array_equal(got, ref.astype(np.int64))
 
 
@@ -114,7 +114,7 @@ def test_conv_with_pool_is_exact(n, c, hw, oc, k, dtype, epilogue):
     p = pack_conv(w, hw, dtype)
     ref = torch.nn.functional.conv2d(torch.from_numpy(x.astype(np.float64)),
                                      torch.from_numpy(w.astype(np.float64))).numpy()
-    epi, args = None, (x, p.quads, p.offsets, p.comp)
+    epi, args = None, (x, p.quads, p.offsets)
     if epilogue:
         epi = Epilogue((("add", (("acc",), ("chan", 0, "int32")), "int32"),
                         ("right_shift", (("step", 0), ("const", 10, "int32")), "int32"),
@@ -141,7 +141,7 @@ def test_conv_with_pool_is_exact(n, c, hw, oc, k, dtype, epilogue):
 def test_code_stream_decodes_into_the_packed_weight(kind, x_dtype, density):
     """A shared int8 weight decoded at load goes straight into the kernel's packed form (from
     the code stream of the weight as its layer reads it: what the artifact stores and the
-    size report counts), and its compensation is summed on the way: both equal what
+    size report counts), its compensation summed on the way into its bytes there: what
     ``pack_dense`` / ``pack_conv`` make from the weight, padding zeros included, over a
     buffer full of garbage."""
     from tvmcomp.kernels.decode import code_stream, stream_decode_kernel
@@ -157,13 +157,15 @@ def test_code_stream_decodes_into_the_packed_weight(kind, x_dtype, density):
     assert (s.gap_bits > 0) == (density < 1)
     func = stream_decode_kernel(s, p.placement(x_dtype)).with_attr("global_symbol", "main")
     lib = tvm.compile(tvm.IRModule({"main": func}), target="llvm")
-    out = [tvm.runtime.tensor(np.full(p.weight.shape, 99, np.int8)),
-           tvm.runtime.tensor(np.full(p.comp.shape, 99, np.int32))]
+    out = tvm.runtime.tensor(np.full(p.weight.shape, 99, np.int8))
     lib["main"](*(tvm.runtime.tensor(a) for a in (s.codebook, s.data, np.zeros(1, np.int32))),
-                *out)
-    np.testing.assert_array_equal(out[0].numpy(), p.weight)
-    np.testing.assert_array_equal(out[1].numpy(), p.comp)
+                out)
+    np.testing.assert_array_equal(out.numpy(), p.weight)
     assert p.comp.any() == (x_dtype == "int8")
+    np.testing.assert_array_equal(p.comp[:w.shape[-1] if kind == "dense" else w.shape[0]],
+                                  -128 * w.astype(np.int64).reshape(
+                                      (-1, w.shape[-1]) if kind == "dense" else (w.shape[0], -1)
+                                  ).sum(0 if kind == "dense" else 1) * (x_dtype == "int8"))
 
 
 def test_unsupported_shapes_are_refused():

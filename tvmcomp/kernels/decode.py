@@ -155,23 +155,26 @@ class Placement:
     """Where a kernel that reads its weight packed (:mod:`tvmcomp.kernels.vnni`) has each
     weight, so the decoder writes the packed weight straight from the code stream of the
     weight as its layer reads it (what the artifact stores and the size report counts), and
-    the kernel's per-channel compensation ``scale * sum(w)`` with it. ``index`` and
+    the kernel's per-channel compensation ``scale * sum(w)`` into it too. ``index`` and
     ``channel`` map a flat position in the layer's weight (a TIR int64 expression) to its
-    flat index in the packed weight and to its output channel."""
+    flat index in the packed weight and to its output channel; ``comp_at`` a channel to the
+    byte where its int32 compensation starts in the packed weight."""
 
     shape: tuple[int, ...]   # the packed weight's (the rest of it is zeros)
     channels: int            # the compensation's length
     scale: int               # per weight: -128 (int8 inputs) or 0
     index: Callable
     channel: Callable
+    comp_at: Callable
 
 
 def stream_decode_kernel(s: CodeStream, place: Placement | None = None):
     """The PrimFunc ``(codebook, data, token) -> w`` that decodes ``s`` into its dense
     weight (float32, or int8 from an int8 codebook): zero-fills ``w``, then walks the
     entries, each read from the (at most) three bytes of the stream it spans. With a
-    ``place``: ``-> (w, comp)``, ``w`` packed as ``place`` says and ``comp`` int32
-    ``[place.channels]``. A serial loop: it runs once, at load. ``token`` is not read:
+    ``place``: ``w`` packed as ``place`` says, each channel's compensation summed in a local
+    int32 array and written into its 4 bytes (little-endian) at the end. A serial loop: it
+    runs once, at load. ``token`` is not read:
     called with a tensor allocated at run time, the call has an argument that is not a
     constant, so Relax's ``FoldConstant`` cannot evaluate it at compile time (it would put
     the decoded weight back into the artifact)."""
@@ -189,8 +192,9 @@ def stream_decode_kernel(s: CodeStream, place: Placement | None = None):
         return place.index(pos) if place is not None else pos
 
     @T.macro
-    def walk(codebook, data, flat, comp):
+    def walk(codebook, data, flat):
         pos = T.decl_buffer((1,), "int64", scope="local")
+        comp = T.decl_buffer((T.int64(NC),), "int32", scope="local")
         for i in range(T.int64(total)):
             flat[i] = T.Cast(out_t, 0)
         if place is not None:
@@ -211,29 +215,21 @@ def stream_decode_kernel(s: CodeStream, place: Placement | None = None):
             if place is not None:
                 comp[place.channel(pos[0])] = (comp[place.channel(pos[0])]
                                                + T.Cast("int32", value) * place.scale)
+        if place is not None:
+            for c in range(T.int64(NC)):
+                for b in range(T.int64(4)):
+                    flat[place.comp_at(c) + b] = T.Cast(out_t, T.bitwise_and(
+                        T.shift_right(comp[c], T.Cast("int32", b * 8)), 255))
 
     attrs = {"tirx.noalias": True, "tirx.is_scheduled": True,
              HAND_SCHEDULED: "codebook stream decode"}
-    if place is None:
-        @T.prim_func(private=True, s_tir=True)
-        def decode(codebook: T.Buffer((T.int64(CB),), cb_t),
-                   data: T.Buffer((T.int64(ND),), "uint8"),
-                   token: T.Buffer((T.int64(1),), "int32"),
-                   w: T.Buffer(shape, out_t)):
-            T.func_attr(attrs)
-            flat = T.decl_buffer((T.int64(total),), out_t, data=w.data)
-            walk(codebook, data, flat, None)
-
-        return decode
-
     @T.prim_func(private=True, s_tir=True)
-    def decode_packed(codebook: T.Buffer((T.int64(CB),), cb_t),
-                      data: T.Buffer((T.int64(ND),), "uint8"),
-                      token: T.Buffer((T.int64(1),), "int32"),
-                      w: T.Buffer(shape, out_t),
-                      comp: T.Buffer((T.int64(NC),), "int32")):
+    def decode(codebook: T.Buffer((T.int64(CB),), cb_t),
+               data: T.Buffer((T.int64(ND),), "uint8"),
+               token: T.Buffer((T.int64(1),), "int32"),
+               w: T.Buffer(shape, out_t)):
         T.func_attr(attrs)
         flat = T.decl_buffer((T.int64(total),), out_t, data=w.data)
-        walk(codebook, data, flat, comp)
+        walk(codebook, data, flat)
 
-    return decode_packed
+    return decode

@@ -5,7 +5,9 @@ the lane's four unsigned bytes of ``a`` with the four signed bytes of ``b``, in 
 saturation: with ``a`` the activations (uint8) and ``b`` the int8 weights, the sums are the
 exact integer sums the int32-accumulating ``R.matmul`` / ``R.nn.conv2d`` compute. An int8
 activation ``x`` enters as ``x ^ 0x80 = x + 128`` (uint8), and the kernel starts each sum at
-``comp = -128 * sum(W)`` of its output channel, the zero-point compensation oneDNN uses.
+``comp = -128 * sum(W)`` of its output channel, the zero-point compensation oneDNN uses; it
+is stored in the packed weight itself, after the weights (one buffer a layer: a weight
+decoded at load is one tensor-cache read a call).
 
 - **Dense** ``y[M, N] = x[M, K] @ W[K, N]`` (``K % 4 == 0``): ``W`` is packed at build as
   ``[N/16][K/4][16][4]`` (``N`` padded to 16 with zero columns), so a 64-byte load is the
@@ -71,16 +73,15 @@ def call_weight(kernel: str, x_shape, out_shape, args: list) -> DenseWeight | Co
     or ``vnni_conv_...``, as ``Int8Vnni`` names them), ``x_shape`` / ``out_shape`` its input's
     and output's, ``args`` its arguments after ``x`` (arrays where constant, else None);
     None if it is not such a call or its weight is not constant."""
-    if kernel.startswith(DENSE_NAME) and len(args) >= 2 and all(a is not None for a in args[:2]):
-        return DenseWeight(args[0], args[1], (int(x_shape[1]), int(out_shape[1])))
-    if kernel.startswith(CONV_NAME) and len(args) >= 3 and all(a is not None for a in args[:3]):
+    if kernel.startswith(DENSE_NAME) and args and args[0] is not None:
+        return DenseWeight(args[0], (int(x_shape[1]), int(out_shape[1])))
+    if kernel.startswith(CONV_NAME) and len(args) >= 2 and all(a is not None for a in args[:2]):
         # the kernel size from the taps' offsets (strictly increasing from 0; padding taps 0):
         # the output may be pooled
         (_, c, h, w), offsets = (int(d) for d in x_shape), args[1]
         taps = 1 + int(np.count_nonzero(offsets[1:]))
         kh, kw = divmod(int(offsets[taps - 1]) - (c - 1) * h * w, w)
-        return ConvWeight(args[0], offsets, args[2], (int(out_shape[1]), c, kh + 1, kw + 1),
-                          (h, w))
+        return ConvWeight(args[0], offsets, (int(out_shape[1]), c, kh + 1, kw + 1), (h, w))
     return None
 
 
@@ -89,22 +90,25 @@ def call_weight(kernel: str, x_shape, out_shape, args: list) -> DenseWeight | Co
 
 @dataclass(frozen=True)
 class DenseWeight:
-    """``W[K, N]`` as the dense kernel reads it: ``packed[N/16, K/4, 64]`` and ``comp``."""
+    """``W[K, N]`` as the dense kernel reads it: ``packed[N/16, K/4 + 1, 64]``, each block's
+    last 64 bytes its 16 columns' compensation (int32)."""
 
-    packed: np.ndarray  # int8 [NB, K/4, 64]
-    comp: np.ndarray    # int32 [NB * 16]
+    packed: np.ndarray  # int8 [NB, K/4 + 1, 64]
     shape: tuple[int, int]
-
-    comp_arg = 1  # the kernel's arguments after x: packed, comp[, chan_i, chan_f]
 
     @property
     def weight(self) -> np.ndarray:
         return self.packed
 
+    @property
+    def comp(self) -> np.ndarray:
+        """int32 ``[NB * 16]``."""
+        return np.ascontiguousarray(self.packed[:, -1]).view(np.int32).reshape(-1)
+
     def to_dense(self) -> np.ndarray:
         k, n = self.shape
         nb = self.packed.shape[0]
-        w = self.packed.reshape(nb, k // 4, LANES, 4).transpose(1, 3, 0, 2)
+        w = self.packed[:, :k // 4].reshape(nb, k // 4, LANES, 4).transpose(1, 3, 0, 2)
         return np.ascontiguousarray(w.reshape(k, nb * LANES)[:, :n])
 
     def placement(self, x_dtype: str) -> Placement:
@@ -114,10 +118,13 @@ class DenseWeight:
 
         def index(pos):
             col, row = pos % n, pos // n
-            return ((col // LANES * kb + row // 4) * LANES + col % LANES) * 4 + row % 4
+            return ((col // LANES * (kb + 1) + row // 4) * LANES + col % LANES) * 4 + row % 4
+
+        def comp_at(c):  # column c's compensation, in its block's last 64 bytes
+            return (c // LANES * (kb + 1) + kb) * 64 + c % LANES * 4
 
         return Placement(tuple(self.packed.shape), self.comp.size, _scale(x_dtype), index,
-                         lambda pos: pos % n)
+                         lambda pos: pos % n, comp_at)
 
 
 def dense_supported(k: int) -> bool:
@@ -132,10 +139,13 @@ def pack_dense(w: np.ndarray, x_dtype: str) -> DenseWeight:
     nb = -(-n // LANES)
     wp = np.zeros((k, nb * LANES), np.int8)
     wp[:, :n] = w
-    packed = wp.reshape(k // 4, 4, nb, LANES).transpose(2, 0, 3, 1).reshape(nb, k // 4, 64)
+    packed = np.zeros((nb, k // 4 + 1, 64), np.int8)
+    packed[:, :k // 4] = wp.reshape(k // 4, 4, nb, LANES).transpose(2, 0, 3, 1).reshape(
+        nb, k // 4, 64)
     sums = np.zeros(nb * LANES, np.int64)
     sums[:n] = w.astype(np.int64).sum(0)
-    return DenseWeight(np.ascontiguousarray(packed), compensation(sums, x_dtype), (k, n))
+    packed[:, k // 4] = compensation(sums, x_dtype).view(np.int8).reshape(nb, 64)
+    return DenseWeight(packed, (k, n))
 
 
 def _dense_tile(m: int, nb: int) -> tuple[int, int]:
@@ -146,8 +156,8 @@ def _dense_tile(m: int, nb: int) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=None)  # parsing TVMScript takes ~0.3 s a kernel
 def dense_kernel(m: int, k: int, n: int, x_dtype: str, epilogue: Epilogue | None = None):
-    """The PrimFunc ``(x[m, k], packed, comp) -> y[m, n]`` int32 for ``R.call_tir``; with an
-    ``epilogue``, ``(x, packed, comp, chan_i, chan_f) -> y`` of its ``out_dtype`` (the
+    """The PrimFunc ``(x[m, k], packed) -> y[m, n]`` int32 for ``R.call_tir``; with an
+    ``epilogue``, ``(x, packed, chan_i, chan_f) -> y`` of its ``out_dtype`` (the
     per-channel constants ``[rows, N/16 * 16]``, padded)."""
     from tvm.script import tirx as T
 
@@ -188,15 +198,16 @@ def dense_kernel(m: int, k: int, n: int, x_dtype: str, epilogue: Epilogue | None
         return epilogue_value(epilogue, acc.vload([slot(r, b)], "int32x16"), chan, LANES)
 
     @T.macro
-    def body(xf, packed, comp, chan_i, chan_f, y):
+    def body(xf, packed, chan_i, chan_f, y):
         for mt in T.parallel(T.int64(MT)):
             acc = T.decl_buffer((T.int64(MR * BT * LANES),), "int32", scope="local")
             res = T.decl_buffer((T.int64(LANES),), out_t, scope="local")
             for c in range(T.int64(NCH)):
                 for r in T.unroll(T.int64(MR)):
                     for b in T.unroll(T.int64(BT)):
-                        for lane in T.vectorized(T.int64(LANES)):
-                            acc[slot(r, b) + lane] = comp[block(c, b) * T.int64(LANES) + lane]
+                        acc[T.ramp(slot(r, b), 1, LANES)] = T.reinterpret(
+                            packed.vload([block(c, b), T.int64(KB), T.int64(0)], "int8x64"),
+                            dtype="int32x16")
                 for kb in range(T.int64(KB)):
                     for r in T.unroll(T.int64(MR)):
                         for b in T.unroll(T.int64(BT)):
@@ -219,25 +230,24 @@ def dense_kernel(m: int, k: int, n: int, x_dtype: str, epilogue: Epilogue | None
     if epilogue is None:
         @T.prim_func(private=True, s_tir=True)
         def vnni_dense(x: T.Buffer((T.int64(m), T.int64(k)), x_dtype),
-                       packed: T.Buffer((T.int64(NB), T.int64(KB), T.int64(64)), "int8"),
-                       comp: T.Buffer((T.int64(NB * LANES),), "int32"),
+                       packed: T.Buffer((T.int64(NB), T.int64(KB + 1), T.int64(64)), "int8"),
                        y: T.Buffer((T.int64(m), T.int64(n)), "int32")):
             T.func_attr(_attrs("VNNI int8 dense"))
             xf = T.decl_buffer((T.int64(m * k),), x_dtype, data=x.data)
-            body(xf, packed, comp, None, None, y)
+            body(xf, packed, None, None, y)
 
         return vnni_dense
 
     @T.prim_func(private=True, s_tir=True)
     def vnni_dense_epilogue(x: T.Buffer((T.int64(m), T.int64(k)), x_dtype),
-                            packed: T.Buffer((T.int64(NB), T.int64(KB), T.int64(64)), "int8"),
-                            comp: T.Buffer((T.int64(NB * LANES),), "int32"),
+                            packed: T.Buffer((T.int64(NB), T.int64(KB + 1), T.int64(64)),
+                                             "int8"),
                             chan_i: T.Buffer((T.int64(IR), T.int64(WI)), int_t),
                             chan_f: T.Buffer((T.int64(FR), T.int64(WF)), "float32"),
                             y: T.Buffer((T.int64(m), T.int64(n)), out_t)):
         T.func_attr(_attrs("VNNI int8 dense + requantization"))
         xf = T.decl_buffer((T.int64(m * k),), x_dtype, data=x.data)
-        body(xf, packed, comp, chan_i, chan_f, y)
+        body(xf, packed, chan_i, chan_f, y)
 
     return vnni_dense_epilogue
 
@@ -249,19 +259,22 @@ def dense_kernel(m: int, k: int, n: int, x_dtype: str, epilogue: Epilogue | None
 class ConvWeight:
     """A conv weight ``[OC, C, KH, KW]`` as the kernel reads it over ``C x H x W`` inputs:
     ``quads[o, 4g:4g+4]`` the four int8 weights of taps ``4g .. 4g+3`` (read as one int32),
-    ``offsets`` each tap's plane offset ``c*H*W + kh*W + kw`` (0 for padding taps), ``comp``."""
+    ``offsets`` each tap's plane offset ``c*H*W + kh*W + kw`` (0 for padding taps); a row's
+    last 4 bytes its output channel's compensation (int32)."""
 
-    quads: np.ndarray    # int8 [OC, 4G]
+    quads: np.ndarray    # int8 [OC, 4G + 4]
     offsets: np.ndarray  # int32 [4G]
-    comp: np.ndarray     # int32 [OC]
     shape: tuple[int, int, int, int]
     in_hw: tuple[int, int]
-
-    comp_arg = 2  # the kernel's arguments after x: quads, offsets, comp[, chan_i, chan_f]
 
     @property
     def weight(self) -> np.ndarray:
         return self.quads
+
+    @property
+    def comp(self) -> np.ndarray:
+        """int32 ``[OC]``."""
+        return np.ascontiguousarray(self.quads[:, -4:]).view(np.int32).reshape(-1)
 
     def to_dense(self) -> np.ndarray:
         oc, c, kh, kw = self.shape
@@ -272,7 +285,8 @@ class ConvWeight:
         """Where ``W[o, c, kh, kw]`` (flat OIHW) is in ``quads``, for a decoder at load."""
         taps, row = int(np.prod(self.shape[1:])), int(self.quads.shape[1])
         return Placement(tuple(self.quads.shape), self.comp.size, _scale(x_dtype),
-                         lambda pos: pos // taps * row + pos % taps, lambda pos: pos // taps)
+                         lambda pos: pos // taps * row + pos % taps, lambda pos: pos // taps,
+                         lambda c: c * row + row - 4)
 
 
 def conv_supported(in_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> bool:
@@ -287,13 +301,14 @@ def pack_conv(w: np.ndarray, in_hw: tuple[int, int], x_dtype: str) -> ConvWeight
     h, wd = in_hw
     taps = c * kh * kw
     g = -(-taps // 4)
-    flat = np.zeros((oc, 4 * g), np.int8)
+    flat = np.zeros((oc, 4 * g + 4), np.int8)
     flat[:, :taps] = w.reshape(oc, taps)
     ci, y, x = np.unravel_index(np.arange(taps), (c, kh, kw))
     offsets = np.zeros(4 * g, np.int32)
     offsets[:taps] = ci * h * wd + y * wd + x
-    comp = compensation(w.reshape(oc, -1).astype(np.int64).sum(1), x_dtype)
-    return ConvWeight(flat, offsets, comp, (oc, c, kh, kw), (h, wd))
+    flat[:, 4 * g:] = compensation(w.reshape(oc, -1).astype(np.int64).sum(1),
+                                   x_dtype).view(np.int8).reshape(oc, 4)
+    return ConvWeight(flat, offsets, (oc, c, kh, kw), (h, wd))
 
 
 def _pool_tile(in_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> int:
@@ -342,8 +357,8 @@ def conv_pool_fits(in_hw: tuple[int, int], kernel_hw: tuple[int, int], out_chann
 def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels: int,
                 kernel_hw: tuple[int, int], x_dtype: str, epilogue: Epilogue | None = None,
                 pool: int = 1):
-    """The PrimFunc ``(x, quads, offsets, comp) -> y`` int32 ``[batch, out_channels, OH, OW]``
-    for ``R.call_tir``; with an ``epilogue``, ``(x, quads, offsets, comp, chan_i, chan_f) ->
+    """The PrimFunc ``(x, quads, offsets) -> y`` int32 ``[batch, out_channels, OH, OW]``
+    for ``R.call_tir``; with an ``epilogue``, ``(x, quads, offsets, chan_i, chan_f) ->
     y`` of its ``out_dtype`` (the per-channel constants ``[rows, out_channels]``).
 
     ``pool=2`` (where :func:`conv_pool_fits`) also takes the 2x2 max pool of stride 2 that
@@ -491,11 +506,11 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                             in_row(first(t, v), first(t, v) // T.int64(w) + j)))
 
     @T.macro
-    def accumulate(xf, quads, offsets, comp, acc, a, n, t):
+    def accumulate(xf, quads, offsets, acc, a, n, t):
         for o in T.unroll(T.int64(OC)):
             for v in T.unroll(T.int64(TILE)):
                 for lane in T.vectorized(T.int64(LANES)):
-                    acc[slot(o, v) + lane] = comp[o]
+                    acc[slot(o, v) + lane] = quad(quads, o, T.int64(G))
         for g in range(T.int64(G)):
             for v in T.unroll(T.int64(TILE)):
                 a[T.ramp(v * T.int64(LANES), 1, LANES)] = a_operand(
@@ -511,8 +526,8 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                         dtype="int32x16")
 
     @T.macro
-    def tile(xf, quads, offsets, comp, chan_i, chan_f, y, yf, acc, a, res, n, t, shift):
-        accumulate(xf, quads, offsets, comp, acc, a, n, t)
+    def tile(xf, quads, offsets, chan_i, chan_f, y, yf, acc, a, res, n, t, shift):
+        accumulate(xf, quads, offsets, acc, a, n, t)
         for o in T.unroll(T.int64(OC)):
             if pooled:
                 pool_row(acc, chan_i, chan_f, yf, n, o, t, shift)
@@ -520,11 +535,11 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                 store_tile(acc, res, chan_i, chan_f, y, yf, n, o, t)
 
     @T.macro
-    def row_pair(xf, quads, offsets, comp, chan_i, chan_f, yf, acc, a, prev, n, r, shift):
-        accumulate(xf, quads, offsets, comp, acc, a, n, r * T.int64(2))
+    def row_pair(xf, quads, offsets, chan_i, chan_f, yf, acc, a, prev, n, r, shift):
+        accumulate(xf, quads, offsets, acc, a, n, r * T.int64(2))
         for o in T.unroll(T.int64(OC)):
             prev[T.ramp(o * T.int64(LANES), 1, LANES)] = acc.vload([slot(o, 0)], "int32x16")
-        accumulate(xf, quads, offsets, comp, acc, a, n, r * T.int64(2) + T.int64(1))
+        accumulate(xf, quads, offsets, acc, a, n, r * T.int64(2) + T.int64(1))
         for o in T.unroll(T.int64(OC)):
             T.evaluate(T.masked_store(
                 yf, channel_value(epilogue, pair_max(prev, acc, o, shift), chan_i, chan_f, o,
@@ -532,7 +547,7 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                 pooled_row(n, o, r), first_lanes()))
 
     @T.macro
-    def body(xf, quads, offsets, comp, chan_i, chan_f, y, yf):
+    def body(xf, quads, offsets, chan_i, chan_f, y, yf):
         for n in T.parallel(T.int64(B)):  # images; at batch 1 one thread (no launch)
             acc = T.decl_buffer((T.int64(OC * TILE * LANES),), "int32", scope="local")
             a = T.decl_buffer((T.int64(TILE * LANES),), "int32", scope="local")
@@ -542,16 +557,16 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
             # blocks then lie at positions known when the kernel is built
             if pairs:
                 for r in range(T.int64(YH - 1)):
-                    row_pair(xf, quads, offsets, comp, chan_i, chan_f, yf, acc, a, prev, n, r,
+                    row_pair(xf, quads, offsets, chan_i, chan_f, yf, acc, a, prev, n, r,
                              0)
-                row_pair(xf, quads, offsets, comp, chan_i, chan_f, yf, acc, a, prev, n,
+                row_pair(xf, quads, offsets, chan_i, chan_f, yf, acc, a, prev, n,
                          T.int64(YH - 1), S_LAST)
             else:
                 for t in range(T.int64(NT - 1 if pooled else NT)):
-                    tile(xf, quads, offsets, comp, chan_i, chan_f, y, yf, acc, a, res, n, t,
+                    tile(xf, quads, offsets, chan_i, chan_f, y, yf, acc, a, res, n, t,
                          0)
                 if pooled:
-                    tile(xf, quads, offsets, comp, chan_i, chan_f, y, yf, acc, a, res, n,
+                    tile(xf, quads, offsets, chan_i, chan_f, y, yf, acc, a, res, n,
                          T.int64(NT - 1), S_LAST)
 
     x_shape = (T.int64(B), T.int64(C), T.int64(h), T.int64(w))
@@ -559,51 +574,51 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
     if epilogue is None:
         @T.prim_func(private=True, s_tir=True)
         def vnni_conv(x: T.Buffer(x_shape, x_dtype),
-                      quads: T.Buffer((T.int64(OC), T.int64(4 * G)), "int8"),
+                      quads: T.Buffer((T.int64(OC), T.int64(4 * G + 4)), "int8"),
                       offsets: T.Buffer((T.int64(4 * G),), "int32"),
-                      comp: T.Buffer((T.int64(OC),), "int32"),
                       y: T.Buffer(y_shape, "int32")):
             T.func_attr(_attrs("VNNI int8 convolution"))
             xf = T.decl_buffer((T.int64(B * PLANE),), x_dtype, data=x.data)
             yf = T.decl_buffer((T.int64(B * OC * YH * YW),), "int32", data=y.data)
-            body(xf, quads, offsets, comp, None, None, y, yf)
+            body(xf, quads, offsets, None, None, y, yf)
 
         return vnni_conv
 
     @T.prim_func(private=True, s_tir=True)
     def vnni_conv_epilogue(x: T.Buffer(x_shape, x_dtype),
-                           quads: T.Buffer((T.int64(OC), T.int64(4 * G)), "int8"),
+                           quads: T.Buffer((T.int64(OC), T.int64(4 * G + 4)), "int8"),
                            offsets: T.Buffer((T.int64(4 * G),), "int32"),
-                           comp: T.Buffer((T.int64(OC),), "int32"),
                            chan_i: T.Buffer((T.int64(IR), T.int64(WI)), int_t),
                            chan_f: T.Buffer((T.int64(FR), T.int64(WF)), "float32"),
                            y: T.Buffer(y_shape, out_t)):
         T.func_attr(_attrs("VNNI int8 convolution + requantization"))
         xf = T.decl_buffer((T.int64(B * PLANE),), x_dtype, data=x.data)
         yf = T.decl_buffer((T.int64(B * OC * YH * YW),), out_t, data=y.data)
-        body(xf, quads, offsets, comp, chan_i, chan_f, y, yf)
+        body(xf, quads, offsets, chan_i, chan_f, y, yf)
 
     return vnni_conv_epilogue
 
 
 def holds(consts: list[np.ndarray], w: np.ndarray) -> bool:
     """Whether the constants of a VNNI kernel's call (in order) hold the int8 weight ``w``: a
-    dense kernel's ``W[K, N]`` (``w`` as given or transposed), a conv kernel's OIHW ``w``
-    (``quads, offsets, comp``, then ``chan_i, chan_f`` with an epilogue)."""
+    dense kernel's ``W[K, N]`` (``w`` as given or transposed; ``packed``, then ``chan_i,
+    chan_f`` with an epilogue), a conv kernel's OIHW ``w`` (``quads, offsets``, then the
+    tables)."""
     if w.dtype != np.int8 or not consts:
         return False
     first = consts[0]
     if first.dtype == np.int8 and first.ndim == 3 and first.shape[2] == 64 and w.ndim == 2:
-        nb, kb, _ = first.shape
-        got = first.reshape(nb, kb, LANES, 4).transpose(1, 3, 0, 2).reshape(4 * kb, nb * LANES)
+        nb, kb = first.shape[0], first.shape[1] - 1
+        got = first[:, :kb].reshape(nb, kb, LANES, 4).transpose(1, 3, 0, 2).reshape(
+            4 * kb, nb * LANES)
         for ref in (w, w.T):
             k, n = ref.shape
             if k == 4 * kb and -(-n // LANES) == nb:
                 if np.array_equal(got[:, :n], ref) and not got[:, n:].any():
                     return True
         return False
-    if first.dtype == np.int8 and first.ndim == 2 and w.ndim == 4 and len(consts) in (3, 5):
+    if first.dtype == np.int8 and first.ndim == 2 and w.ndim == 4 and len(consts) in (2, 4):
         oc, taps = w.shape[0], int(np.prod(w.shape[1:]))
-        return (first.shape[0] == oc and first.shape[1] >= taps
+        return (first.shape[0] == oc and first.shape[1] - 4 >= taps
                 and np.array_equal(first[:, :taps], w.reshape(oc, taps)))
     return False

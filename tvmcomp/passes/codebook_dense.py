@@ -8,7 +8,7 @@ indices and the codebook, not the dense weight (TVM's ``FoldConstant`` would oth
 (``QuantizeInt8``'s) is stored as a code stream with an int8 codebook wherever that takes
 fewer bytes than the int8 weight itself, and decoded to int8 once at load; where ``Int8Vnni``
 (which runs first) packed that weight for its kernel, it is decoded straight into the packed
-form, and the kernel's compensation term computed with it.
+form, the kernel's compensation term computed into it.
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ class CodebookDense:
     ``at_load``: names of layers (``conv0``, ``matmul2``, ..., in every function) decoded once
     at load instead (and every :func:`int8_layers` layer: an int8 conv2d / matmul reads its
     int8 weight from the cache, decoded from a code stream with an int8 codebook; a
-    :func:`packed_int8_layers` kernel call its packed weight and compensation): the
+    :func:`packed_int8_layers` kernel call its packed weight, compensation included): the
     module gains a function :data:`DECODE_FUNCTION` that decodes their stored codes (a
     :func:`~tvmcomp.kernels.decode.code_stream` each, by a hand-written kernel) into the TVM
     tensor cache, and the layer reads its dense weight from the cache
@@ -320,14 +320,14 @@ class _Rewriter(PyExprMutator):
             else f"{name}{i}") for i, (key, shape, dtype) in enumerate(entries)]
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        if binding.var in self.packed:  # packed weight and compensation from the cache
+        if binding.var in self.packed:  # the packed weight (compensation in it) from the cache
             wt, x_dtype = self.packed[binding.var]
             s = code_stream(wt.to_dense())
             val = binding.value
             args = [self.visit_expr(a) for a in val.args[1].fields]
-            args[1], args[1 + wt.comp_arg] = self._from_cache(
-                [wt.weight, wt.comp], stream_decode_kernel(s, wt.placement(x_dtype)),
-                [s.codebook, s.data], f"{binding.var.name}_w")
+            (args[1],) = self._from_cache([wt.weight],
+                                          stream_decode_kernel(s, wt.placement(x_dtype)),
+                                          [s.codebook, s.data], f"{binding.var.name}_w")
             call = relax.Call(val.op, [val.args[0], relax.Tuple(args)], val.attrs, val.ty_args)
             rebind(self, binding, call, f"{binding.var.name}_stream")
             return

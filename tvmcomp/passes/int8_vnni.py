@@ -12,9 +12,9 @@ per-channel constants), as long as nothing else reads their intermediate values,
 only the last value:
 
     y = R.call_tir(vnni_dense_b{M}_{K}x{N}_{x dtype}[_{y dtype}_{hash}],
-                   (x_q, packed, comp[, chan_i, chan_f]))
+                   (x_q, packed[, chan_i, chan_f]))
     y = R.call_tir(vnni_conv_b{N}_{C}x{H}x{W}_{OC}k{KH}x{KW}_{x dtype}[_{y dtype}_{hash}],
-                   (x_q, quads, offsets, comp[, chan_i, chan_f]))
+                   (x_q, quads, offsets[, chan_i, chan_f]))
 
 after an ``R.nn.pad`` with zeros where the conv pads (QuantizeInt8 pads with a non-zero zero
 point itself). A conv kernel also takes the 2x2 max pool of stride 2 that follows its last
@@ -161,8 +161,7 @@ class _Rewriter(PyExprMutator):
         extra = layer.plan.constants(p.comp.size) if epi else []
         gv = self._kernel(f"{vnni.DENSE_NAME}b{m}_{k}x{n}_{dtype}{layer.plan.suffix()}",
                           lambda: vnni.dense_kernel(m, k, n, dtype, epi))
-        return relax.call_tir(gv, [self.visit_expr(x), relax.const(p.packed),
-                                   relax.const(p.comp), *extra],
+        return relax.call_tir(gv, [self.visit_expr(x), relax.const(p.packed), *extra],
                               relax.TensorType((m, n), epi.out_dtype if epi else "int32"))
 
     def _conv(self, layer: _Layer):
@@ -183,6 +182,5 @@ class _Rewriter(PyExprMutator):
                           lambda: vnni.conv_kernel(n, c, hw, oc, (kh, kw), dtype, epi,
                                                    layer.pool))
         out = (n, oc, (hw[0] - kh + 1) // layer.pool, (hw[1] - kw + 1) // layer.pool)
-        return relax.call_tir(gv, [x, relax.const(p.quads), relax.const(p.offsets),
-                                   relax.const(p.comp), *extra],
+        return relax.call_tir(gv, [x, relax.const(p.quads), relax.const(p.offsets), *extra],
                               relax.TensorType(out, epi.out_dtype if epi else "int32"))
