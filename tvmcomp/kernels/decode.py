@@ -24,12 +24,11 @@ CACHE_PREFIX = "tvmcomp.decoded."
 
 def cache_key(w: np.ndarray) -> str:
     """The tensor-cache key of weight ``w`` (as its layer reads it) decoded at load: a hash
-    of its values, shape and type (float32; an int8 layer's int8; a packed weight's
-    compensation int32), so two artifacts in one process never read each other's weights
-    (and identical ones share one)."""
+    of its values, shape and type (float32, or an int8 layer's int8), so two artifacts in
+    one process never read each other's weights (and identical ones share one)."""
     import hashlib
 
-    w = np.ascontiguousarray(w)
+    w = np.ascontiguousarray(w, decoded_dtype(w))
     h = hashlib.sha256(np.asarray(w.shape, np.int64).tobytes())
     if w.dtype != np.float32:
         h.update(str(w.dtype).encode())
@@ -174,10 +173,9 @@ def stream_decode_kernel(s: CodeStream, place: Placement | None = None):
     entries, each read from the (at most) three bytes of the stream it spans. With a
     ``place``: ``w`` packed as ``place`` says, each channel's compensation summed in a local
     int32 array and written into its 4 bytes (little-endian) at the end. A serial loop: it
-    runs once, at load. ``token`` is not read:
-    called with a tensor allocated at run time, the call has an argument that is not a
-    constant, so Relax's ``FoldConstant`` cannot evaluate it at compile time (it would put
-    the decoded weight back into the artifact)."""
+    runs once, at load. ``token`` is not read: called with a tensor allocated at run time,
+    the call has an argument that is not a constant, so Relax's ``FoldConstant`` cannot
+    evaluate it at compile time (it would put the decoded weight back into the artifact)."""
     from tvm.script import tirx as T
 
     NE, ND, CB = s.entries, int(s.data.size), int(s.codebook.size)  # noqa: N806
@@ -191,8 +189,14 @@ def stream_decode_kernel(s: CodeStream, place: Placement | None = None):
     def index(pos):
         return place.index(pos) if place is not None else pos
 
-    @T.macro
-    def walk(codebook, data, flat):
+    @T.prim_func(private=True, s_tir=True)
+    def decode(codebook: T.Buffer((T.int64(CB),), cb_t),
+               data: T.Buffer((T.int64(ND),), "uint8"),
+               token: T.Buffer((T.int64(1),), "int32"),
+               w: T.Buffer(shape, out_t)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
+                     HAND_SCHEDULED: "codebook stream decode"})
+        flat = T.decl_buffer((T.int64(total),), out_t, data=w.data)
         pos = T.decl_buffer((1,), "int64", scope="local")
         comp = T.decl_buffer((T.int64(NC),), "int32", scope="local")
         for i in range(T.int64(total)):
@@ -220,16 +224,5 @@ def stream_decode_kernel(s: CodeStream, place: Placement | None = None):
                 for b in range(T.int64(4)):
                     flat[place.comp_at(c) + b] = T.Cast(out_t, T.bitwise_and(
                         T.shift_right(comp[c], T.Cast("int32", b * 8)), 255))
-
-    attrs = {"tirx.noalias": True, "tirx.is_scheduled": True,
-             HAND_SCHEDULED: "codebook stream decode"}
-    @T.prim_func(private=True, s_tir=True)
-    def decode(codebook: T.Buffer((T.int64(CB),), cb_t),
-               data: T.Buffer((T.int64(ND),), "uint8"),
-               token: T.Buffer((T.int64(1),), "int32"),
-               w: T.Buffer(shape, out_t)):
-        T.func_attr(attrs)
-        flat = T.decl_buffer((T.int64(total),), out_t, data=w.data)
-        walk(codebook, data, flat)
 
     return decode

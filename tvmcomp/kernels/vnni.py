@@ -311,19 +311,15 @@ def pack_conv(w: np.ndarray, in_hw: tuple[int, int], x_dtype: str) -> ConvWeight
     return ConvWeight(flat, offsets, (oc, c, kh, kw), (h, wd))
 
 
-def _pool_tile(in_hw: tuple[int, int], kernel_hw: tuple[int, int]) -> int:
-    """Vectors a pooling tile takes: those that cover a pair of output rows (from the first
-    row's first sum to the second row's last pooled one)."""
-    (h, w), (kh, kw) = in_hw, kernel_hw
-    return -(-(w + 2 * ((w - kw + 1) // 2)) // LANES)
-
-
 def _pool_mode(in_hw: tuple[int, int], kernel_hw: tuple[int, int], out_channels: int,
-               batch: int = 1) -> str | None:
-    """How the conv kernel takes the 2x2 max pool that follows, if it can: ``"block"``, a
-    tile the vectors of a pair of output rows, every output channel's in the accumulators;
-    ``"rows"`` (at batch 1 only), a tile one output row (one vector: rows of at most 16
-    outputs), the first of a pair kept aside while the second is summed; None.
+               batch: int = 1) -> tuple[str, int, int] | None:
+    """How the conv kernel takes the 2x2 max pool that follows, if it can: ``(mode, vectors
+    a tile, positions its last tile is shifted back)``, or None. Mode ``"block"``: a tile the
+    vectors that cover a pair of output rows (from the first row's first sum to the second
+    row's last pooled one), every output channel's in the accumulators; ``"rows"`` (at batch
+    1 only): a tile one output row (one vector: rows of at most 16 outputs), the first of a
+    pair kept aside while the second is summed. Only the last tile (or pair) is shifted back,
+    so no read passes the plane; the kernel builds its pooling for that one alone.
 
     A row a vector computes more lanes than vectors across rows do (LeNet-5's conv2: 10
     vectors an image instead of 9), which the pool kernel and the epilogues it saves pay for
@@ -334,15 +330,14 @@ def _pool_mode(in_hw: tuple[int, int], kernel_hw: tuple[int, int], out_channels:
     if not (conv_supported(in_hw, kernel_hw) and oh >= 2 and 2 <= ow <= 2 * LANES):
         return None
     p, yh = (oh - 1) * w + ow, oh // 2
-    tile = _pool_tile(in_hw, kernel_hw)
+    tile = -(-(w + 2 * (ow // 2)) // LANES)
     last = p - tile * LANES  # where the last tile's vectors must start
-    # only the last tile is shifted back (the kernel builds its pooling for that one alone)
     if out_channels * tile <= MAX_ACC and last >= 0 and 2 * w * max(0, yh - 2) <= last:
-        return "block"
-    shift = max(0, (2 * yh - 1) * w + LANES - p)  # the last pair's second row's, back
+        return "block", tile, max(0, 2 * w * (yh - 1) - last)
+    shift = max(0, (2 * yh - 1) * w + LANES - p)  # the last pair's second row's
     if (batch == 1 and out_channels <= MAX_ACC and ow <= LANES and ow + shift <= LANES
             and 2 * (yh - 1) * w + LANES <= p and (yh < 2 or (2 * yh - 3) * w + LANES <= p)):
-        return "rows"
+        return "rows", 1, shift
     return None
 
 
@@ -375,31 +370,28 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
     if pool not in (1, 2) or pool == 2 and not conv_pool_fits(in_hw, kernel_hw, out_channels,
                                                               batch):
         raise ValueError(f"the VNNI conv kernel takes a 2x2 max pool where a pair of output "
-                         f"rows fits its accumulators, not pool={pool} (input {h}x{w}, kernel "
-                         f"{kh}x{kw}, {out_channels} output channels)")
+                         f"rows fits its accumulators, or one row a vector at batch 1, not "
+                         f"pool={pool} (input {h}x{w}, kernel {kh}x{kw}, {out_channels} "
+                         f"output channels, batch {batch})")
     B, C, OC = batch, channels, out_channels  # noqa: N806
     OH, OW = h - kh + 1, w - kw + 1  # noqa: N806
     PLANE, P = C * h * w, (OH - 1) * w + OW  # noqa: N806
     G = -(-(C * kh * kw) // 4)  # noqa: N806
     pooled = pool == 2
-    mode = _pool_mode(in_hw, kernel_hw, OC, B) if pooled else None
+    # TILE: vectors a tile; S_LAST: positions the last tile is shifted back
+    mode, TILE, S_LAST = (_pool_mode(in_hw, kernel_hw, OC, B) if pooled  # noqa: N806
+                          else (None, 0, 0))
     pairs = mode == "rows"  # a tile one output row, a pair's first kept in ``prev``
     rows = OW >= LANES and not pooled  # vectors within output rows (all lanes stored)
     NR = -(-OW // LANES)  # noqa: N806 - vectors a row, the last shifted back
     YH, YW = (OH // 2, OW // 2) if pooled else (OH, OW)  # noqa: N806
-    if pairs:
-        TILE, NV, NT = 1, 2 * YH, 2 * YH  # noqa: N806
-    elif pooled:  # a tile: the vectors from a pair of rows' first position on
-        TILE = _pool_tile(in_hw, kernel_hw)  # noqa: N806
-        NV, NT = YH * TILE, YH  # noqa: N806
+    if pooled:  # "block": a tile a pair of rows; "rows": a tile a row
+        NT = 2 * YH if pairs else YH  # noqa: N806
+        NV = NT * TILE  # noqa: N806
     else:
         NV = OH * NR if rows else -(-P // LANES)  # noqa: N806
         TILE = max(1, min(NV, MAX_ACC // OC))  # noqa: N806 - vectors a tile (x OC accs)
         NT = -(-NV // TILE)  # noqa: N806
-    if pairs:  # the last pair's second row, shifted back
-        S_LAST = max(0, (2 * YH - 1) * w + LANES - P)  # noqa: N806
-    else:
-        S_LAST = max(0, 2 * w * (NT - 1) - (P - TILE * LANES)) if pooled else 0  # noqa: N806
 
     def index(t, v):  # a tile's v-th vector's index (the last tile repeats the last vector)
         return T.min(t * T.int64(TILE) + v, T.int64(NV - 1))

@@ -61,7 +61,7 @@ class EpiloguePlan:
         steps, int_rows = self.simplified()
         ranges = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767),
                   "int32": (-(1 << 31), (1 << 31) - 1)}
-        for k, (op, args, dtype) in enumerate(steps):
+        for op, args, dtype in steps:
             running = [a[0] in ("acc", "step") for a in args]
             consts = [self.float_rows[a[1]] if a[0] == "chan" and a[2].startswith("float")
                       else _values(a, int_rows) for a, r in zip(args, running) if not r]
@@ -168,6 +168,11 @@ def _values(arg, int_rows: list) -> np.ndarray | None:
     return None
 
 
+def _users(steps, k: int) -> list[int]:
+    """The indices of the steps that read step ``k``'s value."""
+    return [u for u, (_, args, _) in enumerate(steps) if ("step", k) in args]
+
+
 def _without_sign_correction(steps: tuple, int_rows: list) -> tuple:
     """``steps`` without the round-half-away-from-zero correction of a requantization whose
     result is clipped at 0 or above: ``(v + R - (v < 0)) >> s`` then ``clip(lo >= 0, hi)``
@@ -179,7 +184,7 @@ def _without_sign_correction(steps: tuple, int_rows: list) -> tuple:
     for k, (op, args, _) in enumerate(steps):
         if op != "right_shift" or args[0][0] != "step":
             continue
-        users = [u for u, (_, a, _) in enumerate(steps) if ("step", k) in a]
+        users = _users(steps, k)
         if not users or any(steps[u][0] != "clip" or steps[u][1][0] != ("step", k)
                             or steps[u][1][1][0] != "const" or steps[u][1][1][1] < 0
                             for u in users):
@@ -209,23 +214,19 @@ def _rounding_in_shift(steps: tuple, int_rows: list) -> tuple[tuple, list]:
     ``2**(s-1)``, computed as ``((v >> (s-1)) + 1) >> 1``: the same for every int64 ``v``
     (with ``v = q * 2**(s-1) + r``, ``0 <= r < 2**(s-1)``, both are ``floor((q+1) / 2)``);
     with the sign correction ``c`` between the add and the shift, ``v - c`` takes ``v``'s
-    place. The int64 row ``R`` goes (a requantization's rows left, bias, multiplier and ``s-1``, fit
-    int32, so its whole table does: half the bytes, and ``vpmuldq`` multiplies)."""
+    place. The int64 row ``R`` goes (a requantization's rows left, bias, multiplier and
+    ``s-1``, fit int32, so its whole table does: half the bytes, and ``vpmuldq`` multiplies)."""
     steps, rows = list(steps), list(int_rows)
-
-    def only_user(j, k):
-        return [u for u, (_, uargs, _) in enumerate(steps) if ("step", j) in uargs] == [k]
-
     for k, (op, args, dtype) in enumerate(steps):
         if op != "right_shift" or args[0][0] != "step" or args[1][0] != "chan":
             continue
         a = args[0][1]
         sub = None  # the sign correction between the add and the shift: (v + R - c) >> s
-        if steps[a][0] == "subtract" and steps[a][1][0][0] == "step" and only_user(a, k):
+        if steps[a][0] == "subtract" and steps[a][1][0][0] == "step" and _users(steps, a) == [k]:
             sub, a = steps[a], steps[a][1][0][1]
         add = steps[a]
-        if add[0] != "add" or add[1][1][0] != "chan" or not only_user(a, k if sub is None
-                                                                       else args[0][1]):
+        if add[0] != "add" or add[1][1][0] != "chan" or \
+                _users(steps, a) != [k if sub is None else args[0][1]]:
             continue
         if sub is not None and not (sub[1][1][0] == "step" and sub[1][1][1] < a):
             continue  # the correction is computed after the add: no place for it before
@@ -239,9 +240,9 @@ def _rounding_in_shift(steps: tuple, int_rows: list) -> tuple[tuple, list]:
             steps[a] = ("subtract", (x, sub[1][1]), sub[2])
             x, a = ("step", a), args[0][1]
         steps[a] = ("right_shift", (x, ("chan", len(rows) - 1, args[1][2])), add[2])
-        later = [(o, tuple(("step", j + 1) if x[0] == "step" and j >= k else x
-                           for x, j in ((x, x[1] if x[0] == "step" else -1) for x in xs)), d)
-                 for o, xs, d in steps[k + 1:]]
+        # the steps after k read one index further on (k's value is now at k + 1)
+        later = [(o, tuple(("step", x[1] + 1) if x[0] == "step" and x[1] >= k else x
+                           for x in xs), d) for o, xs, d in steps[k + 1:]]
         steps[k:] = [("add", (("step", a), ("const", 1, dtype)), dtype),
                      ("right_shift", (("step", k), ("const", 1, dtype)), dtype), *later]
         break
