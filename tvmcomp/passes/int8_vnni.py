@@ -55,6 +55,13 @@ def target_has_vnni(target) -> bool:
                                                                             target))
 
 
+def _padded_hw(conv: relax.Call) -> tuple[int, int]:
+    """The spatial size of a ``conv2d``'s input after its padding."""
+    _, _, h, w = shape_of(conv.args[0])
+    top, left, bottom, right = (int(p) for p in conv.attrs.padding)
+    return h + top + bottom, w + left + right
+
+
 @tvm.transform.module_pass(opt_level=0, name="Int8Vnni")
 class Int8Vnni:
     """Rewrite the int8 layers the VNNI kernels take; see the module docstring."""
@@ -105,15 +112,13 @@ class _Rewriter(PyExprMutator):
     @staticmethod
     def _pool(b: Bindings, core, plan: EpiloguePlan):
         """The 2x2 max pool after a conv's last computed value that its kernel can take (the
-        epilogue non-decreasing, the tile's row pair in its accumulators), else None."""
+        epilogue non-decreasing; :func:`~tvmcomp.kernels.vnni.conv_pool_fits`), else None."""
         if plan.kind != "conv" or not plan.non_decreasing():
             return None
         pool = b.pool_2x2(plan.final)
-        (n, _, h, w), khw = shape_of(core.args[0]), const_np(core.args[1]).shape[2:]
-        top, left, bottom, right = (int(p) for p in core.attrs.padding)
-        hw = (h + top + bottom, w + left + right)
-        return pool if pool is not None and vnni.conv_pool_fits(hw, khw, plan.channels, n) \
-            else None
+        khw, n = const_np(core.args[1]).shape[2:], shape_of(core.args[0])[0]
+        return pool if pool is not None and vnni.conv_pool_fits(
+            _padded_hw(core), khw, plan.channels, n) else None
 
     @staticmethod
     def _layer(val) -> tuple[str, int] | None:
@@ -128,10 +133,8 @@ class _Rewriter(PyExprMutator):
         if op == "relax.matmul":
             ok = w.ndim == 2 and len(shape) == 2 and vnni.dense_supported(w.shape[0])
             return ("dense", int(w.shape[1])) if ok else None
-        top, left, bottom, right = (int(p) for p in val.attrs.padding)
-        if (w.ndim != 4 or len(shape) != 4 or not direct_conv(val.attrs) or not
-                vnni.conv_supported((shape[2] + top + bottom, shape[3] + left + right),
-                                    w.shape[2:])):
+        if (w.ndim != 4 or len(shape) != 4 or not direct_conv(val.attrs)
+                or not vnni.conv_supported(_padded_hw(val), w.shape[2:])):
             return None
         return ("conv", int(w.shape[0]))
 
@@ -167,8 +170,7 @@ class _Rewriter(PyExprMutator):
     def _conv(self, layer: _Layer):
         x, w = layer.core.args[0], const_np(layer.core.args[1])
         top, left, bottom, right = (int(p) for p in layer.core.attrs.padding)
-        (n, c, h, wd), dtype = shape_of(x), dtype_of(x)
-        hw = (h + top + bottom, wd + left + right)
+        (n, c, _, _), dtype, hw = shape_of(x), dtype_of(x), _padded_hw(layer.core)
         oc, _, kh, kw = w.shape
         x = self.visit_expr(x)
         if top or left or bottom or right:  # the zero point is 0 here (QuantizeInt8 pads others)
