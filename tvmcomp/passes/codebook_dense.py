@@ -28,7 +28,7 @@ from ..kernels.decode import (DECODE_FUNCTION, cache_key, code_stream, decoded_d
 from ..kernels.sell import sell_codebook_from_dense
 from ..kernels.vnni import call_weight
 from ._emit import Bindings, rebind, rewrite_functions
-from ._qdq_match import const_np, dtype_of, shape_of
+from ._qdq_match import const_np, dtype_of, op_name, shape_of
 from .layers import layer_index, layer_key
 from .sparse_dense import goes_sparse, layer_weights, sparse_candidates
 
@@ -167,8 +167,7 @@ def packed_int8_layers(func: relax.Function) -> dict:
     ``Int8Vnni``."""
     out = {}
     for var, val in Bindings(func).value.items():
-        if not (isinstance(val, relax.Call) and isinstance(val.op, tvm.ir.Op)
-                and str(val.op.name) == "relax.call_tir"):
+        if op_name(val) != "relax.call_tir":
             continue
         x, *rest = val.args[1].fields
         wt = call_weight(val.args[0].name_hint, shape_of(x) or (), shape_of(var) or (),
