@@ -166,7 +166,7 @@ def test_print_pipeline(capsys):
         "6. legalize_fuse", "7. schedule", "8. lower"]
     assert lines[0] == "1. quantize: QuantizeInt8(accumulate=float32)"  # AVX2: exact float32
     assert lines[1] == "2. lowrank: LowRankFold(off)"
-    assert lines[2] == ("3. layer_forms: SparseDense(threshold=0.7), Int8Vnni(off), "
+    assert lines[2] == ("3. layer_forms: SparseDense(threshold=0.7), Int8Vnni(isa=avx2), "
                         "CodebookDense(off)")
     assert "MetaScheduleApplyDatabase" in lines[6]
     assert cli.main(["pipeline", "--profile", "x86_avx512"]) == 0  # its mcpu has VNNI

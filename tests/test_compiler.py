@@ -40,7 +40,8 @@ def test_manifest_fields(lenet_artifact, lenet):
     assert m["tvm_version"] == tvm.__version__
     assert m["passes"][0] == "quantize/QuantizeInt8(accumulate=float32)"  # x86 without VNNI
     assert m["passes"][1:5] == ["lowrank/LowRankFold(off)", "layer_forms/SparseDense(off)",
-                                "layer_forms/Int8Vnni(off)", "layer_forms/CodebookDense(off)"]
+                                "layer_forms/Int8Vnni(isa=avx2)",
+                                "layer_forms/CodebookDense(off)"]
     assert m["passes"][5].startswith("canonicalize/")
     assert "legalize_fuse/FuseOps" in m["passes"] and "legalize_fuse/FuseTIR" in m["passes"]
     assert m["passes"].index("legalize_fuse/LegalizeOps") < m["passes"].index(

@@ -13,7 +13,7 @@ from .defaults import DEFAULT_SPARSE_THRESHOLD
 from .kernels import HAND_SCHEDULED
 from .passes import CodebookDense, Int8Vnni, LowRankFold, QuantizeInt8, SparseDense
 from .passes.gpu_default_schedule import GpuDefaultSchedule
-from .passes.int8_vnni import target_has_vnni
+from .passes.int8_vnni import target_int8_isa
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,13 @@ def make_pipeline(target, database=None, sparse: dict | None = None,
     """
     with target:  # MetaScheduleApplyDatabase reads the current target when constructed
         return _phases(database, sparse, gpu="gpu" in list(target.keys),
-                       vnni=target_has_vnni(target),
+                       int8_isa=target_int8_isa(target),
                        accumulate=int8_acc, codebook=codebook, at_load=at_load,
                        lowrank_fold=lowrank_fold)
 
 
-def _phases(database, sparse: dict | None = None, gpu: bool = False, vnni: bool = False,
+def _phases(database, sparse: dict | None = None, gpu: bool = False,
+            int8_isa: str | None = None,
             accumulate: str = "int32", codebook: bool = False,
             at_load: tuple[str, ...] = (), lowrank_fold: tuple[str, ...] = ()) -> list[Phase]:
     return [
@@ -86,19 +87,23 @@ def _phases(database, sparse: dict | None = None, gpu: bool = False, vnni: bool 
               else ()),
         # 2. Per-layer forms the build plan chose (before FoldConstant/LegalizeOps):
         #    SparseDense (with --sparse) turns the sparse constant matmuls it keeps (float, or
-        #    QuantizeInt8's int8 ones) into sparse (SELL) call_tir kernels; Int8Vnni (where
-        #    the target's CPU has AVX-512 VNNI) turns the int8 layers left dense into our
-        #    VNNI kernels; CodebookDense (with --codebook) keeps the weights of the float
+        #    QuantizeInt8's int8 ones) into sparse (SELL) call_tir kernels; Int8Vnni (on
+        #    x86) turns the int8 layers left dense into our exact int8 kernels: all of them
+        #    with AVX-512 VNNI, those over activations known to be >= 0 with AVX2 only
+        #    (isa=avx2); CodebookDense (with --codebook) keeps the weights of the float
         #    layers left dense that have at most 256 distinct values as uint8 indices + a
         #    codebook, decoded in the kernel, and stores shared int8 weights (packed for the
         #    VNNI kernels or not) as code streams decoded at load.
         Phase("layer_forms", (
             SparseDense(**sparse) if sparse is not None
             else tvm.transform.Sequential([], name="SparseDense(off)"),
-            Int8Vnni() if vnni else tvm.transform.Sequential([], name="Int8Vnni(off)"),
+            Int8Vnni(int8_isa) if int8_isa
+            else tvm.transform.Sequential([], name="Int8Vnni(off)"),
             CodebookDense(at_load) if codebook
             else tvm.transform.Sequential([], name="CodebookDense(off)"),
         ), args=((("SparseDense", _sparse_args(sparse)),) if sparse is not None else ())
+            + ((("Int8Vnni", f"isa={int8_isa}"),) if int8_isa and int8_isa != "avx512_vnni"
+               else ())
             + ((("CodebookDense", f"at_load={','.join(at_load)}"),) if at_load else ())),
         # 3. Canonicalise: batch-norm/dropout to inference arithmetic, trivial bindings
         #    removed, constants folded while ops are still high level.

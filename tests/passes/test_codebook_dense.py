@@ -494,7 +494,8 @@ def test_int8_layers_stored_as_int8_code_streams(tmp_path, shared_lenet):
     assert rows["matmul3"]["value_bits"] == 4  # 16 shared values, 16 int8 ones
     assert rows["matmul2"]["form"] == "sparse codebook, decoded at load"
     assert rows["matmul2"]["stored_bytes"] < 48000 // 8
-    target = tvm.target.Target(TARGET)
+    # an x86 CPU without AVX2: the layers stay int8 matmuls / convs (Int8Vnni off)
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64", "num-cores": 1})
     outs, consts = [], []
     for m in (mod, CodebookDense()(mod)):
         fused = fuse(m, target)
@@ -508,13 +509,16 @@ def test_int8_layers_stored_as_int8_code_streams(tmp_path, shared_lenet):
     np.testing.assert_array_equal(outs[1], outs[0])
 
 
-def test_int8_code_streams_decode_into_the_vnni_kernels_packed_weights(tmp_path, shared_lenet):
-    """With a VNNI target, Int8Vnni packs the int8 weights first; CodebookDense then stores
+@pytest.mark.parametrize("isa, mcpu", [("avx512_vnni", "cascadelake"), ("avx2", "core-avx2")])
+def test_int8_code_streams_decode_into_the_vnni_kernels_packed_weights(tmp_path, shared_lenet,
+                                                                        isa, mcpu):
+    """With an x86 target, Int8Vnni packs the int8 weights first (on AVX2 those of the layers
+    over non-negative activations: not conv0's, over the signed image); CodebookDense then stores
     the shared fc layers' weights as the same code streams as without VNNI (the size report
     holds for both) and decodes them at load straight into the packed weights and their
     compensation terms, which the VNNI kernels read from the tensor cache: no packed or
     dense int8 fc weight in the artifact, every layer still a VNNI kernel, and the outputs
-    equal those of the build without CodebookDense bit for bit (on a VNNI CPU)."""
+    equal those of the build without CodebookDense bit for bit (on a CPU with ``isa``)."""
     from tvmcomp.kernels.decode import DECODE_FUNCTION, code_stream
     from tvmcomp.passes import Int8Vnni
     from tvmcomp.passes.codebook_dense import decoded_bytes, int8_layers
@@ -525,14 +529,16 @@ def test_int8_code_streams_decode_into_the_vnni_kernels_packed_weights(tmp_path,
     (func,) = [f for gv, f in mod.functions.items() if gv.name_hint == "main_b2"]
     streamed = {name: w for _, name, _, w in int8_layers(func)}
     assert set(streamed) == {"matmul2", "matmul3", "matmul4"}
-    target = tvm.target.Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
     with target:
-        packed = Int8Vnni()(mod)
+        packed = Int8Vnni(isa)(mod)
     both = CodebookDense()(packed)
     assert DECODE_FUNCTION in [gv.name_hint for gv in both.get_global_vars()]
     kernels = sorted(gv.name_hint for gv, f in both.functions.items()
-                     if gv.name_hint.startswith("vnni_"))
-    assert len(kernels) == 5  # conv0, conv1 (256 values: stored int8) and the three fc
+                     if gv.name_hint.startswith(("vnni_", "avx2_")))
+    # conv0 (VNNI only), conv1 (256 values: stored int8) and the three fc
+    assert len(kernels) == (5 if isa == "avx512_vnni" else 4)
+    assert all(k.startswith("vnni_" if isa == "avx512_vnni" else "avx2_") for k in kernels)
     stored = _constants(both)
     for name, w in streamed.items():  # [in, out], K % 4 == 0
         nb = -(-w.shape[1] // 16)
@@ -543,8 +549,8 @@ def test_int8_code_streams_decode_into_the_vnni_kernels_packed_weights(tmp_path,
     fused = [fuse(m, target) for m in (packed, both)]
     ram = sum(-(-w.shape[1] // 16) * 16 * (w.shape[0] + 4) for w in streamed.values())
     assert decoded_bytes(fused[1]) == ram  # packed weights + int32 compensation
-    if "avx512_vnni" not in cpu_flags():
-        pytest.skip("this CPU has no AVX-512 VNNI")
+    if isa not in cpu_flags():
+        pytest.skip(f"this CPU has no {isa}")
     outs = []
     for m in fused:
         vm = relax.VirtualMachine(compile_fused(m, target), tvm.cpu())

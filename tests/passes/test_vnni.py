@@ -11,6 +11,7 @@ import pytest
 tvm = pytest.importorskip("tvm")
 
 from tvmcomp.kernels.vnni import (  # noqa: E402
+    AVX2,
     conv_kernel,
     conv_supported,
     dense_kernel,
@@ -155,7 +156,7 @@ def test_code_stream_decodes_into_the_packed_weight(kind, x_dtype, density):
     assert p.weight is (p.packed if kind == "dense" else p.quads)
     s = code_stream(w)
     assert (s.gap_bits > 0) == (density < 1)
-    func = stream_decode_kernel(s, p.placement(x_dtype)).with_attr("global_symbol", "main")
+    func = stream_decode_kernel(s, p.placement()).with_attr("global_symbol", "main")
     lib = tvm.compile(tvm.IRModule({"main": func}), target="llvm")
     out = tvm.runtime.tensor(np.full(p.weight.shape, 99, np.int8))
     lib["main"](*(tvm.runtime.tensor(a) for a in (s.codebook, s.data, np.zeros(1, np.int32))),
@@ -166,6 +167,89 @@ def test_code_stream_decodes_into_the_packed_weight(kind, x_dtype, density):
                                   -128 * w.astype(np.int64).reshape(
                                       (-1, w.shape[-1]) if kind == "dense" else (w.shape[0], -1)
                                   ).sum(0 if kind == "dense" else 1) * (x_dtype == "int8"))
+
+
+AVX2_TARGET = {"kind": "llvm", "mcpu": "core-avx2", "num-cores": 2}
+
+
+def _avx2_run(func, args, out_shape, out_dtype="int32"):
+    if "avx2" not in cpu_flags():
+        pytest.skip("this CPU has no AVX2")
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+                      target=tvm.target.Target(AVX2_TARGET))
+    out = tvm.runtime.tensor(np.full(out_shape, 7, out_dtype))  # garbage where not written
+    lib["main"](*(tvm.runtime.tensor(a) for a in args), out)
+    return out.numpy()
+
+
+@pytest.mark.parametrize("m, k, n", [
+    (1, 400, 120),   # LeNet-5's fc1 at batch 1: 15 vectors of 8 columns, the last half used
+    (64, 400, 120),  # at batch 64
+    (5, 84, 10),     # fc3: two vectors, 5 rows
+])
+def test_avx2_dense_is_exact(m, k, n):
+    """The AVX2 dense kernel (``vpmaddubsw`` + ``vpmaddwd``) over int8 activations in [0, 127]
+    (a ReLU's output) gives the exact int32 sums, saturating pairs' worst case included; its
+    packed weight has no compensation (the activations are read as they are)."""
+    rng = np.random.default_rng(k + n)
+    x = rng.integers(0, 128, (m, k)).astype(np.int8)
+    w = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    x[0, :2], w[:2, 0] = 127, -128  # one byte pair at its extreme: 2 * 127 * -128 = -32512
+    p = pack_dense(w, "int8", AVX2)
+    assert not p.comp.any() and p.scale == 0
+    got = _avx2_run(dense_kernel(m, k, n, "int8", None, AVX2), (x, p.packed), (m, n))
+    np.testing.assert_array_equal(got, x.astype(np.int64) @ w.astype(np.int64))
+
+
+@pytest.mark.parametrize("n, c, hw, oc, k, epilogue", [
+    (2, 6, (14, 14), 16, 5, True),   # LeNet-5's conv2: two blocks of 8 output channels
+    (3, 1, (32, 32), 6, 5, False),   # conv1, padded input: rows of 28, 4 vectors a row
+    (2, 3, (7, 9), 4, (3, 2), True),  # vectors across rows, the last shifted back
+    (1, 2, (12, 12), 12, 3, False),  # 12 channels: two blocks of 6, rows of 10 (2 vectors)
+])
+def test_avx2_conv_is_exact(n, c, hw, oc, k, epilogue):
+    import torch
+
+    from tvmcomp.kernels.epilogue import Epilogue
+
+    kh, kw = (k, k) if isinstance(k, int) else k
+    rng = np.random.default_rng(oc + c)
+    x = rng.integers(0, 128, (n, c, *hw)).astype(np.int8)
+    w = rng.integers(-128, 128, (oc, c, kh, kw)).astype(np.int8)
+    x[0, 0, 0, :2] = 127
+    w[0, 0, 0, :2] = -128  # taps 0 and 1 of channel 0: one byte pair at position 0
+    p = pack_conv(w, hw, "int8", AVX2)
+    assert not p.comp.any()
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x.astype(np.float64)),
+                                     torch.from_numpy(w.astype(np.float64))).numpy()
+    ref = ref.astype(np.int64)
+    args, epi, out_dtype = (x, p.quads, p.offsets), None, "int32"
+    if epilogue:
+        epi = Epilogue((("add", (("acc",), ("chan", 0, "int32")), "int32"),
+                        ("right_shift", (("step", 0), ("const", 10, "int32")), "int32"),
+                        ("clip", (("step", 1), ("const", 0, "int32"), ("const", 127, "int32")),
+                         "int32"),
+                        ("astype", (("step", 2),), "int8")), 1, 0, "int32")
+        bias = rng.integers(-30000, 30000, oc).astype(np.int32)
+        ref = np.clip((ref + bias[None, :, None, None]) >> 10, 0, 127)
+        args += (bias[None, :], np.zeros((1, 1), np.float32))
+        out_dtype = "int8"
+    got = _avx2_run(conv_kernel(n, c, hw, oc, (kh, kw), "int8", epi, 1, AVX2), args,
+                    ref.shape, out_dtype)
+    assert np.unique(ref).size > 5
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_avx2_kernels_refuse_what_they_cannot_sum_exactly():
+    """uint8 activations may exceed 127 (``vpmaddubsw`` would saturate); no pool on AVX2."""
+    from tvmcomp.kernels.vnni import conv_pool_fits
+
+    with pytest.raises(ValueError, match="takes int8 x"):
+        dense_kernel(1, 400, 120, "uint8", None, AVX2)
+    with pytest.raises(ValueError, match="takes int8 x"):
+        conv_kernel(1, 6, (14, 14), 16, (5, 5), "uint8", None, 1, AVX2)
+    assert conv_pool_fits((14, 14), (5, 5), 16, 1) and not conv_pool_fits((14, 14), (5, 5),
+                                                                           16, 1, AVX2)
 
 
 def test_unsupported_shapes_are_refused():
@@ -228,8 +312,9 @@ def _kernel_names(mod) -> list[str]:
 
 @pytest.mark.parametrize("x_dtype, pad, leak", [("int8", 1, False), ("uint8", 0, True)])
 def test_pass_rewrites_int8_layers_where_the_target_has_vnni(x_dtype, pad, leak):
-    """The pipeline runs the pass for a VNNI target only; there both layers become our
-    kernels (a padded conv after a pad with zeros), each with the elementwise ops after it
+    """The pipeline runs the pass with the VNNI kernels for a VNNI target (with the AVX2
+    ones for an AVX2 target, none for others); there both layers become our kernels (a
+    padded conv after a pad with zeros), each with the elementwise ops after it
     that nothing else reads (the conv's whole requantization; the matmul's float scaling, or
     only its ``astype`` when the float value is read elsewhere). On a VNNI CPU the built
     module's outputs equal those of the module without the pass, bit for bit."""
@@ -241,11 +326,12 @@ def test_pass_rewrites_int8_layers_where_the_target_has_vnni(x_dtype, pad, leak)
 
     mod, wc, wd = _int8_layers(x_dtype, pad, leak)
     target = tvm.target.Target(TARGET)
-    for t, on in ((target, True), (tvm.target.Target({"kind": "llvm", "mcpu": "core-avx2"}),
-                                   False)):
-        assert target_has_vnni(t) is on
-        assert any(n == f"layer_forms/Int8Vnni{'' if on else '(off)'}"
-                   for n in pass_names(make_pipeline(t)))
+    arm = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}
+    for t, name in ((target, "Int8Vnni"), (AVX2_TARGET, "Int8Vnni(isa=avx2)"),
+                    (arm, "Int8Vnni(off)")):
+        t = tvm.target.Target(t)
+        assert target_has_vnni(t) is (name == "Int8Vnni")
+        assert f"layer_forms/{name}" in pass_names(make_pipeline(t))
     with target:
         new = Int8Vnni()(mod)
     conv, dense = _kernel_names(new)
@@ -270,6 +356,71 @@ def test_pass_rewrites_int8_layers_where_the_target_has_vnni(x_dtype, pad, leak)
         ex = tvm.compile(m, target=target)
         outs.append(relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy())
     assert np.unique(outs[0]).size > 5  # not all clipped
+    np.testing.assert_array_equal(outs[1], outs[0])
+
+
+def _avx2_layers(lo: int, acc: str):
+    """A Relax module as QuantizeInt8 makes them with ``accumulate=acc``: ReLU on an int8
+    input, an int8 conv (padding 1) requantized and clipped to ``[lo, 127]``, flatten, an
+    int8 matmul scaled to float."""
+    from tvm import relax
+    from tvm.script import relax as R
+
+    rng = np.random.default_rng(5)
+    wc = rng.integers(-128, 128, (4, 3, 3, 3)).astype(np.int8)
+    wd = rng.integers(-128, 128, (4 * 8 * 8, 5)).astype(np.int8)
+
+    def c(a, dtype):
+        return relax.const(np.asarray(a, dtype), dtype)
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 3, 8, 8), "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            r = bb.emit(R.maximum(x, c(0, "int8")))
+            a = bb.emit(R.nn.conv2d(r, relax.const(wc), padding=[1] * 4, out_dtype=acc))
+            if acc == "float32":
+                a = bb.emit(R.astype(a, "int32"))
+            a = bb.emit(R.add(a, c(np.arange(-2, 2).reshape(1, 4, 1, 1) * 999, "int32")))
+            v = bb.emit(R.right_shift(a, c(9, "int32")))
+            a8 = bb.emit(R.astype(bb.emit(R.clip(v, lo, 127)), "int8"))
+            f = bb.emit(R.reshape(a8, (2, 4 * 8 * 8)))
+            y = bb.emit(R.matmul(f, relax.const(wd), out_dtype=acc))
+            y = bb.emit(R.astype(y, "int32" if acc == "float32" else "float32"))
+            if acc == "float32":
+                y = bb.emit(R.astype(y, "float32"))
+            out = bb.emit_output(bb.emit(R.multiply(y, c(np.linspace(0.5, 2, 5), "float32"))))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("lo, acc", [(0, "float32"), (-128, "float32"), (0, "int32")])
+def test_avx2_pass_takes_the_layers_over_non_negative_int8(lo, acc):
+    """``Int8Vnni("avx2")`` takes an int8 layer only where its input is known to be >= 0 (a
+    ReLU's ``maximum``; the conv's requantization clipped at 0, then flattened), from
+    QuantizeInt8's float32-accumulating form as from the int32 one; the built module's
+    outputs equal those of the module without the pass, bit for bit."""
+    from tvm import relax
+
+    from tvmcomp.passes import Int8Vnni
+
+    mod = _avx2_layers(lo, acc)
+    target = tvm.target.Target(AVX2_TARGET)
+    with target:
+        new = Int8Vnni("avx2")(mod)
+    names = _kernel_names(new)
+    assert names[0].startswith("avx2_conv_b2_3x10x10_4k3x3_int8_int8_")
+    assert [n.startswith("avx2_dense_b2_256x5_int8_float32_") for n in names[1:]] == (
+        [True] if lo >= 0 else [])
+    text = new.script()
+    assert "R.nn.conv2d(" not in text and ("R.matmul(" in text) == (lo < 0)
+    if "avx2" not in cpu_flags():
+        pytest.skip("this CPU has no AVX2")
+    rng = np.random.default_rng(0)
+    x = _x(rng, "int8", (2, 3, 8, 8))
+    outs = [relax.VirtualMachine(tvm.compile(m, target=target), tvm.cpu())["main"](
+        tvm.runtime.tensor(x)).numpy() for m in (mod, new)]
+    assert np.unique(outs[0]).size > 5
     np.testing.assert_array_equal(outs[1], outs[0])
 
 

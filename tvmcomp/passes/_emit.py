@@ -3,10 +3,18 @@ function's bindings, and binding a new expression in place of an old binding."""
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import relax
 
-from ._qdq_match import op_name
+from ._qdq_match import const_np, dtype_of, op_name
+
+# ops whose integer output values are some of their first argument's
+_SAME_VALUES = ("relax.nn.max_pool2d", "relax.reshape", "relax.flatten", "relax.permute_dims",
+                "relax.squeeze", "relax.expand_dims")
+# the ops whose output bounds Bindings.value_range derives from their first argument's
+_RANGE_OPS = (*_SAME_VALUES, "relax.astype", "relax.clip", "relax.nn.relu", "relax.maximum",
+              "relax.minimum", "relax.nn.pad")
 
 
 def rewrite_functions(mutator, mod: tvm.IRModule, prepare) -> tvm.IRModule:
@@ -84,3 +92,39 @@ class Bindings:
             if op_name(val) == op and len(val.args) >= 1 and val.args[0].same_as(var):
                 return v
         return None
+
+    def value_range(self, var) -> tuple[int, int] | None:
+        """Bounds ``(lo, hi)`` of the values of the integer tensor ``var``, from the bindings
+        that made it (a clip, a ReLU or a ``maximum`` with a constant, a cast that keeps
+        them, zero padding, pooling and reshapes of such values); its dtype's range where
+        nothing tighter is known; None for a non-integer tensor."""
+        if not isinstance(getattr(var, "ty", None), relax.TensorType) or \
+                not dtype_of(var).startswith(("int", "uint")):
+            return None
+        info = np.iinfo(dtype_of(var))
+        full = int(info.min), int(info.max)
+        val = self.value.get(var)
+        op = op_name(val) if val is not None else None
+        inner = self.value_range(val.args[0]) if op in _RANGE_OPS else None
+        got = None
+        if op in _SAME_VALUES:
+            got = inner
+        elif op == "relax.astype":
+            got = inner if inner is not None and full[0] <= inner[0] and inner[1] <= full[1] \
+                else None
+        elif op == "relax.clip":
+            lo, hi = (int(getattr(p, "value", p)) for p in val.args[1:3])
+            got = (lo, hi) if inner is None else (max(lo, inner[0]), min(hi, inner[1]))
+        elif op == "relax.nn.relu" and inner is not None:
+            got = (max(inner[0], 0), max(inner[1], 0))
+        elif op in ("relax.maximum", "relax.minimum") and inner is not None:
+            c = const_np(val.args[1])
+            if c is not None and c.size == 1:
+                f = max if op == "relax.maximum" else min
+                got = (f(inner[0], int(c.item())), f(inner[1], int(c.item())))
+        elif op == "relax.nn.pad" and inner is not None:
+            fill = int(float(getattr(val.attrs, "pad_value", 0) or 0))
+            got = (min(inner[0], fill), max(inner[1], fill))
+        if got is None:
+            return full
+        return max(got[0], full[0]), min(got[1], full[1])

@@ -161,7 +161,7 @@ def _streams_smaller(w: np.ndarray) -> bool:
 
 
 def packed_int8_layers(func: relax.Function) -> dict:
-    """``{var: (weight, x dtype)}`` of ``func``'s ``Int8Vnni`` kernel calls whose packed
+    """``{var: weight}`` of ``func``'s ``Int8Vnni`` kernel calls whose packed
     int8 weight (:func:`~tvmcomp.kernels.vnni.call_weight`) a :func:`code_stream` of the
     weight as the layer reads it stores in fewer bytes: :func:`int8_layers` after
     ``Int8Vnni``."""
@@ -170,10 +170,10 @@ def packed_int8_layers(func: relax.Function) -> dict:
         if op_name(val) != "relax.call_tir":
             continue
         x, *rest = val.args[1].fields
-        wt = call_weight(val.args[0].name_hint, shape_of(x) or (), shape_of(var) or (),
-                         [const_np(a) for a in rest])
+        wt = call_weight(val.args[0].name_hint, shape_of(x) or (), dtype_of(x),
+                         shape_of(var) or (), [const_np(a) for a in rest])
         if wt is not None and _streams_smaller(wt.to_dense()):
-            out[var] = (wt, dtype_of(x))
+            out[var] = wt
     return out
 
 
@@ -320,12 +320,12 @@ class _Rewriter(PyExprMutator):
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         if binding.var in self.packed:  # the packed weight (compensation in it) from the cache
-            wt, x_dtype = self.packed[binding.var]
+            wt = self.packed[binding.var]
             s = code_stream(wt.to_dense())
             val = binding.value
             args = [self.visit_expr(a) for a in val.args[1].fields]
             (args[1],) = self._from_cache([wt.weight],
-                                          stream_decode_kernel(s, wt.placement(x_dtype)),
+                                          stream_decode_kernel(s, wt.placement()),
                                           [s.codebook, s.data], f"{binding.var.name}_w")
             call = relax.Call(val.op, [val.args[0], relax.Tuple(args)], val.attrs, val.ty_args)
             rebind(self, binding, call, f"{binding.var.name}_stream")

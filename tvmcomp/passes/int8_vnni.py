@@ -1,9 +1,13 @@
-"""Int8Vnni: int8 matmuls / convolutions with int32 sums → our AVX-512 VNNI kernels (``call_tir``).
+"""Int8Vnni: int8 matmuls / convolutions → our exact int8 kernels (``call_tir``) on AVX-512 VNNI,
+or on AVX2 where the activations are known to lie in [0, 127].
 
 Runs after QuantizeInt8 and the per-layer forms, on the int8 layers still dense:
 
     acc = R.matmul(x_q, W_i8, out_dtype="int32")          # x_q int8/uint8 [M, K], K % 4 == 0
     acc = R.nn.conv2d(x_q, W_i8, out_dtype="int32", ...)  # NCHW/OIHW, stride 1, no groups
+
+or their float32-accumulating form (``out_dtype="float32"`` then ``astype int32``, which
+QuantizeInt8 emits where that is exact: the kernel's int32 sums are the same values).
 
 Each layer's kernel (:mod:`tvmcomp.kernels.vnni`) also takes the elementwise bindings that
 follow it (QuantizeInt8's bias, requantization and clamp, or its float scaling: add,
@@ -11,9 +15,9 @@ subtract, multiply, astype, less, right_shift, clip, maximum, minimum, relu over
 per-channel constants), as long as nothing else reads their intermediate values, and stores
 only the last value:
 
-    y = R.call_tir(vnni_dense_b{M}_{K}x{N}_{x dtype}[_{y dtype}_{hash}],
+    y = R.call_tir({isa}_dense_b{M}_{K}x{N}_{x dtype}[_{y dtype}_{hash}],
                    (x_q, packed[, chan_i, chan_f]))
-    y = R.call_tir(vnni_conv_b{N}_{C}x{H}x{W}_{OC}k{KH}x{KW}_{x dtype}[_{y dtype}_{hash}],
+    y = R.call_tir({isa}_conv_b{N}_{C}x{H}x{W}_{OC}k{KH}x{KW}_{x dtype}[_{y dtype}_{hash}],
                    (x_q, quads, offsets[, chan_i, chan_f]))
 
 after an ``R.nn.pad`` with zeros where the conv pads (QuantizeInt8 pads with a non-zero zero
@@ -23,7 +27,11 @@ on the sums; :meth:`EpiloguePlan.non_decreasing`) and a pair of output rows fits
 accumulators (:func:`~tvmcomp.kernels.vnni.conv_pool_fits`).
 
 The pipeline runs the pass where the target's CPU has ``avx512vnni`` (the profile's
-``mcpu``: :func:`target_has_vnni`); layers the kernels do not take are left as they are.
+``mcpu``: :func:`target_int8_isa`), or ``avx2`` (``Int8Vnni("avx2")``): there it takes only
+the layers whose input is int8 known to be ``>= 0`` (``vpmaddubsw`` is exact for activations
+up to 127: :mod:`tvmcomp.kernels.vnni`), from the bindings that made it
+(:meth:`Bindings.value_range`: a ReLU's clip at 0, then pooling, flattening, zero padding).
+Layers the kernels do not take are left as they are.
 """
 
 from __future__ import annotations
@@ -42,17 +50,28 @@ from ._qdq_match import const_np, dtype_of, op_name, shape_of
 from .layers import direct_conv
 
 R = relax.op
+_TO_INT32 = ("astype", (("acc",),), "int32")  # a float-accumulated layer's first step
 
 
 def target_has_vnni(target) -> bool:
     """Whether ``target`` is an x86 CPU with AVX-512 VNNI."""
+    return target_int8_isa(target) == vnni.VNNI.name
+
+
+def target_int8_isa(target) -> str | None:
+    """The instruction set of our int8 kernels for ``target``: ``"avx512_vnni"``,
+    ``"avx2"`` (an x86 CPU with AVX2 and no VNNI), or None."""
     from tvm.target import codegen
 
     if target.kind.name != "llvm":
-        return False
+        return None
     triple = str(target.attrs.get("mtriple", "x86_64"))
-    return triple.startswith("x86_64") and bool(codegen.target_has_features("avx512vnni",
-                                                                            target))
+    if not triple.startswith("x86_64"):
+        return None
+    for isa, feature in ((vnni.VNNI.name, "avx512vnni"), (vnni.AVX2.name, "avx2")):
+        if codegen.target_has_features(feature, target):
+            return isa
+    return None
 
 
 def _padded_hw(conv: relax.Call) -> tuple[int, int]:
@@ -64,10 +83,16 @@ def _padded_hw(conv: relax.Call) -> tuple[int, int]:
 
 @tvm.transform.module_pass(opt_level=0, name="Int8Vnni")
 class Int8Vnni:
-    """Rewrite the int8 layers the VNNI kernels take; see the module docstring."""
+    """Rewrite the int8 layers the kernels of ``isa`` (``"avx512_vnni"`` or ``"avx2"``)
+    take; see the module docstring."""
+
+    def __init__(self, isa: str = vnni.VNNI.name) -> None:
+        if isa not in vnni.ISAS:
+            raise ValueError(f"isa must be one of {', '.join(vnni.ISAS)}, got {isa!r}")
+        self.isa = vnni.ISAS[isa]
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        return _Rewriter(mod).run()
+        return _Rewriter(mod, self.isa).run()
 
 
 @dataclass
@@ -82,9 +107,10 @@ class _Layer:
 
 @mutator
 class _Rewriter(PyExprMutator):
-    def __init__(self, mod: tvm.IRModule) -> None:
+    def __init__(self, mod: tvm.IRModule, isa: vnni.Isa) -> None:
         super().__init__(mod)
         self.mod_ = mod
+        self.isa = isa
         self.kernels: dict = {}
         self.final: dict = {}
         self.skip: set = set()
@@ -96,10 +122,12 @@ class _Rewriter(PyExprMutator):
         b = Bindings(func)
         self.final, self.skip = {}, set()
         for var in b.order:
-            kind_channels = self._layer(b.value[var])
+            kind_channels = self._layer(b, b.value[var])
             if kind_channels is None:
                 continue
             plan = plan_epilogue(b, var, *kind_channels)
+            if dtype_of(var) == "float32" and plan.steps[:1] != [_TO_INT32]:
+                continue  # the float sums' cast to int32 is read elsewhere too
             pool = self._pool(b, b.value[var], plan)
             if pool is None:
                 self.final[plan.final] = _Layer(b.value[var], plan)
@@ -109,8 +137,7 @@ class _Rewriter(PyExprMutator):
                 self.skip.update(plan.members)
         return bool(self.final)
 
-    @staticmethod
-    def _pool(b: Bindings, core, plan: EpiloguePlan):
+    def _pool(self, b: Bindings, core, plan: EpiloguePlan):
         """The 2x2 max pool after a conv's last computed value that its kernel can take (the
         epilogue non-decreasing; :func:`~tvmcomp.kernels.vnni.conv_pool_fits`), else None."""
         if plan.kind != "conv" or not plan.non_decreasing():
@@ -118,18 +145,20 @@ class _Rewriter(PyExprMutator):
         pool = b.pool_2x2(plan.final)
         khw, n = const_np(core.args[1]).shape[2:], shape_of(core.args[0])[0]
         return pool if pool is not None and vnni.conv_pool_fits(
-            _padded_hw(core), khw, plan.channels, n) else None
+            _padded_hw(core), khw, plan.channels, n, self.isa) else None
 
-    @staticmethod
-    def _layer(val) -> tuple[str, int] | None:
+    def _layer(self, b: Bindings, val) -> tuple[str, int] | None:
         """(kind, output channels) of an int8 layer the kernels take, else None."""
         op = op_name(val)
-        if op not in ("relax.matmul", "relax.nn.conv2d") or str(val.attrs.out_dtype) != "int32":
+        if op not in ("relax.matmul", "relax.nn.conv2d") or \
+                str(val.attrs.out_dtype) not in ("int32", "float32"):
             return None
         x, w = val.args[0], const_np(val.args[1])
         shape, dtype = shape_of(x), dtype_of(x)
-        if w is None or w.dtype != np.int8 or shape is None or dtype not in vnni.X_DTYPES:
+        if w is None or w.dtype != np.int8 or shape is None or dtype not in self.isa.x_dtypes:
             return None
+        if not self.isa.flips(dtype) and dtype == "int8" and b.value_range(x)[0] < 0:
+            return None  # (AVX2) activations that may be negative would not sum exactly
         if op == "relax.matmul":
             ok = w.ndim == 2 and len(shape) == 2 and vnni.dense_supported(w.shape[0])
             return ("dense", int(w.shape[1])) if ok else None
@@ -159,11 +188,11 @@ class _Rewriter(PyExprMutator):
     def _dense(self, layer: _Layer):
         x, w = layer.core.args[0], const_np(layer.core.args[1])
         (m, k), dtype, n = shape_of(x), dtype_of(x), w.shape[1]
-        p = vnni.pack_dense(w, dtype)
+        p = vnni.pack_dense(w, dtype, self.isa)
         epi = layer.plan.epilogue()
         extra = layer.plan.constants(p.comp.size) if epi else []
-        gv = self._kernel(f"{vnni.DENSE_NAME}b{m}_{k}x{n}_{dtype}{layer.plan.suffix()}",
-                          lambda: vnni.dense_kernel(m, k, n, dtype, epi))
+        gv = self._kernel(f"{self.isa.dense_name}b{m}_{k}x{n}_{dtype}{layer.plan.suffix()}",
+                          lambda: vnni.dense_kernel(m, k, n, dtype, epi, self.isa))
         return relax.call_tir(gv, [self.visit_expr(x), relax.const(p.packed), *extra],
                               relax.TensorType((m, n), epi.out_dtype if epi else "int32"))
 
@@ -176,13 +205,13 @@ class _Rewriter(PyExprMutator):
         if top or left or bottom or right:  # the zero point is 0 here (QuantizeInt8 pads others)
             x = self.builder_.emit(R.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right]),
                                    "vnni_padded")
-        p = vnni.pack_conv(w, hw, dtype)
+        p = vnni.pack_conv(w, hw, dtype, self.isa)
         epi = layer.plan.epilogue()
         extra = layer.plan.constants(oc) if epi else []
-        gv = self._kernel(f"{vnni.CONV_NAME}b{n}_{c}x{hw[0]}x{hw[1]}_{oc}k{kh}x{kw}_{dtype}"
+        gv = self._kernel(f"{self.isa.conv_name}b{n}_{c}x{hw[0]}x{hw[1]}_{oc}k{kh}x{kw}_{dtype}"
                           f"{'_pool2' if layer.pool == 2 else ''}{layer.plan.suffix()}",
                           lambda: vnni.conv_kernel(n, c, hw, oc, (kh, kw), dtype, epi,
-                                                   layer.pool))
+                                                   layer.pool, self.isa))
         out = (n, oc, (hw[0] - kh + 1) // layer.pool, (hw[1] - kw + 1) // layer.pool)
         return relax.call_tir(gv, [x, relax.const(p.quads), relax.const(p.offsets), *extra],
                               relax.TensorType(out, epi.out_dtype if epi else "int32"))

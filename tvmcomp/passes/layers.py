@@ -12,10 +12,14 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
+from ..kernels.vnni import ISAS
+
 INDEXED_OPS = ("relax.nn.conv1d", "relax.nn.conv2d", "relax.nn.conv3d", "relax.matmul")
 # name prefixes of the kernels the per-layer passes call in a layer's place (``R.call_tir``):
 # SparseDense's SELL matmuls and direct sparse convolutions, Int8Vnni's dense and convolution
-LAYER_KERNELS = ("sell_", "sparse_conv_", "vnni_dense_", "vnni_conv_")
+# (each instruction set's)
+LAYER_KERNELS = ("sell_", "sparse_conv_",
+                 *(name for isa in ISAS.values() for name in (isa.dense_name, isa.conv_name)))
 
 
 def is_layer_kernel(call) -> bool:
