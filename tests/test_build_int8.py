@@ -48,7 +48,10 @@ def test_manifest_records_scheme_and_layers(int8_artifact):
 def test_manifest_kernels_and_passes_describe_model_so(int8_artifact, kernels_in_so):
     out, man, _ = int8_artifact
     assert set(man["kernels"]) == kernels_in_so(out)
-    assert any("cast" in k for k in man["kernels"])  # the integer kernels and requantization
+    # x86_avx2: each of LeNet-5's 5 convs / matmuls in both batch entries is our exact int8
+    # kernel with its requantization in it (asymmetric activations: summed as signed)
+    layers = [k for k in man["kernels"] if k.startswith(("avx2_conv_", "avx2_dense_"))]
+    assert len(layers) == 10 and all("_int8_signed_" in k for k in layers)
     acc = man["quantization"]["accumulate"]
     assert f"quantize/QuantizeInt8(accumulate={acc})" == man["passes"][0]
 

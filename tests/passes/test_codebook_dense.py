@@ -512,12 +512,12 @@ def test_int8_layers_stored_as_int8_code_streams(tmp_path, shared_lenet):
 @pytest.mark.parametrize("isa, mcpu", [("avx512_vnni", "cascadelake"), ("avx2", "core-avx2")])
 def test_int8_code_streams_decode_into_the_vnni_kernels_packed_weights(tmp_path, shared_lenet,
                                                                         isa, mcpu):
-    """With an x86 target, Int8Vnni packs the int8 weights first (on AVX2 those of the layers
-    over non-negative activations: not conv0's, over the signed image); CodebookDense then stores
-    the shared fc layers' weights as the same code streams as without VNNI (the size report
-    holds for both) and decodes them at load straight into the packed weights and their
-    compensation terms, which the VNNI kernels read from the tensor cache: no packed or
-    dense int8 fc weight in the artifact, every layer still a VNNI kernel, and the outputs
+    """With an x86 target (VNNI or AVX2), Int8Vnni packs the int8 weights first; CodebookDense
+    then stores the shared fc layers' weights as the same code streams as without these
+    kernels (the size report holds for both) and decodes them at load straight into the
+    packed weights and their compensation terms, which the kernels read from the tensor
+    cache: no packed or dense int8 fc weight in the artifact, every layer still our kernel,
+    and the outputs
     equal those of the build without CodebookDense bit for bit (on a CPU with ``isa``)."""
     from tvmcomp.kernels.decode import DECODE_FUNCTION, code_stream
     from tvmcomp.passes import Int8Vnni
@@ -536,8 +536,7 @@ def test_int8_code_streams_decode_into_the_vnni_kernels_packed_weights(tmp_path,
     assert DECODE_FUNCTION in [gv.name_hint for gv in both.get_global_vars()]
     kernels = sorted(gv.name_hint for gv, f in both.functions.items()
                      if gv.name_hint.startswith(("vnni_", "avx2_")))
-    # conv0 (VNNI only), conv1 (256 values: stored int8) and the three fc
-    assert len(kernels) == (5 if isa == "avx512_vnni" else 4)
+    assert len(kernels) == 5  # conv0, conv1 (256 values: stored int8) and the three fc
     assert all(k.startswith("vnni_" if isa == "avx512_vnni" else "avx2_") for k in kernels)
     stored = _constants(both)
     for name, w in streamed.items():  # [in, out], K % 4 == 0

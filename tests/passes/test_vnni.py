@@ -240,6 +240,35 @@ def test_avx2_conv_is_exact(n, c, hw, oc, k, epilogue):
     np.testing.assert_array_equal(got, ref)
 
 
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_avx2_signed_kernels_are_exact(kind):
+    """``signed``: int8 activations of either sign (-128 included) with weights in
+    [-127, 127], as our quantizer makes them, summed exactly by ``vpsignb`` + ``vpmaddubsw``:
+    ``|x|`` <= 128 times ``w`` with ``x``'s sign, a pair's sum at most 2 * 128 * 127."""
+    import torch
+
+    rng = np.random.default_rng(7)
+    if kind == "dense":
+        x = rng.integers(-128, 128, (3, 84)).astype(np.int8)
+        w = rng.integers(-127, 128, (84, 10)).astype(np.int8)
+        x[0, :2], w[:2, 0] = -128, 127   # -32512 by one pair
+        x[1, :2], w[:2, 1] = -128, -127  # +32512
+        p = pack_dense(w, "int8", AVX2)
+        got = _avx2_run(dense_kernel(3, 84, 10, "int8", None, AVX2, True), (x, p.packed),
+                        (3, 10))
+        np.testing.assert_array_equal(got, x.astype(np.int64) @ w.astype(np.int64))
+        return
+    x = rng.integers(-128, 128, (2, 1, 32, 32)).astype(np.int8)
+    w = rng.integers(-127, 128, (6, 1, 5, 5)).astype(np.int8)
+    x[0, 0, 0, :2], w[0, 0, 0, :2] = -128, -127
+    p = pack_conv(w, (32, 32), "int8", AVX2)
+    ref = torch.nn.functional.conv2d(torch.from_numpy(x.astype(np.float64)),
+                                     torch.from_numpy(w.astype(np.float64))).numpy()
+    got = _avx2_run(conv_kernel(2, 1, (32, 32), 6, (5, 5), "int8", None, 1, AVX2, True),
+                    (x, p.quads, p.offsets), ref.shape)
+    np.testing.assert_array_equal(got, ref.astype(np.int64))
+
+
 def test_avx2_kernels_refuse_what_they_cannot_sum_exactly():
     """uint8 activations may exceed 127 (``vpmaddubsw`` would saturate); no pool on AVX2."""
     from tvmcomp.kernels.vnni import conv_pool_fits
@@ -250,6 +279,8 @@ def test_avx2_kernels_refuse_what_they_cannot_sum_exactly():
         conv_kernel(1, 6, (14, 14), 16, (5, 5), "uint8", None, 1, AVX2)
     assert conv_pool_fits((14, 14), (5, 5), 16, 1) and not conv_pool_fits((14, 14), (5, 5),
                                                                            16, 1, AVX2)
+    with pytest.raises(ValueError, match="signed activations are for the AVX2"):
+        dense_kernel(1, 400, 120, "int8", None, signed=True)  # VNNI
 
 
 def test_unsupported_shapes_are_refused():
@@ -359,16 +390,17 @@ def test_pass_rewrites_int8_layers_where_the_target_has_vnni(x_dtype, pad, leak)
     np.testing.assert_array_equal(outs[1], outs[0])
 
 
-def _avx2_layers(lo: int, acc: str):
+def _avx2_layers(lo: int, acc: str, w_min: int = -128):
     """A Relax module as QuantizeInt8 makes them with ``accumulate=acc``: ReLU on an int8
     input, an int8 conv (padding 1) requantized and clipped to ``[lo, 127]``, flatten, an
-    int8 matmul scaled to float."""
+    int8 matmul (weights from ``w_min``) scaled to float."""
     from tvm import relax
     from tvm.script import relax as R
 
     rng = np.random.default_rng(5)
     wc = rng.integers(-128, 128, (4, 3, 3, 3)).astype(np.int8)
-    wd = rng.integers(-128, 128, (4 * 8 * 8, 5)).astype(np.int8)
+    wd = rng.integers(w_min, 128, (4 * 8 * 8, 5)).astype(np.int8)
+    wd[0, 0] = w_min
 
     def c(a, dtype):
         return relax.const(np.asarray(a, dtype), dtype)
@@ -394,26 +426,29 @@ def _avx2_layers(lo: int, acc: str):
     return bb.get()
 
 
-@pytest.mark.parametrize("lo, acc", [(0, "float32"), (-128, "float32"), (0, "int32")])
-def test_avx2_pass_takes_the_layers_over_non_negative_int8(lo, acc):
-    """``Int8Vnni("avx2")`` takes an int8 layer only where its input is known to be >= 0 (a
-    ReLU's ``maximum``; the conv's requantization clipped at 0, then flattened), from
-    QuantizeInt8's float32-accumulating form as from the int32 one; the built module's
+@pytest.mark.parametrize("lo, acc, w_min", [(0, "float32", -128), (-128, "float32", -128),
+                                           (0, "int32", -128), (-128, "int32", -127)])
+def test_avx2_pass_takes_the_layers_it_sums_exactly(lo, acc, w_min):
+    """``Int8Vnni("avx2")`` takes an int8 layer where its input is known to be >= 0 (a
+    ReLU's ``maximum``; the conv's requantization clipped at 0, then flattened), or where
+    its weights are >= -127 (summed as signed, ``vpsignb``), from QuantizeInt8's
+    float32-accumulating form as from the int32 one, and no other; the built module's
     outputs equal those of the module without the pass, bit for bit."""
     from tvm import relax
 
     from tvmcomp.passes import Int8Vnni
 
-    mod = _avx2_layers(lo, acc)
+    mod = _avx2_layers(lo, acc, w_min)
     target = tvm.target.Target(AVX2_TARGET)
     with target:
         new = Int8Vnni("avx2")(mod)
     names = _kernel_names(new)
     assert names[0].startswith("avx2_conv_b2_3x10x10_4k3x3_int8_int8_")
-    assert [n.startswith("avx2_dense_b2_256x5_int8_float32_") for n in names[1:]] == (
-        [True] if lo >= 0 else [])
+    dense = ("avx2_dense_b2_256x5_int8_float32_" if lo >= 0
+             else "avx2_dense_b2_256x5_int8_signed_float32_" if w_min >= -127 else None)
+    assert [n.startswith(dense) for n in names[1:]] == ([True] if dense else [])
     text = new.script()
-    assert "R.nn.conv2d(" not in text and ("R.matmul(" in text) == (lo < 0)
+    assert "R.nn.conv2d(" not in text and ("R.matmul(" in text) == (dense is None)
     if "avx2" not in cpu_flags():
         pytest.skip("this CPU has no AVX2")
     rng = np.random.default_rng(0)

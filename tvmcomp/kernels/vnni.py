@@ -1,5 +1,5 @@
 """Exact int8 dense and convolution kernels on x86: AVX-512 VNNI (``vpdpbusd``), and AVX2
-(``vpmaddubsw`` + ``vpmaddwd``) where the activations are known to lie in ``[0, 127]``.
+(``vpmaddubsw`` + ``vpmaddwd``, with ``vpsignb`` for activations of either sign).
 
 ``vpdpbusd acc, a, b`` adds to each of the 16 int32 lanes of ``acc`` the four products of
 the lane's four unsigned bytes of ``a`` with the four signed bytes of ``b``, in int32 with no
@@ -14,10 +14,13 @@ On AVX2 (:data:`AVX2`, 8 lanes of a ymm register) the same four-byte step is ``v
 vpmaddubsw(a, b), 1)`` added to ``acc``: ``vpmaddubsw`` sums the products of two byte pairs
 into int16 with saturation, exact only while ``|a0*b0 + a1*b1| <= 32767``, which holds for
 every int8 ``b`` when ``a <= 127`` (``127 * 128 * 2 = 32512``). So the AVX2 kernels take
-int8 activations known to be non-negative (a ReLU's output: ``Bindings.non_negative``), read
-as they are (no ``x + 128``, no compensation: it is 0 in their packed weights), and no uint8
-ones. Both instruction sets read the same packed layouts; an :class:`Isa` names the kernels'
-vector width and register budget.
+int8 activations read as they are (no ``x + 128``, no compensation: it is 0 in their packed
+weights), and no uint8 ones: known to be non-negative (a ReLU's output:
+``Bindings.value_range``), or of either sign with ``signed=True``: then ``|a|`` (``<= 128``)
+meets ``b`` with ``a``'s sign (``vpsignb``), exact for weights in ``[-127, 127]`` (what our
+symmetric quantization makes; ``128 * 127 * 2 = 32512``), one more instruction a step. Both
+instruction sets read the same packed layouts; an :class:`Isa` names the kernels' vector
+width and register budget.
 
 - **Dense** ``y[M, N] = x[M, K] @ W[K, N]`` (``K % 4 == 0``): ``W`` is packed at build as
   ``[N/16][K/4][16][4]`` (``N`` padded to 16 with zero columns), so a 64-byte load is the
@@ -88,12 +91,24 @@ class Isa:
         """Whether an ``x_dtype`` activation enters as ``x + 128`` (with the compensation)."""
         return self.name == "avx512_vnni" and x_dtype == "int8"
 
-    def dot(self, acc, a, b):
+    def dot(self, acc, a, b, signed: bool = False):
         """``acc`` (int32 lanes) plus each lane's four products of the bytes of ``a`` (read
-        unsigned) and ``b`` (signed), as TIR."""
+        unsigned; signed with ``signed``) and ``b`` (signed), as TIR.
+
+        ``signed`` (AVX2): ``|a|`` times ``b`` with ``a``'s sign (``vpsignb``), so each
+        product is ``a * b`` with ``|a| <= 128`` (``-128``'s absolute value read unsigned)
+        and ``|b| <= 127``, a pair's sum at most ``32512``: exact where ``b >= -127``."""
         from tvm.script import tirx as T
 
         v, nbytes = self.lanes, 4 * self.lanes
+        if signed:
+            if self.name != "avx2":
+                raise ValueError("signed activations are for the AVX2 kernels only")
+            psign = T.llvm_lookup_intrinsic_id("llvm.x86.avx2.psign.b")
+            sa = T.reinterpret(a, dtype=f"int8x{nbytes}")
+            b = T.call_llvm_pure_intrin(psign, T.reinterpret(b, dtype=f"int8x{nbytes}"), sa,
+                                        dtype=f"int8x{nbytes}")
+            a = T.call_llvm_pure_intrin(psign, sa, sa, dtype=f"int8x{nbytes}")
         a, b = (x if str(x.ty) == t else T.reinterpret(x, dtype=t)
                 for x, t in ((a, f"uint8x{nbytes}"), (b, f"int8x{nbytes}")))
         if self.name == "avx512_vnni":
@@ -111,6 +126,13 @@ class Isa:
 VNNI = Isa("avx512_vnni", 16, 24, X_DTYPES, "vnni")
 AVX2 = Isa("avx2", 8, 10, ("int8",), "avx2")  # int8 x known to be >= 0 only
 ISAS = {isa.name: isa for isa in (VNNI, AVX2)}
+SIGNED = {False: "", True: " (signed activations)"}  # in a kernel's description
+
+
+def _check_signed(isa: Isa, signed: bool) -> None:
+    if signed and isa is not AVX2:
+        raise ValueError(f"signed activations are for the AVX2 kernels, not {isa.name}'s "
+                         "(VNNI reads int8 as x + 128)")
 
 
 def _attrs(what: str) -> dict:
@@ -225,15 +247,17 @@ def _dense_tile(m: int, vectors: int, max_acc: int) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=None)  # parsing TVMScript takes ~0.3 s a kernel
 def dense_kernel(m: int, k: int, n: int, x_dtype: str, epilogue: Epilogue | None = None,
-                 isa: Isa = VNNI):
+                 isa: Isa = VNNI, signed: bool = False):
     """The PrimFunc ``(x[m, k], packed) -> y[m, n]`` int32 for ``R.call_tir``; with an
     ``epilogue``, ``(x, packed, chan_i, chan_f) -> y`` of its ``out_dtype`` (the
-    per-channel constants ``[rows, N/16 * 16]``, padded)."""
+    per-channel constants ``[rows, N/16 * 16]``, padded). ``signed`` (AVX2): int8 ``x`` of
+    either sign, exact for weights in ``[-127, 127]`` (:meth:`Isa.dot`)."""
     from tvm.script import tirx as T
 
     if x_dtype not in isa.x_dtypes or not dense_supported(k):
         raise ValueError(f"the {isa.name} int8 dense kernel takes {'/'.join(isa.x_dtypes)} x "
                          f"with K % 4 == 0, got {x_dtype} and K = {k}")
+    _check_signed(isa, signed)
     V, H = isa.lanes, LANES // isa.lanes  # noqa: N806 - lanes; vectors a packed block
     NB, KB = -(-n // LANES), k // 4  # noqa: N806
     MR, BT = _dense_tile(m, NB * H, isa.max_acc)  # noqa: N806
@@ -289,7 +313,8 @@ def dense_kernel(m: int, k: int, n: int, x_dtype: str, epilogue: Epilogue | None
                         for b in T.unroll(T.int64(BT)):
                             acc[T.ramp(slot(r, b), 1, V)] = isa.dot(
                                 acc.vload([slot(r, b)], f"int32x{V}"),
-                                a_operand(xf, row(mt, r), kb), w_load(packed, c, b, kb))
+                                a_operand(xf, row(mt, r), kb), w_load(packed, c, b, kb),
+                                signed)
                 for r in T.unroll(T.int64(MR)):
                     for b in T.unroll(T.int64(BT)):
                         res[T.ramp(T.int64(0), 1, V)] = result(acc, chan_i, chan_f, c, r, b)
@@ -305,7 +330,7 @@ def dense_kernel(m: int, k: int, n: int, x_dtype: str, epilogue: Epilogue | None
         def vnni_dense(x: T.Buffer((T.int64(m), T.int64(k)), x_dtype),
                        packed: T.Buffer((T.int64(NB), T.int64(KB + 1), T.int64(64)), "int8"),
                        y: T.Buffer((T.int64(m), T.int64(n)), "int32")):
-            T.func_attr(_attrs(f"{isa.tag.upper()} int8 dense"))
+            T.func_attr(_attrs(f"{isa.tag.upper()} int8 dense{SIGNED[signed]}"))
             xf = T.decl_buffer((T.int64(m * k),), x_dtype, data=x.data)
             body(xf, packed, None, None, y)
 
@@ -318,7 +343,7 @@ def dense_kernel(m: int, k: int, n: int, x_dtype: str, epilogue: Epilogue | None
                             chan_i: T.Buffer((T.int64(IR), T.int64(WI)), int_t),
                             chan_f: T.Buffer((T.int64(FR), T.int64(WF)), "float32"),
                             y: T.Buffer((T.int64(m), T.int64(n)), out_t)):
-        T.func_attr(_attrs(f"{isa.tag.upper()} int8 dense + requantization"))
+        T.func_attr(_attrs(f"{isa.tag.upper()} int8 dense{SIGNED[signed]} + requantization"))
         xf = T.decl_buffer((T.int64(m * k),), x_dtype, data=x.data)
         body(xf, packed, chan_i, chan_f, y)
 
@@ -442,7 +467,7 @@ def _channel_block(out_channels: int, max_acc: int) -> int:
 @functools.lru_cache(maxsize=None)
 def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels: int,
                 kernel_hw: tuple[int, int], x_dtype: str, epilogue: Epilogue | None = None,
-                pool: int = 1, isa: Isa = VNNI):
+                pool: int = 1, isa: Isa = VNNI, signed: bool = False):
     """The PrimFunc ``(x, quads, offsets) -> y`` int32 ``[batch, out_channels, OH, OW]``
     for ``R.call_tir``; with an ``epilogue``, ``(x, quads, offsets, chan_i, chan_f) ->
     y`` of its ``out_dtype`` (the per-channel constants ``[rows, out_channels]``).
@@ -451,7 +476,9 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
     follows: a tile is a pair of output rows (or one row, the pair's first kept aside:
     :func:`_pool_mode`), the max of each 2x2 block of sums is taken before the epilogue
     (which must be non-decreasing: the max commutes with it), and ``y`` is ``[batch,
-    out_channels, OH // 2, OW // 2]``: a quarter of the epilogues and stores."""
+    out_channels, OH // 2, OW // 2]``: a quarter of the epilogues and stores. ``signed``
+    (AVX2): int8 ``x`` of either sign, exact for weights in ``[-127, 127]``
+    (:meth:`Isa.dot`)."""
     from tvm.script import tirx as T
 
     (h, w), (kh, kw) = in_hw, kernel_hw
@@ -460,6 +487,7 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
         raise ValueError(f"the {isa.name} int8 conv kernel takes {'/'.join(isa.x_dtypes)} x "
                          f"and at least {LANES} flat output positions, got {x_dtype}, input "
                          f"{h}x{w}, kernel {kh}x{kw}")
+    _check_signed(isa, signed)
     if pool not in (1, 2) or pool == 2 and not conv_pool_fits(in_hw, kernel_hw, out_channels,
                                                               batch, isa):
         raise ValueError(f"the {isa.name} int8 conv kernel takes a 2x2 max pool where a pair "
@@ -611,7 +639,7 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                     acc[T.ramp(slot(o, v), 1, V)] = isa.dot(
                         acc.vload([slot(o, v)], f"int32x{V}"),
                         a.vload([v * T.int64(V)], f"int32x{V}"),
-                        T.Broadcast(quad(quads, channel(ob, o), g), V))
+                        T.Broadcast(quad(quads, channel(ob, o), g), V), signed)
 
     @T.macro
     def tile(xf, quads, offsets, chan_i, chan_f, y, yf, acc, a, res, n, t, ob, shift):
@@ -670,7 +698,7 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                       quads: T.Buffer((T.int64(OC), T.int64(4 * G + 4)), "int8"),
                       offsets: T.Buffer((T.int64(4 * G),), "int32"),
                       y: T.Buffer(y_shape, "int32")):
-            T.func_attr(_attrs(f"{isa.tag.upper()} int8 convolution"))
+            T.func_attr(_attrs(f"{isa.tag.upper()} int8 convolution{SIGNED[signed]}"))
             xf = T.decl_buffer((T.int64(B * PLANE),), x_dtype, data=x.data)
             yf = T.decl_buffer((T.int64(B * OC * YH * YW),), "int32", data=y.data)
             body(xf, quads, offsets, None, None, y, yf)
@@ -684,7 +712,8 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                            chan_i: T.Buffer((T.int64(IR), T.int64(WI)), int_t),
                            chan_f: T.Buffer((T.int64(FR), T.int64(WF)), "float32"),
                            y: T.Buffer(y_shape, out_t)):
-        T.func_attr(_attrs(f"{isa.tag.upper()} int8 convolution + requantization"))
+        T.func_attr(_attrs(f"{isa.tag.upper()} int8 convolution{SIGNED[signed]} + "
+                           "requantization"))
         xf = T.decl_buffer((T.int64(B * PLANE),), x_dtype, data=x.data)
         yf = T.decl_buffer((T.int64(B * OC * YH * YW),), out_t, data=y.data)
         body(xf, quads, offsets, chan_i, chan_f, y, yf)

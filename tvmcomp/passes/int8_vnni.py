@@ -27,11 +27,12 @@ on the sums; :meth:`EpiloguePlan.non_decreasing`) and a pair of output rows fits
 accumulators (:func:`~tvmcomp.kernels.vnni.conv_pool_fits`).
 
 The pipeline runs the pass where the target's CPU has ``avx512vnni`` (the profile's
-``mcpu``: :func:`target_int8_isa`), or ``avx2`` (``Int8Vnni("avx2")``): there it takes only
-the layers whose input is int8 known to be ``>= 0`` (``vpmaddubsw`` is exact for activations
-up to 127: :mod:`tvmcomp.kernels.vnni`), from the bindings that made it
-(:meth:`Bindings.value_range`: a ReLU's clip at 0, then pooling, flattening, zero padding).
-Layers the kernels do not take are left as they are.
+``mcpu``: :func:`target_int8_isa`), or ``avx2`` (``Int8Vnni("avx2")``): there it takes the
+int8 layers whose input is known to be ``>= 0`` (``vpmaddubsw`` is exact for activations up
+to 127: :mod:`tvmcomp.kernels.vnni`), from the bindings that made it
+(:meth:`Bindings.value_range`: a ReLU's clip at 0, then pooling, flattening, zero padding),
+and those over activations of either sign whose weights are ``>= -127`` (``_signed``
+kernels, ``vpsignb``). Layers the kernels do not take are left as they are.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ class _Layer:
     core: relax.Call
     plan: EpiloguePlan
     pool: int = 1
+    signed: bool = False  # (AVX2) int8 input of either sign: Isa.dot(signed=True)
 
 
 @mutator
@@ -129,11 +131,12 @@ class _Rewriter(PyExprMutator):
             if dtype_of(var) == "float32" and plan.steps[:1] != [_TO_INT32]:
                 continue  # the float sums' cast to int32 is read elsewhere too
             pool = self._pool(b, b.value[var], plan)
+            signed = self._signed(b, b.value[var])
             if pool is None:
-                self.final[plan.final] = _Layer(b.value[var], plan)
+                self.final[plan.final] = _Layer(b.value[var], plan, 1, signed)
                 self.skip.update(plan.members[:-1])
             else:  # the pool's binding takes the kernel's call
-                self.final[pool] = _Layer(b.value[var], plan, 2)
+                self.final[pool] = _Layer(b.value[var], plan, 2, signed)
                 self.skip.update(plan.members)
         return bool(self.final)
 
@@ -157,8 +160,8 @@ class _Rewriter(PyExprMutator):
         shape, dtype = shape_of(x), dtype_of(x)
         if w is None or w.dtype != np.int8 or shape is None or dtype not in self.isa.x_dtypes:
             return None
-        if not self.isa.flips(dtype) and dtype == "int8" and b.value_range(x)[0] < 0:
-            return None  # (AVX2) activations that may be negative would not sum exactly
+        if self._signed(b, val) is None:
+            return None  # (AVX2) the sums of these activations and weights would saturate
         if op == "relax.matmul":
             ok = w.ndim == 2 and len(shape) == 2 and vnni.dense_supported(w.shape[0])
             return ("dense", int(w.shape[1])) if ok else None
@@ -166,6 +169,15 @@ class _Rewriter(PyExprMutator):
                 or not vnni.conv_supported(_padded_hw(val), w.shape[2:])):
             return None
         return ("conv", int(w.shape[0]))
+
+    def _signed(self, b: Bindings, val) -> bool | None:
+        """Whether the layer's int8 input may be negative where the kernels read it as it
+        is (AVX2: summed with ``Isa.dot(signed=True)``, exact for weights >= -127, as our
+        symmetric quantization makes them); None where neither way is exact."""
+        x, w = val.args[0], const_np(val.args[1])
+        if self.isa.flips(dtype_of(x)) or dtype_of(x) != "int8" or b.value_range(x)[0] >= 0:
+            return False
+        return True if int(w.min()) >= -127 else None
 
     # ---- rewriting -----------------------------------------------------------------------
 
@@ -191,8 +203,10 @@ class _Rewriter(PyExprMutator):
         p = vnni.pack_dense(w, dtype, self.isa)
         epi = layer.plan.epilogue()
         extra = layer.plan.constants(p.comp.size) if epi else []
-        gv = self._kernel(f"{self.isa.dense_name}b{m}_{k}x{n}_{dtype}{layer.plan.suffix()}",
-                          lambda: vnni.dense_kernel(m, k, n, dtype, epi, self.isa))
+        gv = self._kernel(f"{self.isa.dense_name}b{m}_{k}x{n}_{dtype}"
+                          f"{'_signed' if layer.signed else ''}{layer.plan.suffix()}",
+                          lambda: vnni.dense_kernel(m, k, n, dtype, epi, self.isa,
+                                                    layer.signed))
         return relax.call_tir(gv, [self.visit_expr(x), relax.const(p.packed), *extra],
                               relax.TensorType((m, n), epi.out_dtype if epi else "int32"))
 
@@ -209,9 +223,10 @@ class _Rewriter(PyExprMutator):
         epi = layer.plan.epilogue()
         extra = layer.plan.constants(oc) if epi else []
         gv = self._kernel(f"{self.isa.conv_name}b{n}_{c}x{hw[0]}x{hw[1]}_{oc}k{kh}x{kw}_{dtype}"
+                          f"{'_signed' if layer.signed else ''}"
                           f"{'_pool2' if layer.pool == 2 else ''}{layer.plan.suffix()}",
                           lambda: vnni.conv_kernel(n, c, hw, oc, (kh, kw), dtype, epi,
-                                                   layer.pool, self.isa))
+                                                   layer.pool, self.isa, layer.signed))
         out = (n, oc, (hw[0] - kh + 1) // layer.pool, (hw[1] - kw + 1) // layer.pool)
         return relax.call_tir(gv, [x, relax.const(p.quads), relax.const(p.offsets), *extra],
                               relax.TensorType(out, epi.out_dtype if epi else "int32"))
