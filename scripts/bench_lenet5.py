@@ -6,7 +6,7 @@ main job (``tvmcomp.main_job.FORMS``) with ``tvmcomp.compiler.build`` (the path 
 the committed tuning records, the build plan, the sparse gate, verification on the 10k MNIST
 test set), then times all of them with ONNX Runtime fp32 / int8 and PyTorch fp32 / int8 in one
 interleaved run (``tvmcomp.bench.bench_artifacts``). Then it measures this machine's peak
-(``tvmcomp.peak``: fp32 FMA and, with VNNI, int8 microbenchmarks) and times each form's
+(``tvmcomp.peak``: fp32 FMA and int8 (VNNI or AVX2) microbenchmarks) and times each form's
 kernels alone at batch 64 (``tvmcomp.bench.kernel_profile``): µs, GOP/s and share of the peak
 per conv / matmul kernel. Writes a Markdown report, its JSON and the profile's PNG.
 
@@ -88,6 +88,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from tvmcomp.bench import bench_artifacts, format_table, kernel_profile
+    from tvmcomp.passes.int8_vnni import target_int8_isa
     from tvmcomp.peak import measure_peaks
     from tvmcomp.report import plot_kernel_profile
     from tvmcomp.main_job import (FORMS, SMALLEST_BITS, build_forms, compressed_path,
@@ -134,7 +135,8 @@ def main() -> int:
               "pruned_sparsity": summary["sparsity"]["overall_sparsity"],
               "latency_us": res["results"], "notes": res["notes"],
               "forms": {f: _form(mans[f]) for f in FORMS},
-              "peak_gops": peaks, "kernel_profile": {"batch": 64, "forms": kernels},
+              "peak_gops": peaks, "int8_isa": target_int8_isa(profile.tvm_target()),
+              "kernel_profile": {"batch": 64, "forms": kernels},
               "seconds": round(time.monotonic() - t0, 1)}
     name = f"{stamp:%Y-%m-%d_%H%M}_lenet5_{profile.name}{'_reduced' if args.reduced else ''}"
     plot_kernel_profile({"kernel_profile": {"batch": 64, "forms": {
@@ -147,7 +149,9 @@ def main() -> int:
 def _kernel_lines(r: dict) -> list[str]:
     """Each form's conv / matmul kernels at batch 64: µs, rate, share of the peak."""
     peaks = r["peak_gops"]
-    int8 = f"{peaks['int8']:.0f} GOP/s (VNNI)" if peaks["int8"] else "none measured (no VNNI)"
+    isa = {"avx512_vnni": "VNNI vpdpbusd", "avx2": "AVX2 vpmaddubsw + vpmaddwd"}.get(
+        r.get("int8_isa") or "", "VNNI")
+    int8 = f"{peaks['int8']:.0f} GOP/s ({isa})" if peaks["int8"] else "none measured"
     lines = [f"Kernels at batch {r['kernel_profile']['batch']}, each timed alone on its real "
              f"arguments. This machine's peak, measured in this run (one thread a core, 12 "
              f"independent accumulators): fp32 {peaks['fp32']:.0f} GFLOP/s (vector FMA), "

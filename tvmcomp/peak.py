@@ -2,9 +2,10 @@
 
 :func:`measure_peaks` times two microbenchmarks compiled for the profile's target, one thread
 per core: independent vector FMAs (fp32, 8 or 16 lanes as the target has AVX2 or AVX-512) and,
-where the target has AVX-512 VNNI, independent ``vpdpbusd`` (int8: 64 multiply-adds an
-instruction). Each keeps 12 accumulators in flight, enough to cover the instructions'
-latency. :func:`kernel_ops` counts a conv / matmul kernel call's operations (2 per
+on x86, the four-byte step of our int8 kernels (:meth:`tvmcomp.kernels.vnni.Isa.dot`:
+``vpdpbusd``, 64 multiply-adds an instruction, with AVX-512 VNNI; ``vpmaddubsw`` +
+``vpmaddwd`` + ``vpaddd``, 32, with AVX2 only). Each keeps 12 accumulators in flight, enough
+to cover the instructions' latency. :func:`kernel_ops` counts a conv / matmul kernel call's operations (2 per
 multiply-add of the dense layer it computes, so a sparse kernel's rate is its dense-equivalent
 rate) from its arguments' shapes. Together they give each kernel's share of the peak
 (``scripts/bench_lenet5.py``'s kernel table).
@@ -61,20 +62,24 @@ def _fma_kernel(lanes: int, cores: int):
     return func, 2 * lanes * ACCUMULATORS * STEPS * cores, size
 
 
-def _vnni_kernel(cores: int):
-    """``vpdpbusd`` (64 multiply-adds, 128 operations, each): ``(func, operations, buffer
-    length)``."""
+def _int8_kernel(isa_name: str, cores: int):
+    """Our int8 kernels' step on ``isa_name`` (``4 * lanes`` multiply-adds, twice that many
+    operations): ``(func, operations, buffer length)``. The activations' bytes are the
+    accumulator's own (AVX2: else its products, the same every step, would be hoisted out
+    of the loop)."""
     from tvm.script import tirx as T
 
-    def dot(v):
-        return T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), v,
-            T.reinterpret(T.Broadcast(T.int32(0x01010101), 16), dtype="uint8x64"),
-            T.reinterpret(T.Broadcast(T.int32(0x01FF01FF), 16), dtype="int8x64"),
-            dtype="int32x16")
+    from .kernels.vnni import ISAS
 
-    func, size = _loop_kernel("int32", 16, cores, dot)
-    return func, 2 * 64 * ACCUMULATORS * STEPS * cores, size
+    isa = ISAS[isa_name]
+    v = isa.lanes
+
+    def dot(acc):
+        a = T.Broadcast(T.int32(0x01010101), v) if isa_name == "avx512_vnni" else acc
+        return isa.dot(acc, a, T.Broadcast(T.int32(0x01FF01FF), v))
+
+    func, size = _loop_kernel("int32", v, cores, dot)
+    return func, 2 * 4 * v * ACCUMULATORS * STEPS * cores, size
 
 
 def _timer(func, size: int, target, dtype: str):
@@ -100,19 +105,21 @@ def _timer(func, size: int, target, dtype: str):
 
 def measure_peaks(profile, rounds: int = 3, repeat: int = 15) -> dict[str, float | None]:
     """``{"fp32": GFLOP/s, "int8": GOP/s or None}`` of this machine, for ``profile``'s
-    target and cores (int8: only where the target has AVX-512 VNNI): each the fastest run
+    target and cores (int8: where our int8 kernels run, x86 with AVX2 or VNNI): each the
+    fastest run
     of ``rounds`` rounds of ``repeat`` runs, the two microbenchmarks alternating. One round
     of one is not enough on these VMs: a process's first fp32 round came out at about half
     the later ones (147 vs 250-294 GFLOP/s on a 2-vCPU Xeon)."""
     from tvm.target import codegen
 
-    from .passes.int8_vnni import target_has_vnni
+    from .passes.int8_vnni import target_int8_isa
 
     target = profile.tvm_target()
     lanes = 16 if codegen.target_has_features("avx512f", target) else 8
     kernels = {"fp32": (_fma_kernel(lanes, profile.cores), "float32")}
-    if target_has_vnni(target):
-        kernels["int8"] = (_vnni_kernel(profile.cores), "int32")
+    isa = target_int8_isa(target)
+    if isa is not None:
+        kernels["int8"] = (_int8_kernel(isa, profile.cores), "int32")
     timers = {k: (ops, _timer(func, size, target, dtype))
               for k, ((func, ops, size), dtype) in kernels.items()}
     best = {k: float("inf") for k in timers}
