@@ -89,6 +89,23 @@ def test_conv_is_exact(n, c, hw, oc, k, dtype):
     np.testing.assert_array_equal(got, ref.astype(np.int64))
 
 
+def _bias_shift_relu():
+    """A conv epilogue: + bias (per channel), >> 10, clip to [0, 127], int8; and its numpy
+    reference ``ref(sums, bias)``."""
+    from tvmcomp.kernels.epilogue import Epilogue
+
+    epi = Epilogue((("add", (("acc",), ("chan", 0, "int32")), "int32"),
+                    ("right_shift", (("step", 0), ("const", 10, "int32")), "int32"),
+                    ("clip", (("step", 1), ("const", 0, "int32"), ("const", 127, "int32")),
+                     "int32"),
+                    ("astype", (("step", 2),), "int8")), 1, 0, "int32")
+
+    def ref(sums, bias):
+        return np.clip((sums.astype(np.int64) + bias[None, :, None, None]) >> 10, 0, 127)
+
+    return epi, ref
+
+
 @pytest.mark.parametrize("n, c, hw, oc, k, dtype, epilogue", [
     (2, 1, (32, 32), 6, 5, "int8", True),  # LeNet-5's conv1 + pool: 4 vectors a row pair
     (1, 2, (11, 13), 4, 3, "uint8", False),  # odd output (9x11): the last row and column go
@@ -103,7 +120,6 @@ def test_conv_with_pool_is_exact(n, c, hw, oc, k, dtype, epilogue):
     the max commutes with: here bias, clip at 0, int8) is taken in the kernel, exact."""
     import torch
 
-    from tvmcomp.kernels.epilogue import Epilogue
     from tvmcomp.kernels.vnni import conv_pool_fits
 
     assert conv_pool_fits(hw, (k, k), oc, n) and not conv_pool_fits((14, 40), (5, 5), 16)
@@ -117,12 +133,8 @@ def test_conv_with_pool_is_exact(n, c, hw, oc, k, dtype, epilogue):
                                      torch.from_numpy(w.astype(np.float64))).numpy()
     epi, args = None, (x, p.quads, p.offsets)
     if epilogue:
-        epi = Epilogue((("add", (("acc",), ("chan", 0, "int32")), "int32"),
-                        ("right_shift", (("step", 0), ("const", 10, "int32")), "int32"),
-                        ("clip", (("step", 1), ("const", 0, "int32"), ("const", 127, "int32")),
-                         "int32"),
-                        ("astype", (("step", 2),), "int8")), 1, 0, "int32")
-        ref = np.clip((ref.astype(np.int64) + bias[None, :, None, None]) >> 10, 0, 127)
+        epi, requant = _bias_shift_relu()
+        ref = requant(ref, bias)
         args += (bias[None, :], np.zeros((1, 1), np.float32))
     ref = torch.nn.functional.max_pool2d(torch.from_numpy(ref.astype(np.float64)), 2).numpy()
     func = conv_kernel(n, c, hw, oc, (k, k), dtype, epi, pool=2)
@@ -210,8 +222,6 @@ def test_avx2_dense_is_exact(m, k, n):
 def test_avx2_conv_is_exact(n, c, hw, oc, k, epilogue):
     import torch
 
-    from tvmcomp.kernels.epilogue import Epilogue
-
     kh, kw = (k, k) if isinstance(k, int) else k
     rng = np.random.default_rng(oc + c)
     x = rng.integers(0, 128, (n, c, *hw)).astype(np.int8)
@@ -225,13 +235,9 @@ def test_avx2_conv_is_exact(n, c, hw, oc, k, epilogue):
     ref = ref.astype(np.int64)
     args, epi, out_dtype = (x, p.quads, p.offsets), None, "int32"
     if epilogue:
-        epi = Epilogue((("add", (("acc",), ("chan", 0, "int32")), "int32"),
-                        ("right_shift", (("step", 0), ("const", 10, "int32")), "int32"),
-                        ("clip", (("step", 1), ("const", 0, "int32"), ("const", 127, "int32")),
-                         "int32"),
-                        ("astype", (("step", 2),), "int8")), 1, 0, "int32")
+        epi, requant = _bias_shift_relu()
         bias = rng.integers(-30000, 30000, oc).astype(np.int32)
-        ref = np.clip((ref + bias[None, :, None, None]) >> 10, 0, 127)
+        ref = requant(ref, bias)
         args += (bias[None, :], np.zeros((1, 1), np.float32))
         out_dtype = "int8"
     got = _avx2_run(conv_kernel(n, c, hw, oc, (kh, kw), "int8", epi, 1, AVX2), args,
