@@ -65,7 +65,8 @@ def test_rule_schedule_tiles_by_the_rules_and_computes_the_same(conv_task):
     mod = task.dispatched[0]
     traces = sketches(mod, target, task.task_name)
     assert traces
-    scheds = [s for s in (rule_schedule(mod, target, t, 8) for t in traces) if s is not None]
+    scheds = [s for s in (rule_schedule(mod, target, t, 8, None, wide)
+                          for t in traces for wide in (False, True)) if s is not None]
     assert scheds, "the rules decided no sketch"
     args = _random_args(mod["main"], np.random.default_rng(0))
 
@@ -83,6 +84,16 @@ def test_rule_schedule_tiles_by_the_rules_and_computes_the_same(conv_task):
         spatial = [[int(d) for d in dec] for inst, dec in tiles if int(inst.attrs[0]) == 4]
         assert spatial and 1 < spatial[-1][-1] <= 16  # the vectorized loop's innermost tile
         np.testing.assert_allclose(run(sch.mod), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_register_rows_of_a_prime_sized_loop():
+    """The loop before the vectorized one keeps up to 4 rows in registers; where its only
+    divisor up to 4 is 1 (DS-CNN's 5-wide MFCC image), the wide candidate keeps up to 6:
+    DS-CNN's pointwise convolutions 59-65 -> 23-25 us a kernel on a Zen 3."""
+    from tvmcomp.tune.rules import _register_rows
+
+    assert [_register_rows(n, False) for n in (5, 16, 25, 7, 6)] == [1, 4, 1, 1, 3]
+    assert [_register_rows(n, True) for n in (5, 16, 25, 7, 6)] == [5, 4, 5, 1, 3]
 
 
 def test_build_gives_unrecorded_conv_a_rule_schedule(conv_task, tmp_path, profile_with_db,

@@ -11,9 +11,10 @@ replaced by a rule keyed on the target's vector width (:func:`rule_decisions`):
   imports; as a second choice, where it differs, the spatial loop of largest extent that is
   a multiple of the vector lanes, e.g. the output channels of a 1x1 convolution over a
   5-wide image) gets an innermost tile of up to two vectors (``2 * lanes``, the largest
-  divisor of its extent), another spatial loop a register tile of up to 4 rows, the others
-  none, so the outer tiles, fused and parallelized over the target's cores by the
-  post-processor, keep the rest;
+  divisor of its extent), another spatial loop a register tile of up to 4 rows (and, as a
+  second candidate where that is 1, up to 6: a 5-wide image's 5 rows), the others none, so
+  the outer tiles, fused and parallelized over the target's cores by the post-processor,
+  keep the rest;
 - each reduction loop an inner tile of up to 8;
 - unrolling up to 64 steps where the sketch asks for it; compute locations as sampled.
 
@@ -39,6 +40,7 @@ import os
 RULES = "rules"  # the source noted for a rule-based record (TRANSFERRED_FILE's "from")
 MAX_SKETCHES = 3  # design-space sketches tried per kernel (each one build and measurement)
 REGISTER_ROWS = 4  # the register tile of the loop before the vectorized one
+WIDE_REGISTER_ROWS = 6  # ... where no divisor up to REGISTER_ROWS but 1 (x 2 vectors: 12)
 REDUCTION_TILE = 8
 UNROLL = 64
 
@@ -64,6 +66,14 @@ def vector_lanes(target, dtype_bits: int = 32) -> int:
 
 def _largest_divisor(extent: int, cap: int) -> int:
     return max(d for d in range(1, max(1, min(cap, extent)) + 1) if extent % d == 0)
+
+
+def _register_rows(extent: int, wide: bool) -> int:
+    """The register tile of the loop before the vectorized one: its largest divisor up to
+    :data:`REGISTER_ROWS`; ``wide``: up to :data:`WIDE_REGISTER_ROWS` where that is 1 (a
+    5-wide image's rows: 5, not 1)."""
+    rows = _largest_divisor(extent, REGISTER_ROWS)
+    return rows if rows > 1 or not wide else _largest_divisor(extent, WIDE_REGISTER_ROWS)
 
 
 def vector_loops(trace, mod, lanes: int) -> list[dict]:
@@ -110,12 +120,12 @@ def _spatial_loops(trace) -> dict:
     return spatial
 
 
-def rule_decisions(trace, lanes: int, vector: dict):
+def rule_decisions(trace, lanes: int, vector: dict, wide_rows: bool = False):
     """A ``decision_provider`` factory for replaying ``trace`` (a sketch's) on a schedule:
     ``provider(sch)`` returns the callback that decides each sampling instruction by the
     rules of the module docstring, each block vectorizing the loop ``vector`` names (one of
     :func:`vector_loops`); where that is not the block's last spatial loop, the last one
-    takes the register tile."""
+    takes the register tile (``wide_rows``: :func:`_register_rows`)."""
     names, position, spatial = _block_names(trace), _loop_positions(trace), _spatial_loops(trace)
 
     def provider(sch):
@@ -134,7 +144,7 @@ def rule_decisions(trace, lanes: int, vector: dict):
                 if n == 4 and i == vec:
                     tiles[-1] = _largest_divisor(extent, min(cap, 2 * lanes))
                 elif n == 4 and i == rows:
-                    tiles[-2] = _largest_divisor(extent, REGISTER_ROWS)
+                    tiles[-2] = _register_rows(extent, wide_rows)
                 elif n == 2:
                     tiles[-1] = _largest_divisor(extent, min(cap, REDUCTION_TILE))
                 tiles[0] = extent
@@ -177,11 +187,12 @@ def sketches(mod, target, task_name: str) -> list:
     return out
 
 
-def rule_schedule(mod, target, trace, lanes: int | None, vector: dict | None = None):
+def rule_schedule(mod, target, trace, lanes: int | None, vector: dict | None = None,
+                  wide_rows: bool = False):
     """``mod`` scheduled by ``trace`` with the rules' decisions, vectorizing the loops
     ``vector`` names (default: each block's last spatial one; ``lanes`` None: the sketch's own
-    sampled decisions instead), post-processed: a :class:`tvm.s_tir.Schedule`, or None if
-    it does not apply."""
+    sampled decisions instead; ``wide_rows``: :func:`rule_decisions`), post-processed: a
+    :class:`tvm.s_tir.Schedule`, or None if it does not apply."""
     from tvm import s_tir
 
     from .transfer import apply_postprocs
@@ -190,11 +201,24 @@ def rule_schedule(mod, target, trace, lanes: int | None, vector: dict | None = N
     try:
         trace.apply_to_schedule(sch, remove_postproc=True, decision_provider=None
                                 if lanes is None else rule_decisions(trace, lanes,
-                                                                     vector or {})(sch))
+                                                                     vector or {},
+                                                                     wide_rows)(sch))
         sch.enter_postproc()
         return sch if apply_postprocs(sch, mod, target) else None
     except Exception:  # noqa: BLE001 - a sketch the rules cannot decide is simply not used
         return None
+
+
+def _distinct(schedules):
+    """``schedules`` (None where one did not apply) without repeats of one module."""
+    from tvm_ffi import structural_hash
+
+    seen = set()
+    for sch in schedules:
+        key = None if sch is None else structural_hash(sch.mod)
+        if key is None or key not in seen:
+            seen.add(key)
+            yield sch
 
 
 def rule_schedules(tasks, records, target, database, family: str | None = None
@@ -215,12 +239,14 @@ def rule_schedules(tasks, records, target, database, family: str | None = None
     out, notes = {}, {}
     for task in tasks:
         mod = task.dispatched[0]
-        # per sketch: the rules' decisions for each choice of vectorized loops, and its own
-        kept = keep_fastest(database, mod, target, (
-            (rule_schedule(mod, target, trace, how, vector), None)
+        # per sketch: the rules' decisions for each choice of vectorized loops (with the
+        # register tile of a prime-sized loop at 1 and wider), and its own; each distinct
+        # schedule measured once
+        kept = keep_fastest(database, mod, target, ((sch, None) for sch in _distinct(
+            rule_schedule(mod, target, trace, how, vector, wide)
             for trace in sketches(mod, target, task.task_name)
-            for how, vector in [*((lanes, v) for v in vector_loops(trace, mod, lanes)),
-                                (None, None)]))
+            for how, vector, wide in [*((lanes, v, w) for v in vector_loops(trace, mod, lanes)
+                                        for w in (False, True)), (None, None, False)])))
         if kept is None:
             continue
         out[task.task_name] = {"us": round(1e6 * _mean(kept[0]), 3), "from": RULES}
