@@ -569,6 +569,9 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
     int_t = epilogue.int_dtype if epilogue is not None else "int64"
     (IR, WI), (FR, WF) = epilogue_tables(epilogue, OC)  # noqa: N806
 
+    def operand(g, v, built):  # where the a operand of quad g, vector v is in ``a``
+        return (g * T.int64(TILE) + v) * T.int64(V) if built else v * T.int64(V)
+
     def channel(ob, o):  # the output channel of block ob's o-th sums
         return o if NOB == 1 else ob * T.int64(OB) + o
 
@@ -625,25 +628,35 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                             in_row(first(t, v), first(t, v) // T.int64(w) + j)))
 
     @T.macro
-    def accumulate(xf, quads, offsets, acc, a, n, t, ob):
+    def operands(xf, offsets, a, n, t):  # every quad's a operands of tile t (channel blocks)
+        for g in range(T.int64(G)):
+            for v in T.unroll(T.int64(TILE)):
+                a[T.ramp(operand(g, v, True), 1, V)] = a_operand(xf, offsets, n, g, first(t, v))
+
+    @T.macro
+    def accumulate(xf, quads, offsets, acc, a, n, t, ob, built):
+        # built: the tile's operands are in ``a`` already (:func:`operands`), else each quad's
+        # are built in turn
         for o in T.unroll(T.int64(OB)):
             for v in T.unroll(T.int64(TILE)):
                 for lane in T.vectorized(T.int64(V)):
                     acc[slot(o, v) + lane] = quad(quads, channel(ob, o), T.int64(G))
         for g in range(T.int64(G)):
-            for v in T.unroll(T.int64(TILE)):
-                a[T.ramp(v * T.int64(V), 1, V)] = a_operand(
-                    xf, offsets, n, g, first(t, v))
+            if not built:
+                for v in T.unroll(T.int64(TILE)):
+                    a[T.ramp(v * T.int64(V), 1, V)] = a_operand(
+                        xf, offsets, n, g, first(t, v))
             for o in T.unroll(T.int64(OB)):
                 for v in T.unroll(T.int64(TILE)):
                     acc[T.ramp(slot(o, v), 1, V)] = isa.dot(
                         acc.vload([slot(o, v)], f"int32x{V}"),
-                        a.vload([v * T.int64(V)], f"int32x{V}"),
+                        a.vload([operand(g, v, built)], f"int32x{V}"),
                         T.Broadcast(quad(quads, channel(ob, o), g), V), signed)
 
     @T.macro
-    def tile(xf, quads, offsets, chan_i, chan_f, y, yf, acc, a, res, n, t, ob, shift):
-        accumulate(xf, quads, offsets, acc, a, n, t, ob)
+    def tile(xf, quads, offsets, chan_i, chan_f, y, yf, acc, a, res, n, t, ob, shift,
+             built=False):
+        accumulate(xf, quads, offsets, acc, a, n, t, ob, built)
         for o in T.unroll(T.int64(OB)):
             if pooled:
                 pool_row(acc, chan_i, chan_f, yf, n, o, t, shift)
@@ -652,10 +665,10 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
 
     @T.macro
     def row_pair(xf, quads, offsets, chan_i, chan_f, yf, acc, a, prev, n, r, shift):
-        accumulate(xf, quads, offsets, acc, a, n, r * T.int64(2), 0)
+        accumulate(xf, quads, offsets, acc, a, n, r * T.int64(2), 0, False)
         for o in T.unroll(T.int64(OC)):
             prev[T.ramp(o * T.int64(V), 1, V)] = acc.vload([slot(o, 0)], f"int32x{V}")
-        accumulate(xf, quads, offsets, acc, a, n, r * T.int64(2) + T.int64(1), 0)
+        accumulate(xf, quads, offsets, acc, a, n, r * T.int64(2) + T.int64(1), 0, False)
         for o in T.unroll(T.int64(OC)):
             T.evaluate(T.masked_store(
                 yf, channel_value(epilogue, pair_max(prev, acc, o, shift), chan_i, chan_f, o,
@@ -677,11 +690,13 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                              0)
                 row_pair(xf, quads, offsets, chan_i, chan_f, yf, acc, a, prev, n,
                          T.int64(YH - 1), S_LAST)
-            elif NOB > 1:  # channel blocks (not pooled)
+            elif NOB > 1:  # channel blocks (not pooled): a tile's operands built once
+                ops = T.decl_buffer((T.int64(G * TILE * V),), "int32", scope="local")
                 for t in range(T.int64(NT)):
+                    operands(xf, offsets, ops, n, t)
                     for ob in range(T.int64(NOB)):
-                        tile(xf, quads, offsets, chan_i, chan_f, y, yf, acc, a, res, n, t,
-                             ob, 0)
+                        tile(xf, quads, offsets, chan_i, chan_f, y, yf, acc, ops, res, n, t,
+                             ob, 0, True)
             else:
                 for t in range(T.int64(NT - 1 if pooled else NT)):
                     tile(xf, quads, offsets, chan_i, chan_f, y, yf, acc, a, res, n, t,
