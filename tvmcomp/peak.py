@@ -5,10 +5,10 @@ per core: independent vector FMAs (fp32, 8 or 16 lanes as the target has AVX2 or
 on x86, the four-byte step of our int8 kernels (:meth:`tvmcomp.kernels.vnni.Isa.dot`:
 ``vpdpbusd``, 64 multiply-adds an instruction, with AVX-512 VNNI; ``vpmaddubsw`` +
 ``vpmaddwd`` + ``vpaddd``, 32, with AVX2 only). Each keeps 12 accumulators in flight, enough
-to cover the instructions' latency. :func:`kernel_ops` counts a conv / matmul kernel call's operations (2 per
-multiply-add of the dense layer it computes, so a sparse kernel's rate is its dense-equivalent
-rate) from its arguments' shapes. Together they give each kernel's share of the peak
-(``scripts/bench_lenet5.py``'s kernel table).
+to cover the instructions' latency. :func:`kernel_ops` counts a conv / matmul kernel call's
+operations (2 per multiply-add of the dense layer it computes, so a sparse kernel's rate is
+its dense-equivalent rate) from its arguments' shapes. Together they give each kernel's
+share of the peak (``scripts/bench_lenet5.py``'s kernel table).
 """
 
 from __future__ import annotations
@@ -106,10 +106,9 @@ def _timer(func, size: int, target, dtype: str):
 def measure_peaks(profile, rounds: int = 3, repeat: int = 15) -> dict[str, float | None]:
     """``{"fp32": GFLOP/s, "int8": GOP/s or None}`` of this machine, for ``profile``'s
     target and cores (int8: where our int8 kernels run, x86 with AVX2 or VNNI): each the
-    fastest run
-    of ``rounds`` rounds of ``repeat`` runs, the two microbenchmarks alternating. One round
-    of one is not enough on these VMs: a process's first fp32 round came out at about half
-    the later ones (147 vs 250-294 GFLOP/s on a 2-vCPU Xeon)."""
+    fastest run of ``rounds`` rounds of ``repeat`` runs, the two microbenchmarks alternating.
+    One round of one is not enough on these VMs: a process's first fp32 round came out at
+    about half the later ones (147 vs 250-294 GFLOP/s on a 2-vCPU Xeon)."""
     from tvm.target import codegen
 
     from .passes.int8_vnni import target_int8_isa

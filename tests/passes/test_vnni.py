@@ -31,10 +31,10 @@ def _x(rng, dtype, shape):
     return x
 
 
-def _run(func, args, out_shape):
+def _run(func, args, out_shape, target=TARGET, out_dtype="int32"):
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
-                      target=tvm.target.Target(TARGET))
-    out = tvm.runtime.tensor(np.full(out_shape, 7, np.int32))  # garbage where not written
+                      target=tvm.target.Target(target))
+    out = tvm.runtime.tensor(np.full(out_shape, 7, out_dtype))  # garbage where not written
     lib["main"](*(tvm.runtime.tensor(a) for a in args), out)
     return out.numpy()
 
@@ -140,12 +140,9 @@ def test_conv_with_pool_is_exact(n, c, hw, oc, k, dtype, epilogue):
     func = conv_kernel(n, c, hw, oc, (k, k), dtype, epi, pool=2)
     if "avx512_vnni" not in cpu_flags():
         pytest.skip("this CPU has no AVX-512 VNNI")
-    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
-                      target=tvm.target.Target(TARGET))
-    out = tvm.runtime.tensor(np.full(ref.shape, 7, "int8" if epilogue else "int32"))
-    lib["main"](*(tvm.runtime.tensor(a) for a in args), out)
+    got = _run(func, args, ref.shape, out_dtype="int8" if epilogue else "int32")
     assert np.unique(ref).size > 5
-    np.testing.assert_array_equal(out.numpy(), ref.astype(np.int64))
+    np.testing.assert_array_equal(got, ref.astype(np.int64))
 
 
 @pytest.mark.parametrize("kind, x_dtype, density", [
@@ -187,11 +184,7 @@ AVX2_TARGET = {"kind": "llvm", "mcpu": "core-avx2", "num-cores": 2}
 def _avx2_run(func, args, out_shape, out_dtype="int32"):
     if "avx2" not in cpu_flags():
         pytest.skip("this CPU has no AVX2")
-    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
-                      target=tvm.target.Target(AVX2_TARGET))
-    out = tvm.runtime.tensor(np.full(out_shape, 7, out_dtype))  # garbage where not written
-    lib["main"](*(tvm.runtime.tensor(a) for a in args), out)
-    return out.numpy()
+    return _run(func, args, out_shape, AVX2_TARGET, out_dtype)
 
 
 @pytest.mark.parametrize("m, k, n", [

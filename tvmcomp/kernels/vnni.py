@@ -101,9 +101,8 @@ class Isa:
         from tvm.script import tirx as T
 
         v, nbytes = self.lanes, 4 * self.lanes
+        _check_signed(self, signed)
         if signed:
-            if self.name != "avx2":
-                raise ValueError("signed activations are for the AVX2 kernels only")
             psign = T.llvm_lookup_intrinsic_id("llvm.x86.avx2.psign.b")
             sa = T.reinterpret(a, dtype=f"int8x{nbytes}")
             b = T.call_llvm_pure_intrin(psign, T.reinterpret(b, dtype=f"int8x{nbytes}"), sa,
@@ -124,7 +123,7 @@ class Isa:
 # zmm: 32 registers; ymm: 16 (accumulators, the a operand(s), the broadcast b, the ones,
 # the pairs)
 VNNI = Isa("avx512_vnni", 16, 24, X_DTYPES, "vnni")
-AVX2 = Isa("avx2", 8, 10, ("int8",), "avx2")  # int8 x known to be >= 0 only
+AVX2 = Isa("avx2", 8, 10, ("int8",), "avx2")  # int8 x: >= 0, or any with ``signed``
 ISAS = {isa.name: isa for isa in (VNNI, AVX2)}
 SIGNED = {False: "", True: " (signed activations)"}  # in a kernel's description
 
@@ -628,10 +627,14 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                             in_row(first(t, v), first(t, v) // T.int64(w) + j)))
 
     @T.macro
+    def quad_operands(xf, offsets, a, n, t, g, built):  # quad g's a operands of tile t
+        for v in T.unroll(T.int64(TILE)):
+            a[T.ramp(operand(g, v, built), 1, V)] = a_operand(xf, offsets, n, g, first(t, v))
+
+    @T.macro
     def operands(xf, offsets, a, n, t):  # every quad's a operands of tile t (channel blocks)
         for g in range(T.int64(G)):
-            for v in T.unroll(T.int64(TILE)):
-                a[T.ramp(operand(g, v, True), 1, V)] = a_operand(xf, offsets, n, g, first(t, v))
+            quad_operands(xf, offsets, a, n, t, g, True)
 
     @T.macro
     def accumulate(xf, quads, offsets, acc, a, n, t, ob, built):
@@ -643,9 +646,7 @@ def conv_kernel(batch: int, channels: int, in_hw: tuple[int, int], out_channels:
                     acc[slot(o, v) + lane] = quad(quads, channel(ob, o), T.int64(G))
         for g in range(T.int64(G)):
             if not built:
-                for v in T.unroll(T.int64(TILE)):
-                    a[T.ramp(v * T.int64(V), 1, V)] = a_operand(
-                        xf, offsets, n, g, first(t, v))
+                quad_operands(xf, offsets, a, n, t, g, False)
             for o in T.unroll(T.int64(OB)):
                 for v in T.unroll(T.int64(TILE)):
                     acc[T.ramp(slot(o, v), 1, V)] = isa.dot(

@@ -124,14 +124,14 @@ class _Rewriter(PyExprMutator):
         b = Bindings(func)
         self.final, self.skip = {}, set()
         for var in b.order:
-            kind_channels = self._layer(b, b.value[var])
-            if kind_channels is None:
+            layer = self._layer(b, b.value[var])
+            if layer is None:
                 continue
-            plan = plan_epilogue(b, var, *kind_channels)
+            kind, channels, signed = layer
+            plan = plan_epilogue(b, var, kind, channels)
             if dtype_of(var) == "float32" and plan.steps[:1] != [_TO_INT32]:
                 continue  # the float sums' cast to int32 is read elsewhere too
             pool = self._pool(b, b.value[var], plan)
-            signed = self._signed(b, b.value[var])
             if pool is None:
                 self.final[plan.final] = _Layer(b.value[var], plan, 1, signed)
                 self.skip.update(plan.members[:-1])
@@ -150,8 +150,9 @@ class _Rewriter(PyExprMutator):
         return pool if pool is not None and vnni.conv_pool_fits(
             _padded_hw(core), khw, plan.channels, n, self.isa) else None
 
-    def _layer(self, b: Bindings, val) -> tuple[str, int] | None:
-        """(kind, output channels) of an int8 layer the kernels take, else None."""
+    def _layer(self, b: Bindings, val) -> tuple[str, int, bool] | None:
+        """(kind, output channels, whether its input is summed as signed: :meth:`_signed`)
+        of an int8 layer the kernels take, else None."""
         op = op_name(val)
         if op not in ("relax.matmul", "relax.nn.conv2d") or \
                 str(val.attrs.out_dtype) not in ("int32", "float32"):
@@ -160,15 +161,16 @@ class _Rewriter(PyExprMutator):
         shape, dtype = shape_of(x), dtype_of(x)
         if w is None or w.dtype != np.int8 or shape is None or dtype not in self.isa.x_dtypes:
             return None
-        if self._signed(b, val) is None:
+        signed = self._signed(b, val)
+        if signed is None:
             return None  # (AVX2) the sums of these activations and weights would saturate
         if op == "relax.matmul":
             ok = w.ndim == 2 and len(shape) == 2 and vnni.dense_supported(w.shape[0])
-            return ("dense", int(w.shape[1])) if ok else None
+            return ("dense", int(w.shape[1]), signed) if ok else None
         if (w.ndim != 4 or len(shape) != 4 or not direct_conv(val.attrs)
                 or not vnni.conv_supported(_padded_hw(val), w.shape[2:])):
             return None
-        return ("conv", int(w.shape[0]))
+        return ("conv", int(w.shape[0]), signed)
 
     def _signed(self, b: Bindings, val) -> bool | None:
         """Whether the layer's int8 input may be negative where the kernels read it as it
