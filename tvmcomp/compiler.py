@@ -263,10 +263,12 @@ def build(onnx_path: str | Path, profile: Profile, out_dir: str | Path,
     if forms["codebook"] is not None:
         cb = forms["codebook"]
         forms_n = {f: sum(L["form"] == f for L in cb["layers"]) for f in ("dense", "sparse")}
-        forms_n["at load"] = sum(L["form"].startswith("at load") for L in cb["layers"])
+        forms_n["at load"] = sum("at load" in L["form"] for L in cb["layers"])
+        into_sparse = sum(L["form"] == "sparse conv, at load" for L in cb["layers"])
         _say(f"codebook: {forms_n['dense']} dense and {forms_n['sparse']} sparse layers as "
              "uint8 codes + codebook"
              + (f", {forms_n['at load']} more decoded at load" if forms_n["at load"] else "")
+             + (f" ({into_sparse} into a sparse conv's arrays)" if into_sparse else "")
              + ", "
              f"{cb['stored_bytes']:,} B (dense {cb['dense_bytes']:,} B)", opts.progress)
     layers = forms["layers"]

@@ -69,6 +69,7 @@ SPARSE_PRUNE = {"conv1": 0.7, "conv2": 0.9, "fc1": 0.95, "fc2": 0.9, "fc3": 0.7}
 SPARSE_FORM_THRESHOLD = 0.4
 # the smallest form: LeNet-5 pruned per layer to 95 % overall, with twice the default
 # fine-tuning, shared to 32 values a layer, every layer decoded at load from its code stream
+# (into the direct sparse kernel's arrays for a conv the sparse gate keeps sparse)
 # (scripts/codebook_sizes.py: 50x smaller than fp32 at -0.14 pt on a Zen 3, 2026-12-07)
 SMALLEST_PRUNE = {"conv1": 0.3, "conv2": 0.8, "fc1": 0.97, "fc2": 0.94, "fc3": 0.7}
 SMALLEST_BITS = {"conv": 5, "fc": 5}
@@ -179,12 +180,14 @@ def build_forms(out: Path, dense_onnx: Path, pruned_onnx: Path, profile: Profile
                 refused: dict | None = None) -> dict:
     """``{form: (artifact dir, manifest)}`` for every form `tvmcomp build` makes of LeNet-5:
     fp32, int8, sparse (the pruned model), int8+sparse, with ``shared_onnx`` codebook and with
-    ``pruned_shared_onnx`` sparse+codebook (decoded in the kernels) and int8+codebook (the
-    seed's last step: int8, pruned, shared; int8 codes decoded at load), with ``smallest_onnx``
-    smallest (every layer decoded once at load from its code stream), with ``lowrank_onnx``
-    lowrank (its gate keeps each factorization only where faster). The tuning budget is
-    shared: each build gets what the builds before it left; lowrank builds last (its gate
-    tunes the factorized kernels, which no committed record covers), and the result is in
+    ``pruned_shared_onnx`` sparse+codebook (decoded in the kernels, a sparse conv's at load)
+    and int8+codebook (the seed's last step: int8, pruned, shared; int8 codes decoded at
+    load), with ``smallest_onnx`` smallest (every layer decoded once at load from its code
+    stream: a conv the sparse gate keeps sparse into its direct sparse kernel's arrays),
+    with ``lowrank_onnx`` lowrank (its gate keeps each factorization only where faster).
+    The tuning budget is shared: each build gets what the builds before it left; lowrank
+    builds last (its gate tunes the factorized kernels, which no committed record covers),
+    and the result is in
     :data:`FORMS` order. An int8 form whose accuracy falls more than ``max_accuracy_drop``
     below the float model's is refused by the build's gate: it is left out, with the reason
     in ``refused`` (form -> message), and the other forms are built. A form whose
@@ -202,7 +205,9 @@ def build_forms(out: Path, dense_onnx: Path, pruned_onnx: Path, profile: Profile
         plans["sparse+codebook"] = (pruned_shared_onnx, {"sparse": True, "codebook": True})
         plans["int8+codebook"] = (pruned_shared_onnx, {"quant": QuantConfig(), "codebook": True})
     if smallest_onnx is not None:
-        plans["smallest"] = (smallest_onnx, {"codebook": True, "codebook_decode": "load"})
+        plans["smallest"] = (smallest_onnx, {"codebook": True, "codebook_decode": "load",
+                                             "sparse": True,
+                                             "sparse_threshold": SPARSE_FORM_THRESHOLD})
     if lowrank_onnx is not None:
         plans["lowrank"] = (lowrank_onnx, {})
     keys_path = out / BUILD_KEYS

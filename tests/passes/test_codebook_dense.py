@@ -389,6 +389,84 @@ def test_layers_keep_their_names_after_an_earlier_one_went_sparse(tmp_path, shar
     assert decoded_bytes(fused) == 120 * 84 * 4
 
 
+def test_sparse_convs_decode_their_arrays_at_load_from_a_code_stream(tmp_path, share_weights):
+    """With --sparse --codebook, a pruned, shared conv runs the direct sparse convolution and
+    stores only its weight's code stream: the decode function writes the kernel's values,
+    offsets and row pointers (float32 / int32 arrays in RAM, none in the artifact) from it;
+    the per-layer table counts the stream; the output equals PyTorch's, at both batches."""
+    import torch
+
+    from tvmcomp.frontend.onnx_export import export_onnx
+    from tvmcomp.kernels.decode import DECODE_FUNCTION, code_stream
+    from tvmcomp.kernels.sparse_conv import sparse_conv_from_dense
+    from tvmcomp.model.lenet import LeNet5
+    from tvmcomp.passes import SparseDense
+    from tvmcomp.passes.codebook_dense import decoded_bytes
+    from tvmcomp.passes.sizes import layer_sizes
+    from tvmcomp.pipeline import compile_fused, fuse
+
+    torch.manual_seed(0)
+    net = share_weights(LeNet5().eval(), 32, 16)
+    with torch.no_grad():
+        net.conv2.weight.mul_((torch.rand_like(net.conv2.weight) < 0.2).float())
+    model, info = load_onnx(export_onnx(net, tmp_path / "lenet.onnx"))
+    mod = import_batches(model, info, [1, 3])
+    sparse = {"threshold": 0.5, "values": "codebook"}
+    rows = {r["layer"]: r for r in layer_sizes(mod, sparse, codebook=True)}
+    w = net.conv2.weight.detach().numpy()
+    s = code_stream(w)
+    assert rows["conv1"]["form"] == "sparse conv, codebook decoded at load"
+    assert rows["conv1"]["stored_bytes"] == s.nbytes()["total"]
+    assert rows["conv0"]["form"] == "codebook"  # dense: codes decoded in its kernel
+    info = {L.key.split("/")[1]: L.form for L in codebook_layers(mod, sparse)}
+    assert info["conv1"] == "sparse conv, at load"
+    target = tvm.target.Target(TARGET)
+    fused = fuse(CodebookDense()(SparseDense(**sparse)(mod)), target)
+    ref = sparse_conv_from_dense(w, (14, 14))
+    consts = _constants(fused)
+    assert ("uint8", s.data.shape) in consts
+    assert ("float32", ref.values.shape) not in consts and ("int32", ref.offsets.shape) \
+        not in consts
+    assert decoded_bytes(fused) == ref.nbytes()["total"]
+    names = [gv.name_hint for gv, f in fused.functions.items()
+             if isinstance(f, tvm.tirx.PrimFunc)]
+    assert any(n.startswith("sparse_conv_b3_6x14x14_16k5x5") for n in names)
+    vm = relax.VirtualMachine(compile_fused(fused, target), tvm.cpu())
+    vm[DECODE_FUNCTION]()
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 1, 28, 28)).astype(np.float32)
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(vm[f"main_b{batch}"](tvm.runtime.tensor(x)).numpy(), want,
+                                   rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape, density, levels, in_hw, gap_bits", [
+    ((16, 6, 5, 5), 0.2, 16, (14, 14), None), ((6, 1, 5, 5), 0.7, 32, (32, 32), None),
+    ((8, 2, 3, 3), 1.0, 7, (6, 6), 0), ((4, 3, 3, 3), 0.0, 3, (9, 9), None)])
+def test_code_stream_decodes_into_a_sparse_convs_arrays(shape, density, levels, in_hw,
+                                                         gap_bits):
+    """kernels.decode.sparse_conv_decode_kernel: a conv weight's code stream (with zero-run
+    lengths, or a code per weight with zeros among the values; an all-zero weight) decoded
+    over buffers full of garbage into exactly ``sparse_conv_from_dense``'s arrays."""
+    from tvmcomp.kernels.decode import code_stream, sparse_conv_decode_kernel
+    from tvmcomp.kernels.sparse_conv import sparse_conv_from_dense
+
+    rng = np.random.default_rng(levels)
+    w = np.linspace(-1, 1, levels).astype(np.float32)[rng.integers(0, levels, shape)]
+    w *= rng.random(shape) < density
+    s = code_stream(w, gap_bits)
+    ref = sparse_conv_from_dense(w, in_hw)
+    func = sparse_conv_decode_kernel(s, in_hw).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target="llvm")
+    want = (ref.values, ref.offsets, ref.row_ptr)
+    outs = [tvm.runtime.tensor(np.full(a.shape, 7, a.dtype)) for a in want]
+    lib["main"](*(tvm.runtime.tensor(a) for a in (s.codebook, s.data, np.zeros(1, np.int32))),
+                *outs)
+    for got, a in zip(outs, want):
+        np.testing.assert_array_equal(got.numpy(), a)
+
+
 @pytest.mark.parametrize("levels, density, shape, gap_bits", [
     (3, 0.15, (84, 10), None), (15, 1.0, (16, 6, 5, 5), None), (200, 0.03, (400, 120), None),
     (16, 0.02, (400, 120), 3), (5, 0.5, (7,), 1), (4, 0.0, (10, 10), None)])

@@ -24,11 +24,13 @@ CACHE_PREFIX = "tvmcomp.decoded."
 
 def cache_key(w: np.ndarray) -> str:
     """The tensor-cache key of weight ``w`` (as its layer reads it) decoded at load: a hash
-    of its values, shape and type (float32, or an int8 layer's int8), so two artifacts in
-    one process never read each other's weights (and identical ones share one)."""
+    of its values, shape and type (float32, or an integer type: an int8 layer's int8, a
+    sparse conv's int32 offsets), so two artifacts in one process never read each other's
+    weights (and identical ones share one)."""
     import hashlib
 
-    w = np.ascontiguousarray(w, decoded_dtype(w))
+    w = np.asarray(w)
+    w = np.ascontiguousarray(w, w.dtype if np.issubdtype(w.dtype, np.integer) else np.float32)
     h = hashlib.sha256(np.asarray(w.shape, np.int64).tobytes())
     if w.dtype != np.float32:
         h.update(str(w.dtype).encode())
@@ -167,6 +169,19 @@ class Placement:
     comp_at: Callable
 
 
+def _entry(data, k, bits: int, size: int):
+    """Entry ``k`` of a stream (``data``, ``size`` bytes) of ``bits``-bit entries, as int32:
+    read from the (at most) three bytes it spans (a byte past the end holds none of its
+    bits: the last one is read instead)."""
+    from tvm.script import tirx as T
+
+    b = k * bits // 8
+    word = T.bitwise_or(T.bitwise_or(
+        T.Cast("int32", data[b]), T.shift_left(T.Cast("int32", data[T.min(b + 1, size - 1)]), 8)),
+        T.shift_left(T.Cast("int32", data[T.min(b + 2, size - 1)]), 16))
+    return T.bitwise_and(T.shift_right(word, T.Cast("int32", k * bits % 8)), (1 << bits) - 1)
+
+
 def stream_decode_kernel(s: CodeStream, place: Placement | None = None):
     """The PrimFunc ``(codebook, data, token) -> w`` that decodes ``s`` into its dense
     weight (float32, or int8 from an int8 codebook): zero-fills ``w``, then walks the
@@ -206,13 +221,7 @@ def stream_decode_kernel(s: CodeStream, place: Placement | None = None):
                 comp[c] = 0
         pos[0] = T.int64(-1)
         for k in range(T.int64(NE)):
-            b = k * E // 8
-            # bytes past the end hold no bits of the entry: read the last one instead
-            word = T.bitwise_or(T.bitwise_or(
-                T.Cast("int32", data[b]),
-                T.shift_left(T.Cast("int32", data[T.min(b + 1, ND - 1)]), 8)),
-                T.shift_left(T.Cast("int32", data[T.min(b + 2, ND - 1)]), 16))
-            v = T.bitwise_and(T.shift_right(word, T.Cast("int32", k * E % 8)), (1 << E) - 1)
+            v = _entry(data, k, E, ND)
             pos[0] = pos[0] + T.Cast("int64", T.bitwise_and(v, (1 << G) - 1)) + T.int64(1)
             value = codebook[T.Cast("int64", T.shift_right(v, G))]
             flat[index(pos[0])] = T.Cast(out_t, value)
@@ -224,5 +233,55 @@ def stream_decode_kernel(s: CodeStream, place: Placement | None = None):
                 for b in range(T.int64(4)):
                     flat[place.comp_at(c) + b] = T.Cast(out_t, T.bitwise_and(
                         T.shift_right(comp[c], T.Cast("int32", b * 8)), 255))
+
+    return decode
+
+
+def sparse_conv_decode_kernel(s: CodeStream, in_hw: tuple[int, int]):
+    """The PrimFunc ``(codebook, data, token) -> (values, offsets, row_ptr)`` that decodes
+    ``s`` (a conv weight's, OIHW) straight into the direct sparse convolution's arrays for
+    inputs of ``in_hw`` (:class:`~tvmcomp.kernels.sparse_conv.SparseConvWeight`, as
+    ``sparse_conv_from_dense`` makes them): its non-zeros in row-major order, their values,
+    their offsets in the input plane, and a row pointer per output channel (counted, then
+    summed). A serial loop, run once at load; ``token`` as in :func:`stream_decode_kernel`."""
+    from tvm.script import tirx as T
+
+    NE, ND, CB = s.entries, int(s.data.size), int(s.codebook.size)  # noqa: N806
+    cb_t, out_t = str(s.codebook.dtype), s.dtype
+    G, E = s.gap_bits, s.gap_bits + s.code_bits  # noqa: N806
+    OC, C, KH, KW = (int(d) for d in s.shape)  # noqa: N806
+    H, W = in_hw  # noqa: N806
+    NNZ = max(1, int(np.count_nonzero(s.to_dense())))  # noqa: N806 - a buffer is never empty
+
+    @T.prim_func(private=True, s_tir=True)
+    def decode(codebook: T.Buffer((T.int64(CB),), cb_t),
+               data: T.Buffer((T.int64(ND),), "uint8"),
+               token: T.Buffer((T.int64(1),), "int32"),
+               values: T.Buffer((T.int64(NNZ),), out_t),
+               offsets: T.Buffer((T.int64(NNZ),), "int32"),
+               row_ptr: T.Buffer((T.int64(OC + 1),), "int32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True,
+                     HAND_SCHEDULED: "codebook stream decode into a sparse conv"})
+        pos = T.decl_buffer((1,), "int64", scope="local")
+        j = T.decl_buffer((1,), "int64", scope="local")
+        values[0] = T.Cast(out_t, 0)
+        offsets[0] = 0
+        for o in range(T.int64(OC + 1)):
+            row_ptr[o] = 0
+        pos[0] = T.int64(-1)
+        j[0] = T.int64(0)
+        for k in range(T.int64(NE)):
+            v = _entry(data, k, E, ND)
+            pos[0] = pos[0] + T.Cast("int64", T.bitwise_and(v, (1 << G) - 1)) + T.int64(1)
+            value = codebook[T.Cast("int64", T.shift_right(v, G))]
+            if value != T.Cast(cb_t, 0):  # a filler (or, with no gaps, a zero weight)
+                p = pos[0]
+                values[j[0]] = T.Cast(out_t, value)
+                offsets[j[0]] = T.Cast("int32", p % (C * KH * KW) // (KH * KW) * (H * W)
+                                       + p % (KH * KW) // KW * W + p % KW)
+                row_ptr[p // (C * KH * KW) + 1] = row_ptr[p // (C * KH * KW) + 1] + 1
+                j[0] = j[0] + T.int64(1)
+        for o in range(T.int64(OC)):
+            row_ptr[o + 1] = row_ptr[o + 1] + row_ptr[o]
 
     return decode

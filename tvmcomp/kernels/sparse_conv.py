@@ -33,6 +33,7 @@ from . import HAND_SCHEDULED
 from .epilogue import Epilogue, channel_value
 from .epilogue import tables as epilogue_tables
 
+PREFIX = "sparse_conv_"  # every sparse conv kernel's name starts so (:func:`kernel_name`)
 LANES = 8      # float32 lanes of an AVX2 register
 MAX_TILE = 9   # vector accumulators a tile keeps in registers (16 ymm: 9 + broadcast + loads)
 HAND_SCHEDULED_ATTRS = {"tirx.noalias": True, "tirx.is_scheduled": True,
@@ -86,6 +87,31 @@ def sparse_conv_from_dense(w: np.ndarray, in_hw: tuple[int, int]) -> SparseConvW
     if values.size == 0:
         values, offsets = np.zeros(1, w.dtype), np.zeros(1, np.int32)
     return SparseConvWeight(values, offsets, row_ptr, (oc, c, kh, kw), (h, wd))
+
+
+def kernel_name(batch: int, channels: int, in_hw: tuple[int, int], out_channels: int,
+                kernel_hw: tuple[int, int], relu: bool, x_dtype: str = "float32",
+                pool: int = 1) -> str:
+    """The name of a :func:`sparse_conv_kernel` (an integer one's epilogue adds a suffix):
+    ``sparse_conv_b{N}_{C}x{H}x{W}_{OC}k{KH}x{KW}[_relu][_pool2][_int8|_uint8]``."""
+    (h, w), (kh, kw) = in_hw, kernel_hw
+    return (f"{PREFIX}b{batch}_{channels}x{h}x{w}_{out_channels}k{kh}x{kw}"
+            + ("_relu" if relu else "") + ("_pool2" if pool == 2 else "")
+            + (f"_{x_dtype}" if x_dtype != "float32" else ""))
+
+
+def call_weight(kernel: str, x_shape, args: list) -> SparseConvWeight | None:
+    """The weight of a call of a :func:`sparse_conv_kernel` named ``kernel`` (its name from
+    :func:`kernel_name`), ``x_shape`` its (padded) input's, ``args`` its arguments after
+    ``x`` (arrays where constant, else None); None if it is not such a call or its arrays
+    are not constants."""
+    import re
+
+    m = re.match(PREFIX + r"b\d+_\d+x\d+x\d+_(\d+)k(\d+)x(\d+)", kernel)
+    if m is None or len(args) < 3 or any(a is None for a in args[:3]):
+        return None
+    (_, c, h, w), (oc, kh, kw) = (int(d) for d in x_shape), (int(g) for g in m.groups())
+    return SparseConvWeight(*args[:3], (oc, c, kh, kw), (h, w))
 
 
 def supported(in_hw: tuple[int, int], kernel_hw: tuple[int, int], lanes: int = LANES) -> bool:

@@ -8,7 +8,9 @@ indices and the codebook, not the dense weight (TVM's ``FoldConstant`` would oth
 (``QuantizeInt8``'s) is stored as a code stream with an int8 codebook wherever that takes
 fewer bytes than the int8 weight itself, and decoded to int8 once at load; where ``Int8Vnni``
 (which runs first) packed that weight for its kernel, it is decoded straight into the packed
-form, the kernel's compensation term computed into it.
+form, the kernel's compensation term computed into it. A float conv ``SparseDense`` made a
+direct sparse convolution is stored as its weight's code stream too, decoded at load straight
+into the sparse kernel's arrays.
 """
 
 from __future__ import annotations
@@ -23,14 +25,15 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..kernels.codebook import (MAX_CODES, code_bits, codebook_length, codes_per_byte,
                                 distinct_values, encode, pack, stored_code_bytes)
+from ..kernels import sparse_conv
 from ..kernels.decode import (DECODE_FUNCTION, cache_key, code_stream, decoded_dtype,
-                              stream_decode_kernel)
+                              sparse_conv_decode_kernel, stream_decode_kernel)
 from ..kernels.sell import sell_codebook_from_dense
 from ..kernels.vnni import call_weight
 from ._emit import Bindings, rebind, rewrite_functions
 from ._qdq_match import const_np, dtype_of, op_name, shape_of
 from .layers import layer_index, layer_key
-from .sparse_dense import goes_sparse, layer_weights, sparse_candidates
+from .sparse_dense import goes_sparse, layer_weights, sparse_candidates, sparse_conv_candidates
 
 COMPOSITE = "tvmcomp.codebook_matmul"
 COMPOSITE_CONV = "tvmcomp.codebook_conv2d"
@@ -44,7 +47,9 @@ class CodebookLayer:
     (``SparseDense(values="codebook")``: a uint8 code per stored SELL entry, plus its column
     indices, slice pointers and row order, counted in ``structure_bytes``); decoded at load,
     ``at load`` or ``at load, sparse`` (a :func:`~tvmcomp.kernels.decode.code_stream` without
-    or with zero-run lengths, counted in ``structure_bytes``)."""
+    or with zero-run lengths, counted in ``structure_bytes``), or ``sparse conv, at load`` (a
+    conv ``SparseDense`` made sparse: its code stream decoded into the direct sparse
+    convolution's arrays)."""
 
     key: str                 # "<function>/matmul<k>" or "<function>/conv<k>"
     shape: tuple[int, ...]   # matmul [out, in]; conv2d OIHW
@@ -95,9 +100,16 @@ def codebook_layers(mod: tvm.IRModule, sparse: dict | None = None,
                 continue
             if distinct_values(m.w) <= MAX_CODES:
                 out.append(_dense_layer(key, m.w, m.w.T, m.name in at_load))
+        convs = {m.name: m for m in sparse_conv_candidates(func)} if sparse is not None else {}
         for _, name, w in float_convs(func):
-            if distinct_values(w) <= MAX_CODES:
-                out.append(_dense_layer(layer_key(gv.name_hint, name), w, w, name in at_load))
+            key = layer_key(gv.name_hint, name)
+            if distinct_values(w) > MAX_CODES:
+                continue
+            if name in convs and goes_sparse(key, w, sparse.get("threshold", 0.0),
+                                             sparse.get("keep") or {}):
+                out.append(_dense_layer(key, w, w, True, "sparse conv, at load"))
+            else:
+                out.append(_dense_layer(key, w, w, name in at_load))
         candidates = {m.name: m for m in matches}
         for _, name, kind, w in int8_layers(func):
             key, m = layer_key(gv.name_hint, name), candidates.get(name)
@@ -108,16 +120,18 @@ def codebook_layers(mod: tvm.IRModule, sparse: dict | None = None,
     return sorted(out, key=lambda L: (L.key.split("/")[0], layer_index(L.key)))
 
 
-def _dense_layer(key: str, w: np.ndarray, read: np.ndarray, at_load: bool) -> CodebookLayer:
-    """A layer ``CodebookDense`` keeps dense (``w`` as stored, ``read`` as the layer reads it:
-    a matmul's ``[in, out]``): a code per weight, or decoded at load from the
-    :func:`code_stream` of ``read``."""
+def _dense_layer(key: str, w: np.ndarray, read: np.ndarray, at_load: bool,
+                 form: str | None = None) -> CodebookLayer:
+    """A layer stored as codes (``w`` as stored, ``read`` as the layer reads it: a matmul's
+    ``[in, out]``): a code per weight, or decoded at load from the :func:`code_stream` of
+    ``read`` (``form``: what it is decoded into, if not its dense weight)."""
     if at_load:
         s = code_stream(read)
         b = s.nbytes()
         return CodebookLayer(key, tuple(w.shape), s.codebook.size,
                              w.size * np.dtype(decoded_dtype(w)).itemsize, b["codes"],
-                             b["codebook"], "at load, sparse" if s.gap_bits else "at load",
+                             b["codebook"],
+                             form or ("at load, sparse" if s.gap_bits else "at load"),
                              b["gaps"])
     codes = distinct_values(w)
     return CodebookLayer(key, tuple(w.shape), codes, w.size * 4,
@@ -177,6 +191,24 @@ def packed_int8_layers(func: relax.Function) -> dict:
     return out
 
 
+def sparse_conv_layers(func: relax.Function) -> dict:
+    """``{var: weight}`` (:class:`~tvmcomp.kernels.sparse_conv.SparseConvWeight`) of
+    ``func``'s float direct sparse convolutions (``SparseDense``'s) whose constant weight has
+    at most :data:`MAX_CODES` distinct values: ``CodebookDense`` decodes their arrays at
+    load from the weight's :func:`code_stream`."""
+    out = {}
+    for var, val in Bindings(func).value.items():
+        if op_name(val) != "relax.call_tir":
+            continue
+        x, *rest = val.args[1].fields
+        wt = sparse_conv.call_weight(val.args[0].name_hint, shape_of(x) or (),
+                                     [const_np(a) for a in rest])
+        if (wt is not None and wt.values.dtype == np.float32
+                and distinct_values(wt.to_dense()) <= MAX_CODES):
+            out[var] = wt
+    return out
+
+
 def decoded_bytes(mod: tvm.IRModule) -> int:
     """Bytes of the values (float32, or int8) :data:`DECODE_FUNCTION` of ``mod`` (if any)
     decodes at load: held in RAM from load on."""
@@ -209,7 +241,9 @@ class CodebookDense:
     ``at_load``: names of layers (``conv0``, ``matmul2``, ..., in every function) decoded once
     at load instead (and every :func:`int8_layers` layer: an int8 conv2d / matmul reads its
     int8 weight from the cache, decoded from a code stream with an int8 codebook; a
-    :func:`packed_int8_layers` kernel call its packed weight, compensation included): the
+    :func:`packed_int8_layers` kernel call its packed weight, compensation included; and
+    every :func:`sparse_conv_layers` call, a sparse conv ``SparseDense`` made, its values,
+    offsets and row pointers, decoded from the dense weight's code stream): the
     module gains a function :data:`DECODE_FUNCTION` that decodes their stored codes (a
     :func:`~tvmcomp.kernels.decode.code_stream` each, by a hand-written kernel) into the TVM
     tensor cache, and the layer reads its dense weight from the cache
@@ -257,8 +291,9 @@ class _Rewriter(PyExprMutator):
         self.convs: dict = {}
         self.int8: dict = {}
         self.packed: dict = {}
-        # the first value's cache key -> (decode kernel, its arrays, [(cache key, shape,
-        # dtype) of each value it decodes])
+        self.sparse_convs: dict = {}
+        # the values' cache keys -> (decode kernel, its arrays, [(cache key, shape, dtype)
+        # of each value it decodes])
         self.decoded: dict[str, tuple] = {}
 
     def run(self) -> tvm.IRModule:
@@ -270,7 +305,8 @@ class _Rewriter(PyExprMutator):
                           if distinct_values(w) <= MAX_CODES}
             self.int8 = {var: (name, w) for var, name, _, w in int8_layers(func)}
             self.packed = packed_int8_layers(func)
-            return bool(self.plan or self.convs or self.int8 or self.packed)
+            self.sparse_convs = sparse_conv_layers(func)
+            return bool(self.plan or self.convs or self.int8 or self.packed or self.sparse_convs)
 
         out = rewrite_functions(self, self.mod_, prepare)
         return self._add_decoder() if self.decoded else out
@@ -312,7 +348,7 @@ class _Rewriter(PyExprMutator):
         """``values`` read from the tensor cache, where :data:`DECODE_FUNCTION` puts them
         at load by calling ``kernel`` on ``arrays`` (what the artifact stores)."""
         entries = [(cache_key(v), tuple(v.shape), str(v.dtype)) for v in values]
-        self.decoded[entries[0][0]] = (kernel, arrays, entries)
+        self.decoded[tuple(k for k, _, _ in entries)] = (kernel, arrays, entries)
         return [self.builder_.emit(relax.op.call_pure_packed(
             "vm.builtin.tensor_cache.get", tvm.ir.StringImm(key),
             ty_args=[relax.TensorType(list(shape), dtype)]), name if len(values) == 1
@@ -327,6 +363,17 @@ class _Rewriter(PyExprMutator):
             (args[1],) = self._from_cache([wt.weight],
                                           stream_decode_kernel(s, wt.placement()),
                                           [s.codebook, s.data], f"{binding.var.name}_w")
+            call = relax.Call(val.op, [val.args[0], relax.Tuple(args)], val.attrs, val.ty_args)
+            rebind(self, binding, call, f"{binding.var.name}_stream")
+            return
+        if binding.var in self.sparse_convs:  # values, offsets, row_ptr from the cache
+            wt = self.sparse_convs[binding.var]
+            s = code_stream(wt.to_dense())
+            val = binding.value
+            args = [self.visit_expr(a) for a in val.args[1].fields]
+            args[1:4] = self._from_cache([wt.values, wt.offsets, wt.row_ptr],
+                                         sparse_conv_decode_kernel(s, wt.in_hw),
+                                         [s.codebook, s.data], f"{binding.var.name}_w")
             call = relax.Call(val.op, [val.args[0], relax.Tuple(args)], val.attrs, val.ty_args)
             rebind(self, binding, call, f"{binding.var.name}_stream")
             return

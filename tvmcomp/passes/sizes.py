@@ -19,7 +19,8 @@ from .sparse_dense import goes_sparse, layer_weights, rewritable_layers, sliced_
 ROLES = ("values", "col_indices", "structure", "codebook")
 # a CodebookDense layer's form (codebook_layers) as the table names it
 CODEBOOK_FORMS = {"dense": "codebook", "at load": "codebook, decoded at load",
-                  "at load, sparse": "sparse codebook, decoded at load"}
+                  "at load, sparse": "sparse codebook, decoded at load",
+                  "sparse conv, at load": "sparse conv, codebook decoded at load"}
 
 
 def layer_sizes(mod, sparse: dict | None = None, codebook: bool = False,
@@ -43,7 +44,9 @@ def layer_sizes(mod, sparse: dict | None = None, codebook: bool = False,
 
     sparse_args = dict(sparse or {})
     values = sparse_args.get("values", "float32")
-    folded = {L.key: L for L in codebook_layers(mod, at_load=at_load)} if codebook else {}
+    # CodebookDense's layers (SparseDense's sparse matmuls with codes are the sparse rows')
+    folded = ({L.key: L for L in codebook_layers(mod, sparse, at_load) if L.form != "sparse"}
+              if codebook else {})
     rows: dict[str, dict] = {}
     for gv, func in mod.functions.items():
         if not isinstance(func, relax.Function) or func.attrs and "Primitive" in func.attrs:
@@ -58,7 +61,12 @@ def layer_sizes(mod, sparse: dict | None = None, codebook: bool = False,
                    "weights": int(w.size), "nonzeros": int(np.count_nonzero(w)),
                    "fp32_bytes": int(w.size) * 4}
             by = dict.fromkeys(ROLES, 0)
-            if sparse is not None and m is not None and goes_sparse(
+            if key in folded:  # CodebookDense: codes + codebook, in the kernel or at load
+                L = folded[key]  # at load: a code stream's codes and zero-run lengths
+                by.update(values=L.index_bytes, col_indices=L.structure_bytes,
+                          codebook=L.codebook_bytes)
+                row.update(form=CODEBOOK_FORMS[L.form], value_bits=code_bits(L.codes))
+            elif sparse is not None and m is not None and goes_sparse(
                     key, m.w, sparse_args.get("threshold", 0.0), sparse_args.get("keep") or {}):
                 if m.kind == "conv":  # direct sparse convolution: values, offsets, row_ptr
                     c = sparse_conv_from_dense(m.w, m.padded_hw)
@@ -75,11 +83,6 @@ def layer_sizes(mod, sparse: dict | None = None, codebook: bool = False,
                               codebook=b.get("codebook", 0))
                     row.update(form=f"sparse {'codebook' if form == 'codebook' else c.data.dtype}",
                                value_bits=c.code_bits or c.data.dtype.itemsize * 8)
-            elif key in folded:  # CodebookDense: codes + codebook, in the kernel or at load
-                L = folded[key]  # at load: a code stream's codes and zero-run lengths
-                by.update(values=L.index_bytes, col_indices=L.structure_bytes,
-                          codebook=L.codebook_bytes)
-                row.update(form=CODEBOOK_FORMS[L.form], value_bits=code_bits(L.codes))
             else:
                 by["values"] = int(w.nbytes)
                 row.update(form=f"dense {w.dtype}", value_bits=w.dtype.itemsize * 8)

@@ -13,6 +13,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from ..defaults import DEFAULT_SPARSE_THRESHOLD
 from ..kernels.codebook import MAX_CODES, distinct_values
 from ..kernels.sparse_conv import (
+    kernel_name,
     pool_fits,
     pooled_hw,
     sparse_conv_from_dense,
@@ -95,7 +96,9 @@ class SparseDense:
     ``R.call_tir(sell_int_b{B}_..., (x_q, data_i8, indices, slice_ptr, row_order),
     out_ty=int32)``: exact,
     and the bias add / requantization that follow are left as they were.
-    With ``values="float32"``, a float ``[relu](add(conv2d(x, W), b))`` (NCHW, constant OIHW
+    With ``values="float32"`` or ``"codebook"`` (float32 values either way: ``CodebookDense``
+    then stores a shared weight's arrays as a code stream decoded at load), a float
+    ``[relu](add(conv2d(x, W), b))`` (NCHW, constant OIHW
     ``W``, stride 1, no dilation, one group: :func:`sparse_conv_candidates`, keyed
     ``"<function>/conv<k>"``) becomes the direct sparse convolution
     (:mod:`tvmcomp.kernels.sparse_conv`; a padded conv pads its input first)::
@@ -369,11 +372,12 @@ def sparse_conv_candidates(func: relax.Function) -> list[_ConvMatch]:
 
 def rewritable_layers(func: relax.Function, values: str = "float32") -> list:
     """The layers of ``func`` ``SparseDense(values=...)`` can rewrite, in layer order: the
-    matmuls of :func:`sparse_candidates` and, with ``values="float32"``, the convolutions of
-    :func:`sparse_conv_candidates` (with codes, a conv keeps its codes dense:
-    ``CodebookDense``)."""
+    matmuls of :func:`sparse_candidates` and, with ``values="float32"`` or ``"codebook"``,
+    the convolutions of :func:`sparse_conv_candidates` (float values: in a codebook build,
+    ``CodebookDense`` then stores a shared one's arrays as its code stream, decoded at
+    load)."""
     matches = sparse_candidates(func)[0]
-    if values != "float32":
+    if values not in ("float32", "codebook"):
         return matches
     return sorted([*matches, *sparse_conv_candidates(func)], key=lambda m: layer_index(m.name))
 
@@ -454,9 +458,7 @@ class _Rewriter(PyExprMutator):
         suffix = ep.suffix() if ep is not None else ""
         key = ("conv", n, c, hw, oc, kh, kw, m.relu, m.x_dtype, m.pool, suffix)
         if key not in self.kernels:
-            name = (f"sparse_conv_b{n}_{c}x{hw[0]}x{hw[1]}_{oc}k{kh}x{kw}"
-                    + ("_relu" if m.relu else "") + ("_pool2" if m.pool == 2 else "")
-                    + (f"_{m.x_dtype}" if integer else "") + suffix)
+            name = kernel_name(n, c, hw, oc, (kh, kw), m.relu, m.x_dtype, m.pool) + suffix
             kern = sparse_conv_kernel(n, c, hw, oc, (kh, kw), m.relu, m.x_dtype, m.pool, epi)
             self.kernels[key] = self.builder_.add_func(kern.with_attr("global_symbol", name),
                                                         name)

@@ -151,7 +151,9 @@ def plan_sparse(quantized, profile, records, threshold: float, min_speedup: floa
     candidate at or above ``threshold`` sparse. Returns the plan and what the tuning before
     the gate did (``{"dense": ..., "sparse": ..., "trials", "used_s"}``, per form a summary
     of :func:`tvmcomp.tune.apply.ensure_tuned`'s result; empty if none ran). ``codebook``:
-    the build keeps shared weights as codes, so both forms are measured that way.
+    the build keeps shared weights as codes, so both forms are measured that way;
+    ``at_load``: the codebook layers decoded at load, a matmul among them kept dense (its
+    code stream, the smallest form; a conv's decodes into the sparse kernel's arrays).
     """
     from ..passes.sparse_dense import find_layers
 
@@ -172,7 +174,8 @@ def plan_sparse(quantized, profile, records, threshold: float, min_speedup: floa
         database = checked_database(both, profile, records, progress)
         decisions = store_once(gate(quantized, target, database,
                                     threshold=threshold, min_speedup=min_speedup,
-                                    progress=progress, fused=both, codebook=codebook),
+                                    progress=progress, fused=both, codebook=codebook,
+                                    at_load=at_load),
                                min_speedup, progress)
         return SparsePlan(threshold, min_speedup, {d.key: d.keep_sparse for d in decisions},
                           "measured", [d.to_dict() for d in decisions]), tuned
@@ -182,7 +185,8 @@ def plan_sparse(quantized, profile, records, threshold: float, min_speedup: floa
         print(f"sparse: {profile.name} cannot run here, so nothing can be measured; static rule: "
               f"{sum(keep.values())}/{len(keep)} matmul layers at sparsity >= {threshold} go "
               "sparse, convolutions stay dense", flush=True)
-    keep.update({L.key: False for L in layers if L.kind == "conv"})  # unmeasured: dense
+    keep.update({L.key: False for L in layers if L.kind == "conv"  # unmeasured: dense
+                 or L.key.split("/", 1)[1] in at_load})  # a matmul's code stream: smallest
     return SparsePlan(threshold, min_speedup, keep, "static rule"), {}
 
 

@@ -74,10 +74,13 @@ def _build(fused, target, database):
                   device_for(target.kind.name))
 
 
-def _candidates(quantized, threshold: float, codebook: bool = False):
-    """(decisions of layers below ``threshold``, ``(function, match, decision)`` of those at
-    or above it, every candidate key in layer order): the layers ``SparseDense`` can rewrite,
-    with codes where the build keeps them (``codebook``)."""
+def _candidates(quantized, threshold: float, codebook: bool = False,
+                at_load: tuple[str, ...] = ()):
+    """(decisions of layers kept dense untimed, ``(function, match, decision)`` of those to
+    time, every candidate key in layer order): the layers ``SparseDense`` can rewrite, with
+    codes where the build keeps them (``codebook``); below ``threshold``, or a matmul named
+    in ``at_load`` (decoded at load from its code stream, the smallest form: no sparse
+    matmul kernel reads one), a layer is kept dense untimed."""
     from tvm import relax
 
     from ..passes.layers import layer_key
@@ -95,6 +98,10 @@ def _candidates(quantized, threshold: float, codebook: bool = False):
                              float("nan"), float("nan"))
             if sp < threshold:
                 below.append(dataclasses.replace(d, reason=f"sparsity {sp:.3f} < {threshold}"))
+            elif m.kind != "conv" and m.name in at_load:
+                below.append(dataclasses.replace(d, reason=(
+                    "decoded at load from its code stream (no sparse matmul kernel reads "
+                    "one)")))
             else:
                 timed.append((gv.name_hint, m, d))
     return below, timed, order
@@ -109,11 +116,12 @@ def forms(quantized, target, threshold: float = DEFAULT_SPARSE_THRESHOLD,
     kernels against sparse kernels with codes)."""
     from ..pipeline import fuse
 
-    _, timed, _ = _candidates(quantized, threshold, codebook)
+    below, timed, _ = _candidates(quantized, threshold, codebook, at_load)
     dense = fuse(quantized, target, start="layer_forms", codebook=codebook, at_load=at_load)
     if not timed:
         return dense, None
-    sparse = {"threshold": threshold, "keep": {d.key: True for _, _, d in timed},
+    sparse = {"threshold": threshold, "keep": {**{d.key: False for d in below},
+                                               **{d.key: True for _, _, d in timed}},
               **({"values": "codebook"} if codebook else {})}
     return dense, fuse(quantized, target, start="layer_forms", sparse=sparse, codebook=codebook,
                        at_load=at_load)
@@ -146,6 +154,14 @@ def _cache_reads(func) -> dict:
                     == "vm.builtin.tensor_cache.get"):
                 out[b.var] = str(v.args[1].value)
     return out
+
+
+def _module_cache_reads(mod) -> dict:
+    """:func:`_cache_reads` of every Relax function of ``mod``."""
+    from tvm import relax
+
+    return {v: k for _, f in mod.functions.items() if isinstance(f, relax.Function)
+            for v, k in _cache_reads(f).items()}
 
 
 def _consts(call) -> list[np.ndarray]:
@@ -217,8 +233,10 @@ def _sparse_calls(func, index: int, prefix: str = "sell_") -> list:
     return out[:-1] + _finished(func, call)
 
 
-def _timer(built: _Built, call, rng):
-    """An :func:`tvmcomp.bench.evaluator` of one kernel call with its real constants."""
+def _timer(built: _Built, call, rng, cached: dict):
+    """An :func:`tvmcomp.bench.evaluator` of one kernel call with its real constants, and
+    its weights read from the tensor cache (``cached``: :func:`_cache_reads`; decoded there
+    by :func:`_check_same_outputs`) as decoded (a sparse conv's offsets must be real)."""
     import tvm
     from tvm import relax
 
@@ -229,6 +247,8 @@ def _timer(built: _Built, call, rng):
     for a in call.args[1].fields:
         if isinstance(a, tvm.ir.Constant):
             args.append(tvm.runtime.tensor(a.value.numpy(), dev))
+        elif a in cached:
+            args.append(tvm.get_global_func("vm.builtin.tensor_cache.get")(cached[a]))
         elif isinstance(a, relax.Var):
             ty = a.ty
             shape, dtype = [int(d) for d in ty.shape.values], str(ty.dtype)
@@ -264,7 +284,8 @@ def time_two_forms(quantized, target, database, fused, what: str, find,
     from ..passes.layers import layer_index
 
     built = [_build(m, target, database) for m in fused]
-    _check_same_outputs(*built, quantized, False, what)
+    _check_same_outputs(*built, quantized, False, what)  # (decodes the cached weights)
+    cached = [_module_cache_reads(b.fused) for b in built]
     rng = np.random.default_rng(0)
     timers: dict = {}
     calls: dict[str, tuple[list, list]] = {}  # layer -> (first-form names, second-form names)
@@ -275,7 +296,8 @@ def time_two_forms(quantized, target, database, fused, what: str, find,
             mine = calls.setdefault(layer, ([], []))
             for form, (b, cs) in enumerate(zip(built, found)):
                 for c in cs:
-                    timers.setdefault((form, c.args[0].name_hint), _timer(b, c, rng))
+                    timers.setdefault((form, c.args[0].name_hint),
+                                      _timer(b, c, rng, cached[form]))
                     mine[form].append(c.args[0].name_hint)
     us = interleaved_us(timers, repeat)
     return {layer: (*(sum(us[(form, n)] for n in names) for form, names in enumerate(both)),
@@ -309,25 +331,27 @@ def _check_same_outputs(dense: _Built, sparse: _Built, quantized, integer: bool,
 
 def gate(quantized, target, database=None, threshold: float = DEFAULT_SPARSE_THRESHOLD,
          min_speedup: float = 1.0, progress: bool = True, repeat: int = 21,
-         fused: tuple | None = None, codebook: bool = False) -> list[GateDecision]:
+         fused: tuple | None = None, codebook: bool = False,
+         at_load: tuple[str, ...] = ()) -> list[GateDecision]:
     """Time dense vs sparse for each SparseDense candidate of ``quantized`` (per function).
 
     ``quantized`` is the module after the pipeline's ``quantize`` phase. Layers below
     ``threshold`` are not timed (kept dense). A timed layer keeps its sparse form when
     ``dense µs / sparse µs >= min_speedup``. Pass ``{d.key: d.keep_sparse for d in
     decisions}`` to ``SparseDense(keep=...)``. ``fused``: the two modules of :func:`forms`
-    (default: made here, with ``codebook``).
+    (default: made here, with ``codebook`` and ``at_load``).
     """
     from ..bench import interleaved_us
 
-    out, timed, order = _candidates(quantized, threshold, codebook)
+    out, timed, order = _candidates(quantized, threshold, codebook, at_load)
     if not timed:
         return out  # already in layer order
-    dense_mod, sparse_mod = fused or forms(quantized, target, threshold, codebook)
+    dense_mod, sparse_mod = fused or forms(quantized, target, threshold, codebook, at_load)
     dense = _build(dense_mod, target, database)
     sparse = _build(sparse_mod, target, database)
     integer = any(m.x_dtype != "float32" for _, m, _ in timed)
-    _check_same_outputs(dense, sparse, quantized, integer)
+    _check_same_outputs(dense, sparse, quantized, integer)  # (decodes the cached weights)
+    cached = {"d": _module_cache_reads(dense.fused), "s": _module_cache_reads(sparse.fused)}
     rng = np.random.default_rng(0)
     timers, layer_calls, seen = {}, [], {}
     for fname, m, d in timed:
@@ -342,7 +366,8 @@ def gate(quantized, target, database=None, threshold: float = DEFAULT_SPARSE_THR
             raise ValueError(f"{d.key}: cannot find its kernels in the fused modules")
         for tag, built, calls in (("d", dense, dc), ("s", sparse, sc)):
             for c in calls:
-                timers.setdefault((tag, c.args[0].name_hint), _timer(built, c, rng))
+                timers.setdefault((tag, c.args[0].name_hint),
+                                  _timer(built, c, rng, cached[tag]))
         layer_calls.append(([c.args[0].name_hint for c in dc], [c.args[0].name_hint for c in sc]))
     us = interleaved_us(timers, repeat)
     for (fname, m, d), (dnames, snames) in zip(timed, layer_calls):
