@@ -394,6 +394,29 @@ def test_gate_integer_layer():
     assert dec[0].sparse_kernels == ("sell_int_b1_64x16_int8",)
 
 
+def test_a_matmul_decoded_at_load_keeps_its_code_stream(pruned_lenet):
+    """With --codebook-decode load (``at_load`` names the layer), a pruned matmul is kept
+    dense untimed, with the reason (its code stream is smaller than any sparse form, and no
+    sparse matmul kernel reads one), while the pruned conv is still timed; where nothing can
+    be timed, the static rule keeps it dense too."""
+    from tvmcomp.frontend.onnx_import import import_batches
+    from tvmcomp.plan import plan_sparse
+    from tvmcomp.plan.sparse_gate import _candidates
+    from tvmcomp.targets import load_profile
+
+    _, model, info = pruned_lenet
+    mod = import_batches(model, info, [1])
+    below, timed, _ = _candidates(mod, 0.5, codebook=True, at_load=("matmul2", "conv1"))
+    assert [d.key for _, _, d in timed] == ["main_b1/conv1"]
+    (fc1,) = [d for d in below if d.key == "main_b1/matmul2"]
+    assert not fc1.keep_sparse and "code stream" in fc1.reason
+    _, timed, _ = _candidates(mod, 0.5, codebook=True)
+    assert [d.key for _, _, d in timed] == ["main_b1/conv1", "main_b1/matmul2"]
+    plan, _ = plan_sparse(mod, load_profile("arm_cortex_a72"), None, 0.5, 1.0, progress=False,
+                          codebook=True, at_load=("matmul2",))
+    assert plan.keep["main_b1/matmul2"] is False
+
+
 def test_gate_times_a_pruned_convolution(tmp_path, share_weights):
     """The gate times a pruned conv's dense fused kernel against the direct sparse
     convolution (bias, ReLU and the 2x2 max pool inside it: the dense side is timed with its
