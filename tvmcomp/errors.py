@@ -34,9 +34,12 @@ class Interrupted(KeyboardInterrupt):
         self.signum = int(signum)
 
 
-def reject_unknown(d: dict, valid, what: str, error: type[Exception] = TvmcompError) -> None:
-    """Raise ``error`` naming the first key of ``d`` (a config read from JSON) that is not in
-    ``valid``, with the valid ones."""
+def reject_unknown(d: dict, valid, what: str = "", error: type[Exception] = TvmcompError,
+                   source: str = "") -> None:
+    """Raise ``error`` naming the first key of ``d`` (a config read from JSON or TOML) that
+    is not in ``valid``, with the valid ones: ``[source: ]unknown [what ]key 'k'; valid
+    keys: ...``."""
     unknown = sorted(set(d) - set(valid))
     if unknown:
-        raise error(f"unknown {what} key {unknown[0]!r}; valid keys: {', '.join(sorted(valid))}")
+        raise error(f"{source + ': ' if source else ''}unknown {what + ' ' if what else ''}key "
+                    f"{unknown[0]!r}; valid keys: {', '.join(sorted(valid))}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import tomllib
 
-from .errors import TvmcompError
+from .errors import TvmcompError, reject_unknown
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGETS_DIR = REPO_ROOT / "targets"
@@ -127,11 +127,7 @@ def _cuda_gpu_present() -> bool:
 
 def parse_profile(data: dict, name: str, source: str = "<dict>") -> Profile:
     """Validate a profile mapping; unknown keys and wrong types raise :class:`TvmcompError`."""
-    unknown = sorted(set(data) - set(_KEYS))
-    if unknown:
-        raise TvmcompError(
-            f"{source}: unknown key {unknown[0]!r}; valid keys: {', '.join(sorted(_KEYS))}"
-        )
+    reject_unknown(data, _KEYS, source=source)
     for key in _REQUIRED:
         if key not in data:
             raise TvmcompError(f"{source}: missing required key {key!r}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..errors import TvmcompError
+from ..errors import TvmcompError, reject_unknown
 from ..targets import Profile
 from .toolchain import find_tool
 
@@ -69,11 +69,8 @@ def board_for(profile: Profile) -> Board:
     """
     board = BOARDS[profile.family](profile)
     over = dict(getattr(profile, "board", None) or {})
-    valid = ("kind", "rpc_key", "emulator")
-    unknown = sorted(set(over) - set(valid))
-    if unknown:
-        raise TvmcompError(f"{profile.source or profile.name}: unknown [board] key "
-                           f"{unknown[0]!r}; valid keys: {', '.join(valid)}")
+    reject_unknown(over, ("kind", "rpc_key", "emulator"), "[board]",
+                   source=profile.source or profile.name)
     if "emulator" in over:
         over["emulator"] = tuple(over["emulator"])
     return dataclasses.replace(board, **over)
