@@ -124,3 +124,32 @@ def test_build_gives_unrecorded_conv_a_rule_schedule(conv_task, tmp_path, profil
                      BuildOptions(batches=(2,), tune_budget_s=0, progress=False,
                                   tuning_dir=tmp_path / "cache2"))
     assert task.task_name in plain["tuning"]["untuned"]
+
+
+def test_the_fastest_candidate_is_decided_on_interleaved_measurements(monkeypatch):
+    """keep_fastest: a candidate whose one measurement fell on a slow moment (a shared VM)
+    is still kept: the fastest few are measured again in rounds alternating with each other
+    and the unscheduled loops, and the lowest median wins; a candidate no faster than the
+    loops' median is not kept."""
+    import tvm
+    from tvm import s_tir, te
+
+    from tvmcomp.tune import transfer
+
+    a = te.placeholder((4,), name="A")
+    mod = tvm.IRModule({"main": te.create_prim_func([a, te.compute((4,), lambda i: a[i] * 2)])})
+    times = {"fast": iter([2.0] + [1.0] * 9), "steady": iter([1.5] * 10),
+             "slow": iter([3.0] * 10)}
+
+    def fake_timer(sch, _target, repeat=3):
+        key = "loops" if isinstance(sch, s_tir.Schedule) else sch
+        return lambda *_: [1.8 if key == "loops" else next(times[key])]
+
+    kept = []
+    monkeypatch.setattr(transfer, "timer", fake_timer)
+    monkeypatch.setattr(transfer, "_commit", lambda _db, sch, _m, secs, _t: kept.append(sch))
+    cands = [(k, k) for k in times]
+    secs, tag = transfer.keep_fastest(None, mod, None, iter(cands))
+    assert tag == "fast" and kept == ["fast"] and float(np.median(secs)) == 1.0
+    times.update(fast=iter([2.0] * 10), steady=iter([1.9] * 10))
+    assert transfer.keep_fastest(None, mod, None, iter(cands[:2])) is None

@@ -408,8 +408,8 @@ def test_kernel_without_record_takes_its_operators_schedule_at_another_shape(
     assert "[INFO]" not in cap.err + cap.out, cap.err + cap.out
 
     # slower than its unscheduled loops: not kept
-    monkeypatch.setattr(transfer, "measure",
-                        lambda sch, _t, repeat=3: [1e-3] if sch.trace.insts else [1e-6])
+    monkeypatch.setattr(transfer, "timer", lambda sch, _t, repeat=3: (
+        lambda *_: [1e-3] if sch.trace.insts else [1e-6]))
     fresh = _records(prof, tmp_path / "cache2")
     assert transfer.carry_across_shapes([task], fresh, target, fresh.tuning_database()) == {}
 

@@ -57,6 +57,11 @@ def split_decode(blocks):
 
 TRANSFERRED_FILE = "transferred.json"  # beside a database: its records carried across shapes
 TRANSFER_TRIES = 3  # the nearest shapes whose schedules are replayed and measured, per kernel
+# keep_fastest: the candidates measured fastest once that are measured again, against the
+# unscheduled loops, in rounds that alternate between them (a shared machine's load changes
+# between two candidates' measurements: measured once each, the fastest is a draw)
+FINALISTS = 2
+FINAL_ROUNDS = 3
 
 
 def _shape_key(blocks) -> tuple:
@@ -174,9 +179,11 @@ def apply_postprocs(sch, mod, target) -> bool:
     return all(post.apply(sch) for post in ctx.space_generator.postprocs)
 
 
-def measure(sch, target, repeat: int = 3) -> list[float] | None:
-    """Seconds per call of the scheduled kernel, as MetaSchedule's local runner measures a
-    trial (random inputs, ``number=10``, ``min_repeat_ms=20``); None if it fails to build."""
+def timer(sch, target, repeat: int = 3):
+    """A function that measures the scheduled kernel and returns its seconds per call, as
+    MetaSchedule's local runner measures a trial (random inputs, ``repeat`` repeats of
+    ``number=10``, ``min_repeat_ms=20``; another count of repeats as its argument), each
+    time it is called; None if it fails to build."""
     import numpy as np
     import tvm
 
@@ -190,8 +197,20 @@ def measure(sch, target, repeat: int = 3) -> list[float] | None:
     dev = device_for(target.kind.name)
     args = [tvm.runtime.tensor(a, dev)
             for a in _random_args(sch.mod["main"], np.random.default_rng(0))]
-    ev = lib.time_evaluator(lib.entry_name, dev, number=10, repeat=repeat, min_repeat_ms=20)
-    return [float(s) for s in ev(*args).results]
+
+    def run(repeats: int = repeat) -> list[float]:
+        ev = lib.time_evaluator(lib.entry_name, dev, number=10, repeat=repeats,
+                                min_repeat_ms=20)
+        return [float(s) for s in ev(*args).results]
+
+    return run
+
+
+def measure(sch, target, repeat: int = 3) -> list[float] | None:
+    """Seconds per call of the scheduled kernel, measured once (:func:`timer`); None if it
+    fails to build."""
+    t = timer(sch, target, repeat)
+    return t() if t is not None else None
 
 
 def carry_schedules(tasks, records, target, database, family: str | None = None):
@@ -228,24 +247,36 @@ def _commit(database, sch, mod, secs, target) -> None:
 
 def keep_fastest(database, mod, target, candidates) -> tuple[list[float], object] | None:
     """Measure ``candidates`` (``(schedule of kernel mod or None, tag)`` pairs, made one at a
-    time as they are measured) and the kernel's unscheduled loops; commit the fastest to
-    ``database`` if it beats them. Returns its ``(seconds per call, tag)``, or None."""
+    time as they are measured) once each; measure the :data:`FINALISTS` fastest again with
+    the kernel's unscheduled loops, :data:`FINAL_ROUNDS` rounds alternating between them, and
+    commit the one with the lowest median to ``database`` if it beats the loops' median.
+    Returns its ``(seconds per call of each measurement, tag)``, or None."""
+    import numpy as np
     from tvm import s_tir
 
     from .records import _mean
 
-    best = None
+    first = []
     for sch, tag in candidates:
-        secs = measure(sch, target) if sch is not None else None
-        if secs and (best is None or _mean(secs) < _mean(best[1])):
-            best = (sch, secs, tag)
-    if best is None:
+        t = timer(sch, target) if sch is not None else None
+        secs = t() if t is not None else None
+        if secs:
+            first.append((sch, tag, t, [_mean(secs)]))
+    if not first:
         return None
-    naive = measure(s_tir.Schedule(mod), target)  # what the kernel is without a record
-    if naive and _mean(best[1]) >= _mean(naive):
+    finalists = sorted(first, key=lambda f: f[3][0])[:FINALISTS]
+    naive = timer(s_tir.Schedule(mod), target)  # what the kernel is without a record
+    loops = []
+    for _ in range(FINAL_ROUNDS):  # one repeat (>= 20 ms) each
+        for _, _, t, samples in finalists:
+            samples.append(_mean(t(1)))
+        if naive is not None:
+            loops.append(_mean(naive(1)))
+    sch, tag, _, samples = min(finalists, key=lambda f: np.median(f[3]))
+    if loops and np.median(samples) >= np.median(loops):
         return None
-    _commit(database, best[0], mod, best[1], target)
-    return best[1], best[2]
+    _commit(database, sch, mod, samples, target)
+    return samples, tag
 
 
 def note_transferred(records, notes: dict) -> None:
