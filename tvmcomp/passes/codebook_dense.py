@@ -23,9 +23,9 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from ..kernels import sparse_conv
 from ..kernels.codebook import (MAX_CODES, code_bits, codebook_length, codes_per_byte,
                                 distinct_values, encode, pack, stored_code_bytes)
-from ..kernels import sparse_conv
 from ..kernels.decode import (DECODE_FUNCTION, cache_key, code_stream, decoded_dtype,
                               sparse_conv_decode_kernel, stream_decode_kernel)
 from ..kernels.sell import sell_codebook_from_dense
@@ -180,15 +180,20 @@ def packed_int8_layers(func: relax.Function) -> dict:
     weight as the layer reads it stores in fewer bytes: :func:`int8_layers` after
     ``Int8Vnni``."""
     out = {}
-    for var, val in Bindings(func).value.items():
-        if op_name(val) != "relax.call_tir":
-            continue
-        x, *rest = val.args[1].fields
-        wt = call_weight(val.args[0].name_hint, shape_of(x) or (), dtype_of(x),
-                         shape_of(var) or (), [const_np(a) for a in rest])
+    for var, kernel, x, rest in _kernel_calls(func):
+        wt = call_weight(kernel, shape_of(x) or (), dtype_of(x), shape_of(var) or (), rest)
         if wt is not None and _streams_smaller(wt.to_dense()):
             out[var] = wt
     return out
+
+
+def _kernel_calls(func: relax.Function):
+    """``(var, kernel name, x, the other arguments as arrays where constant, else None)`` of
+    each ``call_tir`` of ``func``."""
+    for var, val in Bindings(func).value.items():
+        if op_name(val) == "relax.call_tir":
+            x, *rest = val.args[1].fields
+            yield var, val.args[0].name_hint, x, [const_np(a) for a in rest]
 
 
 def sparse_conv_layers(func: relax.Function) -> dict:
@@ -197,12 +202,8 @@ def sparse_conv_layers(func: relax.Function) -> dict:
     at most :data:`MAX_CODES` distinct values: ``CodebookDense`` decodes their arrays at
     load from the weight's :func:`code_stream`."""
     out = {}
-    for var, val in Bindings(func).value.items():
-        if op_name(val) != "relax.call_tir":
-            continue
-        x, *rest = val.args[1].fields
-        wt = sparse_conv.call_weight(val.args[0].name_hint, shape_of(x) or (),
-                                     [const_np(a) for a in rest])
+    for var, kernel, x, rest in _kernel_calls(func):
+        wt = sparse_conv.call_weight(kernel, shape_of(x) or (), rest)
         if (wt is not None and wt.values.dtype == np.float32
                 and distinct_values(wt.to_dense()) <= MAX_CODES):
             out[var] = wt
@@ -294,7 +295,7 @@ class _Rewriter(PyExprMutator):
         self.sparse_convs: dict = {}
         # the values' cache keys -> (decode kernel, its arrays, [(cache key, shape, dtype)
         # of each value it decodes])
-        self.decoded: dict[str, tuple] = {}
+        self.decoded: dict[tuple, tuple] = {}
 
     def run(self) -> tvm.IRModule:
         def prepare(gv, func) -> bool:
