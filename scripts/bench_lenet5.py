@@ -186,6 +186,7 @@ def _form(man: dict) -> dict:
 
 
 def _markdown(r: dict, table: str) -> str:
+    from tvmcomp.defaults import gate_repeats
     from tvmcomp.main_job import tuned_kernels
 
     fp32 = r["forms"]["fp32"]
@@ -212,7 +213,7 @@ def _markdown(r: dict, table: str) -> str:
         if not gate:
             continue
         lines += [f"Sparse gate of the {f} build (each layer's kernels alone in the real model, "
-                  "median of 21 interleaved repeats):", "",
+                  f"median of {gate_repeats()} interleaved repeats):", "",
                   "| layer | batch | sparsity | dense kernels | dense µs | sparse kernels | "
                   "sparse µs | decision |", "|---|---|---|---|---|---|---|---|"]
         for d in gate:

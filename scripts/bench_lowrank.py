@@ -160,6 +160,8 @@ def plot_ranks(summary: dict, sweep: dict, budget_pt: float, path: Path) -> Path
 
 
 def _markdown(r: dict, table: str, png: str | None) -> str:
+    from tvmcomp.defaults import gate_repeats
+
     c, g = r["compress"], r["lowrank_build"]
     lat = r["latency_us"]
     lines = [f"# LeNet-5, low-rank factorization through the build's gate ({r['date']})", "",
@@ -177,8 +179,8 @@ def _markdown(r: dict, table: str, png: str | None) -> str:
     lines += ["", f"Build gate ({g['decided_by']}; tuning of both forms' kernels first: "
               f"{(g.get('tuned_before_gate') or {}).get('trials', 0)} trials, "
               f"{(g.get('tuned_before_gate') or {}).get('used_s', 0)} s). Each layer's "
-              "kernels alone in the real model, batch 1 + 64 summed, median of 21 interleaved "
-              "repeats:", "",
+              "kernels alone in the real model, batch 1 + 64 summed, median of "
+              f"{gate_repeats()} interleaved repeats:", "",
               "| layer (imported) | rank | MACs/image two / one | two kernels µs | one kernel µs "
               "| decision |", "|---|---|---|---|---|---|"]
     for d in g["gate"]:
@@ -199,7 +201,7 @@ def _markdown(r: dict, table: str, png: str | None) -> str:
         lines += [f"Rank sweep: each layer factorized alone (not fine-tuned), built with "
                   f"{r['sweep_tune_s']:g} s of tuning for its new kernels, its two kernels "
                   "timed against the whole layer by the build's gate (batch 1 + 64 summed, "
-                  "median of 21 interleaved repeats):", "",
+                  f"median of {gate_repeats()} interleaved repeats):", "",
                   "| layer | rank | held-out loss (pt) | two kernels µs | whole layer µs | "
                   "two / whole | gate |", "|---|---|---|---|---|---|---|"]
         for n, t in r["sweep"].items():

@@ -1,5 +1,7 @@
 """Defaults shared by the CLI and the API (no heavy imports here: the CLI's --help uses them)."""
 
+import os
+
 DEFAULT_BATCHES = (1, 64)
 DEFAULT_TUNE_BUDGET_S = 300.0
 DEFAULT_MAX_ACCURACY_DROP = 0.005  # int8 vs float, as a fraction (0.5 pt)
@@ -18,3 +20,9 @@ DEFAULT_LOWRANK_LR = 1e-3
 # margin)
 CODEBOOK_DECODE = ("kernel", "load", "auto")
 CODEBOOK_LOAD_MARGIN = 0.05
+
+
+def gate_repeats() -> int:
+    """Interleaved rounds in which a measured gate (sparse, codebook decode, low-rank fold)
+    times each layer's kernels: 21, or ``$TVMCOMP_GATE_REPEATS`` (the test suite takes 5)."""
+    return int(os.environ.get("TVMCOMP_GATE_REPEATS", "21"))

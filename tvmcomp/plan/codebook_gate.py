@@ -45,7 +45,7 @@ def forms(quantized, target, layers: tuple[str, ...]):
 
 
 def decode_gate(quantized, target, database, fused, layers: tuple[str, ...], margin: float,
-                progress: bool = True, repeat: int = 21) -> list[DecodeDecision]:
+                progress: bool = True, repeat: int | None = None) -> list[DecodeDecision]:
     """Time each codebook layer of ``quantized`` (``layers``, by name) decoding in its kernel
     against decoding at load (``fused``: the two modules of :func:`forms`), one decision per
     layer name."""

@@ -73,7 +73,7 @@ def unmeasured(pairs: dict, why: str) -> list[FoldDecision]:
 
 
 def fold_gate(quantized, target, database, fused, progress: bool = True,
-              repeat: int = 21) -> list[FoldDecision]:
+              repeat: int | None = None) -> list[FoldDecision]:
     """Time each factorized layer of ``quantized`` as its two kernels against folded into
     one (``fused``: the two modules of :func:`forms`); one decision per layer."""
     from ..passes.lowrank_fold import lowrank_pairs

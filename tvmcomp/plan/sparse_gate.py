@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..defaults import DEFAULT_SPARSE_THRESHOLD
+from ..defaults import DEFAULT_SPARSE_THRESHOLD, gate_repeats
 from ..kernels.decode import DECODE_FUNCTION
 from ..targets import device_for
 
@@ -269,7 +269,7 @@ def _timer(built: _Built, call, rng, cached: dict):
 
 
 def time_two_forms(quantized, target, database, fused, what: str, find,
-                   repeat: int = 21) -> dict[str, tuple]:
+                   repeat: int | None = None) -> dict[str, tuple]:
     """Each layer's kernels in two forms of ``quantized``, timed alone in one interleaved run.
 
     ``fused``: the two fused modules; both are built with ``database`` and checked to agree
@@ -299,7 +299,7 @@ def time_two_forms(quantized, target, database, fused, what: str, find,
                     timers.setdefault((form, c.args[0].name_hint),
                                       _timer(b, c, rng, cached[form]))
                     mine[form].append(c.args[0].name_hint)
-    us = interleaved_us(timers, repeat)
+    us = interleaved_us(timers, repeat or gate_repeats())
     return {layer: (*(sum(us[(form, n)] for n in names) for form, names in enumerate(both)),
                     *(tuple(names) for names in both))
             for layer, both in sorted(calls.items(), key=lambda kv: layer_index(kv[0]))}
@@ -330,7 +330,7 @@ def _check_same_outputs(dense: _Built, sparse: _Built, quantized, integer: bool,
 
 
 def gate(quantized, target, database=None, threshold: float = DEFAULT_SPARSE_THRESHOLD,
-         min_speedup: float = 1.0, progress: bool = True, repeat: int = 21,
+         min_speedup: float = 1.0, progress: bool = True, repeat: int | None = None,
          fused: tuple | None = None, codebook: bool = False,
          at_load: tuple[str, ...] = ()) -> list[GateDecision]:
     """Time dense vs sparse for each SparseDense candidate of ``quantized`` (per function).
@@ -369,7 +369,7 @@ def gate(quantized, target, database=None, threshold: float = DEFAULT_SPARSE_THR
                 timers.setdefault((tag, c.args[0].name_hint),
                                   _timer(built, c, rng, cached[tag]))
         layer_calls.append(([c.args[0].name_hint for c in dc], [c.args[0].name_hint for c in sc]))
-    us = interleaved_us(timers, repeat)
+    us = interleaved_us(timers, repeat or gate_repeats())
     for (fname, m, d), (dnames, snames) in zip(timed, layer_calls):
         dense_us = sum(us[("d", n)] for n in dnames)
         sparse_us = sum(us[("s", n)] for n in snames)
