@@ -236,3 +236,23 @@ def test_huge_input_is_one_line_at_load(tmp_path, gemm_onnx):
     onnx.save(m, str(tmp_path / "huge.onnx"))
     with pytest.raises(ModelError, match=r"10,000,000,000 elements per sample, more than"):
         load_onnx(tmp_path / "huge.onnx")
+
+
+def test_huge_batch_is_one_line_before_compiling(tmp_path, gemm_onnx, run_tvmcomp):
+    """A batch entry whose input is too large (a fixed batch of 100,000 rows of 100,000, or
+    --batch at that size) is refused before anything is compiled: the build once ran to a
+    MemoryError making the kernels' random inputs."""
+    path, _, _ = gemm_onnx(tmp_path / "g.onnx", k=100_000)
+    _, info = load_onnx(path)
+    info.check_batch(64)
+    with pytest.raises(ModelError, match=r"at batch 100000 has 10,000,000,000 elements, more "
+                                         r"than tvmcomp compiles in one call"):
+        info.check_batch(100_000)
+    m = onnx.load(str(path))
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 100_000
+    onnx.save(m, str(tmp_path / "fixed.onnx"))
+    r = run_tvmcomp("build", str(tmp_path / "fixed.onnx"), "--out", str(tmp_path / "art"),
+                    "--tune-budget", "0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().endswith("(export the model with a dynamic batch)")
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "art").exists()

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..errors import ModelError
 
 MAX_INPUT_ELEMENTS = 1 << 26  # per sample (256 MiB of float32): beyond any CNN we compile
+MAX_CALL_ELEMENTS = 1 << 28   # a batch entry's input (1 GiB of float32)
 CHECKPOINT_KEY = "tvmcomp.checkpoint"  # metadata: the PyTorch checkpoint (``tvmcomp export``)
 _ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 10: "float16"}
 
@@ -41,6 +42,14 @@ class ModelInfo:
             raise ModelError(
                 f"{self.path}: input {self.input_name!r} has a fixed batch of "
                 f"{self.input_shape[0]}; cannot build batch {batch} (export with a dynamic batch)"
+            )
+        n = batch * math.prod(self.input_shape[1:])
+        if n > MAX_CALL_ELEMENTS:
+            raise ModelError(
+                f"{self.path}: input {self.input_name!r} at batch {batch} has {n:,} elements, "
+                f"more than tvmcomp compiles in one call ({MAX_CALL_ELEMENTS:,}); build a "
+                "smaller batch"
+                + (" (export the model with a dynamic batch)" if not self.dynamic_batch else "")
             )
 
 
