@@ -87,14 +87,15 @@ def _phases(database, sparse: dict | None = None, gpu: bool = False,
               else ()),
         # 2. Per-layer forms the build plan chose (before FoldConstant/LegalizeOps):
         #    SparseDense (with --sparse) turns the sparse constant matmuls it keeps (float, or
-        #    QuantizeInt8's int8 ones) into sparse (SELL) call_tir kernels; Int8Vnni (on
+        #    QuantizeInt8's int8 ones) into sparse (SELL) call_tir kernels, and convolutions
+        #    into direct sparse ones; Int8Vnni (on
         #    x86) turns the int8 layers left dense into our exact int8 kernels: all of them
         #    with AVX-512 VNNI, with AVX2 only (isa=avx2) those it sums exactly there
         #    (activations known to be >= 0, or weights >= -127); CodebookDense (with
         #    --codebook) keeps the weights of the float layers left dense that have at most
         #    256 distinct values as uint8 indices + a codebook, decoded in the kernel, and
-        #    stores shared int8 weights (packed for our int8 kernels or not) as code streams
-        #    decoded at load.
+        #    stores shared int8 weights (packed for our int8 kernels or not) and shared
+        #    sparse convolutions' arrays as code streams decoded at load.
         Phase("layer_forms", (
             SparseDense(**sparse) if sparse is not None
             else tvm.transform.Sequential([], name="SparseDense(off)"),

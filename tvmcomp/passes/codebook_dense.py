@@ -100,7 +100,7 @@ def codebook_layers(mod: tvm.IRModule, sparse: dict | None = None,
                 continue
             if distinct_values(m.w) <= MAX_CODES:
                 out.append(_dense_layer(key, m.w, m.w.T, m.name in at_load))
-        convs = {m.name: m for m in sparse_conv_candidates(func)} if sparse is not None else {}
+        convs = {m.name for m in sparse_conv_candidates(func)} if sparse is not None else set()
         for _, name, w in float_convs(func):
             key = layer_key(gv.name_hint, name)
             if distinct_values(w) > MAX_CODES:
@@ -197,16 +197,18 @@ def _kernel_calls(func: relax.Function):
 
 
 def sparse_conv_layers(func: relax.Function) -> dict:
-    """``{var: weight}`` (:class:`~tvmcomp.kernels.sparse_conv.SparseConvWeight`) of
-    ``func``'s float direct sparse convolutions (``SparseDense``'s) whose constant weight has
-    at most :data:`MAX_CODES` distinct values: ``CodebookDense`` decodes their arrays at
-    load from the weight's :func:`code_stream`."""
+    """``{var: (weight, its dense OIHW form)}`` (:class:`~tvmcomp.kernels.sparse_conv.
+    SparseConvWeight`) of ``func``'s float direct sparse convolutions (``SparseDense``'s)
+    whose constant weight has at most :data:`MAX_CODES` distinct values: ``CodebookDense``
+    decodes their arrays at load from the dense weight's :func:`code_stream`."""
     out = {}
     for var, kernel, x, rest in _kernel_calls(func):
         wt = sparse_conv.call_weight(kernel, shape_of(x) or (), rest)
-        if (wt is not None and wt.values.dtype == np.float32
-                and distinct_values(wt.to_dense()) <= MAX_CODES):
-            out[var] = wt
+        if wt is None or wt.values.dtype != np.float32:
+            continue
+        dense = wt.to_dense()
+        if distinct_values(dense) <= MAX_CODES:
+            out[var] = (wt, dense)
     return out
 
 
@@ -368,8 +370,8 @@ class _Rewriter(PyExprMutator):
             rebind(self, binding, call, f"{binding.var.name}_stream")
             return
         if binding.var in self.sparse_convs:  # values, offsets, row_ptr from the cache
-            wt = self.sparse_convs[binding.var]
-            s = code_stream(wt.to_dense())
+            wt, dense = self.sparse_convs[binding.var]
+            s = code_stream(dense)
             val = binding.value
             args = [self.visit_expr(a) for a in val.args[1].fields]
             args[1:4] = self._from_cache([wt.values, wt.offsets, wt.row_ptr],

@@ -156,6 +156,7 @@ def plan_sparse(quantized, profile, records, threshold: float, min_speedup: floa
     code stream, the smallest form; a conv's decodes into the sparse kernel's arrays).
     """
     from ..passes.sparse_dense import find_layers
+    from .sparse_gate import keeps_code_stream
 
     if profile.runs_here():
         from ..tune.apply import checked_database
@@ -186,7 +187,7 @@ def plan_sparse(quantized, profile, records, threshold: float, min_speedup: floa
               f"{sum(keep.values())}/{len(keep)} matmul layers at sparsity >= {threshold} go "
               "sparse, convolutions stay dense", flush=True)
     keep.update({L.key: False for L in layers if L.kind == "conv"  # unmeasured: dense
-                 or L.key.split("/", 1)[1] in at_load})  # a matmul's code stream: smallest
+                 or keeps_code_stream(L.kind, L.key.split("/", 1)[1], at_load)})
     return SparsePlan(threshold, min_speedup, keep, "static rule"), {}
 
 

@@ -74,6 +74,14 @@ def _build(fused, target, database):
                   device_for(target.kind.name))
 
 
+def keeps_code_stream(kind: str, name: str, at_load: tuple[str, ...]) -> bool:
+    """Whether a sparse candidate (``kind`` ``"conv"`` or a matmul, ``name`` e.g.
+    ``matmul2``) stays dense because the build decodes it at load (``at_load``): a matmul,
+    whose code stream is smaller than any sparse form and which no sparse matmul kernel
+    reads (a conv's stream decodes into the sparse conv's arrays)."""
+    return kind != "conv" and name in at_load
+
+
 def _candidates(quantized, threshold: float, codebook: bool = False,
                 at_load: tuple[str, ...] = ()):
     """(decisions of layers kept dense untimed, ``(function, match, decision)`` of those to
@@ -98,7 +106,7 @@ def _candidates(quantized, threshold: float, codebook: bool = False,
                              float("nan"), float("nan"))
             if sp < threshold:
                 below.append(dataclasses.replace(d, reason=f"sparsity {sp:.3f} < {threshold}"))
-            elif m.kind != "conv" and m.name in at_load:
+            elif keeps_code_stream(m.kind, m.name, at_load):
                 below.append(dataclasses.replace(d, reason=(
                     "decoded at load from its code stream (no sparse matmul kernel reads "
                     "one)")))

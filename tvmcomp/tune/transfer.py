@@ -256,15 +256,15 @@ def keep_fastest(database, mod, target, candidates) -> tuple[list[float], object
 
     from .records import _mean
 
-    first = []
+    finalists = []  # the fastest so far (only their compiled kernels are kept)
     for sch, tag in candidates:
         t = timer(sch, target) if sch is not None else None
         secs = t() if t is not None else None
         if secs:
-            first.append((sch, tag, t, [_mean(secs)]))
-    if not first:
+            finalists = sorted([*finalists, (sch, tag, t, [_mean(secs)])],
+                               key=lambda f: f[3][0])[:FINALISTS]
+    if not finalists:
         return None
-    finalists = sorted(first, key=lambda f: f[3][0])[:FINALISTS]
     naive = timer(s_tir.Schedule(mod), target)  # what the kernel is without a record
     loops = []
     for _ in range(FINAL_ROUNDS):  # one repeat (>= 20 ms) each
